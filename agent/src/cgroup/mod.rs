@@ -1,0 +1,335 @@
+//! Cgroups behind one trait, [`CgroupManager`], with a v1 and a v2
+//! implementation chosen once at start-up ([`detect`]).
+//!
+//! Layout: everything lives under `<root>` in each hierarchy the agent uses
+//! (v1: `/sys/fs/cgroup/<controller>/<root>/<role>/<task>`; v2: one tree).
+//! Paths given to the manager are relative to `<root>`.
+//!
+//! A [`CgroupHandle`] is the serialisable view of one cgroup that the
+//! supervisor needs without the agent: join it, read OOM kills, remove it.
+//! A thin layer over the cgroup files rather than cgroups-rs: see
+//! ARCHITECTURE.md ("Why not cgroups-rs").
+
+mod mountinfo;
+mod v1;
+mod v2;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use v1::V1Manager;
+pub use v2::V2Manager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup controller {0} is not mounted")]
+    MissingController(&'static str),
+    #[error("cgroup v2 is not usable here: {0}")]
+    V2Unusable(String),
+    #[error("{path}: unexpected content {content:?}")]
+    Parse { path: PathBuf, content: String },
+    #[error("cgroup {path} still has processes after {waited_ms} ms")]
+    Busy { path: PathBuf, waited_ms: u128 },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err("write", path))
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(io_err("read", path))
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_err("mkdir", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+impl CgroupVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        }
+    }
+}
+
+/// Which version to use: `auto` picks v2 where it is usable, v1 otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionChoice {
+    #[default]
+    Auto,
+    V1,
+    V2,
+}
+
+/// Kernel features detected at start-up. Each can be forced off (config
+/// `disable_features`) so that tests run the fallback on a new kernel too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Features {
+    /// A pids controller (kernel >= 4.3). Fallback: RLIMIT_NPROC.
+    pub pids: bool,
+    /// An `oom_kill` counter (v1 >= 4.13, v2). Fallback: failcnt + SIGKILL.
+    pub oom_kill_counter: bool,
+    /// `cpu.idle` (>= 5.15). Fallback: lowest cpu.shares only.
+    pub cpu_idle: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CpuLimit {
+    /// Hard ceiling: quota = cpus x period.
+    Quota { cpus: f64 },
+    /// Relative weight: cpus x 1024 shares.
+    Shares { cpus: f64 },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub cpu: Option<CpuLimit>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// v1 default CFS period; also used for v2's `cpu.max`.
+pub const CFS_PERIOD_US: u64 = 100_000;
+/// The kernel's smallest accepted quota.
+const MIN_QUOTA_US: u64 = 1_000;
+
+pub fn quota_us(cpus: f64, period_us: u64) -> u64 {
+    ((cpus * period_us as f64).round() as u64).max(MIN_QUOTA_US)
+}
+
+pub fn shares(cpus: f64) -> u64 {
+    ((cpus * 1024.0).round() as u64).clamp(2, 262_144)
+}
+
+/// v1 shares to v2 weight, the conversion runc and systemd use.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+pub trait CgroupManager: Send + Sync {
+    fn version(&self) -> CgroupVersion;
+    fn features(&self) -> Features;
+    /// Name of the root, as configured.
+    fn root_name(&self) -> &str;
+    /// Creates `rel` (below the root) in every hierarchy; existing is fine.
+    /// The parent must exist.
+    fn create(&self, rel: &str) -> Result<CgroupHandle, CgroupError>;
+    fn set_limits(&self, rel: &str, limits: &Limits) -> Result<(), CgroupError>;
+    /// The handle of `rel`, whether it exists or not.
+    fn handle(&self, rel: &str) -> CgroupHandle;
+    /// Names of the child cgroups of `rel` ("" is the root).
+    fn children(&self, rel: &str) -> Result<Vec<String>, CgroupError>;
+}
+
+/// Picks and initialises the manager: creates the root in every hierarchy.
+pub fn detect(
+    root: &str,
+    choice: VersionChoice,
+    disabled: &[String],
+) -> Result<Box<dyn CgroupManager>, CgroupError> {
+    let mounts = mountinfo::cgroup_mounts()?;
+    let manager: Box<dyn CgroupManager> = match choice {
+        VersionChoice::V1 => Box::new(V1Manager::new(&mounts, root, disabled)?),
+        VersionChoice::V2 => Box::new(V2Manager::new(&mounts, root, disabled)?),
+        VersionChoice::Auto => match V2Manager::new(&mounts, root, disabled) {
+            Ok(m) => Box::new(m),
+            Err(v2_err) => {
+                tracing::debug!("cgroup v2 not used: {v2_err}");
+                Box::new(V1Manager::new(&mounts, root, disabled)?)
+            }
+        },
+    };
+    Ok(manager)
+}
+
+/// One cgroup, as the supervisor sees it: plain paths, no manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgroupHandle {
+    pub version: CgroupVersion,
+    /// Path relative to each hierarchy's mount, e.g. `gleaner/batch/t1`.
+    pub path: String,
+    /// The cgroup's directory in every hierarchy used (one for v2).
+    pub dirs: Vec<PathBuf>,
+    pub memory_dir: PathBuf,
+    pub oom_kill_counter: bool,
+}
+
+impl CgroupHandle {
+    /// Moves the calling process into this cgroup in every hierarchy.
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            write_file(&dir.join("cgroup.procs"), "0")?;
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.memory_dir.is_dir()
+    }
+
+    /// Processes in the cgroup (host pids).
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let path = self.memory_dir.join("cgroup.procs");
+        let text = match fs::read_to_string(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            r => r.map_err(io_err("read", &path))?,
+        };
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Sends `signal` to every process in the cgroup. Racy against forks by
+    /// nature; callers loop until [`pids`](Self::pids) is empty.
+    pub fn signal_all(&self, signal: i32) -> Result<usize, CgroupError> {
+        let pids = self.pids()?;
+        for &pid in &pids {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, signal) };
+        }
+        Ok(pids.len())
+    }
+
+    /// Whether the kernel OOM-killed a process in this cgroup.
+    /// `died_by_sigkill` feeds the fallback for kernels without a counter.
+    pub fn oom_killed(&self, died_by_sigkill: bool) -> bool {
+        let kv = |file: &str, key: &str| -> Option<u64> {
+            let text = fs::read_to_string(self.memory_dir.join(file)).ok()?;
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+        };
+        match (self.version, self.oom_kill_counter) {
+            (CgroupVersion::V2, _) => kv("memory.events", "oom_kill").unwrap_or(0) > 0,
+            (CgroupVersion::V1, true) => kv("memory.oom_control", "oom_kill").unwrap_or(0) > 0,
+            (CgroupVersion::V1, false) => {
+                // 3.10 has no counter: the limit was hit and the task died by
+                // SIGKILL that we did not send.
+                let failcnt = fs::read_to_string(self.memory_dir.join("memory.failcnt"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                died_by_sigkill && failcnt > 0
+            }
+        }
+    }
+
+    /// Kills what is left and removes the cgroup in every hierarchy. Missing
+    /// is fine; idempotent.
+    pub fn destroy(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let start = Instant::now();
+        loop {
+            let _ = self.signal_all(libc::SIGKILL);
+            match self.remove_dirs() {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() >= timeout => {
+                    return Err(match e {
+                        CgroupError::Io { source, path, .. }
+                            if source.raw_os_error() == Some(libc::EBUSY) =>
+                        {
+                            CgroupError::Busy {
+                                path,
+                                waited_ms: start.elapsed().as_millis(),
+                            }
+                        }
+                        other => other,
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    fn remove_dirs(&self) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            remove_tree(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// rmdir of a cgroup and its descendants, deepest first.
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(io_err("readdir", dir))?,
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("rmdir", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn child_names(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r.map_err(io_err("readdir", dir))?,
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn join_rel(base: &Path, rel: &str) -> PathBuf {
+    if rel.is_empty() {
+        base.to_owned()
+    } else {
+        base.join(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_conversions() {
+        assert_eq!(quota_us(0.5, 100_000), 50_000);
+        assert_eq!(quota_us(2.0, 100_000), 200_000);
+        assert_eq!(quota_us(0.001, 100_000), 1_000);
+        assert_eq!(shares(0.5), 512);
+        assert_eq!(shares(0.0001), 2);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+}

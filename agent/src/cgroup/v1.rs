@@ -1,0 +1,169 @@
+//! cgroup v1: one hierarchy per controller (or co-mounted ones), the layout
+//! of CentOS 7 and of this project's test machines.
+
+use std::path::{Path, PathBuf};
+
+use super::mountinfo::CgroupMount;
+use super::{
+    child_names, join_rel, mkdir, quota_us, read_file, shares, write_file, CgroupError,
+    CgroupHandle, CgroupManager, CgroupVersion, CpuLimit, Features, Limits, CFS_PERIOD_US,
+};
+
+#[derive(Debug)]
+pub struct V1Manager {
+    root: String,
+    cpu: PathBuf,
+    memory: PathBuf,
+    pids: Option<PathBuf>,
+    /// Distinct mount points the agent creates its cgroups in.
+    hierarchies: Vec<PathBuf>,
+    features: Features,
+}
+
+fn find(mounts: &[CgroupMount], controller: &str) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.controllers.iter().any(|c| c == controller))
+        .map(|m| m.mount_point.clone())
+}
+
+impl V1Manager {
+    pub fn new(
+        mounts: &[CgroupMount],
+        root: &str,
+        disabled: &[String],
+    ) -> Result<Self, CgroupError> {
+        let off = |name: &str| disabled.iter().any(|d| d == name);
+        let cpu = find(mounts, "cpu").ok_or(CgroupError::MissingController("cpu"))?;
+        let memory = find(mounts, "memory").ok_or(CgroupError::MissingController("memory"))?;
+        let cpuacct = find(mounts, "cpuacct");
+        let pids = find(mounts, "pids").filter(|_| !off("pids_cgroup"));
+        let mut hierarchies = vec![cpu.clone(), memory.clone()];
+        hierarchies.extend(cpuacct.iter().cloned());
+        hierarchies.extend(pids.iter().cloned());
+        hierarchies.dedup();
+        hierarchies.sort();
+        hierarchies.dedup();
+
+        for h in &hierarchies {
+            mkdir(&h.join(root))?;
+        }
+        // 3.10 defaults to a flat memory hierarchy; limits on a role's parent
+        // only bind its tasks when use_hierarchy is on. Newer kernels ignore it.
+        let use_hierarchy = memory.join(root).join("memory.use_hierarchy");
+        if read_file(&use_hierarchy)
+            .map(|s| s.trim() != "1")
+            .unwrap_or(false)
+        {
+            write_file(&use_hierarchy, "1")?;
+        }
+        let oom_control =
+            read_file(&memory.join(root).join("memory.oom_control")).unwrap_or_default();
+        let features = Features {
+            pids: pids.is_some(),
+            oom_kill_counter: !off("oom_kill_counter")
+                && oom_control.lines().any(|l| l.starts_with("oom_kill ")),
+            cpu_idle: !off("cpu_idle") && cpu.join(root).join("cpu.idle").exists(),
+        };
+        Ok(V1Manager {
+            root: root.to_owned(),
+            cpu,
+            memory,
+            pids,
+            hierarchies,
+            features,
+        })
+    }
+
+    fn dir(&self, mount: &Path, rel: &str) -> PathBuf {
+        join_rel(&mount.join(&self.root), rel)
+    }
+
+    fn rel_path(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/{rel}", self.root)
+        }
+    }
+}
+
+impl CgroupManager for V1Manager {
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::V1
+    }
+
+    fn features(&self) -> Features {
+        self.features
+    }
+
+    fn root_name(&self) -> &str {
+        &self.root
+    }
+
+    fn create(&self, rel: &str) -> Result<CgroupHandle, CgroupError> {
+        for h in &self.hierarchies {
+            mkdir(&self.dir(h, rel))?;
+        }
+        Ok(self.handle(rel))
+    }
+
+    fn set_limits(&self, rel: &str, limits: &Limits) -> Result<(), CgroupError> {
+        let cpu = self.dir(&self.cpu, rel);
+        match limits.cpu {
+            Some(CpuLimit::Quota { cpus }) => {
+                let period = read_file(&cpu.join("cpu.cfs_period_us"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(CFS_PERIOD_US);
+                write_file(
+                    &cpu.join("cpu.cfs_quota_us"),
+                    &quota_us(cpus, period).to_string(),
+                )?;
+            }
+            Some(CpuLimit::Shares { cpus }) => {
+                write_file(&cpu.join("cpu.shares"), &shares(cpus).to_string())?;
+                write_file(&cpu.join("cpu.cfs_quota_us"), "-1")?;
+            }
+            None => {}
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            let mem = self.dir(&self.memory, rel);
+            let memsw = mem.join("memory.memsw.limit_in_bytes");
+            let limit = mem.join("memory.limit_in_bytes");
+            // memsw must stay >= the memory limit at every step.
+            let current: u64 = read_file(&limit)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(u64::MAX);
+            let value = bytes.to_string();
+            if memsw.exists() && bytes > current {
+                write_file(&memsw, &value)?;
+                write_file(&limit, &value)?;
+            } else {
+                write_file(&limit, &value)?;
+                if memsw.exists() {
+                    write_file(&memsw, &value)?;
+                }
+            }
+        }
+        if let (Some(max), Some(pids)) = (limits.pids, &self.pids) {
+            write_file(&self.dir(pids, rel).join("pids.max"), &max.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn handle(&self, rel: &str) -> CgroupHandle {
+        CgroupHandle {
+            version: CgroupVersion::V1,
+            path: self.rel_path(rel),
+            dirs: self.hierarchies.iter().map(|h| self.dir(h, rel)).collect(),
+            memory_dir: self.dir(&self.memory, rel),
+            oom_kill_counter: self.features.oom_kill_counter,
+        }
+    }
+
+    fn children(&self, rel: &str) -> Result<Vec<String>, CgroupError> {
+        child_names(&self.dir(&self.memory, rel))
+    }
+}

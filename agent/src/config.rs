@@ -1,0 +1,296 @@
+//! Agent configuration: embedded defaults, then the TOML file, then flags.
+//! Every error is one line that names the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::VersionChoice;
+use crate::spec::check_name;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{key}: {reason}")]
+    Key { key: &'static str, reason: String },
+}
+
+fn key(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Features that can be forced off to exercise the fallbacks of old kernels.
+pub const KNOWN_FEATURES: [&str; 4] = ["pids_cgroup", "oom_kill_counter", "cpu_idle", "pivot_root"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// HTTP listen address. Non-loopback needs `token_file`.
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Name of gleaner's cgroup under each controller's root.
+    pub cgroup_root: String,
+    /// Defaults to the host name.
+    pub node_id: Option<String>,
+    pub etcd: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    /// File holding the bearer token every request must carry.
+    pub token_file: Option<PathBuf>,
+    pub cgroup_version: VersionChoice,
+    /// Force fallbacks: any of `KNOWN_FEATURES`.
+    pub disable_features: Vec<String>,
+    /// Process limit per task (pids cgroup, or RLIMIT_NPROC as fallback).
+    pub pids_limit: u64,
+    pub default_user: String,
+    /// Roles whose tasks may run as root (uid 0).
+    pub root_roles: Vec<String>,
+    /// rootfs of tasks that name none.
+    pub default_rootfs: Option<PathBuf>,
+    /// How often supervisors are checked for life (exit reports arrive at
+    /// once by datagram; this only catches a supervisor that was killed).
+    pub liveness_interval_s: f64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: "127.0.0.1:5051".into(),
+            data_dir: PathBuf::from("/var/lib/gleaner"),
+            cgroup_root: "gleaner".into(),
+            node_id: None,
+            etcd: Vec::new(),
+            attributes: BTreeMap::new(),
+            token_file: None,
+            cgroup_version: VersionChoice::Auto,
+            disable_features: Vec::new(),
+            pids_limit: 1024,
+            default_user: "nobody".into(),
+            root_roles: Vec::new(),
+            default_rootfs: None,
+            liveness_interval_s: 5.0,
+        }
+    }
+}
+
+/// Command-line overrides (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub cgroup_root: Option<String>,
+    pub node_id: Option<String>,
+    pub etcd: Option<String>,
+    pub attributes: Vec<String>,
+}
+
+impl AgentConfig {
+    /// Defaults, then `file` if given, then `over`; validated.
+    pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => Self::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        cfg.apply(over)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    fn apply(&mut self, over: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &over.listen {
+            self.listen = v.clone();
+        }
+        if let Some(v) = &over.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = &over.cgroup_root {
+            self.cgroup_root = v.clone();
+        }
+        if let Some(v) = &over.node_id {
+            self.node_id = Some(v.clone());
+        }
+        if let Some(v) = &over.etcd {
+            self.etcd = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        for kv in &over.attributes {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| key("attribute", format!("{kv:?} is not K=V")))?;
+            self.attributes.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr = self.listen_addr()?;
+        if !addr.ip().is_loopback() && self.token_file.is_none() {
+            return Err(key(
+                "listen",
+                format!("{addr} is not a loopback address; set token_file so that requests need a bearer token"),
+            ));
+        }
+        check_name("cgroup_root", &self.cgroup_root).map_err(|e| key("cgroup_root", e.reason))?;
+        if !self.data_dir.is_absolute() {
+            return Err(key(
+                "data_dir",
+                format!("must be absolute, got {}", self.data_dir.display()),
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            check_name("node_id", id).map_err(|e| key("node_id", e.reason))?;
+        }
+        for name in self.attributes.keys() {
+            check_name("attributes", name)
+                .map_err(|e| key("attribute", format!("{name:?}: {}", e.reason)))?;
+        }
+        for f in &self.disable_features {
+            if !KNOWN_FEATURES.contains(&f.as_str()) {
+                return Err(key(
+                    "disable_features",
+                    format!("unknown feature {f:?} (known: {KNOWN_FEATURES:?})"),
+                ));
+            }
+        }
+        if self.pids_limit == 0 {
+            return Err(key("pids_limit", "must be > 0"));
+        }
+        if !(self.liveness_interval_s.is_finite() && self.liveness_interval_s > 0.0) {
+            return Err(key("liveness_interval_s", "must be > 0"));
+        }
+        if let Some(p) = &self.default_rootfs {
+            if !p.is_absolute() {
+                return Err(key("default_rootfs", "must be absolute"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let text = self.listen.replace("localhost:", "127.0.0.1:");
+        text.parse().map_err(|_| {
+            key(
+                "listen",
+                format!("{:?} is not ADDR:PORT with a numeric address", self.listen),
+            )
+        })
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        })
+    }
+
+    pub fn feature_disabled(&self, name: &str) -> bool {
+        self.disable_features.iter().any(|f| f == name)
+    }
+
+    pub fn read_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| key("token_file", format!("{}: {e}", path.display())))?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            return Err(key("token_file", format!("{} is empty", path.display())));
+        }
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = AgentConfig::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5051");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/gleaner"));
+        assert_eq!(c.cgroup_root, "gleaner");
+        assert!(c.etcd.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
+        let e = AgentConfig::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file_and_are_checked() {
+        let over = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            attributes: vec!["zone=east".into()],
+            etcd: Some("http://127.0.0.1:2379, http://127.0.0.1:2380".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::load(None, &over).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.attributes["zone"], "east");
+        assert_eq!(c.etcd.len(), 2);
+
+        let bad = Overrides {
+            attributes: vec!["novalue".into()],
+            ..Default::default()
+        };
+        assert!(AgentConfig::load(None, &bad)
+            .unwrap_err()
+            .to_string()
+            .starts_with("attribute:"));
+        let public = Overrides {
+            listen: Some("0.0.0.0:5051".into()),
+            ..Default::default()
+        };
+        assert!(AgentConfig::load(None, &public)
+            .unwrap_err()
+            .to_string()
+            .contains("token_file"));
+        let root = Overrides {
+            cgroup_root: Some("../x".into()),
+            ..Default::default()
+        };
+        assert!(AgentConfig::load(None, &root)
+            .unwrap_err()
+            .to_string()
+            .starts_with("cgroup_root"));
+        let port = Overrides {
+            listen: Some("127.0.0.1:http".into()),
+            ..Default::default()
+        };
+        assert!(AgentConfig::load(None, &port)
+            .unwrap_err()
+            .to_string()
+            .starts_with("listen"));
+    }
+}

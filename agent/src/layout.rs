@@ -1,0 +1,92 @@
+//! Where things live under the data dir. One place, so the agent, the
+//! supervisor and recovery agree on every path.
+//!
+//! ```text
+//! <data-dir>/
+//!   run/notify.sock          supervisors report exits here (datagram)
+//!   tasks/<id>/task.json     spec + agent-side status        (agent writes)
+//!   tasks/<id>/launch.json   what the supervisor executes    (agent writes)
+//!   tasks/<id>/stop.json     why the agent asked it to stop  (agent writes)
+//!   tasks/<id>/supervisor.json  pids and start time          (supervisor writes)
+//!   tasks/<id>/exit.json     exit status                     (supervisor writes)
+//!   tasks/<id>/supervisor.log
+//!   tasks/<id>/tmp/          the task's private /tmp
+//!   tasks/<id>/sandbox/      working dir (/sandbox), with stdout and stderr
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Mount point of the sandbox inside the task's rootfs; its working dir.
+pub const SANDBOX_IN_ROOTFS: &str = "/sandbox";
+/// Directories every rootfs needs as mount points.
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "dev", "tmp", "sandbox"];
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn tasks(&self) -> PathBuf {
+        self.root.join("tasks")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn notify_socket(&self) -> PathBuf {
+        self.run().join("notify.sock")
+    }
+    pub fn task(&self, id: &str) -> TaskDir {
+        TaskDir::new(self.tasks().join(id))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskDir {
+    root: PathBuf,
+}
+
+impl TaskDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        TaskDir { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn task_json(&self) -> PathBuf {
+        self.root.join("task.json")
+    }
+    pub fn launch_json(&self) -> PathBuf {
+        self.root.join("launch.json")
+    }
+    pub fn stop_json(&self) -> PathBuf {
+        self.root.join("stop.json")
+    }
+    pub fn supervisor_json(&self) -> PathBuf {
+        self.root.join("supervisor.json")
+    }
+    pub fn exit_json(&self) -> PathBuf {
+        self.root.join("exit.json")
+    }
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.root.join("supervisor.log")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn sandbox(&self) -> PathBuf {
+        self.root.join("sandbox")
+    }
+    pub fn stdout(&self) -> PathBuf {
+        self.sandbox().join("stdout")
+    }
+    pub fn stderr(&self) -> PathBuf {
+        self.sandbox().join("stderr")
+    }
+}

@@ -1,0 +1,145 @@
+//! `gleaner-agent`: trace init, config, bind, serve until SIGTERM/SIGINT,
+//! then stop serving. Tasks keep running: they belong to their supervisors.
+//!
+//! `gleaner-agent supervise <task-dir>` is the supervisor mode (internal).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use gleaner_agent::config::{AgentConfig, Overrides};
+use gleaner_agent::runtime::Agent;
+
+#[derive(Parser, Debug)]
+#[command(name = "gleaner-agent", version, about = "gleaner node agent")]
+struct Cli {
+    /// TOML config file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP listen address, ADDR:PORT.
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Name of gleaner's cgroup under each controller's root.
+    #[arg(long)]
+    cgroup_root: Option<String>,
+    #[arg(long)]
+    node_id: Option<String>,
+    /// etcd endpoints, comma separated.
+    #[arg(long)]
+    etcd: Option<String>,
+    /// Static node attribute K=V (repeatable).
+    #[arg(long = "attribute", value_name = "K=V")]
+    attributes: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "supervise") {
+        let Some(dir) = args.get(2) else {
+            eprintln!("gleaner-agent supervise: missing task dir");
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(gleaner_agent::supervisor::main(std::path::Path::new(dir)) as u8);
+    }
+    let cli = Cli::parse();
+    let over = Overrides {
+        listen: cli.listen,
+        data_dir: cli.data_dir,
+        cgroup_root: cli.cgroup_root,
+        node_id: cli.node_id,
+        etcd: cli.etcd,
+        attributes: cli.attributes,
+    };
+    let cfg = match AgentConfig::load(cli.config.as_deref(), &over) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gleaner-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gleaner-agent: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gleaner-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLEANER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let token = cfg.read_token()?;
+    let addr = cfg.listen_addr()?;
+    let agent = Agent::start(cfg).await.context("start")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen {addr}"))?;
+    tracing::info!(%addr, "api listening");
+    notify_systemd("READY=1");
+    let app = gleaner_agent::api::router(agent.clone(), token);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serve")?;
+    notify_systemd("STOPPING=1");
+    let running = agent.counts_by_state().get("RUNNING").copied().unwrap_or(0);
+    tracing::info!(
+        running,
+        "agent stopped; tasks keep running under their supervisors"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
+fn notify_systemd(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::warn!("sd_notify {msg}: {e}");
+    }
+}

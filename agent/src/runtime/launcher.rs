@@ -1,0 +1,199 @@
+//! Launching one run of a task: sandbox, cgroup, launch.json, supervisor.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::io::AsyncReadExt;
+
+use super::{cgroup_rel, Agent, Task, TaskRef};
+use crate::cgroup::{CpuLimit, Limits};
+use crate::fsutil;
+use crate::layout::SANDBOX_IN_ROOTFS;
+use crate::spec::CpuLimitKind;
+use crate::status::{Reason, TaskState};
+use crate::supervisor::{ensure_mount_points, LaunchConfig, SupervisorRecord};
+
+/// The agent binary, re-executed in supervisor mode. /proc/self/exe keeps
+/// working while an upgrade replaces the file on disk.
+const SELF_EXE: &str = "/proc/self/exe";
+
+impl Agent {
+    /// Launches the task's current run; on return the task is RUNNING or
+    /// has ended (launch failure, or an exit that raced the launch).
+    pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
+        let (id, run, dir) = {
+            let mut t = task.lock().unwrap();
+            t.record.status.state = TaskState::Staging;
+            if let Err(msg) = self.prepare(&mut t) {
+                drop(t);
+                self.launch_failed(task, msg);
+                return;
+            }
+            (t.record.status.id.clone(), t.record.run, t.dir.clone())
+        };
+        match spawn_supervisor(dir.root()).await {
+            Ok(task_pid) => {
+                let pending = {
+                    let mut t = task.lock().unwrap();
+                    let sup: Option<SupervisorRecord> =
+                        fsutil::read_json(&dir.supervisor_json()).ok();
+                    let st = &mut t.record.status;
+                    st.state = TaskState::Running;
+                    st.pid = Some(task_pid);
+                    st.started_at =
+                        Some(sup.as_ref().map(|s| s.started_at).unwrap_or_else(Utc::now));
+                    st.message = None;
+                    st.reason = None;
+                    st.exit_code = None;
+                    st.signal = None;
+                    st.finished_at = None;
+                    t.record.supervisor = sup;
+                    t.record.boot_id = self.boot_id.clone();
+                    if let Err(e) = t.persist() {
+                        tracing::error!(task = %id, "persist: {e}");
+                    }
+                    self.counters.launches.fetch_add(1, Ordering::Relaxed);
+                    t.pending_stop.take()
+                };
+                if let Some(reason) = pending {
+                    let _ = self.stop(&id, reason);
+                }
+                // A short task may have ended before it was marked running.
+                if dir.exit_json().exists() {
+                    self.on_exit(&id, run);
+                }
+            }
+            Err(msg) => self.launch_failed(task, msg),
+        }
+    }
+
+    fn launch_failed(self: &Arc<Self>, task: &TaskRef, msg: String) {
+        let mut t = task.lock().unwrap();
+        tracing::warn!(task = %t.record.status.id, "launch failed: {msg}");
+        self.counters
+            .launch_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let handle = self.cgroups.handle(&cgroup_rel(&t.record.spec));
+        if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
+            tracing::warn!("{e}");
+        }
+        let st = &mut t.record.status;
+        st.message = Some(msg);
+        st.exit_code = None;
+        st.signal = None;
+        st.pid = None;
+        st.finished_at = Some(Utc::now());
+        self.finish_run(task, &mut t, TaskState::Failed, Some(Reason::LaunchFailed));
+    }
+
+    /// Everything before the supervisor: sandbox, cgroup, launch.json.
+    fn prepare(&self, t: &mut Task) -> Result<(), String> {
+        let spec = &t.record.spec;
+        let rootfs = spec
+            .rootfs
+            .as_ref()
+            .and_then(|r| r.path.clone())
+            .ok_or("task has no rootfs path")?;
+        let user = spec
+            .user
+            .clone()
+            .unwrap_or_else(|| self.cfg.default_user.clone());
+        let (uid, gid) = crate::userdb::resolve(&rootfs, &user).map_err(|e| e.to_string())?;
+        ensure_mount_points(&rootfs).map_err(|e| e.to_string())?;
+
+        let dir = &t.dir;
+        for stale in [dir.exit_json(), dir.supervisor_json(), dir.stop_json()] {
+            fsutil::remove_file_if_exists(&stale).map_err(|e| e.to_string())?;
+        }
+        fsutil::create_dir_all(&dir.sandbox()).map_err(|e| e.to_string())?;
+        nix::unistd::chown(&dir.sandbox(), Some(uid.into()), Some(gid.into()))
+            .map_err(|e| format!("chown {}: {e}", dir.sandbox().display()))?;
+        fsutil::create_dir_all(&dir.tmp()).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(dir.tmp(), std::fs::Permissions::from_mode(0o1777))
+            .map_err(|e| format!("chmod {}: {e}", dir.tmp().display()))?;
+
+        let rel = cgroup_rel(spec);
+        let features = self.cgroups.features();
+        self.cgroups.create(&spec.role).map_err(|e| e.to_string())?;
+        let handle = self.cgroups.create(&rel).map_err(|e| e.to_string())?;
+        let cpus = spec.resources.cpus;
+        let limits = Limits {
+            cpu: Some(match spec.cpu_limit {
+                CpuLimitKind::Cfs => CpuLimit::Quota { cpus },
+                CpuLimitKind::Shares => CpuLimit::Shares { cpus },
+            }),
+            memory_bytes: Some(spec.resources.mem_bytes()),
+            pids: features.pids.then_some(self.cfg.pids_limit),
+        };
+        if let Err(e) = self.cgroups.set_limits(&rel, &limits) {
+            let _ = handle.destroy(std::time::Duration::from_secs(1));
+            return Err(e.to_string());
+        }
+
+        let id = t.record.status.id.clone();
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            format!("HOME={SANDBOX_IN_ROOTFS}"),
+            format!("USER={user}"),
+            format!("GLEANER_TASK_ID={id}"),
+            format!("GLEANER_SANDBOX={SANDBOX_IN_ROOTFS}"),
+            format!("GLEANER_ROLE={}", spec.role),
+        ];
+        for (k, v) in &spec.env {
+            env.retain(|e| !e.starts_with(&format!("{k}=")));
+            env.push(format!("{k}={v}"));
+        }
+        let launch = LaunchConfig {
+            task_id: id,
+            run: t.record.run,
+            rootfs,
+            sandbox: dir.sandbox(),
+            tmp: dir.tmp(),
+            argv: spec.command_line(),
+            env,
+            uid,
+            gid,
+            cgroup: handle.clone(),
+            nproc_rlimit: (!features.pids).then_some(self.cfg.pids_limit),
+            pivot_root: !self.cfg.feature_disabled("pivot_root"),
+            kill_grace_s: spec.kill_grace_s,
+            notify_socket: self.data.notify_socket(),
+        };
+        // Input of one supervisor start: no fsync needed, it is rewritten on
+        // every launch and never read during recovery.
+        let json = serde_json::to_vec(&launch).map_err(|e| e.to_string())?;
+        std::fs::write(dir.launch_json(), json)
+            .map_err(|e| format!("write {}: {e}", dir.launch_json().display()))?;
+        t.record.status.cgroup = Some(handle.path);
+        Ok(())
+    }
+}
+
+/// Starts `gleaner-agent supervise <dir>` and waits for its verdict:
+/// the task's pid, or why it could not start.
+async fn spawn_supervisor(dir: &std::path::Path) -> Result<i32, String> {
+    let mut child = tokio::process::Command::new(SELF_EXE)
+        .arg("supervise")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn supervisor: {e}"))?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out).await;
+    }
+    let _ = child.wait().await;
+    let line = out.lines().next().unwrap_or("").trim();
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return pid.parse().map_err(|_| format!("supervisor said {line:?}"));
+    }
+    Err(match line.strip_prefix("error: ") {
+        Some(reason) => reason.to_owned(),
+        None => format!("supervisor exited without a report ({line:?})"),
+    })
+}

@@ -1,0 +1,355 @@
+//! What a user asks for: [`TaskSpec`] and its validation.
+//!
+//! Pure: no I/O here, so every rule is unit-tested without root. Checks that
+//! need the file system (does the rootfs exist?) live in `runtime::admit`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_ROLE: &str = "batch";
+pub const DEFAULT_KILL_GRACE_S: f64 = 10.0;
+/// Smallest memory limit the kernel handles sensibly for a process tree.
+pub const MIN_MEM_MB: f64 = 4.0;
+const MAX_ID_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default = "default_role")]
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// Absent: the agent's `default_rootfs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<RootfsSpec>,
+    pub resources: Resources,
+    #[serde(default)]
+    pub cpu_limit: CpuLimitKind,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub constraints: Vec<Vec<String>>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default = "default_grace")]
+    pub kill_grace_s: f64,
+}
+
+fn default_role() -> String {
+    DEFAULT_ROLE.to_owned()
+}
+
+fn default_grace() -> f64 {
+    DEFAULT_KILL_GRACE_S
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpus: f64,
+    pub mem_mb: f64,
+    #[serde(default)]
+    pub disk_mb: f64,
+}
+
+impl Resources {
+    pub fn mem_bytes(&self) -> u64 {
+        (self.mem_mb * 1024.0 * 1024.0) as u64
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuLimitKind {
+    /// Hard limit: quota = cpus x period.
+    #[default]
+    Cfs,
+    /// Soft weight: shares = cpus x 1024.
+    Shares,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Ids, roles and attribute names share one alphabet: safe as a path
+/// component and as a cgroup name.
+pub fn check_name(field: &'static str, s: &str) -> Result<(), SpecError> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
+        return Err(bad(field, format!("must be 1 to {MAX_ID_LEN} characters")));
+    }
+    if s == "." || s == ".." {
+        return Err(bad(field, format!("{s:?} is not allowed")));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(bad(
+            field,
+            format!("character {c:?} is not allowed (use [A-Za-z0-9._-])"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_amount(field: &'static str, v: f64, min: f64, inclusive: bool) -> Result<(), SpecError> {
+    if !v.is_finite() {
+        return Err(bad(field, "must be a finite number"));
+    }
+    let ok = if inclusive { v >= min } else { v > min };
+    if !ok {
+        let op = if inclusive { ">=" } else { ">" };
+        return Err(bad(field, format!("must be {op} {min}, got {v}")));
+    }
+    Ok(())
+}
+
+impl Resources {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_amount("resources.cpus", self.cpus, 0.0, false)?;
+        check_amount("resources.mem_mb", self.mem_mb, MIN_MEM_MB, true)?;
+        check_amount("resources.disk_mb", self.disk_mb, 0.0, true)
+    }
+}
+
+impl TaskSpec {
+    /// Checks everything that can be checked without touching the host.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(id) = &self.id {
+            check_name("id", id)?;
+        }
+        check_name("role", &self.role)?;
+        match (&self.cmd, &self.argv) {
+            (Some(_), Some(_)) => {
+                return Err(bad("cmd", "give exactly one of cmd and argv, not both"))
+            }
+            (None, None) => return Err(bad("cmd", "give exactly one of cmd and argv")),
+            (Some(c), None) if c.trim().is_empty() => return Err(bad("cmd", "must not be empty")),
+            (None, Some(a)) if a.is_empty() || a[0].is_empty() => {
+                return Err(bad("argv", "must have a program as first element"))
+            }
+            _ => {}
+        }
+        if self
+            .cmd
+            .iter()
+            .chain(self.argv.iter().flatten())
+            .any(|s| s.contains('\0'))
+        {
+            return Err(bad("cmd", "must not contain NUL bytes"));
+        }
+        if let Some(r) = &self.rootfs {
+            r.validate()?;
+        }
+        self.resources.validate()?;
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(bad("env", format!("invalid variable name or value {k:?}")));
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.contains(['/', ':', '\0']) {
+                return Err(bad("user", format!("invalid user {u:?}")));
+            }
+        }
+        for c in &self.constraints {
+            if !(2..=3).contains(&c.len()) {
+                return Err(bad(
+                    "constraints",
+                    format!(
+                        "{c:?}: expected [attribute, OPERATOR] or [attribute, OPERATOR, value]"
+                    ),
+                ));
+            }
+        }
+        if !self.kill_grace_s.is_finite() || self.kill_grace_s < 0.0 || self.kill_grace_s > 86400.0
+        {
+            return Err(bad("kill_grace_s", "must be between 0 and 86400 seconds"));
+        }
+        Ok(())
+    }
+
+    /// The argv that the task's init executes inside the rootfs.
+    pub fn command_line(&self) -> Vec<String> {
+        match (&self.cmd, &self.argv) {
+            (Some(cmd), _) => vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
+            (None, Some(argv)) => argv.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+impl RootfsSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match (&self.path, &self.uri) {
+            (Some(_), Some(_)) => Err(bad("rootfs", "give exactly one of path and uri")),
+            (None, None) => Err(bad("rootfs", "give path or uri")),
+            (Some(p), None) => {
+                if !p.is_absolute() {
+                    return Err(bad(
+                        "rootfs.path",
+                        format!("must be absolute, got {}", p.display()),
+                    ));
+                }
+                if p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(bad("rootfs.path", "must not contain '..'"));
+                }
+                if self.sha256.is_some() {
+                    return Err(bad("rootfs.sha256", "goes with uri, not path"));
+                }
+                Ok(())
+            }
+            (None, Some(_)) => Err(bad(
+                "rootfs.uri",
+                "images by uri are not supported by this agent version yet; use path",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<TaskSpec, String> {
+        let spec: TaskSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+
+    const OK: &str =
+        r#"{"cmd":"true","rootfs":{"path":"/r"},"resources":{"cpus":0.5,"mem_mb":64}}"#;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let s = parse(OK).unwrap();
+        assert_eq!(s.role, "batch");
+        assert_eq!(s.cpu_limit, CpuLimitKind::Cfs);
+        assert_eq!(s.kill_grace_s, 10.0);
+        assert_eq!(s.restart.policy, RestartPolicy::Never);
+        assert_eq!(s.command_line(), ["/bin/sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e =
+            parse(r#"{"cmd":"true","resources":{"cpus":1,"mem_mb":64},"colour":1}"#).unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let e = parse(r#"{"cmd":"true","resources":{"cpus":1,"mem_mb":64,"gpus":1}}"#).unwrap_err();
+        assert!(e.contains("gpus"), "{e}");
+    }
+
+    #[test]
+    fn resources_must_be_positive_and_finite() {
+        for (r, field) in [
+            (r#"{"cpus":0,"mem_mb":64}"#, "cpus"),
+            (r#"{"cpus":-1,"mem_mb":64}"#, "cpus"),
+            (r#"{"cpus":1,"mem_mb":2}"#, "mem_mb"),
+            (r#"{"cpus":1,"mem_mb":64,"disk_mb":-5}"#, "disk_mb"),
+            (r#"{"cpus":1e999,"mem_mb":64}"#, "cpus"),
+        ] {
+            let e = parse(&format!(r#"{{"cmd":"x","resources":{r}}}"#)).unwrap_err();
+            assert!(e.contains(field), "{r}: {e}");
+        }
+        let nan = Resources {
+            cpus: f64::NAN,
+            mem_mb: 64.0,
+            disk_mb: 0.0,
+        };
+        assert!(nan.validate().unwrap_err().to_string().contains("finite"));
+    }
+
+    #[test]
+    fn exactly_one_of_cmd_and_argv() {
+        assert!(parse(r#"{"cmd":"a","argv":["b"],"resources":{"cpus":1,"mem_mb":64}}"#).is_err());
+        assert!(parse(r#"{"resources":{"cpus":1,"mem_mb":64}}"#).is_err());
+        assert!(parse(r#"{"argv":[],"resources":{"cpus":1,"mem_mb":64}}"#).is_err());
+        let s = parse(r#"{"argv":["/bin/echo","hi"],"resources":{"cpus":1,"mem_mb":64}}"#).unwrap();
+        assert_eq!(s.command_line(), ["/bin/echo", "hi"]);
+    }
+
+    #[test]
+    fn ids_cannot_escape_paths() {
+        for id in ["a/b", "..", ".", "", "x y", &"a".repeat(65)] {
+            let json = format!(r#"{{"id":{id:?},"cmd":"x","resources":{{"cpus":1,"mem_mb":64}}}}"#);
+            assert!(parse(&json).unwrap_err().starts_with("id:"), "{id}");
+        }
+        assert!(parse(r#"{"id":"a.b_c-1","cmd":"x","resources":{"cpus":1,"mem_mb":64}}"#).is_ok());
+    }
+
+    #[test]
+    fn rootfs_path_must_be_absolute() {
+        let e =
+            parse(r#"{"cmd":"x","rootfs":{"path":"rel/dir"},"resources":{"cpus":1,"mem_mb":64}}"#)
+                .unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        let e =
+            parse(r#"{"cmd":"x","rootfs":{"path":"/a/../b"},"resources":{"cpus":1,"mem_mb":64}}"#)
+                .unwrap_err();
+        assert!(e.contains(".."), "{e}");
+    }
+
+    #[test]
+    fn restart_policy_names() {
+        let s = parse(r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"restart":{"policy":"on-failure","max_retries":2}}"#).unwrap();
+        assert_eq!(s.restart.policy, RestartPolicy::OnFailure);
+        assert_eq!(s.restart.max_retries, Some(2));
+        assert!(parse(
+            r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"restart":{"policy":"sometimes"}}"#
+        )
+        .is_err());
+    }
+}

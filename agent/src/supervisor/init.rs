@@ -1,0 +1,202 @@
+//! The task's init (pid 1 of its pid namespace) and the exec of the command.
+//!
+//! The init joins the task cgroup, builds the mount namespace and root, then
+//! forks the command. It forwards the termination signals to the command,
+//! reaps every orphan in the namespace, and reports the command's status to
+//! the supervisor. A pid-ns init ignores signals it has no handler for, so
+//! it installs a no-op handler and takes them with sigwait.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::{mounts, unblock_all_signals, LaunchConfig};
+use crate::layout::SANDBOX_IN_ROOTFS;
+
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+extern "C" fn noop(_: libc::c_int) {}
+
+/// Runs in the init; returns its exit code.
+pub(super) fn run(
+    cfg: &LaunchConfig,
+    err_w: OwnedFd,
+    status_w: OwnedFd,
+    stdout: File,
+    stderr: File,
+) -> i32 {
+    let mut err_w = File::from(err_w);
+    // The init dies with its supervisor: a task is never left unsupervised.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if let Err(e) = setup(cfg) {
+        let _ = err_w.write_all(e.as_bytes());
+        return 1;
+    }
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        waited.add(s);
+    }
+    let handler = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
+    for s in waited.iter() {
+        // SAFETY: installing a handler that does nothing.
+        let _ = unsafe { sigaction(s, &handler) };
+    }
+    let _ = waited.thread_block();
+
+    // SAFETY: the init is single-threaded.
+    let command = match unsafe { fork() } {
+        Err(e) => {
+            let _ = err_w.write_all(format!("fork command: {e}").as_bytes());
+            return 1;
+        }
+        Ok(ForkResult::Child) => {
+            let err = exec_command(cfg, &stdout, &stderr);
+            let _ = err_w.write_all(err.as_bytes());
+            // SAFETY: leave the failed child without unwinding.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(err_w);
+    drop(stdout);
+    drop(stderr);
+
+    let status = reap_until(command, &waited);
+    let mut status_w = File::from(status_w);
+    let _ = status_w.write_all(status.as_bytes());
+    0
+}
+
+/// Forwards signals and reaps orphans until `command` exits.
+fn reap_until(command: Pid, waited: &SigSet) -> String {
+    loop {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == command => {
+                    return format!("exit {code}")
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
+                    return format!("signal {}", sig as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = kill(command, sig);
+            }
+        }
+    }
+}
+
+fn setup(cfg: &LaunchConfig) -> Result<(), String> {
+    cfg.cgroup
+        .join_self()
+        .map_err(|e| format!("join cgroup: {e}"))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("mount namespace: {e}"))?;
+    mounts::enter_rootfs(&cfg.rootfs, &cfg.sandbox, &cfg.tmp, cfg.pivot_root)
+        .map_err(|e| e.to_string())
+}
+
+/// In the command's process: drops privileges and executes. Returns only on
+/// failure, with the reason.
+fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
+    unblock_all_signals();
+    for s in FORWARDED.iter().chain([Signal::SIGCHLD].iter()) {
+        // SAFETY: restoring the default disposition.
+        let _ = unsafe {
+            sigaction(
+                *s,
+                &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+            )
+        };
+    }
+    let _ = nix::unistd::setsid();
+    match File::open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        Ok(null) => unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+        },
+        Err(e) => return format!("open /dev/null in rootfs: {e}"),
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(stdout.as_raw_fd(), 1);
+        libc::dup2(stderr.as_raw_fd(), 2);
+    }
+    if let Some(n) = cfg.nproc_rlimit {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n);
+    }
+    if let Err(e) = drop_privileges(cfg.uid, cfg.gid) {
+        return e;
+    }
+    if let Err(e) = std::env::set_current_dir(SANDBOX_IN_ROOTFS) {
+        return format!("chdir {SANDBOX_IN_ROOTFS}: {e}");
+    }
+    let program = match resolve_program(&cfg.argv[0], &cfg.env) {
+        Some(p) => p,
+        None => return format!("exec {}: not found in the rootfs", cfg.argv[0]),
+    };
+    let cstr = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = cfg.argv.iter().map(|a| cstr(a)).collect();
+    let env: Vec<CString> = cfg.env.iter().map(|a| cstr(a)).collect();
+    let err = nix::unistd::execve(&cstr(&program), &argv, &env).unwrap_err();
+    format!("exec {program}: {err}")
+}
+
+/// Bounding set first (needs CAP_SETPCAP), then ids, then what is left.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
+    for cap in caps::all() {
+        let _ = caps::drop(None, caps::CapSet::Bounding, cap);
+    }
+    let gid_n = nix::unistd::Gid::from_raw(gid);
+    nix::unistd::setgroups(&[gid_n]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setgid(gid_n).map_err(|e| format!("setgid {gid}: {e}"))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+        .map_err(|e| format!("setuid {uid}: {e}"))?;
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        let _ = caps::clear(None, set);
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// execvp's search, but over the task's PATH rather than the supervisor's.
+fn resolve_program(name: &str, env: &[String]) -> Option<String> {
+    if name.contains('/') {
+        return Some(name.to_owned());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|p| nix::unistd::access(Path::new(p), nix::unistd::AccessFlags::X_OK).is_ok())
+}

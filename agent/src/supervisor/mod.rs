@@ -1,0 +1,381 @@
+//! The per-task supervisor: a mode of the agent binary
+//! (`gleaner-agent supervise <task-dir>`), synchronous and single-threaded.
+//!
+//! Process tree of one task:
+//!
+//! ```text
+//! agent ── spawns ──> P1 (setsid, forks P2, exits at once: the agent reaps it)
+//!                     P2 supervisor   (reparented to init: outlives the agent)
+//!                      └─ init        (pid 1 of a new pid ns; in the task cgroup)
+//!                          └─ command (chroot/pivot_root, user, no caps)
+//! ```
+//!
+//! The supervisor reports the launch result on its stdout (a pipe the agent
+//! reads: `ok <pid>` or `error: <reason>`), writes `supervisor.json`, waits for
+//! the init, enforces the kill grace, then writes `exit.json` atomically,
+//! removes the task cgroup and tells the agent through a datagram. **It never
+//! needs the agent**: a task that ends while the agent is down leaves its exit
+//! record behind for the next agent.
+
+mod init;
+mod mounts;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::CgroupHandle;
+use crate::fsutil::{read_json, write_json_atomic};
+use crate::layout::TaskDir;
+use crate::status::{ExitRecord, StopReason};
+
+pub use mounts::ensure_mount_points;
+
+/// Everything the supervisor needs, written by the agent into `launch.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchConfig {
+    pub task_id: String,
+    pub run: u32,
+    pub rootfs: PathBuf,
+    /// Host paths bind-mounted as /sandbox and /tmp.
+    pub sandbox: PathBuf,
+    pub tmp: PathBuf,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup: CgroupHandle,
+    /// RLIMIT_NPROC for kernels without a pids controller.
+    pub nproc_rlimit: Option<u64>,
+    /// pivot_root inside a private mount namespace; plain chroot when false.
+    pub pivot_root: bool,
+    pub kill_grace_s: f64,
+    pub notify_socket: PathBuf,
+}
+
+/// Written by the supervisor once the command was executed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorRecord {
+    pub run: u32,
+    pub supervisor_pid: i32,
+    pub supervisor_start_ticks: u64,
+    pub init_pid: i32,
+    pub task_pid: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Written by the agent before it signals the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub run: u32,
+    pub reason: StopReason,
+    pub grace_s: f64,
+}
+
+/// Signals the supervisor waits for; blocked before the init is forked.
+fn supervisor_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Entry point of `gleaner-agent supervise <task-dir>`. Returns the exit code
+/// of P1, the short-lived first process.
+pub fn main(task_dir: &Path) -> i32 {
+    let dir = TaskDir::new(task_dir);
+    let cfg: LaunchConfig = match read_json(&dir.launch_json()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("error: {e}");
+            return 1;
+        }
+    };
+    let _ = nix::unistd::setsid();
+    // SAFETY: single-threaded at this point (no runtime started in this mode).
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => 0,
+        Ok(ForkResult::Child) => {
+            let code = Supervisor::new(cfg, dir).run();
+            std::process::exit(code)
+        }
+        Err(e) => {
+            println!("error: fork supervisor: {e}");
+            1
+        }
+    }
+}
+
+struct Supervisor {
+    cfg: LaunchConfig,
+    dir: TaskDir,
+}
+
+/// How the task's command ended, as the init saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl Supervisor {
+    fn new(cfg: LaunchConfig, dir: TaskDir) -> Self {
+        Supervisor { cfg, dir }
+    }
+
+    fn run(self) -> i32 {
+        // The agent's pipe moves off fd 1 so nothing else writes into it, and
+        // the supervisor's own diagnostics go to supervisor.log.
+        // SAFETY: dup of our own stdout; the result is owned below.
+        let report = unsafe { OwnedFd::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 10)) };
+        let report_fd = report.as_raw_fd();
+        let mut report = File::from(report);
+        redirect_stdio(&self.dir.supervisor_log());
+
+        match self.launch(report_fd) {
+            Ok((init, task_pid, status_r)) => {
+                let _ = writeln!(report, "ok {task_pid}");
+                drop(report);
+                let outcome = self.wait(init, status_r);
+                self.finish(Some(outcome), None);
+            }
+            Err(reason) => {
+                let _ = writeln!(report, "error: {reason}");
+                drop(report);
+                self.finish(None, Some(reason));
+            }
+        }
+        0
+    }
+
+    /// Forks the init and waits until the command was executed (or failed).
+    fn launch(&self, report_fd: i32) -> Result<(Pid, i32, File), String> {
+        let open = |p: PathBuf| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| format!("open {}: {e}", p.display()))
+        };
+        let stdout = open(self.dir.stdout())?;
+        let stderr = open(self.dir.stderr())?;
+        let (mut err_r, err_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+
+        let signals = supervisor_signals();
+        signals
+            .thread_block()
+            .map_err(|e| format!("block signals: {e}"))?;
+        // Without a pid namespace the init is an ordinary process: it still
+        // forwards signals and reaps, only orphans are not contained.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+            eprintln!("warning: no pid namespace for the task: {e}");
+        }
+        // SAFETY: single-threaded process.
+        let init = match unsafe { fork() } {
+            Err(e) => return Err(format!("fork init: {e}")),
+            Ok(ForkResult::Child) => {
+                // The agent's pipe must close when the supervisor reports.
+                // SAFETY: closing an inherited descriptor this process owns.
+                unsafe { libc::close(report_fd) };
+                drop(err_r);
+                drop(status_r);
+                let code = init::run(&self.cfg, err_w, status_w, stdout, stderr);
+                // SAFETY: leave without running the supervisor's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(ForkResult::Parent { child }) => child,
+        };
+        drop(err_w);
+        drop(status_w);
+        let mut failure = String::new();
+        let _ = err_r.read_to_string(&mut failure);
+        if !failure.is_empty() {
+            let _ = waitpid(init, None);
+            return Err(failure.trim().to_owned());
+        }
+        let task_pid = crate::procfs_util::children(init.as_raw())
+            .first()
+            .copied()
+            .unwrap_or(init.as_raw());
+        let me = std::process::id() as i32;
+        let record = SupervisorRecord {
+            run: self.cfg.run,
+            supervisor_pid: me,
+            supervisor_start_ticks: crate::procfs_util::start_ticks(me).unwrap_or(0),
+            init_pid: init.as_raw(),
+            task_pid,
+            started_at: Utc::now(),
+        };
+        if let Err(e) = write_json_atomic(&self.dir.supervisor_json(), &record) {
+            let _ = kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+            return Err(format!("record supervisor: {e}"));
+        }
+        Ok((init, task_pid, status_r))
+    }
+
+    /// Waits for the init to exit, enforcing the grace of a stop request.
+    fn wait(&self, init: Pid, mut status_r: File) -> Outcome {
+        let signals = supervisor_signals();
+        let mut deadline: Option<Instant> = None;
+        let mut sent_kill = false;
+        let init_status = loop {
+            match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(status) => break status,
+                Err(_) => break WaitStatus::StillAlive,
+            }
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match wait_signal(&signals, timeout) {
+                Some(libc::SIGTERM) if deadline.is_none() => {
+                    let grace = self
+                        .stop_request()
+                        .map(|s| s.grace_s)
+                        .unwrap_or(self.cfg.kill_grace_s);
+                    let _ = kill(init, Signal::SIGTERM);
+                    deadline = Some(Instant::now() + Duration::from_secs_f64(grace.max(0.0)));
+                }
+                None if deadline.is_some_and(|d| Instant::now() >= d) && !sent_kill => {
+                    // SIGKILL to a pid-ns init takes the whole namespace down.
+                    let _ = kill(init, Signal::SIGKILL);
+                    sent_kill = true;
+                }
+                _ => {}
+            }
+        };
+        let mut reported = String::new();
+        let _ = status_r.read_to_string(&mut reported);
+        match parse_outcome(&reported) {
+            Some(o) => o,
+            None => match init_status {
+                WaitStatus::Exited(_, code) => Outcome::Exited(code),
+                WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
+                _ => Outcome::Signaled(libc::SIGKILL),
+            },
+        }
+    }
+
+    fn stop_request(&self) -> Option<StopRequest> {
+        read_json::<StopRequest>(&self.dir.stop_json())
+            .ok()
+            .filter(|s| s.run == self.cfg.run)
+    }
+
+    /// Records the exit durably, removes the cgroup, tells the agent.
+    fn finish(&self, outcome: Option<Outcome>, launch_error: Option<String>) {
+        let stop = self.stop_request();
+        let (exit_code, signal) = match outcome {
+            Some(Outcome::Exited(c)) => (Some(c), None),
+            Some(Outcome::Signaled(s)) => (None, Some(s)),
+            None => (Some(127), None),
+        };
+        let oom_killed = launch_error.is_none()
+            && stop.is_none()
+            && self.cfg.cgroup.oom_killed(signal == Some(libc::SIGKILL));
+        if let Err(e) = self.cfg.cgroup.destroy(Duration::from_secs(5)) {
+            eprintln!("warning: {e}");
+        }
+        let record = ExitRecord {
+            run: self.cfg.run,
+            exit_code,
+            signal,
+            oom_killed,
+            stop_reason: stop.map(|s| s.reason),
+            launch_error,
+            finished_at: Utc::now(),
+        };
+        if let Err(e) = write_json_atomic(&self.dir.exit_json(), &record) {
+            eprintln!("error: {e}");
+        }
+        if let Ok(sock) = UnixDatagram::unbound() {
+            let msg = format!("exit {} {}", self.cfg.task_id, self.cfg.run);
+            let _ = sock.send_to(msg.as_bytes(), &self.cfg.notify_socket);
+        }
+    }
+}
+
+fn parse_outcome(s: &str) -> Option<Outcome> {
+    let (kind, n) = s.trim().split_once(' ')?;
+    let n = n.parse().ok()?;
+    match kind {
+        "exit" => Some(Outcome::Exited(n)),
+        "signal" => Some(Outcome::Signaled(n)),
+        _ => None,
+    }
+}
+
+/// sigtimedwait over `set`; None on timeout or interruption.
+fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<i32> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: valid sigset and timespec pointers for the duration of the call.
+    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ts_ptr) };
+    (sig > 0).then_some(sig)
+}
+
+pub(crate) fn pipe() -> Result<(File, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    unsafe { Ok((File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+/// stdin and stdout to /dev/null, stderr to `log`.
+fn redirect_stdio(log: &Path) {
+    let null = File::open("/dev/null");
+    let log = OpenOptions::new().create(true).append(true).open(log);
+    if let Ok(null) = &null {
+        // SAFETY: dup2 onto the standard descriptors.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+    if let Ok(log) = &log {
+        // SAFETY: as above.
+        unsafe { libc::dup2(log.as_raw_fd(), 2) };
+    }
+}
+
+/// Unblocks everything, for the task's command.
+pub(crate) fn unblock_all_signals() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_text() {
+        assert_eq!(parse_outcome("exit 3\n"), Some(Outcome::Exited(3)));
+        assert_eq!(parse_outcome("signal 9"), Some(Outcome::Signaled(9)));
+        assert_eq!(parse_outcome(""), None);
+    }
+}
