@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cgroup;
+pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod layout;

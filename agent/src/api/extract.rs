@@ -51,8 +51,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             };
             ApiError::new(status, msg)
         })?;
-        serde_json::from_slice(&bytes)
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
             .map(ApiJson)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = if path == "." {
+                    format!("invalid JSON body: {}", e.inner())
+                } else {
+                    format!("invalid JSON body: {path}: {}", e.inner())
+                };
+                ApiError::new(StatusCode::BAD_REQUEST, msg)
+            })
     }
 }

@@ -1,1 +1,252 @@
-fn main() {}
+//! `gleaner`: the command-line client of the agent's HTTP API.
+//! Exit codes: 0 ok, 1 the agent refused or failed, 2 bad usage.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use gleaner_agent::client::Client;
+use gleaner_agent::status::TaskStatus;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "gleaner", version, about = "gleaner command-line client")]
+struct Cli {
+    /// Agent URL.
+    #[arg(
+        long,
+        env = "GLEANER_AGENT",
+        default_value = "http://127.0.0.1:5051",
+        global = true
+    )]
+    agent: String,
+    /// File with the agent's bearer token.
+    #[arg(long, env = "GLEANER_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submit a task. One word after `--` runs under /bin/sh -c; several are an argv.
+    Run {
+        #[arg(long, default_value_t = 0.5)]
+        cpus: f64,
+        #[arg(long, default_value_t = 64.0)]
+        mem: f64,
+        #[arg(long, default_value_t = 0.0)]
+        disk: f64,
+        /// rootfs directory (default: the agent's default_rootfs).
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// cfs (hard limit) or shares (weight).
+        #[arg(long)]
+        cpu_limit: Option<String>,
+        /// never, on-failure or always.
+        #[arg(long)]
+        restart: Option<String>,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Wait until the task ends; exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List tasks.
+    Ps,
+    /// Show one task's status (JSON).
+    Status { id: String },
+    /// Kill a task (SIGTERM, then SIGKILL after its grace) and wait for the end.
+    Kill {
+        id: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print a task's output.
+    Logs {
+        id: String,
+        #[arg(long, default_value = "stdout")]
+        stream: String,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Show the node's state (JSON).
+    State,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gleaner: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let token = match &cli.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("token file {}: {e}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let client = Client::new(&cli.agent, token);
+    let err = |e: gleaner_agent::client::ClientError| e.to_string();
+    match cli.cmd {
+        Cmd::Run {
+            cpus,
+            mem,
+            disk,
+            rootfs,
+            id,
+            role,
+            user,
+            cpu_limit,
+            restart,
+            env,
+            wait,
+            command,
+        } => {
+            let mut spec = json!({"resources": {"cpus": cpus, "mem_mb": mem, "disk_mb": disk}});
+            if command.len() == 1 {
+                spec["cmd"] = json!(command[0]);
+            } else {
+                spec["argv"] = json!(command);
+            }
+            if let Some(r) = rootfs {
+                let abs = std::path::absolute(&r)
+                    .map_err(|e| format!("--rootfs {}: {e}", r.display()))?;
+                spec["rootfs"] = json!({"path": abs});
+            }
+            for (key, v) in [
+                ("id", id),
+                ("role", role),
+                ("user", user),
+                ("cpu_limit", cpu_limit),
+            ] {
+                if let Some(v) = v {
+                    spec[key] = json!(v);
+                }
+            }
+            if let Some(p) = restart {
+                spec["restart"] = json!({"policy": p});
+            }
+            let mut envs = BTreeMap::new();
+            for kv in env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--env {kv:?} is not K=V"))?;
+                envs.insert(k.to_owned(), v.to_owned());
+            }
+            spec["env"] = json!(envs);
+            let status: TaskStatus = client.post("/v1/tasks", &spec).map_err(err)?;
+            println!("{} {}", status.id, status.state.as_str());
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let done = wait_final(&client, &status.id, None)?;
+            print_line(&done);
+            Ok(ExitCode::from(
+                done.exit_code
+                    .unwrap_or(if done.state.as_str() == "FINISHED" {
+                        0
+                    } else {
+                        1
+                    }) as u8,
+            ))
+        }
+        Cmd::Ps => {
+            let tasks: Vec<TaskStatus> = client.get("/v1/tasks").map_err(err)?;
+            println!(
+                "{:<28} {:<10} {:<10} {:<14} {:>8} {:>6} {:>8}",
+                "ID", "ROLE", "STATE", "REASON", "PID", "CPUS", "MEM_MB"
+            );
+            for t in tasks {
+                print_line(&t);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { id } => {
+            let v: serde_json::Value = client.get(&format!("/v1/tasks/{id}")).map_err(err)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kill { id, no_wait } => {
+            let status: TaskStatus = client.delete(&format!("/v1/tasks/{id}")).map_err(err)?;
+            let status = if no_wait {
+                status
+            } else {
+                wait_final(&client, &id, Some(Duration::from_secs(600)))?
+            };
+            print_line(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs { id, stream, tail } => {
+            let mut path = format!("/v1/tasks/{id}/logs?stream={stream}");
+            if let Some(n) = tail {
+                path.push_str(&format!("&tail={n}"));
+            }
+            print!("{}", client.get_text(&path).map_err(err)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::State => {
+            let v: serde_json::Value = client.get("/v1/state").map_err(err)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_line(t: &TaskStatus) {
+    let reason = t.reason.map(|r| {
+        serde_json::to_string(&r)
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned()
+    });
+    println!(
+        "{:<28} {:<10} {:<10} {:<14} {:>8} {:>6} {:>8}",
+        t.id,
+        t.role,
+        t.state.as_str(),
+        reason.unwrap_or_else(|| "-".into()),
+        t.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        t.resources.cpus,
+        t.resources.mem_mb
+    );
+}
+
+fn wait_final(client: &Client, id: &str, limit: Option<Duration>) -> Result<TaskStatus, String> {
+    let start = Instant::now();
+    loop {
+        let s: TaskStatus = client
+            .get(&format!("/v1/tasks/{id}"))
+            .map_err(|e| e.to_string())?;
+        if s.state.is_final() {
+            return Ok(s);
+        }
+        if limit.is_some_and(|l| start.elapsed() > l) {
+            return Err(format!(
+                "task {id} still {} after {:?}",
+                s.state.as_str(),
+                limit.unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -173,6 +173,9 @@ pub fn detect(
     Ok(manager)
 }
 
+/// How close to the limit the peak must come to count as "hit the limit".
+const OOM_PEAK_SLACK: u64 = 256 << 10;
+
 /// One cgroup, as the supervisor sees it: plain paths, no manager.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CgroupHandle {
@@ -233,13 +236,20 @@ impl CgroupHandle {
             (CgroupVersion::V2, _) => kv("memory.events", "oom_kill").unwrap_or(0) > 0,
             (CgroupVersion::V1, true) => kv("memory.oom_control", "oom_kill").unwrap_or(0) > 0,
             (CgroupVersion::V1, false) => {
-                // 3.10 has no counter: the limit was hit and the task died by
-                // SIGKILL that we did not send.
-                let failcnt = fs::read_to_string(self.memory_dir.join("memory.failcnt"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                died_by_sigkill && failcnt > 0
+                // No counter (3.10): the task died by a SIGKILL we did not
+                // send, and usage reached the limit (failcnt on 3.10; newer
+                // kernels leave failcnt at 0, so also look at the peak).
+                let num = |file: &str| {
+                    fs::read_to_string(self.memory_dir.join(file))
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let failed = num("memory.failcnt") + num("memory.memsw.failcnt") > 0;
+                let limit = num("memory.limit_in_bytes");
+                let peaked =
+                    limit > 0 && num("memory.max_usage_in_bytes") + OOM_PEAK_SLACK >= limit;
+                died_by_sigkill && (failed || peaked)
             }
         }
     }

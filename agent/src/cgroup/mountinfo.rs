@@ -13,6 +13,17 @@ pub struct CgroupMount {
     pub controllers: Vec<String>,
 }
 
+/// v1 mount options that are not controller names.
+const NOT_CONTROLLERS: [&str; 7] = [
+    "rw",
+    "ro",
+    "xattr",
+    "noprefix",
+    "clone_children",
+    "cpuset_v2_mode",
+    "favordynmods",
+];
+
 pub fn cgroup_mounts() -> Result<Vec<CgroupMount>, CgroupError> {
     let text = read_file(std::path::Path::new("/proc/self/mountinfo"))?;
     Ok(parse(&text))
@@ -37,7 +48,7 @@ pub fn parse(text: &str) -> Vec<CgroupMount> {
         };
         let controllers = if fstype == "cgroup" {
             opts.split(',')
-                .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                .filter(|o| !NOT_CONTROLLERS.contains(o) && !o.contains('='))
                 .map(str::to_owned)
                 .collect()
         } else {

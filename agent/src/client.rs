@@ -1,0 +1,143 @@
+//! A small blocking HTTP client for the agent's API, used by the `gleaner`
+//! CLI and the tests. Errors are one line: the agent's `error` text when it
+//! sent one.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("agent at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("unexpected reply from {url}: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+/// The static binary has no NSS: `localhost` is resolved here, not by
+/// getaddrinfo. Other names must be IP addresses.
+pub fn normalize_base(url: &str) -> String {
+    url.trim_end_matches('/')
+        .replacen("://localhost", "://127.0.0.1", 1)
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        Client {
+            base: normalize_base(base),
+            token,
+            http,
+        }
+    }
+
+    fn send(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().map_err(|source| ClientError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(
+        resp: reqwest::blocking::Response,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        resp.json().map_err(|e| ClientError::Decode {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(self.http.get(&url), &url)?;
+        Self::decode(resp, &url)
+    }
+
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(self.http.get(&url), &url)?;
+        resp.text().map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(self.http.post(&url).json(body), &url)?;
+        Self::decode(resp, &url)
+    }
+
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(self.http.put(&url).json(body), &url)?;
+        Self::decode(resp, &url)
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(self.http.delete(&url), &url)?;
+        Self::decode(resp, &url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn localhost_becomes_loopback_ip() {
+        assert_eq!(
+            super::normalize_base("http://localhost:5051/"),
+            "http://127.0.0.1:5051"
+        );
+        assert_eq!(
+            super::normalize_base("http://10.0.0.1:1"),
+            "http://10.0.0.1:1"
+        );
+    }
+}

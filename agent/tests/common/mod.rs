@@ -1,0 +1,341 @@
+//! Test harness: a real agent process on a free loopback port, with its own
+//! data dir, its own cgroup root and a busybox rootfs. Everything it made is
+//! removed on drop: processes, cgroups, files.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use gleaner_agent::client::{Client, ClientError};
+use gleaner_agent::status::{TaskState, TaskStatus};
+use serde_json::Value;
+
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_gleaner-agent");
+pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_gleaner");
+
+/// Tests that need root call this first and return when it says false.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIP {test}: needs root (real cgroups, namespaces and chroot)");
+    false
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal rootfs: static busybox and its applet links.
+pub fn make_busybox_rootfs(dir: &Path) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is not installed (apt-get install busybox-static)");
+    for d in ["bin", "etc", "proc", "dev", "tmp", "sandbox"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestAgent {
+    pub base: String,
+    pub client: Client,
+    pub cgroup_root: String,
+    pub rootfs: PathBuf,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    tmp: tempfile::TempDir,
+}
+
+impl TestAgent {
+    pub fn start() -> TestAgent {
+        Self::start_with("")
+    }
+
+    /// Starts an agent; `extra` is appended to its TOML config.
+    pub fn start_with(extra: &str) -> TestAgent {
+        let tmp = tempfile::Builder::new()
+            .prefix("gleaner-test-")
+            .tempdir()
+            .unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        make_busybox_rootfs(&rootfs);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let cgroup_root = format!("gleaner-test-{}-{n}", std::process::id());
+        let port = free_port();
+        let data_dir = tmp.path().join("data");
+        let config_path = tmp.path().join("agent.toml");
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncgroup_root = {cgroup_root:?}\ndefault_rootfs = {:?}\n{extra}\n",
+            data_dir.display().to_string(),
+            rootfs.display().to_string(),
+        );
+        fs::write(&config_path, config).unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut agent = TestAgent {
+            client: Client::new(&base, None),
+            base,
+            cgroup_root,
+            rootfs,
+            data_dir,
+            log_path: tmp.path().join("agent.log"),
+            config_path,
+            child: None,
+            tmp,
+        };
+        if let Some(path) = extra.strip_prefix("token_file = ") {
+            let token = fs::read_to_string(path.trim_matches('"'))
+                .unwrap()
+                .trim()
+                .to_owned();
+            agent.client = Client::new(&agent.base, Some(token));
+        }
+        agent.spawn();
+        agent
+    }
+
+    /// An agent that demands `Authorization: Bearer <token in file>`.
+    pub fn start_with_token(token_file: &Path) -> TestAgent {
+        Self::start_with(&format!(
+            "token_file = {:?}",
+            token_file.display().to_string()
+        ))
+    }
+
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// (Re)starts the agent process and waits for /v1/health.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(AGENT_BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("GLEANER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if self.client.get::<Value>("/v1/health").is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("agent exited with {status}:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent did not become healthy:\n{}", self.log_tail());
+    }
+
+    pub fn agent_pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Stops the agent process with `signal` and reaps it.
+    pub fn stop_agent(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn submit(&self, spec: Value) -> Result<TaskStatus, ClientError> {
+        self.client.post("/v1/tasks", &spec)
+    }
+
+    pub fn status(&self, id: &str) -> TaskStatus {
+        self.client.get(&format!("/v1/tasks/{id}")).unwrap()
+    }
+
+    pub fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&TaskStatus) -> bool,
+    ) -> TaskStatus {
+        let start = Instant::now();
+        loop {
+            let s = self.status(id);
+            if pred(&s) {
+                return s;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "task {id} did not reach the expected state in {timeout:?}: {s:?}\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_final(&self, id: &str, timeout: Duration) -> TaskStatus {
+        self.wait_for(id, timeout, |s| s.state.is_final())
+    }
+
+    pub fn wait_state(&self, id: &str, state: TaskState, timeout: Duration) -> TaskStatus {
+        self.wait_for(id, timeout, |s| s.state == state)
+    }
+
+    pub fn logs(&self, id: &str, stream: &str) -> String {
+        self.client
+            .get_text(&format!("/v1/tasks/{id}/logs?stream={stream}"))
+            .unwrap()
+    }
+
+    /// The task's cgroup dir in `controller`.
+    pub fn cgroup_dir(&self, controller: &str, rel: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/{controller}/{}/{rel}",
+            self.cgroup_root
+        ))
+    }
+
+    pub fn read_cgroup(&self, controller: &str, rel: &str, file: &str) -> String {
+        fs::read_to_string(self.cgroup_dir(controller, rel).join(file))
+            .unwrap_or_else(|e| panic!("{controller}/{rel}/{file}: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// Task cgroups left under the root, in any hierarchy.
+    pub fn leftover_task_cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for c in ["cpu", "cpuacct", "memory", "pids"] {
+            let root = PathBuf::from(format!("/sys/fs/cgroup/{c}/{}", self.cgroup_root));
+            for role in subdirs(&root) {
+                out.extend(subdirs(&role));
+            }
+        }
+        out
+    }
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|it| {
+            it.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every process in the cgroup tree and removes it, deepest first.
+pub fn destroy_cgroup_tree(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let start = Instant::now();
+    while dir.exists() && start.elapsed() < Duration::from_secs(10) {
+        kill_tree(dir);
+        remove_tree(dir);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill_tree(dir: &Path) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for d in subdirs(dir) {
+        kill_tree(&d);
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    for d in subdirs(dir) {
+        remove_tree(&d);
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log_tail());
+        }
+        self.stop_agent(libc::SIGKILL);
+        for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct"] {
+            destroy_cgroup_tree(&PathBuf::from(format!(
+                "/sys/fs/cgroup/{c}/{}",
+                self.cgroup_root
+            )));
+        }
+        // Supervisors whose cgroup is gone end on their own; give them a moment
+        // so that nothing writes into the data dir while it is removed.
+        kill_supervisors(&self.data_dir);
+    }
+}
+
+/// Supervisors are outside the task cgroups: find them by their command line.
+pub fn kill_supervisors(data_dir: &Path) {
+    let needle = data_dir.display().to_string();
+    for _ in 0..50 {
+        let mut found = false;
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.starts_with("/proc/self/exe\0supervise\0") && cmdline.contains(&needle) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                found = true;
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn spec(cmd: &str) -> Value {
+    serde_json::json!({"cmd": cmd, "resources": {"cpus": 0.5, "mem_mb": 64}})
+}
