@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's first command: install, build, start the agent on its
+# embedded defaults, run a sample task in a busybox rootfs, print its status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release -q
+bin=target/release
+work=$(mktemp -d /tmp/gleaner-demo.XXXXXX)
+bash scripts/make-busybox-rootfs.sh "$work/rootfs"
+
+"$bin/gleaner-agent" --data-dir "$work/data" >"$work/agent.log" 2>&1 &
+agent=$!
+cleanup() {
+  "$bin/gleaner" kill demo-sleeper >/dev/null 2>&1 || true
+  kill -TERM "$agent" 2>/dev/null; wait "$agent" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do curl -sf http://127.0.0.1:5051/v1/health >/dev/null && break; sleep 0.1; done
+
+echo "== a sample task: 0.5 cpu (CFS), 64 MB, in the busybox rootfs"
+"$bin/gleaner" run --id demo-hello --rootfs "$work/rootfs" --cpus 0.5 --mem 64 --wait -- \
+  'echo "hello from gleaner: $(id)"; echo "rootfs: $(ls / | tr "\n" " ")"; cat /proc/self/cgroup | grep -E "cpu|memory"'
+echo "== its output"
+"$bin/gleaner" logs demo-hello
+echo "== its status"
+"$bin/gleaner" status demo-hello
+echo "== a long task, listed while it runs"
+"$bin/gleaner" run --id demo-sleeper --rootfs "$work/rootfs" --cpus 0.25 --mem 16 -- sleep 300
+"$bin/gleaner" ps
+echo "== node state"
+"$bin/gleaner" state
