@@ -42,6 +42,17 @@ impl FsError {
 
 /// Writes `data` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    write_atomic_with(path, data, true)
+}
+
+/// Atomic but not durable: for records that only mean something while the
+/// host stays up (pids, start times). A crash of the writer cannot tear
+/// them; a power cut may lose them, and then the boot id has changed anyway.
+pub fn replace_atomic(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    write_atomic_with(path, data, false)
+}
+
+fn write_atomic_with(path: &Path, data: &[u8], durable: bool) -> Result<(), FsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -58,9 +69,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FsError> {
             .map_err(|e| FsError::io("create", &tmp, e))?;
         f.write_all(data)
             .map_err(|e| FsError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
+        if durable {
+            f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| FsError::io("rename", path, e))?;
-        sync_dir(dir)
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -76,11 +92,19 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
 }
 
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
-    let data = serde_json::to_vec_pretty(value).map_err(|e| FsError::Invalid {
+    write_atomic(path, &to_json(path, value)?)
+}
+
+/// [`replace_atomic`] of a JSON value.
+pub fn replace_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
+    replace_atomic(path, &to_json(path, value)?)
+}
+
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, FsError> {
+    serde_json::to_vec_pretty(value).map_err(|e| FsError::Invalid {
         path: path.to_owned(),
         reason: e.to_string(),
-    })?;
-    write_atomic(path, &data)
+    })
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, FsError> {

@@ -1,7 +1,7 @@
 //! `gleaner-agent`: trace init, config, bind, serve until SIGTERM/SIGINT,
 //! then stop serving. Tasks keep running: they belong to their supervisors.
 //!
-//! `gleaner-agent supervise <task-dir>` is the supervisor mode (internal).
+//! `gleaner-agent zygote` is the internal mode that forks supervisors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,12 +37,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "supervise") {
-        let Some(dir) = args.get(2) else {
-            eprintln!("gleaner-agent supervise: missing task dir");
-            return ExitCode::from(2);
-        };
-        return ExitCode::from(gleaner_agent::supervisor::main(std::path::Path::new(dir)) as u8);
+    if args.get(1).is_some_and(|a| a == "zygote") {
+        return ExitCode::from(gleaner_agent::supervisor::zygote::main() as u8);
     }
     let cli = Cli::parse();
     let over = Overrides {

@@ -189,10 +189,35 @@ pub struct CgroupHandle {
 }
 
 impl CgroupHandle {
-    /// Moves the calling process into this cgroup in every hierarchy.
-    pub fn join_self(&self) -> Result<(), CgroupError> {
-        for dir in &self.dirs {
-            write_file(&dir.join("cgroup.procs"), "0")?;
+    /// Opens the join file in every hierarchy, so that a single-threaded
+    /// process can join later, after its root changed and /sys is out of
+    /// sight. v1 uses `tasks`: moving one thread skips the global
+    /// threadgroup lock whose writer waits for an RCU grace period (5-20 ms
+    /// on 4.x+ kernels, on every launch).
+    pub fn open_procs(&self) -> Result<Vec<(PathBuf, fs::File)>, CgroupError> {
+        let file = match self.version {
+            CgroupVersion::V1 => "tasks",
+            CgroupVersion::V2 => "cgroup.procs",
+        };
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let path = dir.join(file);
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
+                Ok((path, f))
+            })
+            .collect()
+    }
+
+    /// Moves the calling process into the cgroup through files from
+    /// [`open_procs`](Self::open_procs).
+    pub fn join_self(procs: &mut [(PathBuf, fs::File)]) -> Result<(), CgroupError> {
+        use std::io::Write;
+        for (path, f) in procs {
+            f.write_all(b"0").map_err(io_err("write", path))?;
         }
         Ok(())
     }

@@ -1,40 +1,61 @@
 //! Launching one run of a task: sandbox, cgroup, launch.json, supervisor.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::io::AsyncReadExt;
 
-use super::{cgroup_rel, Agent, Task, TaskRef};
+use super::{cgroup_rel, Agent, AgentError, Task, TaskRef};
 use crate::cgroup::{CpuLimit, Limits};
 use crate::fsutil;
+use crate::fsutil::FsError;
 use crate::layout::SANDBOX_IN_ROOTFS;
 use crate::spec::CpuLimitKind;
 use crate::status::{Reason, TaskState};
 use crate::supervisor::{ensure_mount_points, LaunchConfig, SupervisorRecord};
 
-/// The agent binary, re-executed in supervisor mode. /proc/self/exe keeps
-/// working while an upgrade replaces the file on disk.
-const SELF_EXE: &str = "/proc/self/exe";
-
 impl Agent {
     /// Launches the task's current run; on return the task is RUNNING or
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
-        let (id, run, dir) = {
+        let _ = self.launch_after(task, None).await;
+    }
+
+    /// [`launch`](Self::launch), with the first durable write of a new task
+    /// running alongside. If that write fails the task is torn down and the
+    /// submission fails: nothing unacknowledged keeps running.
+    pub(crate) async fn launch_after(
+        self: &Arc<Self>,
+        task: &TaskRef,
+        durable: Option<tokio::task::JoinHandle<Result<(), FsError>>>,
+    ) -> Result<(), AgentError> {
+        let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
             t.record.status.state = TaskState::Staging;
-            if let Err(msg) = self.prepare(&mut t) {
-                drop(t);
-                self.launch_failed(task, msg);
-                return;
-            }
-            (t.record.status.id.clone(), t.record.run, t.dir.clone())
+            let prepared = self.prepare(&mut t);
+            (
+                t.record.status.id.clone(),
+                t.record.run,
+                t.dir.clone(),
+                prepared,
+            )
         };
-        match spawn_supervisor(dir.root()).await {
+        let launched = match prepared {
+            Ok(()) => self.spawner.launch(dir.root()).await,
+            Err(msg) => Err(msg),
+        };
+        if let Some(durable) = durable {
+            let written = durable.await.map_err(|e| FsError::Invalid {
+                path: dir.task_json(),
+                reason: e.to_string(),
+            });
+            if let Err(e) = written.and_then(|r| r) {
+                self.abandon(&id, &dir);
+                return Err(AgentError::Internal(format!("record task: {e}")));
+            }
+        }
+        match launched {
             Ok(task_pid) => {
                 let pending = {
                     let mut t = task.lock().unwrap();
@@ -52,9 +73,6 @@ impl Agent {
                     st.finished_at = None;
                     t.record.supervisor = sup;
                     t.record.boot_id = self.boot_id.clone();
-                    if let Err(e) = t.persist() {
-                        tracing::error!(task = %id, "persist: {e}");
-                    }
                     self.counters.launches.fetch_add(1, Ordering::Relaxed);
                     t.pending_stop.take()
                 };
@@ -68,6 +86,19 @@ impl Agent {
             }
             Err(msg) => self.launch_failed(task, msg),
         }
+        Ok(())
+    }
+
+    /// Undoes a submission whose record could not be written.
+    fn abandon(&self, id: &str, dir: &crate::layout::TaskDir) {
+        if let Some(task) = self.tasks.lock().unwrap().remove(id) {
+            let t = task.lock().unwrap();
+            let _ = self
+                .cgroups
+                .handle(&cgroup_rel(&t.record.spec))
+                .destroy(std::time::Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_dir_all(dir.root());
     }
 
     fn launch_failed(self: &Arc<Self>, task: &TaskRef, msg: String) {
@@ -117,7 +148,10 @@ impl Agent {
 
         let rel = cgroup_rel(spec);
         let features = self.cgroups.features();
-        self.cgroups.create(&spec.role).map_err(|e| e.to_string())?;
+        if !self.roles.lock().unwrap().contains(&spec.role) {
+            self.cgroups.create(&spec.role).map_err(|e| e.to_string())?;
+            self.roles.lock().unwrap().insert(spec.role.clone());
+        }
         let handle = self.cgroups.create(&rel).map_err(|e| e.to_string())?;
         let cpus = spec.resources.cpus;
         let limits = Limits {
@@ -170,30 +204,4 @@ impl Agent {
         t.record.status.cgroup = Some(handle.path);
         Ok(())
     }
-}
-
-/// Starts `gleaner-agent supervise <dir>` and waits for its verdict:
-/// the task's pid, or why it could not start.
-async fn spawn_supervisor(dir: &std::path::Path) -> Result<i32, String> {
-    let mut child = tokio::process::Command::new(SELF_EXE)
-        .arg("supervise")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn supervisor: {e}"))?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out).await;
-    }
-    let _ = child.wait().await;
-    let line = out.lines().next().unwrap_or("").trim();
-    if let Some(pid) = line.strip_prefix("ok ") {
-        return pid.parse().map_err(|_| format!("supervisor said {line:?}"));
-    }
-    Err(match line.strip_prefix("error: ") {
-        Some(reason) => reason.to_owned(),
-        None => format!("supervisor exited without a report ({line:?})"),
-    })
 }

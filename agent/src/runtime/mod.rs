@@ -1,11 +1,14 @@
 //! The task manager: admission, launch, exits, restarts, kills, recovery.
 //!
-//! **Every task change is persisted (task.json, atomically) before it is
-//! acknowledged.** Each task has its own lock; the map lock is held only to
-//! find or insert a task, never across I/O.
+//! **Every task change is persisted before it is acknowledged**: in
+//! task.json (agent), except the RUNNING transition, which the supervisor
+//! records in supervisor.json and recovery reads from there. Each task has
+//! its own lock; the map lock is held only to find or insert a task, never
+//! across I/O.
 
 mod launcher;
 mod recovery;
+mod spawner;
 mod watcher;
 
 use std::collections::BTreeMap;
@@ -79,6 +82,7 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// Durable write of task.json: what was acknowledged survives a power cut.
     fn persist(&self) -> Result<(), FsError> {
         fsutil::write_json_atomic(&self.dir.task_json(), &self.record)
     }
@@ -101,6 +105,9 @@ pub struct Agent {
     tasks: Mutex<BTreeMap<String, TaskRef>>,
     boot_id: String,
     next_id: AtomicU64,
+    spawner: spawner::Spawner,
+    /// Role cgroups known to exist.
+    roles: Mutex<std::collections::HashSet<String>>,
     pub counters: Counters,
 }
 
@@ -140,6 +147,8 @@ impl Agent {
             tasks: Mutex::new(BTreeMap::new()),
             boot_id: crate::procfs_util::boot_id(),
             next_id: AtomicU64::new(0),
+            spawner: spawner::Spawner::new(),
+            roles: Mutex::default(),
             counters: Counters::default(),
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
@@ -272,14 +281,17 @@ impl Agent {
             }
             tasks.insert(id.clone(), task.clone());
         }
-        let created =
-            fsutil::create_dir_all(dir.root()).and_then(|_| task.lock().unwrap().persist());
-        if let Err(e) = created {
+        // The acknowledgement needs the record on disk; the launch does not,
+        // so the two run side by side and the 201 waits for both.
+        if let Err(e) = fsutil::create_dir_all(dir.root()) {
             self.tasks.lock().unwrap().remove(&id);
-            let _ = std::fs::remove_dir_all(dir.root());
             return Err(e.into());
         }
-        self.launch(&task).await;
+        let snapshot = task.lock().unwrap().record.clone();
+        let path = dir.task_json();
+        let durable =
+            tokio::task::spawn_blocking(move || fsutil::write_json_atomic(&path, &snapshot));
+        self.launch_after(&task, Some(durable)).await?;
         let status = task.lock().unwrap().record.status.clone();
         Ok(status)
     }

@@ -13,6 +13,8 @@ use crate::supervisor::SupervisorRecord;
 /// What to do with a task found on disk.
 enum Plan {
     Keep,
+    /// Its supervisor is alive: running, whatever task.json last said.
+    Adopt(SupervisorRecord),
     ApplyExit,
     Relaunch,
     Lost(&'static str),
@@ -53,14 +55,13 @@ impl Agent {
                 // on_exit and mark_lost act on running tasks.
                 task.record.status.state = TaskState::Running;
             }
-            if let Plan::Keep = plan {
-                if task.record.status.state == TaskState::Running {
-                    if let Ok(sup) =
-                        fsutil::read_json::<SupervisorRecord>(&task.dir.supervisor_json())
-                    {
-                        task.record.supervisor = Some(sup);
-                    }
-                }
+            if let Plan::Adopt(sup) = &plan {
+                let st = &mut task.record.status;
+                st.state = TaskState::Running;
+                st.pid = Some(sup.task_pid);
+                st.started_at = Some(sup.started_at);
+                st.cgroup = Some(self.cgroups.handle(&cgroup_rel(&task.record.spec)).path);
+                task.record.supervisor = Some(sup.clone());
             }
             let id = task.record.status.id.clone();
             let task = Arc::new(Mutex::new(task));
@@ -70,7 +71,7 @@ impl Agent {
         for (id, task, plan) in plans {
             let run = task.lock().unwrap().record.run;
             match plan {
-                Plan::Keep => {}
+                Plan::Keep | Plan::Adopt(_) => {}
                 Plan::ApplyExit => self.on_exit(&id, run),
                 Plan::Lost(why) => self.mark_lost(&task, why),
                 Plan::Relaunch => {
@@ -101,11 +102,7 @@ impl Agent {
         let sup: Option<SupervisorRecord> = fsutil::read_json(&dir.supervisor_json()).ok();
         match sup.filter(|s| s.run == record.run) {
             Some(s) if is_same_process(s.supervisor_pid, s.supervisor_start_ticks) => {
-                if state == TaskState::Staging {
-                    // Launched, but the agent died before recording it.
-                    return Plan::Keep;
-                }
-                Plan::Keep
+                Plan::Adopt(s)
             }
             Some(_) => Plan::Lost("supervisor vanished without an exit record"),
             None if state == TaskState::Staging => Plan::Relaunch,

@@ -17,6 +17,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::{mounts, unblock_all_signals, LaunchConfig};
+use crate::cgroup::CgroupHandle;
 use crate::layout::SANDBOX_IN_ROOTFS;
 
 const FORWARDED: [Signal; 6] = [
@@ -42,10 +43,14 @@ pub(super) fn run(
     // The init dies with its supervisor: a task is never left unsupervised.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = setup(cfg) {
-        let _ = err_w.write_all(e.as_bytes());
-        return 1;
-    }
+    super::set_process_name(c"gleaner-init");
+    let mut procs = match setup(cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = err_w.write_all(e.as_bytes());
+            return 1;
+        }
+    };
     let mut waited = SigSet::empty();
     waited.add(Signal::SIGCHLD);
     for s in FORWARDED {
@@ -57,6 +62,13 @@ pub(super) fn run(
         let _ = unsafe { sigaction(s, &handler) };
     }
     let _ = waited.thread_block();
+    // Joined last: the set-up work above is not charged to (or throttled
+    // by) the task's own limits. The command is born inside.
+    if let Err(e) = CgroupHandle::join_self(&mut procs) {
+        let _ = err_w.write_all(format!("join cgroup: {e}").as_bytes());
+        return 1;
+    }
+    drop(procs);
 
     // SAFETY: the init is single-threaded.
     let command = match unsafe { fork() } {
@@ -106,14 +118,18 @@ fn reap_until(command: Pid, waited: &SigSet) -> String {
     }
 }
 
-fn setup(cfg: &LaunchConfig) -> Result<(), String> {
-    cfg.cgroup
-        .join_self()
+/// Mount namespace and root; returns the task cgroup's procs files, opened
+/// while /sys is still in sight.
+fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> {
+    let procs = cfg
+        .cgroup
+        .open_procs()
         .map_err(|e| format!("join cgroup: {e}"))?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("mount namespace: {e}"))?;
     mounts::enter_rootfs(&cfg.rootfs, &cfg.sandbox, &cfg.tmp, cfg.pivot_root)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(procs)
 }
 
 /// In the command's process: drops privileges and executes. Returns only on

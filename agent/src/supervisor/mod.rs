@@ -1,17 +1,18 @@
-//! The per-task supervisor: a mode of the agent binary
-//! (`gleaner-agent supervise <task-dir>`), synchronous and single-threaded.
+//! The per-task supervisor, synchronous and single-threaded, forked by the
+//! zygote (`zygote.rs`), a mode of the agent binary.
 //!
 //! Process tree of one task:
 //!
 //! ```text
-//! agent ── spawns ──> P1 (setsid, forks P2, exits at once: the agent reaps it)
-//!                     P2 supervisor   (reparented to init: outlives the agent)
-//!                      └─ init        (pid 1 of a new pid ns; in the task cgroup)
-//!                          └─ command (chroot/pivot_root, user, no caps)
+//! agent ── exec once ──> zygote (gleaner-agent zygote; forks on request)
+//!                          └─ supervisor (own session; reparented to init
+//!                              │          when the zygote goes: outlives the agent)
+//!                              └─ init    (pid 1 of a new pid ns; joins the task cgroup)
+//!                                  └─ command (pivot_root/chroot, user, no caps)
 //! ```
 //!
-//! The supervisor reports the launch result on its stdout (a pipe the agent
-//! reads: `ok <pid>` or `error: <reason>`), writes `supervisor.json`, waits for
+//! The supervisor reports the launch result to the agent through the
+//! zygote's socket (`ok <pid>` or `error: <reason>`), writes `supervisor.json`, waits for
 //! the init, enforces the kill grace, then writes `exit.json` atomically,
 //! removes the task cgroup and tells the agent through a datagram. **It never
 //! needs the agent**: a task that ends while the agent is down leaves its exit
@@ -19,9 +20,10 @@
 
 mod init;
 mod mounts;
+pub mod zygote;
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,7 @@ use crate::layout::TaskDir;
 use crate::status::{ExitRecord, StopReason};
 
 pub use mounts::ensure_mount_points;
+use zygote::Reporter;
 
 /// Everything the supervisor needs, written by the agent into `launch.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,30 +100,21 @@ fn supervisor_signals() -> SigSet {
     set
 }
 
-/// Entry point of `gleaner-agent supervise <task-dir>`. Returns the exit code
-/// of P1, the short-lived first process.
-pub fn main(task_dir: &Path) -> i32 {
+/// Runs the supervisor of the task in `task_dir` in this process (a fresh
+/// child of the zygote); `report` takes the launch result. Returns the
+/// process's exit code.
+pub(crate) fn supervise(task_dir: &Path, report: Reporter) -> i32 {
     let dir = TaskDir::new(task_dir);
     let cfg: LaunchConfig = match read_json(&dir.launch_json()) {
         Ok(c) => c,
         Err(e) => {
-            println!("error: {e}");
+            report.error(&e.to_string());
             return 1;
         }
     };
     let _ = nix::unistd::setsid();
-    // SAFETY: single-threaded at this point (no runtime started in this mode).
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => 0,
-        Ok(ForkResult::Child) => {
-            let code = Supervisor::new(cfg, dir).run();
-            std::process::exit(code)
-        }
-        Err(e) => {
-            println!("error: fork supervisor: {e}");
-            1
-        }
-    }
+    set_process_name(c"gleaner-sup");
+    Supervisor::new(cfg, dir).run(report)
 }
 
 struct Supervisor {
@@ -140,25 +134,18 @@ impl Supervisor {
         Supervisor { cfg, dir }
     }
 
-    fn run(self) -> i32 {
-        // The agent's pipe moves off fd 1 so nothing else writes into it, and
-        // the supervisor's own diagnostics go to supervisor.log.
-        // SAFETY: dup of our own stdout; the result is owned below.
-        let report = unsafe { OwnedFd::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 10)) };
-        let report_fd = report.as_raw_fd();
-        let mut report = File::from(report);
+    fn run(self, report: Reporter) -> i32 {
+        let report_fd = report.raw_fd();
         redirect_stdio(&self.dir.supervisor_log());
 
         match self.launch(report_fd) {
             Ok((init, task_pid, status_r)) => {
-                let _ = writeln!(report, "ok {task_pid}");
-                drop(report);
+                report.ok(task_pid);
                 let outcome = self.wait(init, status_r);
                 self.finish(Some(outcome), None);
             }
             Err(reason) => {
-                let _ = writeln!(report, "error: {reason}");
-                drop(report);
+                report.error(&reason);
                 self.finish(None, Some(reason));
             }
         }
@@ -224,7 +211,8 @@ impl Supervisor {
             task_pid,
             started_at: Utc::now(),
         };
-        if let Err(e) = write_json_atomic(&self.dir.supervisor_json(), &record) {
+        // Pids mean nothing after a reboot: atomic, not durable.
+        if let Err(e) = crate::fsutil::replace_json(&self.dir.supervisor_json(), &record) {
             let _ = kill(init, Signal::SIGKILL);
             let _ = waitpid(init, None);
             return Err(format!("record supervisor: {e}"));
@@ -361,6 +349,12 @@ fn redirect_stdio(log: &Path) {
         // SAFETY: as above.
         unsafe { libc::dup2(log.as_raw_fd(), 2) };
     }
+}
+
+/// Names the process in `ps` (comm, 15 bytes at most).
+pub(crate) fn set_process_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// Unblocks everything, for the task's command.

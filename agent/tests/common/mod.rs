@@ -313,24 +313,32 @@ impl Drop for TestAgent {
     }
 }
 
-/// Supervisors are outside the task cgroups: find them by their command line.
-pub fn kill_supervisors(data_dir: &Path) {
+/// Pids of this agent's supervisors (and inits): their stderr is a
+/// `supervisor.log` under the data dir.
+pub fn supervisor_pids(data_dir: &Path) -> Vec<i32> {
     let needle = data_dir.display().to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/fd/2"))
+                .map(|p| p.starts_with(&needle) && p.ends_with("supervisor.log"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Supervisors are outside the task cgroups: kill them by their log fd.
+pub fn kill_supervisors(data_dir: &Path) {
     for _ in 0..50 {
-        let mut found = false;
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.starts_with("/proc/self/exe\0supervise\0") && cmdline.contains(&needle) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                found = true;
-            }
-        }
-        if !found {
+        let pids = supervisor_pids(data_dir);
+        if pids.is_empty() {
             return;
+        }
+        for pid in pids {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(20));
     }
