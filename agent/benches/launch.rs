@@ -58,7 +58,11 @@ fn main() {
             "{st:?}"
         );
     }
-    let runc = runc_launches(&agent.rootfs, n);
+    let runc = if std::env::var("RUNC").as_deref() == Ok("0") {
+        None
+    } else {
+        runc_launches(&agent.rootfs, n)
+    };
 
     println!("\n== submit-to-RUNNING, /bin/true, busybox rootfs, 0.5 cpu (CFS) + 64 MB");
     let (g50, _) = summary("gleaner (POST /v1/tasks -> RUNNING)", gleaner);

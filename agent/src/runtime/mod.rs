@@ -86,6 +86,12 @@ impl Task {
     fn persist(&self) -> Result<(), FsError> {
         fsutil::write_json_atomic(&self.dir.task_json(), &self.record)
     }
+
+    /// Atomic write of a state that recovery can derive again from durable
+    /// facts (exit.json, supervisor.json, the boot id): no fsync needed.
+    fn persist_derived(&self) -> Result<(), FsError> {
+        fsutil::replace_json(&self.dir.task_json(), &self.record)
+    }
 }
 
 type TaskRef = Arc<Mutex<Task>>;
@@ -447,7 +453,9 @@ impl Agent {
             st.state = state;
             st.reason = reason;
         }
-        if let Err(e) = t.persist() {
+        // Atomic, not durable: the durable facts are the supervisor's
+        // exit.json or its absence, from which recovery derives this again.
+        if let Err(e) = t.persist_derived() {
             tracing::error!(task = %t.record.status.id, "persist: {e}");
         }
     }
