@@ -8,6 +8,7 @@
 //!   tasks/<id>/launch.json   what the supervisor executes    (agent writes)
 //!   tasks/<id>/stop.json     why the agent asked it to stop  (agent writes)
 //!   tasks/<id>/supervisor.json  pids and start time          (supervisor writes)
+//!   tasks/<id>/supervisor.lock  flock held while a supervisor lives
 //!   tasks/<id>/exit.json     exit status                     (supervisor writes)
 //!   tasks/<id>/supervisor.log
 //!   tasks/<id>/tmp/          the task's private /tmp
@@ -73,6 +74,11 @@ impl TaskDir {
     }
     pub fn exit_json(&self) -> PathBuf {
         self.root.join("exit.json")
+    }
+    /// flock held by the task's supervisor for its whole life, taken by the
+    /// zygote before the fork: "a supervisor of this task exists".
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.root.join("supervisor.lock")
     }
     pub fn supervisor_log(&self) -> PathBuf {
         self.root.join("supervisor.log")

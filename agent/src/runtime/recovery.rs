@@ -1,14 +1,34 @@
 //! Start-up: reload task records, re-adopt live supervisors, learn the exits
 //! that happened while the agent was down, and remove what nobody owns.
+//!
+//! Policy for what the agent finds:
+//! * exit.json of the current run: the exit is applied (state, code, reason),
+//!   then the restart policy.
+//! * a live supervisor (same pid and start time): adopted, RUNNING.
+//! * a supervisor still starting (its lock is held, no record yet): waited
+//!   for, then adopted or applied.
+//! * STAGING or QUEUED, no supervisor: launched (again), with a new run
+//!   number so a late report of an earlier attempt is ignored.
+//! * RUNNING, supervisor gone, no exit record, or the host rebooted: LOST
+//!   with reason `agent_lost` (restarted if its policy says so).
+//! * task cgroups of no known unfinished task (data dir wiped, say): their
+//!   processes are killed and the cgroups removed; each one is logged. Their
+//!   supervisors then end on their own.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::{cgroup_rel, Agent, StartError, Task, TaskRecord, TASK_SCHEMA};
+use super::{cgroup_rel, Agent, StartError, Task, TaskRecord, TaskRef, TASK_SCHEMA};
 use crate::fsutil::{self, FsError};
 use crate::layout::TaskDir;
 use crate::procfs_util::is_same_process;
 use crate::status::{ExitRecord, TaskState};
+use crate::supervisor::zygote::supervisor_alive;
 use crate::supervisor::SupervisorRecord;
+
+/// How long a supervisor that was starting when the agent died may take to
+/// write its record.
+const STARTING_SUPERVISOR_WAIT: Duration = Duration::from_secs(30);
 
 /// What to do with a task found on disk.
 enum Plan {
@@ -16,6 +36,8 @@ enum Plan {
     /// Its supervisor is alive: running, whatever task.json last said.
     Adopt(SupervisorRecord),
     ApplyExit,
+    /// A supervisor holds the lock but has not written its record yet.
+    AwaitSupervisor,
     Relaunch,
     Lost(&'static str),
 }
@@ -25,63 +47,134 @@ impl Agent {
         let tasks_dir = self.data.tasks();
         let entries =
             std::fs::read_dir(&tasks_dir).map_err(|e| FsError::io("readdir", &tasks_dir, e))?;
-        let mut plans = Vec::new();
+        let mut found = Vec::new();
         for entry in entries.flatten() {
             let dir = TaskDir::new(entry.path());
             if !dir.task_json().exists() {
-                // Created but never acknowledged (crash before the first persist).
-                let _ = std::fs::remove_dir_all(dir.root());
+                // Created but never acknowledged (crash before the first write).
+                if let Some(name) = entry.file_name().to_str() {
+                    self.remove_unacknowledged(name, &dir);
+                }
                 continue;
             }
-            let record: TaskRecord = fsutil::read_json(&dir.task_json()).map_err(|e| {
-                StartError::State(format!(
-                    "{e}; refusing to start (move the file away to discard that task)"
-                ))
-            })?;
-            if record.schema > TASK_SCHEMA {
-                return Err(StartError::State(format!(
-                    "{}: schema {} is newer than this agent's {TASK_SCHEMA}; refusing to start",
-                    dir.task_json().display(),
-                    record.schema
-                )));
-            }
-            let plan = self.plan(&record, &dir);
-            let mut task = Task {
+            let record = load_record(&dir)?;
+            let id = record.status.id.clone();
+            let task = Arc::new(Mutex::new(Task {
                 record,
                 dir,
                 pending_stop: None,
-            };
-            if let Plan::ApplyExit | Plan::Lost(_) = plan {
-                // on_exit and mark_lost act on running tasks.
-                task.record.status.state = TaskState::Running;
-            }
-            if let Plan::Adopt(sup) = &plan {
-                let st = &mut task.record.status;
+            }));
+            self.tasks.lock().unwrap().insert(id.clone(), task.clone());
+            found.push(task);
+        }
+        self.remove_orphan_cgroups();
+        for task in found {
+            self.resolve(&task);
+        }
+        Ok(())
+    }
+
+    /// A task dir without task.json: its submission never got a 201.
+    fn remove_unacknowledged(&self, name: &str, dir: &TaskDir) {
+        if supervisor_alive(dir) {
+            tracing::warn!(
+                task = name,
+                "unacknowledged task has a live supervisor; killing it"
+            );
+        }
+        for role in self.cgroups.children("").unwrap_or_default() {
+            let _ = self
+                .cgroups
+                .handle(&format!("{role}/{name}"))
+                .destroy(Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_dir_all(dir.root());
+    }
+
+    /// Decides and applies the plan of one recovered task.
+    fn resolve(self: &Arc<Self>, task: &TaskRef) {
+        let (plan, id, run) = {
+            let t = task.lock().unwrap();
+            (
+                self.plan(&t.record, &t.dir),
+                t.record.status.id.clone(),
+                t.record.run,
+            )
+        };
+        match plan {
+            Plan::Keep => {}
+            Plan::Adopt(sup) => {
+                let mut t = task.lock().unwrap();
+                tracing::info!(task = %id, pid = sup.task_pid, "re-adopted running task");
+                let cgroup = self.cgroups.handle(&cgroup_rel(&t.record.spec)).path;
+                let st = &mut t.record.status;
                 st.state = TaskState::Running;
                 st.pid = Some(sup.task_pid);
                 st.started_at = Some(sup.started_at);
-                st.cgroup = Some(self.cgroups.handle(&cgroup_rel(&task.record.spec)).path);
-                task.record.supervisor = Some(sup.clone());
+                st.cgroup = Some(cgroup);
+                t.record.supervisor = Some(sup);
             }
-            let id = task.record.status.id.clone();
-            let task = Arc::new(Mutex::new(task));
-            self.tasks.lock().unwrap().insert(id.clone(), task.clone());
-            plans.push((id, task, plan));
-        }
-        for (id, task, plan) in plans {
-            let run = task.lock().unwrap().record.run;
-            match plan {
-                Plan::Keep | Plan::Adopt(_) => {}
-                Plan::ApplyExit => self.on_exit(&id, run),
-                Plan::Lost(why) => self.mark_lost(&task, why),
-                Plan::Relaunch => {
-                    let agent = self.clone();
-                    tokio::spawn(async move { agent.launch(&task).await });
+            Plan::ApplyExit => {
+                // on_exit acts on running tasks.
+                task.lock().unwrap().record.status.state = TaskState::Running;
+                self.on_exit(&id, run);
+            }
+            Plan::Lost(why) => {
+                task.lock().unwrap().record.status.state = TaskState::Running;
+                self.mark_lost(task, why);
+            }
+            Plan::AwaitSupervisor => {
+                let agent = self.clone();
+                let task = task.clone();
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let waiting = {
+                            let t = task.lock().unwrap();
+                            matches!(agent.plan(&t.record, &t.dir), Plan::AwaitSupervisor)
+                        };
+                        if !waiting || start.elapsed() > STARTING_SUPERVISOR_WAIT {
+                            break;
+                        }
+                    }
+                    agent.resolve_or_kill(&task);
+                });
+            }
+            Plan::Relaunch => {
+                {
+                    let mut t = task.lock().unwrap();
+                    let handle = self.cgroups.handle(&cgroup_rel(&t.record.spec));
+                    if let Err(e) = handle.destroy(Duration::from_secs(2)) {
+                        tracing::warn!("{e}");
+                    }
+                    t.record.run += 1;
+                    t.record.status.state = TaskState::Queued;
                 }
+                tracing::info!(task = %id, "launching task that was accepted but not started");
+                let agent = self.clone();
+                let task = task.clone();
+                tokio::spawn(async move { agent.launch(&task).await });
             }
         }
-        self.remove_orphan_cgroups();
-        Ok(())
+    }
+
+    /// After waiting for a starting supervisor: apply what it left, or, if
+    /// it is still not done, kill its cgroup and decide again.
+    fn resolve_or_kill(self: &Arc<Self>, task: &TaskRef) {
+        let stuck = {
+            let t = task.lock().unwrap();
+            matches!(self.plan(&t.record, &t.dir), Plan::AwaitSupervisor)
+        };
+        if stuck {
+            let t = task.lock().unwrap();
+            tracing::warn!(task = %t.record.status.id, "supervisor did not finish starting; killing its task");
+            let _ = self
+                .cgroups
+                .handle(&cgroup_rel(&t.record.spec))
+                .destroy(Duration::from_secs(2));
+        }
+        self.resolve(task);
     }
 
     fn plan(&self, record: &TaskRecord, dir: &TaskDir) -> Plan {
@@ -89,12 +182,12 @@ impl Agent {
         if state.is_final() {
             return Plan::Keep;
         }
-        if state == TaskState::Queued {
-            return Plan::Relaunch;
-        }
         let exit: Option<ExitRecord> = fsutil::read_json(&dir.exit_json()).ok();
         if exit.is_some_and(|e| e.run == record.run) {
             return Plan::ApplyExit;
+        }
+        if state == TaskState::Queued {
+            return Plan::Relaunch;
         }
         if record.boot_id != self.boot_id {
             return Plan::Lost("the host rebooted while the task was running");
@@ -105,12 +198,14 @@ impl Agent {
                 Plan::Adopt(s)
             }
             Some(_) => Plan::Lost("supervisor vanished without an exit record"),
+            None if supervisor_alive(dir) => Plan::AwaitSupervisor,
             None if state == TaskState::Staging => Plan::Relaunch,
             None => Plan::Lost("no supervisor record"),
         }
     }
 
-    /// Task cgroups that belong to no live task are killed and removed.
+    /// Task cgroups that belong to no known unfinished task are killed and
+    /// removed.
     fn remove_orphan_cgroups(&self) {
         let live: std::collections::HashSet<String> = self
             .tasks
@@ -127,15 +222,36 @@ impl Agent {
                 let rel = format!("{role}/{task}");
                 if !live.contains(&rel) {
                     tracing::warn!(cgroup = %rel, "removing cgroup of an unknown task (its processes are killed)");
-                    if let Err(e) = self
-                        .cgroups
-                        .handle(&rel)
-                        .destroy(std::time::Duration::from_secs(2))
-                    {
+                    if let Err(e) = self.cgroups.handle(&rel).destroy(Duration::from_secs(2)) {
                         tracing::warn!("{e}");
                     }
                 }
             }
         }
     }
+}
+
+/// Reads task.json; a corrupt or newer one stops the agent with a message
+/// instead of being guessed at or reset.
+fn load_record(dir: &TaskDir) -> Result<TaskRecord, StartError> {
+    let path = dir.task_json();
+    let value: serde_json::Value = fsutil::read_json(&path).map_err(|e| {
+        StartError::State(format!(
+            "{e}; refusing to start (move {} away to discard the task)",
+            dir.root().display()
+        ))
+    })?;
+    let schema = value.get("schema").and_then(|v| v.as_u64()).unwrap_or(0);
+    if schema > TASK_SCHEMA as u64 {
+        return Err(StartError::State(format!(
+            "{}: schema {schema} is newer than this agent's {TASK_SCHEMA}; refusing to start (upgrade the agent)",
+            path.display()
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        StartError::State(format!(
+            "{}: invalid content: {e}; refusing to start",
+            path.display()
+        ))
+    })
 }

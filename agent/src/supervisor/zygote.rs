@@ -78,6 +78,21 @@ pub fn main() -> i32 {
 }
 
 fn spawn_supervisor(sock: &OwnedFd, dir: &Path) {
+    // Locked before the fork, so there is no moment at which a supervisor
+    // exists without holding it; the zygote's copy closes after the fork.
+    // The child keeps it (it leaves through _exit, never dropping it); the
+    // zygote's copy drops at the end of this function.
+    let _lock = match lock_supervisor(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            Reporter {
+                sock: sock.try_clone().expect("dup socket"),
+                dir: dir.display().to_string(),
+            }
+            .error(&e);
+            return;
+        }
+    };
     // SAFETY: the zygote is single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -108,6 +123,35 @@ fn spawn_supervisor(sock: &OwnedFd, dir: &Path) {
         }
         .error(&format!("fork supervisor: {e}")),
     }
+}
+
+/// Takes the task's supervisor lock; fails when a supervisor of the task
+/// is alive already.
+fn lock_supervisor(dir: &Path) -> Result<File, String> {
+    let path = crate::layout::TaskDir::new(dir).supervisor_lock();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another supervisor of this task is alive ({} is locked)",
+            path.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// Whether a supervisor of the task in `dir` is alive (its lock is held).
+pub fn supervisor_alive(dir: &crate::layout::TaskDir) -> bool {
+    let Ok(file) = File::open(dir.supervisor_lock()) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released when `file` drops.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 /// The supervisor's one reply to the agent; consumed by sending, which

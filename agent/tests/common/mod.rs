@@ -163,6 +163,41 @@ impl TestAgent {
         panic!("agent did not become healthy:\n{}", self.log_tail());
     }
 
+    /// Runs the agent expecting it to refuse to start; returns its exit code
+    /// and stderr. Panics if it keeps running.
+    pub fn start_expecting_failure(&self) -> (Option<i32>, String) {
+        let mut child = Command::new(AGENT_BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.code(), err);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent started although it should have refused");
+    }
+
+    pub fn task_json(&self, id: &str) -> PathBuf {
+        self.data_dir.join("tasks").join(id).join("task.json")
+    }
+
     pub fn agent_pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -324,7 +359,10 @@ pub fn supervisor_pids(data_dir: &Path) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
         .filter(|pid| {
             fs::read_link(format!("/proc/{pid}/fd/2"))
-                .map(|p| p.starts_with(&needle) && p.ends_with("supervisor.log"))
+                .map(|p| {
+                    let p = p.to_string_lossy();
+                    p.starts_with(&needle) && p.contains("supervisor.log")
+                })
                 .unwrap_or(false)
         })
         .collect()
