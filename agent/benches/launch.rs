@@ -71,7 +71,7 @@ fn main() {
             let (r50, _) = summary("runc run (create+start+wait+delete)", r);
             println!("{:<34} {:.1}x", "gleaner speed-up at p50", r50 / g50);
         }
-        None => println!("runc: not available (apt-get install runc)"),
+        None => println!("runc: skipped (RUNC=0) or not installed (apt-get install runc)"),
     }
 
     println!("\n== {long} launches of `sleep 600`");
@@ -103,6 +103,21 @@ fn main() {
     if let Some((n, avg)) = sup_pss {
         println!("supervisor PSS: {avg:.0} kB average over {n} supervisors");
     }
+
+    println!("\n== recovery: kill -9 the agent with {long} running tasks, start it again");
+    let mut agent = agent;
+    agent.stop_agent(libc::SIGKILL);
+    let t = Instant::now();
+    agent.spawn();
+    let healthy = t.elapsed();
+    let tasks: Vec<gleaner_agent::status::TaskStatus> = agent.client.get("/v1/tasks").unwrap();
+    let running = tasks.iter().filter(|s| s.state == TaskState::Running).count();
+    println!(
+        "agent start to API up with all tasks re-adopted: {:.0} ms ({running} of {} RUNNING)",
+        healthy.as_secs_f64() * 1e3,
+        tasks.len()
+    );
+    println!("agent RSS after recovery: {:.1} MB", rss_kb(agent.agent_pid()) as f64 / 1024.0);
 }
 
 fn rss_kb(pid: u32) -> u64 {
