@@ -75,7 +75,8 @@ fn main() {
     }
 
     println!("\n== {long} launches of `sleep 600`");
-    let sleep = json!({"argv": ["sleep", "600"], "resources": {"cpus": 0.1, "mem_mb": 16}});
+    // 1000 x 0.001 cpu fits the default reservation (the host).
+    let sleep = json!({"argv": ["sleep", "600"], "resources": {"cpus": 0.001, "mem_mb": 16}});
     let t = Instant::now();
     for _ in 0..long {
         let st = agent.submit(sleep.clone()).unwrap();
@@ -111,13 +112,19 @@ fn main() {
     agent.spawn();
     let healthy = t.elapsed();
     let tasks: Vec<gleaner_agent::status::TaskStatus> = agent.client.get("/v1/tasks").unwrap();
-    let running = tasks.iter().filter(|s| s.state == TaskState::Running).count();
+    let running = tasks
+        .iter()
+        .filter(|s| s.state == TaskState::Running)
+        .count();
     println!(
         "agent start to API up with all tasks re-adopted: {:.0} ms ({running} of {} RUNNING)",
         healthy.as_secs_f64() * 1e3,
         tasks.len()
     );
-    println!("agent RSS after recovery: {:.1} MB", rss_kb(agent.agent_pid()) as f64 / 1024.0);
+    println!(
+        "agent RSS after recovery: {:.1} MB",
+        rss_kb(agent.agent_pid()) as f64 / 1024.0
+    );
 }
 
 fn rss_kb(pid: u32) -> u64 {

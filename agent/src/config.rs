@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub root_roles: Vec<String>,
     /// rootfs of tasks that name none.
     pub default_rootfs: Option<PathBuf>,
+    /// Reservation of the `batch` role on first start (default: the host).
+    pub initial_reservation: Option<crate::scheduler::Amount>,
     /// How often supervisors are checked for life (exit reports arrive at
     /// once by datagram; this only catches a supervisor that was killed).
     pub liveness_interval_s: f64,
@@ -74,6 +76,7 @@ impl Default for AgentConfig {
             root_roles: Vec::new(),
             default_rootfs: None,
             liveness_interval_s: 5.0,
+            initial_reservation: None,
         }
     }
 }

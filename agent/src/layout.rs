@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <data-dir>/
+//!   reservations.json        per-role reservations           (agent writes)
 //!   run/notify.sock          supervisors report exits here (datagram)
 //!   tasks/<id>/task.json     spec + agent-side status        (agent writes)
 //!   tasks/<id>/launch.json   what the supervisor executes    (agent writes)
@@ -39,6 +40,9 @@ impl DataDir {
     }
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
+    }
+    pub fn reservations_json(&self) -> PathBuf {
+        self.root.join("reservations.json")
     }
     pub fn notify_socket(&self) -> PathBuf {
         self.run().join("notify.sock")

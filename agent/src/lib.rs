@@ -13,6 +13,7 @@ pub mod layout;
 pub mod metrics;
 pub mod procfs_util;
 pub mod runtime;
+pub mod scheduler;
 pub mod spec;
 pub mod status;
 pub mod supervisor;

@@ -15,6 +15,35 @@ pub fn render(agent: &Agent) -> String {
     for (state, n) in agent.counts_by_state() {
         let _ = writeln!(out, "gleaner_tasks{{state=\"{state}\"}} {n}");
     }
+    let roles = agent.reservations();
+    for (name, help) in [
+        ("gleaner_role_reserved_cpus", "CPUs reserved per role."),
+        (
+            "gleaner_role_allocated_cpus",
+            "CPUs held by running tasks per role.",
+        ),
+        (
+            "gleaner_role_reserved_mem_mb",
+            "Memory reserved per role (MB).",
+        ),
+        (
+            "gleaner_role_allocated_mem_mb",
+            "Memory held by running tasks per role (MB).",
+        ),
+        ("gleaner_role_queued_tasks", "Tasks waiting per role."),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (role, u) in &roles {
+            let v = match name {
+                "gleaner_role_reserved_cpus" => u.reserved.cpus,
+                "gleaner_role_allocated_cpus" => u.allocated.cpus,
+                "gleaner_role_reserved_mem_mb" => u.reserved.mem_mb,
+                "gleaner_role_allocated_mem_mb" => u.allocated.mem_mb,
+                _ => u.queued as f64,
+            };
+            let _ = writeln!(out, "{name}{{role=\"{role}\"}} {v}");
+        }
+    }
     let c = &agent.counters;
     for (name, help, v) in [
         (

@@ -296,8 +296,10 @@ fn fallbacks_for_old_kernels_work_when_forced() {
         json!({"pids": false, "oom_kill_counter": false, "cpu_idle": false})
     );
 
+    // RLIMIT_NPROC counts per user across the host: every task here has a
+    // uid of its own, away from other tests' `nobody` processes.
     let hog = agent
-        .submit(json!({"cmd": "dd if=/dev/zero of=/dev/null bs=128M count=4", "resources": {"cpus": 1, "mem_mb": 32}}))
+        .submit(json!({"cmd": "dd if=/dev/zero of=/dev/null bs=128M count=4", "user": "4241", "resources": {"cpus": 1, "mem_mb": 32}}))
         .unwrap();
     let done = agent.wait_final(&hog.id, LONG);
     assert_eq!(
@@ -306,7 +308,6 @@ fn fallbacks_for_old_kernels_work_when_forced() {
         "{done:?}"
     );
 
-    // RLIMIT_NPROC counts per user: use a uid of its own.
     start_fork_bomb(&agent, "bomb", Some("4242"));
     let procs = agent
         .read_cgroup("memory", "batch/bomb", "cgroup.procs")
@@ -320,7 +321,7 @@ fn fallbacks_for_old_kernels_work_when_forced() {
     assert_eq!(agent.wait_final("bomb", LONG).state, TaskState::Killed);
 
     let look = agent
-        .submit(json!({"cmd": "ls /", "resources": {"cpus": 0.5, "mem_mb": 16}}))
+        .submit(json!({"cmd": "ls /", "user": "4243", "resources": {"cpus": 0.5, "mem_mb": 16}}))
         .unwrap();
     assert_eq!(agent.wait_final(&look.id, LONG).state, TaskState::Finished);
     assert_eq!(

@@ -56,7 +56,7 @@ fn restart_readopts_running_tasks_and_learns_exits_that_happened_while_down() {
     let mut running = HashMap::new();
     for i in 0..50 {
         let st = agent
-            .submit(json!({"id": format!("run{i}"), "argv": ["sleep", "600"], "resources": {"cpus": 0.1, "mem_mb": 16}}))
+            .submit(json!({"id": format!("run{i}"), "argv": ["sleep", "600"], "resources": {"cpus": 0.01, "mem_mb": 16}}))
             .unwrap();
         assert_eq!(st.state, TaskState::Running);
         running.insert(st.id.clone(), st.pid.unwrap());
@@ -86,7 +86,11 @@ fn restart_readopts_running_tasks_and_learns_exits_that_happened_while_down() {
 
     for (id, pid) in &running {
         let st = agent.status(id);
-        assert_eq!((st.state, st.pid), (TaskState::Running, Some(*pid)), "{id}");
+        assert_eq!(
+            (st.state, st.pid),
+            (TaskState::Running, Some(*pid)),
+            "{id}: {st:?}"
+        );
         assert!(alive(*pid), "{id} pid {pid} is gone");
     }
     for code in 0..8 {
@@ -143,7 +147,7 @@ fn kill_9_during_a_submission_burst_loses_no_accepted_task() {
                 std::thread::spawn(move || {
                     for i in 0..100 {
                         let id = format!("r{round}-{t}-{i}");
-                        let spec = json!({"id": id, "argv": ["sleep", "120"], "resources": {"cpus": 0.05, "mem_mb": 8}});
+                        let spec = json!({"id": id, "argv": ["sleep", "120"], "resources": {"cpus": 0.005, "mem_mb": 8}});
                         match client.post::<_, TaskStatus>("/v1/tasks", &spec) {
                             Ok(_) => accepted.lock().unwrap().push(id),
                             Err(_) => return,

@@ -9,12 +9,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::runtime::{Agent, AgentError};
+use crate::scheduler::Amount;
 use crate::spec::TaskSpec;
 use crate::status::StopReason;
 pub use extract::{ApiError, ApiJson, MAX_BODY_BYTES};
@@ -48,6 +49,12 @@ pub fn router(agent: Arc<Agent>, token: Option<String>) -> Router {
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(kill_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/groups", post(submit_group))
+        .route("/v1/reservations", get(list_reservations))
+        .route(
+            "/v1/reservations/{role}",
+            put(set_reservation).delete(remove_reservation),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -120,6 +127,44 @@ async fn kill_task(
         StatusCode::ACCEPTED
     };
     Ok((code, Json(status)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupSpec {
+    id: String,
+    tasks: Vec<TaskSpec>,
+}
+
+async fn submit_group(
+    State(st): State<AppState>,
+    ApiJson(group): ApiJson<GroupSpec>,
+) -> Result<Response, ApiError> {
+    let tasks = st.agent.submit_group(&group.id, group.tasks).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": group.id, "tasks": tasks})),
+    )
+        .into_response())
+}
+
+async fn list_reservations(State(st): State<AppState>) -> impl IntoResponse {
+    Json(st.agent.reservations())
+}
+
+async fn set_reservation(
+    State(st): State<AppState>,
+    Path(role): Path<String>,
+    ApiJson(amount): ApiJson<Amount>,
+) -> Result<Response, ApiError> {
+    Ok(Json(st.agent.set_reservation(&role, amount).await?).into_response())
+}
+
+async fn remove_reservation(
+    State(st): State<AppState>,
+    Path(role): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(st.agent.remove_reservation(&role).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -82,6 +82,20 @@ enum Cmd {
     },
     /// Show the node's state (JSON).
     State,
+    /// Set a role's reservation (applied at once; prints preempted tasks).
+    Reserve {
+        role: String,
+        #[arg(long)]
+        cpus: f64,
+        #[arg(long)]
+        mem: f64,
+        #[arg(long, default_value_t = 0.0)]
+        disk: f64,
+    },
+    /// Remove a role's reservation (its tasks are preempted).
+    Unreserve { role: String },
+    /// List reservations: reserved, allocated, free per role.
+    Reservations,
 }
 
 fn main() -> ExitCode {
@@ -204,11 +218,79 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             print!("{}", client.get_text(&path).map_err(err)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Reserve {
+            role,
+            cpus,
+            mem,
+            disk,
+        } => {
+            let body = json!({"cpus": cpus, "mem_mb": mem, "disk_mb": disk});
+            let v: serde_json::Value = client
+                .put(&format!("/v1/reservations/{role}"), &body)
+                .map_err(err)?;
+            print_change(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unreserve { role } => {
+            let v: serde_json::Value = client
+                .delete(&format!("/v1/reservations/{role}"))
+                .map_err(err)?;
+            print_change(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reservations => {
+            let v: BTreeMap<String, serde_json::Value> =
+                client.get("/v1/reservations").map_err(err)?;
+            println!(
+                "{:<12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>8} {:>7}",
+                "ROLE",
+                "CPUS",
+                "ALLOC",
+                "FREE",
+                "MEM_MB",
+                "ALLOC_MB",
+                "FREE_MB",
+                "RUNNING",
+                "QUEUED"
+            );
+            for (role, u) in v {
+                let f = |k: &str, r: &str| u[k][r].as_f64().unwrap_or(0.0);
+                println!(
+                    "{:<12} {:>9.3} {:>9.3} {:>9.3} {:>10.0} {:>10.0} {:>10.0} {:>8} {:>7}",
+                    role,
+                    f("reserved", "cpus"),
+                    f("allocated", "cpus"),
+                    f("free", "cpus"),
+                    f("reserved", "mem_mb"),
+                    f("allocated", "mem_mb"),
+                    f("free", "mem_mb"),
+                    u["running"],
+                    u["queued"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::State => {
             let v: serde_json::Value = client.get("/v1/state").map_err(err)?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_change(v: &serde_json::Value) {
+    let r = &v["reserved"];
+    println!(
+        "{} reserved {} cpus, {} MB",
+        v["role"].as_str().unwrap_or("?"),
+        r["cpus"],
+        r["mem_mb"]
+    );
+    if let Some(m) = v["message"].as_str() {
+        println!("{m}");
+    }
+    for id in v["preempted"].as_array().into_iter().flatten() {
+        println!("preempted {}", id.as_str().unwrap_or("?"));
     }
 }
 

@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::{cgroup_rel, Agent, AgentError, Task, TaskRef};
+use super::{cgroup_rel, Agent, Task, TaskRef};
 use crate::cgroup::{CpuLimit, Limits};
 use crate::fsutil;
-use crate::fsutil::FsError;
 use crate::layout::SANDBOX_IN_ROOTFS;
 use crate::spec::CpuLimitKind;
 use crate::status::{Reason, TaskState};
@@ -19,17 +18,6 @@ impl Agent {
     /// Launches the task's current run; on return the task is RUNNING or
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
-        let _ = self.launch_after(task, None).await;
-    }
-
-    /// [`launch`](Self::launch), with the first durable write of a new task
-    /// running alongside. If that write fails the task is torn down and the
-    /// submission fails: nothing unacknowledged keeps running.
-    pub(crate) async fn launch_after(
-        self: &Arc<Self>,
-        task: &TaskRef,
-        durable: Option<tokio::task::JoinHandle<Result<(), FsError>>>,
-    ) -> Result<(), AgentError> {
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
             t.record.status.state = TaskState::Staging;
@@ -45,16 +33,6 @@ impl Agent {
             Ok(()) => self.spawner.launch(dir.root()).await,
             Err(msg) => Err(msg),
         };
-        if let Some(durable) = durable {
-            let written = durable.await.map_err(|e| FsError::Invalid {
-                path: dir.task_json(),
-                reason: e.to_string(),
-            });
-            if let Err(e) = written.and_then(|r| r) {
-                self.abandon(&id, &dir);
-                return Err(AgentError::Internal(format!("record task: {e}")));
-            }
-        }
         match launched {
             Ok(task_pid) => {
                 let pending = {
@@ -86,28 +64,15 @@ impl Agent {
             }
             Err(msg) => self.launch_failed(task, msg),
         }
-        Ok(())
     }
 
-    /// Undoes a submission whose record could not be written.
-    fn abandon(&self, id: &str, dir: &crate::layout::TaskDir) {
-        if let Some(task) = self.tasks.lock().unwrap().remove(id) {
-            let t = task.lock().unwrap();
-            let _ = self
-                .cgroups
-                .handle(&cgroup_rel(&t.record.spec))
-                .destroy(std::time::Duration::from_secs(2));
-        }
-        let _ = std::fs::remove_dir_all(dir.root());
-    }
-
-    fn launch_failed(self: &Arc<Self>, task: &TaskRef, msg: String) {
+    pub(crate) fn launch_failed(self: &Arc<Self>, task: &TaskRef, msg: String) {
         let mut t = task.lock().unwrap();
         tracing::warn!(task = %t.record.status.id, "launch failed: {msg}");
         self.counters
             .launch_failures
             .fetch_add(1, Ordering::Relaxed);
-        let handle = self.cgroups.handle(&cgroup_rel(&t.record.spec));
+        let handle = self.cgroups.handle(&cgroup_rel(&t.record));
         if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
             tracing::warn!("{e}");
         }
@@ -146,11 +111,11 @@ impl Agent {
         std::fs::set_permissions(dir.tmp(), std::fs::Permissions::from_mode(0o1777))
             .map_err(|e| format!("chmod {}: {e}", dir.tmp().display()))?;
 
-        let rel = cgroup_rel(spec);
+        let rel = cgroup_rel(&t.record);
         let features = self.cgroups.features();
-        if !self.roles.lock().unwrap().contains(&spec.role) {
+        if !self.role_cgroups.lock().unwrap().contains(&spec.role) {
             self.cgroups.create(&spec.role).map_err(|e| e.to_string())?;
-            self.roles.lock().unwrap().insert(spec.role.clone());
+            self.role_cgroups.lock().unwrap().insert(spec.role.clone());
         }
         let handle = self.cgroups.create(&rel).map_err(|e| e.to_string())?;
         let cpus = spec.resources.cpus;

@@ -6,8 +6,12 @@
 //! its own lock; the map lock is held only to find or insert a task, never
 //! across I/O.
 
+pub use queue::{ReservationChange, RoleUsage};
+
 mod launcher;
+mod queue;
 mod recovery;
+mod reservations;
 mod spawner;
 mod watcher;
 
@@ -23,7 +27,8 @@ use crate::cgroup::{self, CgroupManager};
 use crate::config::AgentConfig;
 use crate::fsutil::{self, FsError};
 use crate::layout::{DataDir, TaskDir};
-use crate::spec::{RootfsSpec, TaskSpec};
+use crate::scheduler::Amount;
+use crate::spec::{check_name, RootfsSpec, TaskSpec};
 use crate::status::{self, ExitRecord, Reason, StopReason, TaskState, TaskStatus};
 use crate::supervisor::{StopRequest, SupervisorRecord};
 
@@ -72,6 +77,9 @@ pub struct TaskRecord {
     /// Boot of the host the current run started in.
     #[serde(default)]
     pub boot_id: String,
+    /// The task group it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 pub(crate) struct Task {
@@ -79,6 +87,22 @@ pub(crate) struct Task {
     dir: TaskDir,
     /// A kill that arrived while the task was being launched.
     pending_stop: Option<StopReason>,
+    /// Asked to stop; it holds its resources until it has exited.
+    stopping: Option<StopReason>,
+    /// Restart backoff: not admitted before this.
+    not_before: Option<std::time::Instant>,
+}
+
+impl Task {
+    fn new(record: TaskRecord, dir: TaskDir) -> Self {
+        Task {
+            record,
+            dir,
+            pending_stop: None,
+            stopping: None,
+            not_before: None,
+        }
+    }
 }
 
 impl Task {
@@ -95,12 +119,14 @@ impl Task {
 }
 
 type TaskRef = Arc<Mutex<Task>>;
+type DurableWrite = tokio::task::JoinHandle<Result<(), FsError>>;
 
 #[derive(Debug, Default)]
 pub struct Counters {
     pub launches: AtomicU64,
     pub launch_failures: AtomicU64,
     pub restarts: AtomicU64,
+    pub preemptions: AtomicU64,
 }
 
 pub struct Agent {
@@ -113,7 +139,17 @@ pub struct Agent {
     next_id: AtomicU64,
     spawner: spawner::Spawner,
     /// Role cgroups known to exist.
-    roles: Mutex<std::collections::HashSet<String>>,
+    role_cgroups: Mutex<std::collections::HashSet<String>>,
+    reservations: Mutex<BTreeMap<String, Amount>>,
+    /// Host capacity, read once at start.
+    host: Amount,
+    /// Serialises scheduling passes (and victim choice with them).
+    sched: Mutex<()>,
+    /// Serialises reservation changes.
+    reserving: tokio::sync::Mutex<()>,
+    /// No scheduling until every recovered task is resolved: a task still
+    /// showing its on-disk state must not be admitted a second time.
+    recovering: std::sync::atomic::AtomicBool,
     pub counters: Counters,
 }
 
@@ -124,15 +160,10 @@ pub struct NodeState {
     pub version: &'static str,
     pub cgroup_version: &'static str,
     pub cgroup_features: cgroup::Features,
-    pub total: Totals,
+    pub total: Amount,
+    pub reservations: BTreeMap<String, Amount>,
     pub attributes: BTreeMap<String, String>,
     pub tasks: BTreeMap<&'static str, usize>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Totals {
-    pub cpus: f64,
-    pub mem_mb: f64,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -154,12 +185,20 @@ impl Agent {
             boot_id: crate::procfs_util::boot_id(),
             next_id: AtomicU64::new(0),
             spawner: spawner::Spawner::new(),
-            roles: Mutex::default(),
+            role_cgroups: Mutex::default(),
+            reservations: Mutex::default(),
+            host: host_totals(),
+            sched: Mutex::new(()),
+            reserving: tokio::sync::Mutex::new(()),
+            recovering: std::sync::atomic::AtomicBool::new(true),
             counters: Counters::default(),
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
+        agent.restore_reservations().await?;
         agent.recover()?;
+        agent.recovering.store(false, Ordering::SeqCst);
         watcher::spawn(agent.clone(), socket);
+        agent.schedule();
         tracing::info!(
             node = %agent.node_id,
             cgroup = agent.cgroups.version().as_str(),
@@ -214,7 +253,8 @@ impl Agent {
             version: VERSION,
             cgroup_version: self.cgroups.version().as_str(),
             cgroup_features: self.cgroups.features(),
-            total: host_totals(),
+            total: self.host,
+            reservations: self.reservations.lock().unwrap().clone(),
             attributes: self.cfg.attributes.clone(),
             tasks: self.counts_by_state(),
         }
@@ -225,8 +265,87 @@ impl Agent {
         Ok(self.data.task(id))
     }
 
-    /// Validates, records and launches a task. Bad input creates nothing.
-    pub async fn submit(self: &Arc<Self>, mut spec: TaskSpec) -> Result<TaskStatus, AgentError> {
+    /// Validates, records and launches (or queues) a task. Bad input
+    /// creates nothing.
+    pub async fn submit(self: &Arc<Self>, spec: TaskSpec) -> Result<TaskStatus, AgentError> {
+        let record = self.new_record(spec, None)?;
+        let (mut tasks, durable) = self.accept(vec![record])?;
+        let task = tasks.remove(0);
+        self.start_admitted(&[task.clone()], durable).await?;
+        let status = task.lock().unwrap().record.status.clone();
+        Ok(status)
+    }
+
+    /// Validates, records and launches (or queues) a task group: all of it
+    /// starts or none does.
+    pub async fn submit_group(
+        self: &Arc<Self>,
+        group: &str,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<TaskStatus>, AgentError> {
+        check_name("id", group).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        if specs.is_empty() {
+            return Err(AgentError::Invalid(
+                "tasks: a group needs at least one task".into(),
+            ));
+        }
+        let role = specs[0].role.clone();
+        let mut records = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            if spec.role != role {
+                return Err(AgentError::Invalid(format!(
+                    "tasks[{i}].role: every task of a group has the same role ({role:?})"
+                )));
+            }
+            if spec.restart.policy != crate::spec::RestartPolicy::Never {
+                return Err(AgentError::Invalid(format!(
+                    "tasks[{i}].restart: tasks of a group are not restarted one by one"
+                )));
+            }
+            let mut spec = spec;
+            if spec.id.is_none() {
+                spec.id = Some(format!("{group}.{i}"));
+            }
+            let record = self.new_record(spec, Some(group)).map_err(|e| match e {
+                AgentError::Invalid(m) => AgentError::Invalid(format!("tasks[{i}]: {m}")),
+                other => other,
+            })?;
+            if records
+                .iter()
+                .any(|r: &TaskRecord| r.status.id == record.status.id)
+            {
+                return Err(AgentError::Invalid(format!(
+                    "tasks[{i}].id: {:?} appears twice",
+                    record.status.id
+                )));
+            }
+            records.push(record);
+        }
+        if self
+            .tasks
+            .lock()
+            .unwrap()
+            .values()
+            .any(|t| t.lock().unwrap().record.group.as_deref() == Some(group))
+        {
+            return Err(AgentError::Conflict(format!(
+                "group {group:?} already exists"
+            )));
+        }
+        let (tasks, durable) = self.accept(records)?;
+        self.start_admitted(&tasks, durable).await?;
+        Ok(tasks
+            .iter()
+            .map(|t| t.lock().unwrap().record.status.clone())
+            .collect())
+    }
+
+    /// Checks a spec against the host (rootfs, user) and builds its record.
+    fn new_record(
+        &self,
+        mut spec: TaskSpec,
+        group: Option<&str>,
+    ) -> Result<TaskRecord, AgentError> {
         spec.validate()
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
         let rootfs = self.check_rootfs(&spec)?;
@@ -249,23 +368,21 @@ impl Agent {
         }
         let id = spec.id.clone().unwrap_or_else(|| self.generate_id());
         spec.id = Some(id.clone());
-        let dir = self.data.task(&id);
-        let now = Utc::now();
-        let record = TaskRecord {
+        Ok(TaskRecord {
             schema: TASK_SCHEMA,
             status: TaskStatus {
                 id: id.clone(),
                 role: spec.role.clone(),
-                state: TaskState::Staging,
+                state: TaskState::Queued,
                 reason: None,
                 message: None,
                 exit_code: None,
                 signal: None,
                 pid: None,
                 cgroup: None,
-                sandbox: Some(dir.sandbox().display().to_string()),
+                sandbox: Some(self.data.task(&id).sandbox().display().to_string()),
                 resources: spec.resources,
-                submitted_at: now,
+                submitted_at: Utc::now(),
                 started_at: None,
                 finished_at: None,
                 restarts: 0,
@@ -274,32 +391,99 @@ impl Agent {
             run: 0,
             supervisor: None,
             boot_id: self.boot_id.clone(),
-        };
-        let task = Arc::new(Mutex::new(Task {
-            record,
-            dir: dir.clone(),
-            pending_stop: None,
-        }));
+            group: group.map(str::to_owned),
+        })
+    }
+
+    /// Inserts the records (all or none) and starts writing them durably.
+    fn accept(&self, records: Vec<TaskRecord>) -> Result<(Vec<TaskRef>, DurableWrite), AgentError> {
+        let tasks: Vec<TaskRef> = records
+            .into_iter()
+            .map(|r| {
+                let dir = self.data.task(&r.status.id);
+                Arc::new(Mutex::new(Task::new(r, dir)))
+            })
+            .collect();
         {
-            let mut tasks = self.tasks.lock().unwrap();
-            if tasks.contains_key(&id) || dir.root().exists() {
-                return Err(AgentError::Conflict(format!("task {id:?} already exists")));
+            let mut map = self.tasks.lock().unwrap();
+            for t in &tasks {
+                let t = t.lock().unwrap();
+                if map.contains_key(&t.record.status.id) || t.dir.root().exists() {
+                    return Err(AgentError::Conflict(format!(
+                        "task {:?} already exists",
+                        t.record.status.id
+                    )));
+                }
             }
-            tasks.insert(id.clone(), task.clone());
+            for t in &tasks {
+                map.insert(t.lock().unwrap().record.status.id.clone(), t.clone());
+            }
         }
-        // The acknowledgement needs the record on disk; the launch does not,
-        // so the two run side by side and the 201 waits for both.
-        if let Err(e) = fsutil::create_dir_all(dir.root()) {
-            self.tasks.lock().unwrap().remove(&id);
-            return Err(e.into());
+        let mut writes = Vec::new();
+        for t in &tasks {
+            let t = t.lock().unwrap();
+            if let Err(e) = fsutil::create_dir_all(t.dir.root()) {
+                drop(t);
+                self.abandon(&tasks);
+                return Err(e.into());
+            }
+            writes.push((t.dir.task_json(), t.record.clone()));
         }
-        let snapshot = task.lock().unwrap().record.clone();
-        let path = dir.task_json();
-        let durable =
-            tokio::task::spawn_blocking(move || fsutil::write_json_atomic(&path, &snapshot));
-        self.launch_after(&task, Some(durable)).await?;
-        let status = task.lock().unwrap().record.status.clone();
-        Ok(status)
+        // The acknowledgement needs the records on disk; a launch does not,
+        // so the two run side by side and the reply waits for both.
+        let durable = tokio::task::spawn_blocking(move || {
+            writes
+                .iter()
+                .try_for_each(|(path, record)| fsutil::write_json_atomic(path, record))
+        });
+        Ok((tasks, durable))
+    }
+
+    /// Runs a scheduling pass; launches the admitted units, `mine` (the new
+    /// tasks) inline, the rest in the background. Returns once `mine` are
+    /// recorded durably and, if admitted, launched.
+    async fn start_admitted(
+        self: &Arc<Self>,
+        mine: &[TaskRef],
+        durable: DurableWrite,
+    ) -> Result<(), AgentError> {
+        let mut own_unit = None;
+        for unit in self.schedule_pass() {
+            if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m))) {
+                own_unit = Some(unit);
+            } else {
+                let agent = self.clone();
+                tokio::spawn(async move { agent.launch_unit(unit).await });
+            }
+        }
+        let launched = async {
+            if let Some(unit) = own_unit {
+                self.launch_unit(unit).await;
+            }
+        };
+        let (written, ()) = tokio::join!(durable, launched);
+        if let Err(e) = written
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            self.abandon(mine);
+            return Err(AgentError::Internal(format!("record task: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Undoes a submission whose record could not be written: nothing
+    /// unacknowledged keeps running.
+    fn abandon(&self, tasks: &[TaskRef]) {
+        for task in tasks {
+            let t = task.lock().unwrap();
+            self.tasks.lock().unwrap().remove(&t.record.status.id);
+            let _ = self
+                .cgroups
+                .handle(&cgroup_rel(&t.record))
+                .destroy(std::time::Duration::from_secs(2));
+            let _ = std::fs::remove_dir_all(t.dir.root());
+        }
     }
 
     fn generate_id(&self) -> String {
@@ -349,6 +533,7 @@ impl Agent {
             }
             TaskState::Staging => t.pending_stop = Some(reason),
             TaskState::Running => {
+                t.stopping = Some(reason);
                 let request = StopRequest {
                     run: t.record.run,
                     reason,
@@ -405,7 +590,8 @@ impl Agent {
         self.finish_run(&task, &mut t, state, reason);
     }
 
-    /// Sets the end state of the current run, or queues a restart.
+    /// Sets the end state of the current run, or queues a restart; the
+    /// resources it held go to the queue.
     fn finish_run(
         self: &Arc<Self>,
         task: &TaskRef,
@@ -413,8 +599,13 @@ impl Agent {
         state: TaskState,
         reason: Option<Reason>,
     ) {
+        let _ = task;
         let restarts = t.record.status.restarts;
-        if status::should_restart(&t.record.spec.restart, state, reason, restarts) {
+        t.stopping = None;
+        t.pending_stop = None;
+        if t.record.group.is_none()
+            && status::should_restart(&t.record.spec.restart, state, reason, restarts)
+        {
             let delay = status::restart_backoff(restarts);
             let st = &mut t.record.status;
             st.state = TaskState::Queued;
@@ -434,30 +625,28 @@ impl Agent {
             st.restarts += 1;
             t.record.run += 1;
             t.record.supervisor = None;
-            let run = t.record.run;
+            t.not_before = Some(std::time::Instant::now() + delay);
+            self.counters.restarts.fetch_add(1, Ordering::Relaxed);
             let agent = self.clone();
-            let task = task.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let still_waiting = {
-                    let t = task.lock().unwrap();
-                    t.record.run == run && t.record.status.state == TaskState::Queued
-                };
-                if still_waiting {
-                    agent.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                    agent.launch(&task).await;
-                }
+                agent.schedule();
             });
         } else {
             let st = &mut t.record.status;
             st.state = state;
             st.reason = reason;
+            if let Some(group) = t.record.group.clone() {
+                let (agent, role) = (self.clone(), t.record.spec.role.clone());
+                tokio::spawn(async move { agent.release_group(&role, &group) });
+            }
         }
         // Atomic, not durable: the durable facts are the supervisor's
         // exit.json or its absence, from which recovery derives this again.
         if let Err(e) = t.persist_derived() {
             tracing::error!(task = %t.record.status.id, "persist: {e}");
         }
+        self.schedule_soon();
     }
 
     /// Checks that supervisors of running tasks are alive; a vanished one
@@ -498,7 +687,7 @@ impl Agent {
             return;
         }
         tracing::warn!(task = %t.record.status.id, "task lost: {why}");
-        let handle = self.cgroups.handle(&cgroup_rel(&t.record.spec));
+        let handle = self.cgroups.handle(&cgroup_rel(&t.record));
         if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
             tracing::warn!("{e}");
         }
@@ -512,29 +701,30 @@ impl Agent {
     }
 }
 
-/// The task's cgroup below the root: `<role>/<id>`.
-pub(crate) fn cgroup_rel(spec: &TaskSpec) -> String {
-    format!("{}/{}", spec.role, spec.id.as_deref().unwrap_or_default())
+/// The task's cgroup below the root: `<role>/<id>`, or
+/// `<role>/<group>/<id>` for a member of a task group.
+pub(crate) fn cgroup_rel(record: &TaskRecord) -> String {
+    let (role, id) = (&record.spec.role, &record.status.id);
+    match &record.group {
+        Some(g) => format!("{role}/{g}/{id}"),
+        None => format!("{role}/{id}"),
+    }
 }
 
-fn host_totals() -> Totals {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64;
+fn host_totals() -> Amount {
+    // Online CPUs of the host, not the agent's own affinity or quota.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as f64;
     let mem_kb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse::<f64>().ok())
-                })
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .unwrap_or(0.0);
-    Totals {
+    Amount {
         cpus,
         mem_mb: (mem_kb / 1024.0).floor(),
+        disk_mb: 0.0,
     }
 }

@@ -59,11 +59,7 @@ impl Agent {
             }
             let record = load_record(&dir)?;
             let id = record.status.id.clone();
-            let task = Arc::new(Mutex::new(Task {
-                record,
-                dir,
-                pending_stop: None,
-            }));
+            let task = Arc::new(Mutex::new(Task::new(record, dir)));
             self.tasks.lock().unwrap().insert(id.clone(), task.clone());
             found.push(task);
         }
@@ -104,15 +100,22 @@ impl Agent {
         match plan {
             Plan::Keep => {}
             Plan::Adopt(sup) => {
-                let mut t = task.lock().unwrap();
-                tracing::info!(task = %id, pid = sup.task_pid, "re-adopted running task");
-                let cgroup = self.cgroups.handle(&cgroup_rel(&t.record.spec)).path;
-                let st = &mut t.record.status;
-                st.state = TaskState::Running;
-                st.pid = Some(sup.task_pid);
-                st.started_at = Some(sup.started_at);
-                st.cgroup = Some(cgroup);
-                t.record.supervisor = Some(sup);
+                let pending = {
+                    let mut t = task.lock().unwrap();
+                    tracing::info!(task = %id, pid = sup.task_pid, "re-adopted running task");
+                    let cgroup = self.cgroups.handle(&cgroup_rel(&t.record)).path;
+                    let st = &mut t.record.status;
+                    st.state = TaskState::Running;
+                    st.pid = Some(sup.task_pid);
+                    st.started_at = Some(sup.started_at);
+                    st.cgroup = Some(cgroup);
+                    t.record.supervisor = Some(sup);
+                    // A kill that came while we waited for the supervisor.
+                    t.pending_stop.take()
+                };
+                if let Some(reason) = pending {
+                    let _ = self.stop(&id, reason);
+                }
             }
             Plan::ApplyExit => {
                 // on_exit acts on running tasks.
@@ -124,6 +127,8 @@ impl Agent {
                 self.mark_lost(task, why);
             }
             Plan::AwaitSupervisor => {
+                // Holds its resources and is not admitted while we wait.
+                task.lock().unwrap().record.status.state = TaskState::Staging;
                 let agent = self.clone();
                 let task = task.clone();
                 tokio::spawn(async move {
@@ -142,19 +147,20 @@ impl Agent {
                 });
             }
             Plan::Relaunch => {
-                {
-                    let mut t = task.lock().unwrap();
-                    let handle = self.cgroups.handle(&cgroup_rel(&t.record.spec));
+                let mut t = task.lock().unwrap();
+                if t.record.status.state == TaskState::Staging {
+                    // Admitted but maybe half-launched: clear any trace, and
+                    // take a new run number so late reports are ignored.
+                    let handle = self.cgroups.handle(&cgroup_rel(&t.record));
                     if let Err(e) = handle.destroy(Duration::from_secs(2)) {
                         tracing::warn!("{e}");
                     }
                     t.record.run += 1;
-                    t.record.status.state = TaskState::Queued;
                 }
-                tracing::info!(task = %id, "launching task that was accepted but not started");
-                let agent = self.clone();
-                let task = task.clone();
-                tokio::spawn(async move { agent.launch(&task).await });
+                t.record.status.state = TaskState::Queued;
+                tracing::info!(task = %id, "accepted task back in the queue");
+                // A no-op while recovery runs; the pass after it admits it.
+                self.schedule_soon();
             }
         }
     }
@@ -171,7 +177,7 @@ impl Agent {
             tracing::warn!(task = %t.record.status.id, "supervisor did not finish starting; killing its task");
             let _ = self
                 .cgroups
-                .handle(&cgroup_rel(&t.record.spec))
+                .handle(&cgroup_rel(&t.record))
                 .destroy(Duration::from_secs(2));
         }
         self.resolve(task);
@@ -186,20 +192,25 @@ impl Agent {
         if exit.is_some_and(|e| e.run == record.run) {
             return Plan::ApplyExit;
         }
-        if state == TaskState::Queued {
-            return Plan::Relaunch;
-        }
-        if record.boot_id != self.boot_id {
-            return Plan::Lost("the host rebooted while the task was running");
-        }
+        // The supervisor's record, not task.json, says whether this run started.
         let sup: Option<SupervisorRecord> = fsutil::read_json(&dir.supervisor_json()).ok();
         match sup.filter(|s| s.run == record.run) {
-            Some(s) if is_same_process(s.supervisor_pid, s.supervisor_start_ticks) => {
-                Plan::Adopt(s)
+            Some(s) => {
+                let boot = if s.boot_id.is_empty() {
+                    &record.boot_id
+                } else {
+                    &s.boot_id
+                };
+                if *boot != self.boot_id {
+                    Plan::Lost("the host rebooted while the task was running")
+                } else if is_same_process(s.supervisor_pid, s.supervisor_start_ticks) {
+                    Plan::Adopt(s)
+                } else {
+                    Plan::Lost("supervisor vanished without an exit record")
+                }
             }
-            Some(_) => Plan::Lost("supervisor vanished without an exit record"),
             None if supervisor_alive(dir) => Plan::AwaitSupervisor,
-            None if state == TaskState::Staging => Plan::Relaunch,
+            None if matches!(state, TaskState::Queued | TaskState::Staging) => Plan::Relaunch,
             None => Plan::Lost("no supervisor record"),
         }
     }
@@ -212,15 +223,32 @@ impl Agent {
             .lock()
             .unwrap()
             .values()
-            .filter_map(|t| {
+            .flat_map(|t| {
                 let t = t.lock().unwrap();
-                (!t.record.status.state.is_final()).then(|| cgroup_rel(&t.record.spec))
+                let unfinished = !t.record.status.state.is_final();
+                let group = t
+                    .record
+                    .group
+                    .as_ref()
+                    .map(|g| format!("{}/{g}", t.record.spec.role));
+                let rels = [Some(cgroup_rel(&t.record)), group];
+                rels.into_iter()
+                    .flatten()
+                    .filter(|_| unfinished)
+                    .collect::<Vec<_>>()
             })
             .collect();
         for role in self.cgroups.children("").unwrap_or_default() {
-            for task in self.cgroups.children(&role).unwrap_or_default() {
-                let rel = format!("{role}/{task}");
-                if !live.contains(&rel) {
+            let below = |rel: &str| -> Vec<String> {
+                let names = self.cgroups.children(rel).unwrap_or_default();
+                names.into_iter().map(|c| format!("{rel}/{c}")).collect()
+            };
+            let children = below(&role);
+            // Group cgroups hold their members one level down; deepest first.
+            let mut candidates: Vec<String> = children.iter().flat_map(|c| below(c)).collect();
+            candidates.extend(children);
+            for rel in candidates {
+                if !live.contains(&rel) && self.cgroups.handle(&rel).exists() {
                     tracing::warn!(cgroup = %rel, "removing cgroup of an unknown task (its processes are killed)");
                     if let Err(e) = self.cgroups.handle(&rel).destroy(Duration::from_secs(2)) {
                         tracing::warn!("{e}");

@@ -75,6 +75,10 @@ pub struct SupervisorRecord {
     pub init_pid: i32,
     pub task_pid: i32,
     pub started_at: DateTime<Utc>,
+    /// Boot of the host it started in: a record from before a reboot
+    /// describes processes that are gone.
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 /// Written by the agent before it signals the supervisor.
@@ -210,6 +214,7 @@ impl Supervisor {
             init_pid: init.as_raw(),
             task_pid,
             started_at: Utc::now(),
+            boot_id: crate::procfs_util::boot_id(),
         };
         // Pids mean nothing after a reboot: atomic, not durable.
         if let Err(e) = crate::fsutil::replace_json(&self.dir.supervisor_json(), &record) {

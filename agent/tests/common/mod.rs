@@ -333,7 +333,13 @@ fn remove_tree(dir: &Path) {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", self.log_tail());
+            let keep = std::env::temp_dir().join(format!("{}.agent.log", self.cgroup_root));
+            let _ = fs::copy(&self.log_path, &keep);
+            eprintln!(
+                "--- agent log (all of it: {}) ---\n{}",
+                keep.display(),
+                self.log_tail()
+            );
         }
         self.stop_agent(libc::SIGKILL);
         for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct"] {

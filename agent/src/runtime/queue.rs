@@ -1,0 +1,457 @@
+//! The glue between the pure scheduler and the tasks: scheduling passes,
+//! reservation changes with preemption, task groups.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{cgroup_rel, reservations, Agent, AgentError, TaskRef};
+use crate::cgroup::{CpuLimit, Limits};
+use crate::scheduler::{self, Amount, Queued, Running};
+use crate::spec::check_name;
+use crate::status::{StopReason, TaskState};
+
+/// What a reservation change did, for the PUT/DELETE reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReservationChange {
+    pub role: String,
+    pub requested: Amount,
+    pub reserved: Amount,
+    /// The request was larger than the host and was capped to it.
+    pub capped: bool,
+    pub preempted: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A role's view, for GET /v1/reservations.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleUsage {
+    pub reserved: Amount,
+    pub allocated: Amount,
+    pub free: Amount,
+    pub running: usize,
+    pub queued: usize,
+}
+
+pub(crate) fn amount_of(r: &crate::spec::Resources) -> Amount {
+    Amount {
+        cpus: r.cpus,
+        mem_mb: r.mem_mb,
+        disk_mb: r.disk_mb,
+    }
+}
+
+fn nanos(t: &chrono::DateTime<chrono::Utc>) -> u64 {
+    t.timestamp_nanos_opt().unwrap_or(0).max(0) as u64
+}
+
+const GROUP_KEY: &str = "group:";
+
+impl Agent {
+    /// One scheduling pass: marks what may start as STAGING, says on every
+    /// other queued task why it waits, and returns the tasks to launch.
+    pub(crate) fn schedule_pass(&self) -> Vec<Vec<TaskRef>> {
+        let _pass = self.sched.lock().unwrap();
+        if self.recovering.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+        let now = Instant::now();
+        let mut queue: Vec<Queued> = Vec::new();
+        let mut running: Vec<Running> = Vec::new();
+        let mut units: HashMap<String, Vec<TaskRef>> = HashMap::new();
+        let mut groups: BTreeMap<String, (Queued, usize, bool)> = BTreeMap::new();
+        for task in &tasks {
+            let t = task.lock().unwrap();
+            let (rec, st) = (&t.record, &t.record.status);
+            match st.state {
+                TaskState::Queued if t.not_before.is_none_or(|nb| nb <= now) => {
+                    let unit = Queued {
+                        key: st.id.clone(),
+                        role: st.role.clone(),
+                        priority: rec.spec.priority,
+                        seq: nanos(&st.submitted_at),
+                        need: amount_of(&st.resources),
+                    };
+                    match &rec.group {
+                        None => {
+                            units.insert(unit.key.clone(), vec![task.clone()]);
+                            queue.push(unit);
+                        }
+                        Some(g) => {
+                            let key = format!("{GROUP_KEY}{g}");
+                            units.entry(key.clone()).or_default().push(task.clone());
+                            let entry = groups.entry(key.clone()).or_insert((
+                                Queued {
+                                    key,
+                                    need: Amount::default(),
+                                    ..unit.clone()
+                                },
+                                0,
+                                true,
+                            ));
+                            entry.0.need = entry.0.need.add(unit.need);
+                            entry.0.priority = entry.0.priority.max(unit.priority);
+                            entry.0.seq = entry.0.seq.min(unit.seq);
+                            entry.1 += 1;
+                        }
+                    }
+                }
+                TaskState::Queued => {}
+                TaskState::Staging | TaskState::Running => {
+                    running.push(Running {
+                        key: st.id.clone(),
+                        role: st.role.clone(),
+                        priority: rec.spec.priority,
+                        started_seq: st.started_at.as_ref().map(nanos).unwrap_or(u64::MAX),
+                        holds: amount_of(&st.resources),
+                    });
+                    if let Some(g) = &rec.group {
+                        // A group starts as a whole: one member already
+                        // running means the rest are not a new unit.
+                        if let Some(e) = groups.get_mut(&format!("{GROUP_KEY}{g}")) {
+                            e.2 = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        queue.extend(
+            groups
+                .into_values()
+                .filter(|(_, _, whole)| *whole)
+                .map(|(q, _, _)| q),
+        );
+        let reservations = self.reservations.lock().unwrap().clone();
+        let decision = scheduler::admit(&queue, &running, &reservations, self.host);
+        for (key, why) in &decision.waiting {
+            for task in units.get(key).into_iter().flatten() {
+                task.lock().unwrap().record.status.message = Some(why.to_string());
+            }
+        }
+        decision
+            .start
+            .iter()
+            .filter_map(|key| units.remove(key))
+            .inspect(|members| {
+                for task in members {
+                    let mut t = task.lock().unwrap();
+                    t.record.status.state = TaskState::Staging;
+                    t.record.status.message = None;
+                }
+            })
+            .collect()
+    }
+
+    /// A pass, launching everything it admits in the background.
+    pub(crate) fn schedule(self: &Arc<Self>) {
+        for unit in self.schedule_pass() {
+            let agent = self.clone();
+            tokio::spawn(async move { agent.launch_unit(unit).await });
+        }
+    }
+
+    /// [`schedule`](Self::schedule), from places that hold a task lock.
+    pub(crate) fn schedule_soon(self: &Arc<Self>) {
+        let agent = self.clone();
+        tokio::spawn(async move { agent.schedule() });
+    }
+
+    /// Launches a single task, or a group all-or-nothing: if one member
+    /// fails to launch, the others are stopped.
+    pub(crate) async fn launch_unit(self: &Arc<Self>, unit: Vec<TaskRef>) {
+        if unit.len() == 1 && unit[0].lock().unwrap().record.group.is_none() {
+            return self.launch(&unit[0]).await;
+        }
+        let (group_rel, total) = {
+            let t = unit[0].lock().unwrap();
+            let total = unit.iter().fold(Amount::default(), |a, m| {
+                a.add(amount_of(&m.lock().unwrap().record.spec.resources))
+            });
+            (
+                format!(
+                    "{}/{}",
+                    t.record.spec.role,
+                    t.record.group.clone().unwrap_or_default()
+                ),
+                total,
+            )
+        };
+        let limits = Limits {
+            cpu: Some(CpuLimit::Quota { cpus: total.cpus }),
+            memory_bytes: Some((total.mem_mb * 1024.0 * 1024.0) as u64),
+            pids: None,
+        };
+        let made = self
+            .cgroups
+            .create(&group_rel)
+            .and_then(|_| self.cgroups.set_limits(&group_rel, &limits));
+        if let Err(e) = made {
+            for m in &unit {
+                self.launch_failed(m, format!("group cgroup {group_rel}: {e}"));
+            }
+            return;
+        }
+        futures_util::future::join_all(unit.iter().map(|m| self.launch(m))).await;
+        let failed: Vec<String> = unit
+            .iter()
+            .filter_map(|m| {
+                let t = m.lock().unwrap();
+                (t.record.status.state == TaskState::Failed).then(|| t.record.status.id.clone())
+            })
+            .collect();
+        if let Some(first) = failed.first() {
+            for m in &unit {
+                let id = m.lock().unwrap().record.status.id.clone();
+                if !failed.contains(&id) {
+                    tracing::warn!(task = %id, group = %group_rel, "stopping: member {first} of its group failed to launch");
+                    let _ = self.stop(&id, StopReason::Killed);
+                    m.lock().unwrap().record.status.message = Some(format!(
+                        "stopped: task {first} of its group failed to launch"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Removes a group's cgroup once none of its members is left running.
+    pub(crate) fn release_group(&self, role: &str, group: &str) {
+        let members_alive = self.tasks.lock().unwrap().values().any(|t| {
+            let t = t.lock().unwrap();
+            t.record.group.as_deref() == Some(group) && !t.record.status.state.is_final()
+        });
+        if !members_alive {
+            let _ = self
+                .cgroups
+                .handle(&format!("{role}/{group}"))
+                .destroy(Duration::from_secs(2));
+        }
+    }
+
+    pub fn reservations(&self) -> BTreeMap<String, RoleUsage> {
+        let reserved = self.reservations.lock().unwrap().clone();
+        let mut usage: BTreeMap<String, RoleUsage> = reserved
+            .iter()
+            .map(|(role, r)| {
+                (
+                    role.clone(),
+                    RoleUsage {
+                        reserved: *r,
+                        allocated: Amount::default(),
+                        free: *r,
+                        running: 0,
+                        queued: 0,
+                    },
+                )
+            })
+            .collect();
+        for status in self.list() {
+            let Some(u) = usage.get_mut(&status.role) else {
+                continue;
+            };
+            match status.state {
+                TaskState::Staging | TaskState::Running => {
+                    u.allocated = u.allocated.add(amount_of(&status.resources));
+                    u.running += 1;
+                }
+                TaskState::Queued => u.queued += 1,
+                _ => {}
+            }
+        }
+        for u in usage.values_mut() {
+            u.free = u.reserved.sub(u.allocated);
+        }
+        usage
+    }
+
+    /// Sets a role's reservation: the role's cgroup is written before this
+    /// returns, after preempting what no longer fits.
+    pub async fn set_reservation(
+        self: &Arc<Self>,
+        role: &str,
+        requested: Amount,
+    ) -> Result<ReservationChange, AgentError> {
+        check_name("role", role).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        for (name, v) in [
+            ("cpus", requested.cpus),
+            ("mem_mb", requested.mem_mb),
+            ("disk_mb", requested.disk_mb),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(AgentError::Invalid(format!(
+                    "{name}: must be a finite number >= 0, got {v}"
+                )));
+            }
+        }
+        let reserved = requested.clamp_to(self.host);
+        let capped = reserved != requested;
+        let mut change = self.change_reservation(role, Some(reserved)).await?;
+        change.requested = requested;
+        change.capped = capped;
+        if capped {
+            change.message = Some(format!(
+                "capped at the host's total ({} cpus, {} MB)",
+                self.host.cpus, self.host.mem_mb
+            ));
+        }
+        Ok(change)
+    }
+
+    /// Removes a role's reservation; its tasks are preempted.
+    pub async fn remove_reservation(
+        self: &Arc<Self>,
+        role: &str,
+    ) -> Result<ReservationChange, AgentError> {
+        if !self.reservations.lock().unwrap().contains_key(role) {
+            return Err(AgentError::NotFound(format!(
+                "role {role:?} has no reservation"
+            )));
+        }
+        self.change_reservation(role, None).await
+    }
+
+    async fn change_reservation(
+        self: &Arc<Self>,
+        role: &str,
+        new: Option<Amount>,
+    ) -> Result<ReservationChange, AgentError> {
+        let _one_at_a_time = self.reserving.lock().await;
+        let target = new.unwrap_or_default();
+        let previous = self.reservations.lock().unwrap().get(role).copied();
+        // From here on admission sees the new amount; the victims are chosen
+        // under the same lock, so nothing new slips in between.
+        let victims: Vec<TaskRef> = {
+            let _pass = self.sched.lock().unwrap();
+            {
+                let mut r = self.reservations.lock().unwrap();
+                match new {
+                    Some(a) => r.insert(role.to_owned(), a),
+                    None => r.remove(role),
+                };
+            }
+            let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+            let mut running = Vec::new();
+            let mut by_id = HashMap::new();
+            for task in tasks {
+                let t = task.lock().unwrap();
+                let st = &t.record.status;
+                if st.role == role
+                    && matches!(st.state, TaskState::Staging | TaskState::Running)
+                    && t.stopping.is_none()
+                {
+                    running.push(Running {
+                        key: st.id.clone(),
+                        role: st.role.clone(),
+                        priority: t.record.spec.priority,
+                        started_seq: st.started_at.as_ref().map(nanos).unwrap_or(u64::MAX),
+                        holds: amount_of(&st.resources),
+                    });
+                    by_id.insert(st.id.clone(), task.clone());
+                }
+            }
+            scheduler::preempt(&running, role, target)
+                .into_iter()
+                .filter_map(|id| by_id.remove(&id))
+                .collect()
+        };
+        let save = |roles: &BTreeMap<String, Amount>| {
+            reservations::save(&self.data.reservations_json(), roles)
+        };
+        let snapshot = self.reservations.lock().unwrap().clone();
+        if let Err(e) = save(&snapshot) {
+            self.restore_reservation(role, previous);
+            return Err(AgentError::Internal(format!("record reservation: {e}")));
+        }
+        let mut preempted = Vec::new();
+        let mut grace: f64 = 0.0;
+        for task in &victims {
+            let (id, rel, g) = {
+                let t = task.lock().unwrap();
+                (
+                    t.record.status.id.clone(),
+                    cgroup_rel(&t.record),
+                    t.record.spec.kill_grace_s,
+                )
+            };
+            // v1 refuses a parent quota below a child's: squeeze the victim first.
+            let _ = self.cgroups.set_limits(
+                &rel,
+                &Limits {
+                    cpu: Some(CpuLimit::Quota { cpus: 0.0 }),
+                    ..Default::default()
+                },
+            );
+            if self.stop(&id, StopReason::Preempted).is_ok() {
+                preempted.push(id);
+                grace = grace.max(g);
+            }
+        }
+        self.counters
+            .preemptions
+            .fetch_add(preempted.len() as u64, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs_f64(grace + 5.0);
+        let applied = reservations::apply(self.cgroups.as_ref(), role, target, deadline).await;
+        if let Err(e) = applied {
+            tracing::error!(role, "apply reservation: {e}");
+            return Err(AgentError::Internal(format!("reservation of {role}: {e}")));
+        }
+        if new.is_none() {
+            let _ = self.cgroups.handle(role).destroy(Duration::from_secs(1));
+            self.role_cgroups.lock().unwrap().remove(role);
+        } else {
+            self.role_cgroups.lock().unwrap().insert(role.to_owned());
+        }
+        tracing::info!(role, reserved = ?new, preempted = preempted.len(), "reservation changed");
+        self.schedule();
+        Ok(ReservationChange {
+            role: role.to_owned(),
+            requested: target,
+            reserved: target,
+            capped: false,
+            preempted,
+            message: None,
+        })
+    }
+
+    fn restore_reservation(&self, role: &str, previous: Option<Amount>) {
+        let mut r = self.reservations.lock().unwrap();
+        match previous {
+            Some(a) => r.insert(role.to_owned(), a),
+            None => r.remove(role),
+        };
+    }
+
+    /// Loads the reservations (or creates the initial one) and writes every
+    /// role's cgroup. At start-up, before tasks are recovered.
+    pub(crate) async fn restore_reservations(&self) -> Result<(), super::StartError> {
+        let path = self.data.reservations_json();
+        let roles = match reservations::load(&path).map_err(super::StartError::State)? {
+            Some(roles) => roles,
+            None => {
+                let initial = self
+                    .cfg
+                    .initial_reservation
+                    .unwrap_or(self.host)
+                    .clamp_to(self.host);
+                let roles = BTreeMap::from([(crate::spec::DEFAULT_ROLE.to_owned(), initial)]);
+                reservations::save(&path, &roles)?;
+                roles
+            }
+        };
+        for (role, amount) in &roles {
+            if let Err(e) =
+                reservations::apply(self.cgroups.as_ref(), role, *amount, Instant::now()).await
+            {
+                tracing::warn!(role, "reservation not applied yet: {e}");
+            }
+            self.role_cgroups.lock().unwrap().insert(role.clone());
+        }
+        *self.reservations.lock().unwrap() = roles;
+        Ok(())
+    }
+}
