@@ -61,6 +61,11 @@ pub fn render(agent: &Agent) -> String {
             "Relaunches by restart policy.",
             &c.restarts,
         ),
+        (
+            "gleaner_preemptions_total",
+            "Tasks preempted by reservation changes.",
+            &c.preemptions,
+        ),
     ] {
         let _ = writeln!(
             out,

@@ -91,6 +91,9 @@ pub(crate) struct Task {
     stopping: Option<StopReason>,
     /// Restart backoff: not admitted before this.
     not_before: Option<std::time::Instant>,
+    /// Why the agent stopped it, when that says more than the reason
+    /// (e.g. another member of its group failed): the final message.
+    stop_note: Option<String>,
 }
 
 impl Task {
@@ -101,6 +104,7 @@ impl Task {
             pending_stop: None,
             stopping: None,
             not_before: None,
+            stop_note: None,
         }
     }
 }
@@ -603,6 +607,9 @@ impl Agent {
         let restarts = t.record.status.restarts;
         t.stopping = None;
         t.pending_stop = None;
+        if let Some(note) = t.stop_note.take() {
+            t.record.status.message = Some(note);
+        }
         if t.record.group.is_none()
             && status::should_restart(&t.record.spec.restart, state, reason, restarts)
         {

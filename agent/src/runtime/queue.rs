@@ -168,18 +168,15 @@ impl Agent {
         if unit.len() == 1 && unit[0].lock().unwrap().record.group.is_none() {
             return self.launch(&unit[0]).await;
         }
-        let (group_rel, total) = {
+        let total = unit.iter().fold(Amount::default(), |a, m| {
+            a.add(amount_of(&m.lock().unwrap().record.spec.resources))
+        });
+        let group_rel = {
             let t = unit[0].lock().unwrap();
-            let total = unit.iter().fold(Amount::default(), |a, m| {
-                a.add(amount_of(&m.lock().unwrap().record.spec.resources))
-            });
-            (
-                format!(
-                    "{}/{}",
-                    t.record.spec.role,
-                    t.record.group.clone().unwrap_or_default()
-                ),
-                total,
+            format!(
+                "{}/{}",
+                t.record.spec.role,
+                t.record.group.clone().unwrap_or_default()
             )
         };
         let limits = Limits {
@@ -210,10 +207,10 @@ impl Agent {
                 let id = m.lock().unwrap().record.status.id.clone();
                 if !failed.contains(&id) {
                     tracing::warn!(task = %id, group = %group_rel, "stopping: member {first} of its group failed to launch");
-                    let _ = self.stop(&id, StopReason::Killed);
-                    m.lock().unwrap().record.status.message = Some(format!(
+                    m.lock().unwrap().stop_note = Some(format!(
                         "stopped: task {first} of its group failed to launch"
                     ));
+                    let _ = self.stop(&id, StopReason::Killed);
                 }
             }
         }
