@@ -65,6 +65,18 @@ fn main() {
     };
 
     println!("\n== submit-to-RUNNING, /bin/true, busybox rootfs, 0.5 cpu (CFS) + 64 MB");
+    if std::env::var("DRIFT").is_ok() {
+        for (i, chunk) in gleaner.chunks(50).enumerate() {
+            let mut c = chunk.to_vec();
+            c.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "launches {}..{}: p50 {:.2} ms",
+                i * 50,
+                i * 50 + c.len(),
+                c[c.len() / 2]
+            );
+        }
+    }
     let (g50, _) = summary("gleaner (POST /v1/tasks -> RUNNING)", gleaner);
     match runc {
         Some(r) => {
@@ -76,7 +88,7 @@ fn main() {
 
     println!("\n== {long} launches of `sleep 600`");
     // 1000 x 0.001 cpu fits the default reservation (the host).
-    let sleep = json!({"argv": ["sleep", "600"], "resources": {"cpus": 0.001, "mem_mb": 16}});
+    let sleep = json!({"argv": ["sleep", "600"], "cpu_limit": "shares", "resources": {"cpus": 0.001, "mem_mb": 16}});
     let t = Instant::now();
     for _ in 0..long {
         let st = agent.submit(sleep.clone()).unwrap();
