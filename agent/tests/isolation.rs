@@ -55,12 +55,7 @@ fn limits_files_hold_the_requested_numbers() {
     );
 
     for id in ["cfs", "shares"] {
-        agent
-            .client
-            .delete::<serde_json::Value>(&format!("/v1/tasks/{id}"))
-            .unwrap();
-        let s = agent.wait_final(id, LONG);
-        assert_eq!(s.state, TaskState::Killed);
+        assert_eq!(agent.kill(id).state, TaskState::Killed);
     }
     assert!(
         agent.leftover_task_cgroups().is_empty(),
@@ -144,11 +139,7 @@ fn fork_bomb_stays_within_the_pids_limit() {
         current >= 30,
         "the bomb should have filled its limit, pids.current = {current}"
     );
-    agent
-        .client
-        .delete::<serde_json::Value>("/v1/tasks/bomb")
-        .unwrap();
-    assert_eq!(agent.wait_final("bomb", LONG).state, TaskState::Killed);
+    assert_eq!(agent.kill("bomb").state, TaskState::Killed);
     assert!(agent.leftover_task_cgroups().is_empty());
 }
 
@@ -160,10 +151,7 @@ fn start_fork_bomb(agent: &TestAgent, id: &str, user: Option<&str>) {
         spec["user"] = json!(u);
     }
     assert_eq!(agent.submit(spec).unwrap().state, TaskState::Running);
-    let start = Instant::now();
-    while !agent.logs(id, "stdout").contains("forked") && start.elapsed() < LONG {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_output(id, "forked");
     let err =
         std::fs::read_to_string(agent.data_dir.join(format!("tasks/{id}/sandbox/err"))).unwrap();
     assert!(
@@ -187,10 +175,7 @@ fn kill_sends_sigterm_then_sigkill_after_grace() {
         .submit(json!({"id": "stubborn", "cmd": stubborn, "kill_grace_s": 1.0, "resources": {"cpus": 0.2, "mem_mb": 16}}))
         .unwrap();
     for id in ["polite", "stubborn"] {
-        let start = Instant::now();
-        while !agent.logs(id, "stdout").contains("ready") && start.elapsed() < LONG {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        agent.wait_output(id, "ready");
     }
 
     let start = Instant::now();
@@ -314,11 +299,7 @@ fn fallbacks_for_old_kernels_work_when_forced() {
         .lines()
         .count();
     assert!(procs <= 31, "processes in the task: {procs}");
-    agent
-        .client
-        .delete::<serde_json::Value>("/v1/tasks/bomb")
-        .unwrap();
-    assert_eq!(agent.wait_final("bomb", LONG).state, TaskState::Killed);
+    assert_eq!(agent.kill("bomb").state, TaskState::Killed);
 
     let look = agent
         .submit(json!({"cmd": "ls /", "user": "4243", "resources": {"cpus": 0.5, "mem_mb": 16}}))

@@ -116,8 +116,7 @@ fn restart_readopts_running_tasks_and_learns_exits_that_happened_while_down() {
     );
 
     // Re-adopted tasks are fully controllable.
-    agent.client.delete::<Value>("/v1/tasks/run0").unwrap();
-    assert_eq!(agent.wait_final("run0", LONG).state, TaskState::Killed);
+    assert_eq!(agent.kill("run0").state, TaskState::Killed);
     kill_all(&agent);
     assert_nothing_left(&agent);
 }

@@ -162,10 +162,7 @@ fn shrinking_memory_below_usage_preempts_first() {
     agent
         .submit(json!({"id": "holder", "cmd": hold, "resources": {"cpus": 0.5, "mem_mb": 200}}))
         .unwrap();
-    let start = Instant::now();
-    while !agent.logs("holder", "stdout").contains("held") && start.elapsed() < LONG {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_output("holder", "held");
     let used: u64 = agent
         .read_cgroup("memory", "batch", "memory.usage_in_bytes")
         .parse()
@@ -230,11 +227,7 @@ fn task_groups_start_together_or_not_at_all() {
         "150000"
     );
     for id in ["g1-a", "g1-b", "g1-c"] {
-        agent
-            .client
-            .delete::<Value>(&format!("/v1/tasks/{id}"))
-            .unwrap();
-        agent.wait_final(id, LONG);
+        assert_eq!(agent.kill(id).state, TaskState::Killed);
     }
 
     // One member cannot launch: none is left running.

@@ -254,6 +254,27 @@ impl TestAgent {
         self.wait_for(id, timeout, |s| s.state == state)
     }
 
+    /// DELETE /v1/tasks/{id}, then its final status.
+    pub fn kill(&self, id: &str) -> TaskStatus {
+        self.client
+            .delete::<Value>(&format!("/v1/tasks/{id}"))
+            .unwrap();
+        self.wait_final(id, Duration::from_secs(30))
+    }
+
+    /// Waits until the task's stdout contains `needle`.
+    pub fn wait_output(&self, id: &str, needle: &str) {
+        let start = Instant::now();
+        while !self.logs(id, "stdout").contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{id} never printed {needle:?}\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn logs(&self, id: &str, stream: &str) -> String {
         self.client
             .get_text(&format!("/v1/tasks/{id}/logs?stream={stream}"))
