@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// Defaults to the host name.
     pub node_id: Option<String>,
     pub etcd: Vec<String>,
+    /// Key prefix in etcd: `<prefix>/nodes/<node-id>/...`.
+    pub etcd_prefix: String,
     pub attributes: BTreeMap<String, String>,
     /// File holding the bearer token every request must carry.
     pub token_file: Option<PathBuf>,
@@ -67,6 +69,7 @@ impl Default for AgentConfig {
             cgroup_root: "gleaner".into(),
             node_id: None,
             etcd: Vec::new(),
+            etcd_prefix: "/gleaner".into(),
             attributes: BTreeMap::new(),
             token_file: None,
             cgroup_version: VersionChoice::Auto,

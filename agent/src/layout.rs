@@ -4,6 +4,7 @@
 //! ```text
 //! <data-dir>/
 //!   reservations.json        per-role reservations           (agent writes)
+//!   attributes.json          last dynamic attributes seen    (agent writes)
 //!   run/notify.sock          supervisors report exits here (datagram)
 //!   tasks/<id>/task.json     spec + agent-side status        (agent writes)
 //!   tasks/<id>/launch.json   what the supervisor executes    (agent writes)
@@ -40,6 +41,9 @@ impl DataDir {
     }
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
+    }
+    pub fn attributes_json(&self) -> PathBuf {
+        self.root.join("attributes.json")
     }
     pub fn reservations_json(&self) -> PathBuf {
         self.root.join("reservations.json")

@@ -8,6 +8,8 @@ pub mod api;
 pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod constraints;
+pub mod fleet;
 pub mod fsutil;
 pub mod layout;
 pub mod metrics;

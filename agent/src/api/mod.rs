@@ -33,6 +33,7 @@ impl From<AgentError> for ApiError {
             AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AgentError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -54,6 +55,11 @@ pub fn router(agent: Arc<Agent>, token: Option<String>) -> Router {
         .route(
             "/v1/reservations/{role}",
             put(set_reservation).delete(remove_reservation),
+        )
+        .route("/v1/attributes", get(list_attributes))
+        .route(
+            "/v1/attributes/{name}",
+            put(set_attribute).delete(remove_attribute),
         )
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -165,6 +171,50 @@ async fn remove_reservation(
     Path(role): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(st.agent.remove_reservation(&role).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributesQuery {
+    /// `true`: `{"name": {"value": ..., "source": ...}}` instead of
+    /// `{"name": "value"}`.
+    #[serde(default)]
+    sources: bool,
+}
+
+async fn list_attributes(
+    State(st): State<AppState>,
+    query: Result<Query<AttributesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(if q.sources {
+        Json(st.agent.attributes_with_sources()).into_response()
+    } else {
+        Json(st.agent.attributes()).into_response()
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributeValue {
+    value: String,
+}
+
+async fn set_attribute(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<AttributeValue>,
+) -> Result<Response, ApiError> {
+    let set = st.agent.set_attribute(&name, &body.value).await?;
+    Ok(Json(json!({"name": name, "value": set.value, "source": set.source})).into_response())
+}
+
+async fn remove_attribute(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    st.agent.remove_attribute(&name).await?;
+    Ok(Json(json!({"name": name, "removed": true})).into_response())
 }
 
 #[derive(Deserialize)]

@@ -96,6 +96,26 @@ enum Cmd {
     Unreserve { role: String },
     /// List reservations: reserved, allocated, free per role.
     Reservations,
+    /// Node attributes: `attr ls`, `attr set K V`, `attr rm K`.
+    Attr {
+        #[command(subcommand)]
+        op: AttrOp,
+    },
+    /// The fleet as registered in etcd: node, attributes, resources, tasks, last seen.
+    Nodes {
+        /// etcd endpoints, comma separated (IPs or localhost).
+        #[arg(long, env = "GLEANER_ETCD")]
+        etcd: String,
+        #[arg(long, default_value = "/gleaner")]
+        prefix: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AttrOp {
+    Ls,
+    Set { name: String, value: String },
+    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -266,6 +286,62 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     f("free", "mem_mb"),
                     u["running"],
                     u["queued"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attr { op: AttrOp::Ls } => {
+            let v: BTreeMap<String, serde_json::Value> =
+                client.get("/v1/attributes?sources=true").map_err(err)?;
+            println!("{:<24} {:<8} VALUE", "NAME", "SOURCE");
+            for (name, a) in v {
+                println!(
+                    "{:<24} {:<8} {}",
+                    name,
+                    a["source"].as_str().unwrap_or("?"),
+                    a["value"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attr {
+            op: AttrOp::Set { name, value },
+        } => {
+            let v: serde_json::Value = client
+                .put(&format!("/v1/attributes/{name}"), &json!({"value": value}))
+                .map_err(err)?;
+            println!(
+                "{name}={} ({})",
+                v["value"].as_str().unwrap_or(""),
+                v["source"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attr {
+            op: AttrOp::Rm { name },
+        } => {
+            let _: serde_json::Value = client
+                .delete(&format!("/v1/attributes/{name}"))
+                .map_err(err)?;
+            println!("{name} removed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Nodes { etcd, prefix } => {
+            let endpoints: Vec<String> = etcd
+                .split(',')
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect();
+            let nodes = gleaner_agent::fleet::list(&endpoints, &prefix)
+                .map_err(|e| format!("etcd {etcd}: {e}"))?;
+            println!(
+                "{:<20} {:>6} {:>9} {:>8} {:>8} {:<20} ATTRIBUTES",
+                "NODE", "CPUS", "MEM_MB", "RUNNING", "QUEUED", "LAST SEEN"
+            );
+            for n in nodes {
+                println!(
+                    "{:<20} {:>6} {:>9} {:>8} {:>8} {:<20} {}",
+                    n.node, n.cpus, n.mem_mb, n.running, n.queued, n.last_seen, n.attributes
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -6,8 +6,12 @@
 //! its own lock; the map lock is held only to find or insert a task, never
 //! across I/O.
 
+pub use attributes::{Source, Sourced};
 pub use queue::{ReservationChange, RoleUsage};
 
+mod attributes;
+mod drain;
+mod etcd;
 mod launcher;
 mod queue;
 mod recovery;
@@ -45,6 +49,9 @@ pub enum AgentError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// A dependency (etcd) is down; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<FsError> for AgentError {
@@ -154,6 +161,8 @@ pub struct Agent {
     /// No scheduling until every recovered task is resolved: a task still
     /// showing its on-disk state must not be admitted a second time.
     recovering: std::sync::atomic::AtomicBool,
+    attributes: Mutex<attributes::AttributeStore>,
+    etcd: Option<Arc<etcd::EtcdLink>>,
     pub counters: Counters,
 }
 
@@ -168,6 +177,8 @@ pub struct NodeState {
     pub reservations: BTreeMap<String, Amount>,
     pub attributes: BTreeMap<String, String>,
     pub tasks: BTreeMap<&'static str, usize>,
+    /// When this view was taken (the etcd registration's "last seen").
+    pub reported_at: chrono::DateTime<Utc>,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -178,6 +189,16 @@ impl Agent {
     pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, StartError> {
         let cgroups = cgroup::detect(&cfg.cgroup_root, cfg.cgroup_version, &cfg.disable_features)?;
         let data = DataDir::new(&cfg.data_dir);
+        let etcd_link = (!cfg.etcd.is_empty()).then(|| {
+            Arc::new(etcd::EtcdLink::new(
+                &cfg.etcd,
+                &cfg.etcd_prefix,
+                &cfg.node_id(),
+            ))
+        });
+        let attribute_store =
+            attributes::AttributeStore::load(&data.attributes_json(), cfg.attributes.clone())
+                .map_err(StartError::State)?;
         fsutil::create_dir_all(&data.tasks())?;
         fsutil::create_dir_all(&data.run())?;
         let agent = Arc::new(Agent {
@@ -195,6 +216,8 @@ impl Agent {
             sched: Mutex::new(()),
             reserving: tokio::sync::Mutex::new(()),
             recovering: std::sync::atomic::AtomicBool::new(true),
+            attributes: Mutex::new(attribute_store),
+            etcd: etcd_link,
             counters: Counters::default(),
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
@@ -202,6 +225,9 @@ impl Agent {
         agent.recover()?;
         agent.recovering.store(false, Ordering::SeqCst);
         watcher::spawn(agent.clone(), socket);
+        if let Some(link) = agent.etcd.clone() {
+            tokio::spawn(etcd::run(agent.clone(), link));
+        }
         agent.schedule();
         tracing::info!(
             node = %agent.node_id,
@@ -259,8 +285,9 @@ impl Agent {
             cgroup_features: self.cgroups.features(),
             total: self.host,
             reservations: self.reservations.lock().unwrap().clone(),
-            attributes: self.cfg.attributes.clone(),
+            attributes: self.attributes(),
             tasks: self.counts_by_state(),
+            reported_at: Utc::now(),
         }
     }
 
@@ -351,6 +378,8 @@ impl Agent {
         group: Option<&str>,
     ) -> Result<TaskRecord, AgentError> {
         spec.validate()
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        crate::constraints::parse(&spec.constraints)
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
         let rootfs = self.check_rootfs(&spec)?;
         spec.rootfs = Some(RootfsSpec {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{cgroup_rel, reservations, Agent, AgentError, TaskRef};
 use crate::cgroup::{CpuLimit, Limits};
+use crate::constraints;
 use crate::scheduler::{self, Amount, Queued, Running};
 use crate::spec::check_name;
 use crate::status::{StopReason, TaskState};
@@ -51,9 +52,26 @@ fn nanos(t: &chrono::DateTime<chrono::Utc>) -> u64 {
 
 const GROUP_KEY: &str = "group:";
 
+/// Tasks of the same kind (for MAX_PER and UNIQUE): same role and command.
+type Kind = (String, Vec<String>);
+
+fn kind(record: &super::TaskRecord) -> Kind {
+    (record.spec.role.clone(), record.spec.command_line())
+}
+
+/// The tightest MAX_PER (UNIQUE is MAX_PER 1) among constraints.
+fn max_per(cs: &[constraints::Constraint]) -> Option<usize> {
+    cs.iter()
+        .filter_map(|c| match c.op {
+            constraints::Op::MaxPer(n) => Some(n),
+            _ => None,
+        })
+        .min()
+}
+
 impl Agent {
     /// One scheduling pass: marks what may start as STAGING, says on every
-    /// other queued task why it waits, and returns the tasks to launch.
+    /// other queued task why it waits, and returns the units to launch.
     pub(crate) fn schedule_pass(&self) -> Vec<Vec<TaskRef>> {
         let _pass = self.sched.lock().unwrap();
         if self.recovering.load(Ordering::SeqCst) {
@@ -61,10 +79,13 @@ impl Agent {
         }
         let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
         let now = Instant::now();
-        let mut queue: Vec<Queued> = Vec::new();
+        let mut singles: Vec<Queued> = Vec::new();
+        let mut groups: BTreeMap<String, (Queued, bool)> = BTreeMap::new();
         let mut running: Vec<Running> = Vec::new();
         let mut units: HashMap<String, Vec<TaskRef>> = HashMap::new();
-        let mut groups: BTreeMap<String, (Queued, usize, bool)> = BTreeMap::new();
+        // Constraints are checked once the running tasks are counted by kind.
+        let mut constrained: Vec<(String, TaskRef)> = Vec::new();
+        let mut kinds: HashMap<Kind, usize> = HashMap::new();
         for task in &tasks {
             let t = task.lock().unwrap();
             let (rec, st) = (&t.record, &t.record.status);
@@ -77,32 +98,30 @@ impl Agent {
                         seq: nanos(&st.submitted_at),
                         need: amount_of(&st.resources),
                     };
-                    match &rec.group {
-                        None => {
-                            units.insert(unit.key.clone(), vec![task.clone()]);
-                            queue.push(unit);
-                        }
-                        Some(g) => {
-                            let key = format!("{GROUP_KEY}{g}");
-                            units.entry(key.clone()).or_default().push(task.clone());
-                            let entry = groups.entry(key.clone()).or_insert((
-                                Queued {
-                                    key,
-                                    need: Amount::default(),
-                                    ..unit.clone()
-                                },
-                                0,
-                                true,
-                            ));
-                            entry.0.need = entry.0.need.add(unit.need);
-                            entry.0.priority = entry.0.priority.max(unit.priority);
-                            entry.0.seq = entry.0.seq.min(unit.seq);
-                            entry.1 += 1;
-                        }
+                    let key = match &rec.group {
+                        None => unit.key.clone(),
+                        Some(g) => format!("{GROUP_KEY}{g}"),
+                    };
+                    units.entry(key.clone()).or_default().push(task.clone());
+                    if !rec.spec.constraints.is_empty() {
+                        constrained.push((key.clone(), task.clone()));
                     }
+                    if rec.group.is_none() {
+                        singles.push(unit);
+                        continue;
+                    }
+                    let whole = Queued {
+                        key: key.clone(),
+                        need: Amount::default(),
+                        ..unit.clone()
+                    };
+                    let entry = groups.entry(key).or_insert((whole, true));
+                    entry.0.need = entry.0.need.add(unit.need);
+                    entry.0.priority = entry.0.priority.max(unit.priority);
+                    entry.0.seq = entry.0.seq.min(unit.seq);
                 }
-                TaskState::Queued => {}
                 TaskState::Staging | TaskState::Running => {
+                    *kinds.entry(kind(rec)).or_default() += 1;
                     running.push(Running {
                         key: st.id.clone(),
                         role: st.role.clone(),
@@ -111,27 +130,71 @@ impl Agent {
                         holds: amount_of(&st.resources),
                     });
                     if let Some(g) = &rec.group {
-                        // A group starts as a whole: one member already
-                        // running means the rest are not a new unit.
+                        // A group starts as a whole: a member already running
+                        // means the rest are not a new unit.
                         if let Some(e) = groups.get_mut(&format!("{GROUP_KEY}{g}")) {
-                            e.2 = false;
+                            e.1 = false;
                         }
                     }
                 }
                 _ => {}
             }
         }
+        // Units whose constraints do not hold on this node wait, saying why.
+        let attrs = self.attributes();
+        let mut blocked: BTreeMap<String, String> = BTreeMap::new();
+        let mut limits: HashMap<String, (Kind, usize)> = HashMap::new();
+        for (key, task) in &constrained {
+            let t = task.lock().unwrap();
+            let Ok(cs) = constraints::parse(&t.record.spec.constraints) else {
+                continue;
+            };
+            let k = kind(&t.record);
+            match constraints::check(&cs, &attrs, kinds.get(&k).copied().unwrap_or(0)) {
+                Err(why) => {
+                    blocked.insert(key.clone(), format!("waiting: {why}"));
+                }
+                Ok(()) => {
+                    if let Some(n) = max_per(&cs) {
+                        limits.insert(key.clone(), (k, n));
+                    }
+                }
+            }
+        }
+        let mut queue = singles;
         queue.extend(
             groups
                 .into_values()
-                .filter(|(_, _, whole)| *whole)
-                .map(|(q, _, _)| q),
+                .filter(|(_, whole)| *whole)
+                .map(|(q, _)| q),
         );
+        queue.retain(|q| !blocked.contains_key(&q.key));
         let reservations = self.reservations.lock().unwrap().clone();
-        let decision = scheduler::admit(&queue, &running, &reservations, self.host);
-        for (key, why) in &decision.waiting {
-            for task in units.get(key).into_iter().flatten() {
-                task.lock().unwrap().record.status.message = Some(why.to_string());
+        let mut decision = scheduler::admit(&queue, &running, &reservations, self.host);
+        // MAX_PER counts what this very pass starts too.
+        decision.start.retain(|key| {
+            let Some((k, n)) = limits.get(key) else {
+                return true;
+            };
+            let count = kinds.entry(k.clone()).or_default();
+            if *count >= *n {
+                blocked.insert(
+                    key.clone(),
+                    format!("waiting: at most {n} running task(s) of its kind on this node"),
+                );
+                return false;
+            }
+            *count += 1;
+            true
+        });
+        let reasons = decision
+            .waiting
+            .iter()
+            .map(|(k, w)| (k.clone(), w.to_string()))
+            .chain(blocked);
+        for (key, why) in reasons {
+            for task in units.get(&key).into_iter().flatten() {
+                task.lock().unwrap().record.status.message = Some(why.clone());
             }
         }
         decision

@@ -3,6 +3,8 @@
 //! removed on drop: processes, cgroups, files.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,304 @@
+//! The agent's etcd session: a full read of the node's attribute prefix,
+//! then a watch from the next revision (no polling); the node's `info` key
+//! under a lease (TTL 10 s) kept alive while the agent lives. Any failure
+//! (etcd down, compacted revision, expired lease) ends the session; the
+//! next one resyncs from scratch. etcd being away never drains a task: only
+//! a successful read or a watch event changes attributes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::sync::Mutex;
+
+use super::attributes::Source;
+use super::Agent;
+
+/// TTL of the node's info key: it vanishes this long after the agent dies.
+pub const INFO_TTL_S: i64 = 10;
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where this node's keys live, and the client of the current session.
+pub struct EtcdLink {
+    endpoints: Vec<String>,
+    attr_prefix: String,
+    info_key: String,
+    client: Mutex<Option<Client>>,
+}
+
+/// `localhost` becomes 127.0.0.1: the static binary has no NSS.
+fn endpoint(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.replace("://localhost", "://127.0.0.1");
+    match url.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => url,
+    }
+}
+
+impl EtcdLink {
+    pub fn new(endpoints: &[String], prefix: &str, node: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        EtcdLink {
+            endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
+            attr_prefix: format!("{prefix}/nodes/{node}/attributes/"),
+            info_key: format!("{prefix}/nodes/{node}/info"),
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn attribute_key(&self, name: &str) -> String {
+        format!("{}{name}", self.attr_prefix)
+    }
+
+    async fn connected(&self) -> Result<Client, String> {
+        self.client
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| "etcd is unreachable right now; try again".to_owned())
+    }
+
+    /// Writes an attribute through to etcd.
+    pub async fn put_attribute(&self, name: &str, value: &str) -> Result<(), String> {
+        let mut client = self.connected().await?;
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.put(self.attribute_key(name), value, None),
+        )
+        .await
+        .map_err(|_| "etcd did not answer in time".to_owned())?
+        .map_err(|e| format!("etcd: {e}"))?;
+        Ok(())
+    }
+
+    pub async fn delete_attribute(&self, name: &str) -> Result<(), String> {
+        let mut client = self.connected().await?;
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.delete(self.attribute_key(name), None),
+        )
+        .await
+        .map_err(|_| "etcd did not answer in time".to_owned())?
+        .map_err(|e| format!("etcd: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Keeps a session up for the agent's whole life.
+pub(crate) async fn run(agent: Arc<Agent>, link: Arc<EtcdLink>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let err = session(&agent, &link, &mut down_since, &mut backoff).await;
+        *link.client.lock().await = None;
+        if down_since.is_none() {
+            tracing::warn!(
+                "etcd unreachable ({err}); keeping the last attributes, retrying with backoff"
+            );
+            down_since = Some(Instant::now());
+        } else {
+            tracing::debug!("etcd still unreachable: {err}");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One session; returns why it ended.
+async fn session(
+    agent: &Arc<Agent>,
+    link: &EtcdLink,
+    down_since: &mut Option<Instant>,
+    backoff: &mut Duration,
+) -> String {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    let mut client = match Client::connect(&link.endpoints, Some(options)).await {
+        Ok(c) => c,
+        Err(e) => return format!("connect {:?}: {e}", link.endpoints),
+    };
+    // Resync: everything under the prefix, at one revision.
+    let snapshot = match client
+        .get(
+            link.attr_prefix.as_str(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return format!("read {}: {e}", link.attr_prefix),
+    };
+    let revision = snapshot.header().map(|h| h.revision()).unwrap_or(0);
+    let mut values = BTreeMap::new();
+    for kv in snapshot.kvs() {
+        if let Some((name, value)) =
+            attribute_of(&link.attr_prefix, kv.key_str().ok(), kv.value_str().ok())
+        {
+            values.insert(name, value);
+        }
+    }
+    agent.apply_etcd_snapshot(values);
+    if let Some(since) = down_since.take() {
+        tracing::info!(
+            "etcd reachable again after {:.1}s; attributes resynced",
+            since.elapsed().as_secs_f64()
+        );
+    }
+    *backoff = Duration::from_millis(100);
+    *link.client.lock().await = Some(client.clone());
+
+    let lease = match client.lease_grant(INFO_TTL_S, None).await {
+        Ok(l) => l.id(),
+        Err(e) => return format!("lease: {e}"),
+    };
+    if let Err(e) = put_info(&mut client, link, agent, lease).await {
+        return e;
+    }
+    let (mut keeper, mut keepalives) = match client.lease_keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => return format!("keep-alive: {e}"),
+    };
+    let watch = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut watch = match client.watch(link.attr_prefix.as_str(), Some(watch)).await {
+        Ok(w) => w,
+        Err(e) => return format!("watch: {e}"),
+    };
+    let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+    loop {
+        tokio::select! {
+            msg = watch.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return "watch closed".into(),
+                    Err(e) => return format!("watch: {e}"),
+                };
+                if resp.canceled() {
+                    return format!("watch canceled ({}; compacted at {})", resp.cancel_reason(), resp.compact_revision());
+                }
+                let mut changes = Vec::new();
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let value = (ev.event_type() == EventType::Put).then(|| kv.value_str().ok()).flatten();
+                    match (ev.event_type(), attribute_of(&link.attr_prefix, kv.key_str().ok(), value.or(Some("")))) {
+                        (EventType::Put, Some((name, value))) => changes.push((name, Some(value))),
+                        (EventType::Delete, Some((name, _))) => changes.push((name, None)),
+                        _ => {}
+                    }
+                }
+                if !changes.is_empty() {
+                    agent.apply_etcd_changes(changes);
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = keeper.keep_alive().await {
+                    return format!("keep-alive: {e}");
+                }
+                if let Err(e) = put_info(&mut client, link, agent, lease).await {
+                    return e;
+                }
+            }
+            ka = keepalives.message() => {
+                match ka {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => return "lease expired".into(),
+                    Ok(None) => return "keep-alive stream closed".into(),
+                    Err(e) => return format!("keep-alive: {e}"),
+                }
+            }
+        }
+    }
+}
+
+async fn put_info(
+    client: &mut Client,
+    link: &EtcdLink,
+    agent: &Agent,
+    lease: i64,
+) -> Result<(), String> {
+    let info = serde_json::to_string(&agent.node_state()).unwrap_or_default();
+    client
+        .put(
+            link.info_key.as_str(),
+            info,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("write {}: {e}", link.info_key))
+}
+
+/// The attribute a key under the prefix stands for; names that are not
+/// valid attribute names (nested keys, odd characters) are ignored.
+fn attribute_of(prefix: &str, key: Option<&str>, value: Option<&str>) -> Option<(String, String)> {
+    let name = key?.strip_prefix(prefix)?;
+    crate::spec::check_name("attribute", name).ok()?;
+    Some((name.to_owned(), value?.to_owned()))
+}
+
+impl Agent {
+    fn apply_etcd_snapshot(self: &Arc<Self>, values: BTreeMap<String, String>) {
+        let changed = self.attributes.lock().unwrap().replace_etcd(values);
+        match changed {
+            Ok(true) => self.attributes_changed(),
+            Ok(false) => {}
+            Err(e) => tracing::error!("persist attributes: {e}"),
+        }
+    }
+
+    fn apply_etcd_changes(self: &Arc<Self>, changes: Vec<(String, Option<String>)>) {
+        let mut changed = false;
+        {
+            let mut attrs = self.attributes.lock().unwrap();
+            for (name, value) in changes {
+                let r = match value {
+                    Some(v) => attrs.set(&name, &v, Source::Etcd),
+                    None => attrs.remove(&name),
+                };
+                match r {
+                    Ok(c) => changed |= c,
+                    Err(e) => tracing::error!("persist attributes: {e}"),
+                }
+            }
+        }
+        if changed {
+            self.attributes_changed();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_avoid_name_lookups() {
+        assert_eq!(endpoint("http://localhost:2379/"), "http://127.0.0.1:2379");
+        assert_eq!(endpoint("localhost:2379"), "127.0.0.1:2379");
+        assert_eq!(endpoint("10.1.2.3:2379"), "10.1.2.3:2379");
+    }
+
+    #[test]
+    fn keys_map_to_attribute_names() {
+        let p = "/gleaner/nodes/h1/attributes/";
+        assert_eq!(
+            attribute_of(p, Some("/gleaner/nodes/h1/attributes/ssd"), Some("true")),
+            Some(("ssd".into(), "true".into()))
+        );
+        assert_eq!(
+            attribute_of(p, Some("/gleaner/nodes/h1/attributes/a/b"), Some("x")),
+            None
+        );
+        assert_eq!(
+            attribute_of(p, Some("/gleaner/nodes/h2/attributes/ssd"), Some("x")),
+            None
+        );
+    }
+}
