@@ -82,9 +82,11 @@ fn parse_one(c: &[String]) -> Result<Constraint, String> {
         }
         "MAX_PER" => Op::MaxPer(count(need("a number")?)?),
         "UNIQUE" => Op::MaxPer(1),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown operator {other:?} (IS, EQ, LIKE, UNLIKE, UNIQUE, CLUSTER, GROUP_BY, MAX_PER)"
-        )),
+        ))
+        }
     };
     Ok(Constraint {
         attribute: attribute.clone(),

@@ -145,7 +145,7 @@ impl TestAgent {
         let child = Command::new(AGENT_BIN)
             .arg("--config")
             .arg(&self.config_path)
-            .env("GLEANER_LOG", "debug")
+            .env("GLEANER_LOG", "info,gleaner_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
