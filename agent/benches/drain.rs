@@ -14,31 +14,12 @@ use common::*;
 use gleaner_agent::status::{TaskState, TaskStatus};
 use serde_json::{json, Value};
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    start.elapsed()
-}
-
 fn main() {
     if !require_root("bench drain") {
         return;
     }
-    let trials: usize = std::env::var("TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let tasks: usize = std::env::var("TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let trials: usize = env_usize("TRIALS", 100);
+    let tasks: usize = env_usize("TASKS", 500);
     let Some(etcd) = Etcd::start() else { return };
     let agent = TestAgent::start_with(&format!("node_id = \"b1\"\netcd = [{:?}]", etcd.endpoint));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -53,7 +34,7 @@ fn main() {
     let mut ms = Vec::new();
     for i in 0..trials {
         rt.block_on(client.put(key("ssd"), "true", None)).unwrap();
-        wait_until(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), "the agent", || {
             agent
                 .client
                 .get::<Value>("/v1/attributes")
@@ -73,7 +54,9 @@ fn main() {
         let term = agent.data_dir.join("tasks").join(&id).join("sandbox/term");
         let t = Instant::now();
         rt.block_on(client.delete(key("ssd"), None)).unwrap();
-        wait_until(Duration::from_secs(10), || Path::new(&term).exists());
+        wait_until(Duration::from_secs(10), "the agent", || {
+            Path::new(&term).exists()
+        });
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         agent.wait_final(&id, Duration::from_secs(10));
     }
@@ -81,8 +64,8 @@ fn main() {
     println!("== drain latency: etcd delete -> SIGTERM handled by the task, {trials} trials");
     println!(
         "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        pct(&ms, 0.5),
-        pct(&ms, 0.99),
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
         ms[ms.len() - 1]
     );
 
@@ -91,7 +74,7 @@ fn main() {
         rt.block_on(client.put(key(&format!("a{a}")), "on", None))
             .unwrap();
     }
-    wait_until(Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), "the agent", || {
         agent
             .client
             .get::<Value>("/v1/attributes")
@@ -117,11 +100,11 @@ fn main() {
             .unwrap();
     }
     let puts = t.elapsed();
-    let seen = wait_until(Duration::from_secs(60), || {
+    let seen = wait_until(Duration::from_secs(60), "the agent", || {
         let attrs: Value = agent.client.get("/v1/attributes").unwrap();
         (0..100).all(|a| attrs[format!("a{a}")] == "changed")
     });
-    let all_drained = wait_until(Duration::from_secs(120), || {
+    let all_drained = wait_until(Duration::from_secs(120), "the agent", || {
         let list: Vec<TaskStatus> = agent.client.get("/v1/tasks").unwrap();
         list.iter()
             .filter(|s| s.id.starts_with('p') && s.state == TaskState::Drained)

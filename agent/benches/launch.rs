@@ -14,10 +14,6 @@ use common::*;
 use gleaner_agent::status::TaskState;
 use serde_json::json;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (p50, p99) = (percentile(&ms, 0.50), percentile(&ms, 0.99));
@@ -33,14 +29,8 @@ fn main() {
     if !require_root("bench launch") {
         return;
     }
-    let n: usize = std::env::var("LAUNCHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let long: usize = std::env::var("LONG_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = env_usize("LAUNCHES", 200);
+    let long: usize = env_usize("LONG_TASKS", 1000);
     let agent = TestAgent::start_with("liveness_interval_s = 5");
     let spec = json!({"argv": ["/bin/true"], "resources": {"cpus": 0.5, "mem_mb": 64}});
 

@@ -16,14 +16,8 @@ fn main() {
     if !require_root("bench reservations") {
         return;
     }
-    let changes: usize = std::env::var("CHANGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let queued: usize = std::env::var("QUEUED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let changes: usize = env_usize("CHANGES", 1000);
+    let queued: usize = env_usize("QUEUED", 500);
     let agent = TestAgent::start();
 
     // Two running tasks, so that every change rewrites a role with children.
@@ -55,7 +49,7 @@ fn main() {
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    let pct = |p: f64| percentile(&ms, p);
     println!("== PUT /v1/reservations/batch, {changes} changes (grow/shrink, 2 running tasks, no preemption)");
     println!(
         "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
