@@ -54,6 +54,9 @@ pub struct AgentConfig {
     pub root_roles: Vec<String>,
     /// rootfs of tasks that name none.
     pub default_rootfs: Option<PathBuf>,
+    /// oom_score_adj of task processes (-1000..=1000): 1000 makes the host
+    /// OOM killer take batch tasks before anything else.
+    pub task_oom_score_adj: i32,
     /// Reservation of the `batch` role on first start (default: the host).
     pub initial_reservation: Option<crate::scheduler::Amount>,
     /// How often supervisors are checked for life (exit reports arrive at
@@ -80,6 +83,7 @@ impl Default for AgentConfig {
             default_rootfs: None,
             liveness_interval_s: 5.0,
             initial_reservation: None,
+            task_oom_score_adj: 1000,
         }
     }
 }
@@ -177,6 +181,9 @@ impl AgentConfig {
                     format!("unknown feature {f:?} (known: {KNOWN_FEATURES:?})"),
                 ));
             }
+        }
+        if !(-1000..=1000).contains(&self.task_oom_score_adj) {
+            return Err(key("task_oom_score_adj", "must be between -1000 and 1000"));
         }
         if self.pids_limit == 0 {
             return Err(key("pids_limit", "must be > 0"));

@@ -34,6 +34,15 @@ fn limits_files_hold_the_requested_numbers() {
         (48u64 << 20).to_string()
     );
     assert_eq!(agent.read_cgroup("pids", "batch/cfs", "pids.max"), "1024");
+    // The whole of gleaner yields to the business services between samples.
+    // cpu.idle (5.15+) makes the group SCHED_IDLE; the kernel then shows
+    // its idle weight (3) as shares.
+    if agent.cgroup_dir("cpu", "").join("cpu.idle").exists() {
+        assert_eq!(agent.read_cgroup("cpu", "", "cpu.idle"), "1");
+        assert_eq!(agent.read_cgroup("cpu", "", "cpu.shares"), "3");
+    } else {
+        assert_eq!(agent.read_cgroup("cpu", "", "cpu.shares"), "2");
+    }
     let procs = agent.read_cgroup("memory", "batch/cfs", "cgroup.procs");
     assert!(
         procs.lines().any(|p| p.parse::<i32>().ok() == cfs.pid),
@@ -71,7 +80,7 @@ fn task_sees_only_its_rootfs_and_runs_unprivileged() {
     }
     let agent = TestAgent::start();
     let cmd = "ls /; echo uid=$(id -u) gid=$(id -g); grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/self/status; \
-               echo pid1=$(cat /proc/1/comm); pwd; touch /bin/x 2>&1 || echo ro-ok; ls /dev | tr '\\n' ' '";
+               echo pid1=$(cat /proc/1/comm); echo oom=$(cat /proc/self/oom_score_adj); pwd; touch /bin/x 2>&1 || echo ro-ok; ls /dev | tr '\\n' ' '";
     let st = agent
         .submit(json!({"id": "look", "cmd": cmd, "resources": {"cpus": 0.5, "mem_mb": 32}}))
         .unwrap();
@@ -94,6 +103,10 @@ fn task_sees_only_its_rootfs_and_runs_unprivileged() {
         assert!(out.contains(cap), "missing {cap:?} in {out}");
     }
     assert!(out.contains("/sandbox\n"), "working dir: {out}");
+    assert!(
+        out.contains("oom=1000"),
+        "batch tasks go first under host OOM: {out}"
+    );
     assert!(out.contains("ro-ok"), "rootfs must be read-only: {out}");
     assert!(
         out.contains("null") && out.contains("urandom") && out.contains("tty"),

@@ -128,8 +128,11 @@ pub fn quota_us(cpus: f64, period_us: u64) -> u64 {
     ((cpus * period_us as f64).round() as u64).max(MIN_QUOTA_US)
 }
 
+/// The kernel's smallest cpu.shares: the weight of gleaner's root cgroup.
+pub const MIN_SHARES: u64 = 2;
+
 pub fn shares(cpus: f64) -> u64 {
-    ((cpus * 1024.0).round() as u64).clamp(2, 262_144)
+    ((cpus * 1024.0).round() as u64).clamp(MIN_SHARES, 262_144)
 }
 
 /// v1 shares to v2 weight, the conversion runc and systemd use.

@@ -65,6 +65,15 @@ impl V1Manager {
                 && oom_control.lines().any(|l| l.starts_with("oom_kill ")),
             cpu_idle: !off("cpu_idle") && cpu.join(root).join("cpu.idle").exists(),
         };
+        // Batch work yields to everything else between the monitor's
+        // samples: the lowest weight, and SCHED_IDLE where the kernel has it.
+        write_file(
+            &cpu.join(root).join("cpu.shares"),
+            &super::MIN_SHARES.to_string(),
+        )?;
+        if features.cpu_idle {
+            write_file(&cpu.join(root).join("cpu.idle"), "1")?;
+        }
         Ok(V1Manager {
             root: root.to_owned(),
             cpu,

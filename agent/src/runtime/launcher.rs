@@ -160,6 +160,7 @@ impl Agent {
             pivot_root: !self.cfg.feature_disabled("pivot_root"),
             kill_grace_s: spec.kill_grace_s,
             notify_socket: self.data.notify_socket(),
+            oom_score_adj: self.cfg.task_oom_score_adj,
         };
         // Input of one supervisor start: no fsync needed, it is rewritten on
         // every launch and never read during recovery.

@@ -44,6 +44,8 @@ pub(super) fn run(
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     super::set_process_name(c"gleaner-init");
+    // Inherited by the command; raising it needs no privilege, lowering would.
+    let _ = std::fs::write("/proc/self/oom_score_adj", cfg.oom_score_adj.to_string());
     let mut procs = match setup(cfg) {
         Ok(p) => p,
         Err(e) => {

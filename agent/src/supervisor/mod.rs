@@ -64,6 +64,10 @@ pub struct LaunchConfig {
     pub pivot_root: bool,
     pub kill_grace_s: f64,
     pub notify_socket: PathBuf,
+    /// oom_score_adj of the task's processes: the host OOM killer takes
+    /// batch work before any business process.
+    #[serde(default)]
+    pub oom_score_adj: i32,
 }
 
 /// Written by the supervisor once the command was executed.
