@@ -1,15 +1,277 @@
-//! gleaner-monitor: placeholder until the monitor lands (issue 6).
-use clap::Parser;
+//! `gleaner-monitor`: trace init, config, /metrics on loopback, then every
+//! interval: sample, decide, move the reservation. Agent unreachable: keep
+//! sampling, log the outage once, apply the latest decision when it is back.
+//! The monitor dying changes nothing on the agent: the last reservation
+//! stays enforced (see README, "When the monitor stops").
 
-#[derive(Parser)]
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use clap::Parser;
+use gleaner_monitor::client::AgentClient;
+use gleaner_monitor::config::{parse_interval, MonitorConfig};
+use gleaner_monitor::policy::{Amount, Observation, Policy};
+use gleaner_monitor::sample::{Sample, Sampler};
+
+#[derive(Parser, Debug)]
 #[command(
     name = "gleaner-monitor",
     version,
-    about = "gleaner monitor (not implemented yet)"
+    about = "gleaner monitor: harvests idle capacity for batch work"
 )]
-struct Cli {}
+struct Cli {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Agent URL (default http://127.0.0.1:5051).
+    #[arg(long)]
+    agent: Option<String>,
+    /// Role whose reservation is moved (default batch).
+    #[arg(long)]
+    role: Option<String>,
+    /// Sampling interval: 1s, 500ms (default 1s).
+    #[arg(long)]
+    interval: Option<String>,
+    /// /metrics address (default 127.0.0.1:5052).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The agent's cgroup root (default gleaner).
+    #[arg(long)]
+    cgroup_root: Option<String>,
+    /// Decide and log only.
+    #[arg(long)]
+    dry_run: bool,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("gleaner-monitor is not implemented yet")
+#[derive(Debug, Default)]
+struct Status {
+    sample: Sample,
+    harvestable: Amount,
+    reservation: Option<Amount>,
+    agent_reachable: bool,
+    changes: u64,
+    errors: u64,
+    preempted: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match configure(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gleaner-monitor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLEANER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gleaner-monitor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn configure(cli: Cli) -> Result<MonitorConfig, String> {
+    let mut cfg = MonitorConfig::load(cli.config.as_deref())?;
+    if let Some(v) = cli.agent {
+        cfg.agent = v;
+    }
+    if let Some(v) = cli.role {
+        cfg.role = v;
+    }
+    if let Some(v) = cli.interval {
+        cfg.interval_s = parse_interval(&v)?;
+    }
+    if let Some(v) = cli.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = cli.cgroup_root {
+        cfg.cgroup_root = v;
+    }
+    cfg.dry_run |= cli.dry_run;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let token = match &cfg.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("token_file {}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let status = Arc::new(Mutex::new(Status::default()));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("listen {}", cfg.listen))?;
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(status.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    tracing::info!(agent = %cfg.agent, role = %cfg.role, interval_s = cfg.interval_s, dry_run = cfg.dry_run, "monitor started");
+
+    let client = AgentClient::new(&cfg.agent, token);
+    let mut sampler = Sampler::new(&cfg.cgroup_root);
+    let mut policy: Option<Policy> = None;
+    let mut applied: Option<Amount> = None;
+    let mut outage: Option<Instant> = None;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(cfg.interval_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = term.recv() => {
+                tracing::info!("monitor stopping; the agent keeps the last reservation");
+                return Ok(());
+            }
+        }
+        let sample = match sampler.sample(cfg.use_psi) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("sample: {e}");
+                continue;
+            }
+        };
+        let obs = Observation {
+            t_s: start.elapsed().as_secs_f64(),
+            total: Amount {
+                cpus: sample.host_cpus,
+                mem_mb: sample.mem_total_mb,
+            },
+            business: Amount {
+                cpus: sample.business_cpus(),
+                mem_mb: sample.business_mem_mb(),
+            },
+            psi_cpu: sample.psi_cpu,
+            psi_mem: sample.psi_mem,
+        };
+        // The policy starts from what the agent has now.
+        if policy.is_none() {
+            match client.reservation(&cfg.role).await {
+                Ok(current) => {
+                    let current = current.unwrap_or_default();
+                    applied = Some(current);
+                    policy = Some(Policy::new(cfg.policy.clone(), current));
+                }
+                Err(e) => note_outage(&mut outage, &e.to_string()),
+            }
+        }
+        let Some(p) = policy.as_mut() else { continue };
+        p.decide(&obs);
+        let desired = p.current();
+        {
+            let mut st = status.lock().unwrap();
+            st.sample = sample;
+            st.harvestable = p.harvestable(&obs);
+        }
+        if applied == Some(desired) {
+            continue;
+        }
+        if cfg.dry_run {
+            tracing::info!(?desired, "would set the reservation (dry run)");
+            applied = Some(desired);
+            continue;
+        }
+        match client.reserve(&cfg.role, desired).await {
+            Ok(preempted) => {
+                if let Some(since) = outage.take() {
+                    tracing::info!(
+                        "agent reachable again after {:.1}s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                tracing::info!(
+                    cpus = desired.cpus,
+                    mem_mb = desired.mem_mb,
+                    business_cpus = obs.business.cpus,
+                    business_mem_mb = obs.business.mem_mb,
+                    preempted = preempted.len(),
+                    "reservation moved"
+                );
+                applied = Some(desired);
+                let mut st = status.lock().unwrap();
+                st.changes += 1;
+                st.preempted += preempted.len() as u64;
+            }
+            Err(e) => {
+                status.lock().unwrap().errors += 1;
+                note_outage(&mut outage, &e.to_string());
+            }
+        }
+        let mut st = status.lock().unwrap();
+        st.reservation = applied;
+        st.agent_reachable = outage.is_none();
+    }
+}
+
+/// Logs an outage once, when it starts.
+fn note_outage(outage: &mut Option<Instant>, why: &str) {
+    if outage.is_none() {
+        tracing::warn!("{why}; still sampling, retrying every interval");
+        *outage = Some(Instant::now());
+    }
+}
+
+async fn metrics(State(status): State<Arc<Mutex<Status>>>) -> String {
+    let st = status.lock().unwrap();
+    let s = &st.sample;
+    let r = st.reservation.unwrap_or_default();
+    let mut out = String::new();
+    for (name, v) in [
+        ("gleaner_monitor_host_cpus", s.host_cpus),
+        ("gleaner_monitor_host_busy_cpus", s.host_busy_cpus),
+        ("gleaner_monitor_agent_cpus", s.agent_cpus),
+        ("gleaner_monitor_business_cpus", s.business_cpus()),
+        ("gleaner_monitor_mem_total_mb", s.mem_total_mb),
+        ("gleaner_monitor_agent_mem_mb", s.agent_mem_mb),
+        ("gleaner_monitor_business_mem_mb", s.business_mem_mb()),
+        ("gleaner_monitor_load1", s.load1),
+        (
+            "gleaner_monitor_psi_cpu_some_avg10",
+            s.psi_cpu.unwrap_or(0.0),
+        ),
+        (
+            "gleaner_monitor_psi_memory_some_avg10",
+            s.psi_mem.unwrap_or(0.0),
+        ),
+        ("gleaner_monitor_harvestable_cpus", st.harvestable.cpus),
+        ("gleaner_monitor_harvestable_mem_mb", st.harvestable.mem_mb),
+        ("gleaner_monitor_reservation_cpus", r.cpus),
+        ("gleaner_monitor_reservation_mem_mb", r.mem_mb),
+        (
+            "gleaner_monitor_agent_reachable",
+            if st.agent_reachable { 1.0 } else { 0.0 },
+        ),
+    ] {
+        out.push_str(&format!("# TYPE {name} gauge\n{name} {v}\n"));
+    }
+    for (name, v) in [
+        ("gleaner_monitor_reservation_changes_total", st.changes),
+        ("gleaner_monitor_agent_errors_total", st.errors),
+        ("gleaner_monitor_preempted_total", st.preempted),
+    ] {
+        out.push_str(&format!("# TYPE {name} counter\n{name} {v}\n"));
+    }
+    out
 }
