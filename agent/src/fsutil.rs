@@ -14,12 +14,11 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {err}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        err: io::Error,
     },
     #[error("{path}: invalid content: {reason}")]
     Invalid { path: PathBuf, reason: String },
@@ -30,13 +29,13 @@ impl FsError {
         FsError::Io {
             op,
             path: path.into(),
-            source,
+            err: source,
         }
     }
 
     /// True when the error is "file does not exist".
     pub fn is_not_found(&self) -> bool {
-        matches!(self, FsError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(self, FsError::Io { err, .. } if err.kind() == io::ErrorKind::NotFound)
     }
 }
 

@@ -166,6 +166,14 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
             psi_cpu: sample.psi_cpu,
             psi_mem: sample.psi_mem,
         };
+        tracing::debug!(
+            busy = sample.host_busy_cpus,
+            agent = sample.agent_cpus,
+            business = obs.business.cpus,
+            mem_used = sample.mem_used_mb,
+            agent_mem = sample.agent_mem_mb,
+            "sample"
+        );
         // The policy starts from what the agent has now.
         if policy.is_none() {
             match client.reservation(&cfg.role).await {

@@ -51,6 +51,10 @@ pub struct PolicyConfig {
     pub psi_threshold: f64,
     /// Share of the harvestable amount given back under pressure.
     pub psi_shrink: f64,
+    /// PSI is host-wide (v1 has no per-cgroup PSI): it counts as the
+    /// business's pressure only when the business uses at least this share
+    /// of the resource; below it, the stalls are the batch's own.
+    pub psi_min_business_share: f64,
     /// Changes smaller than this are not made.
     pub deadband: Amount,
 }
@@ -72,6 +76,7 @@ impl Default for PolicyConfig {
             },
             psi_threshold: 10.0,
             psi_shrink: 0.5,
+            psi_min_business_share: 0.25,
             deadband: Amount {
                 cpus: 0.05,
                 mem_mb: 64.0,
@@ -92,6 +97,7 @@ impl PolicyConfig {
         frac("cpu_margin", self.cpu_margin)?;
         frac("mem_margin", self.mem_margin)?;
         frac("psi_shrink", self.psi_shrink)?;
+        frac("psi_min_business_share", self.psi_min_business_share)?;
         let nonneg = |name: &str, v: f64| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
@@ -159,11 +165,14 @@ impl Policy {
             cpus: obs.total.cpus * (1.0 - self.cfg.cpu_margin) - obs.business.cpus,
             mem_mb: obs.total.mem_mb * (1.0 - self.cfg.mem_margin) - obs.business.mem_mb,
         };
-        let pressed = |p: Option<f64>| p.is_some_and(|v| v > self.cfg.psi_threshold);
-        if pressed(obs.psi_cpu) {
+        let pressed = |p: Option<f64>, used: f64, total: f64| {
+            p.is_some_and(|v| v > self.cfg.psi_threshold)
+                && used >= total * self.cfg.psi_min_business_share
+        };
+        if pressed(obs.psi_cpu, obs.business.cpus, obs.total.cpus) {
             h.cpus *= 1.0 - self.cfg.psi_shrink;
         }
-        if pressed(obs.psi_mem) {
+        if pressed(obs.psi_mem, obs.business.mem_mb, obs.total.mem_mb) {
             h.mem_mb *= 1.0 - self.cfg.psi_shrink;
         }
         let max = self.cfg.max.unwrap_or(obs.total);
@@ -366,6 +375,20 @@ mod tests {
         });
         assert!((pressed.cpus - calm.cpus * 0.5).abs() < 1e-9);
         assert_eq!(pressed.mem_mb, calm.mem_mb);
+    }
+
+    #[test]
+    fn pressure_with_an_idle_business_is_the_batch_own() {
+        // Host-wide PSI also counts the batch's stalls: with the business
+        // below psi_min_business_share, it is not business pressure.
+        let p = Policy::new(cfg(), HOST);
+        let calm = p.harvestable(&obs(0.0, 0.1, 100.0));
+        let stalls = p.harvestable(&Observation {
+            psi_cpu: Some(80.0),
+            psi_mem: Some(50.0),
+            ..obs(0.0, 0.1, 100.0)
+        });
+        assert_eq!(calm, stalls);
     }
 
     #[test]

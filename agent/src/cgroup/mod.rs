@@ -26,12 +26,11 @@ pub use v2::V2Manager;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {err}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        err: io::Error,
     },
     #[error("cgroup controller {0} is not mounted")]
     MissingController(&'static str),
@@ -44,10 +43,10 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
+    move |err| CgroupError::Io {
         op,
         path: path.to_owned(),
-        source,
+        err,
     }
 }
 
@@ -292,8 +291,8 @@ impl CgroupHandle {
                 Ok(()) => return Ok(()),
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(match e {
-                        CgroupError::Io { source, path, .. }
-                            if source.raw_os_error() == Some(libc::EBUSY) =>
+                        CgroupError::Io { err, path, .. }
+                            if err.raw_os_error() == Some(libc::EBUSY) =>
                         {
                             CgroupError::Busy {
                                 path,

@@ -66,13 +66,19 @@ impl V1Manager {
             cpu_idle: !off("cpu_idle") && cpu.join(root).join("cpu.idle").exists(),
         };
         // Batch work yields to everything else between the monitor's
-        // samples: the lowest weight, and SCHED_IDLE where the kernel has it.
-        write_file(
-            &cpu.join(root).join("cpu.shares"),
-            &super::MIN_SHARES.to_string(),
-        )?;
+        // samples: SCHED_IDLE where the kernel has it, else the lowest
+        // weight. An idle group refuses a shares write.
+        let idle = cpu.join(root).join("cpu.idle");
         if features.cpu_idle {
-            write_file(&cpu.join(root).join("cpu.idle"), "1")?;
+            write_file(&idle, "1")?;
+        } else {
+            if idle.exists() {
+                write_file(&idle, "0")?;
+            }
+            write_file(
+                &cpu.join(root).join("cpu.shares"),
+                &super::MIN_SHARES.to_string(),
+            )?;
         }
         Ok(V1Manager {
             root: root.to_owned(),

@@ -70,9 +70,10 @@ impl V2Manager {
         };
         // Batch work yields to everything else (see the v1 manager).
         let root_dir = manager.mount.join(root);
-        write_file(&root_dir.join("cpu.weight"), "1")?;
         if manager.features.cpu_idle {
             write_file(&root_dir.join("cpu.idle"), "1")?;
+        } else {
+            write_file(&root_dir.join("cpu.weight"), "1")?;
         }
         Ok(manager)
     }

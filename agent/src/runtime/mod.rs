@@ -62,7 +62,7 @@ impl From<FsError> for AgentError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cgroups: {0}")]
+    #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Fs(#[from] FsError),

@@ -430,22 +430,26 @@ impl Agent {
         let mut preempted = Vec::new();
         let mut grace: f64 = 0.0;
         for task in &victims {
-            let (id, rel, g) = {
+            let (id, rel, g, cpus) = {
                 let t = task.lock().unwrap();
+                let r = &t.record;
                 (
-                    t.record.status.id.clone(),
-                    cgroup_rel(&t.record),
-                    t.record.spec.kill_grace_s,
+                    r.status.id.clone(),
+                    cgroup_rel(r),
+                    r.spec.kill_grace_s,
+                    r.spec.resources.cpus,
                 )
             };
-            // v1 refuses a parent quota below a child's: squeeze the victim first.
-            let _ = self.cgroups.set_limits(
-                &rel,
-                &Limits {
-                    cpu: Some(CpuLimit::Quota { cpus: 0.0 }),
-                    ..Default::default()
-                },
-            );
+            // v1 refuses a parent quota below a child's: bring the victim
+            // down to the new parent quota first (no lower: it still needs
+            // CPU to handle SIGTERM and exit).
+            let squeezed = Limits {
+                cpu: Some(CpuLimit::Quota {
+                    cpus: target.cpus.min(cpus),
+                }),
+                ..Default::default()
+            };
+            let _ = self.cgroups.set_limits(&rel, &squeezed);
             if self.stop(&id, StopReason::Preempted).is_ok() {
                 preempted.push(id);
                 grace = grace.max(g);

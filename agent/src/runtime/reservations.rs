@@ -88,8 +88,8 @@ pub async fn apply(
                 ..limits
             },
         ) {
-            Err(CgroupError::Io { source, .. })
-                if source.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            Err(CgroupError::Io { err, .. })
+                if err.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

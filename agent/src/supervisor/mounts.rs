@@ -13,19 +13,17 @@ use crate::layout::MOUNT_POINTS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {err}")]
     Sys {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: nix::Error,
+        err: nix::Error,
     },
-    #[error("rootfs {rootfs} lacks mount point /{dir} and it cannot be created: {source}")]
+    #[error("rootfs {rootfs} lacks mount point /{dir} and it cannot be created: {err}")]
     MountPoint {
         rootfs: PathBuf,
         dir: &'static str,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -33,7 +31,7 @@ fn sys<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> Mou
     move |source| MountError::Sys {
         what,
         path: path.to_owned(),
-        source,
+        err: source,
     }
 }
 
@@ -56,7 +54,7 @@ pub fn ensure_mount_points(rootfs: &Path) -> Result<(), MountError> {
                 return Err(MountError::MountPoint {
                     rootfs: rootfs.to_owned(),
                     dir,
-                    source,
+                    err: source,
                 });
             }
         }
