@@ -13,11 +13,16 @@ bash scripts/make-busybox-rootfs.sh "$work/rootfs"
 agent=$!
 cleanup() {
   "$bin/gleaner" kill demo-sleeper >/dev/null 2>&1 || true
-  kill -TERM "$agent" 2>/dev/null; wait "$agent" 2>/dev/null || true
+  kill -TERM "$monitor" "$agent" 2>/dev/null; wait "$monitor" "$agent" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:5051/v1/health >/dev/null && break; sleep 0.1; done
+"$bin/gleaner-monitor" --interval 500ms >"$work/monitor.log" 2>&1 &
+monitor=$!
+sleep 1.5
+echo "== the monitor has sized the batch reservation to the idle capacity"
+"$bin/gleaner" reservations
 
 echo "== a sample task: 0.5 cpu (CFS), 64 MB, in the busybox rootfs"
 "$bin/gleaner" run --id demo-hello --rootfs "$work/rootfs" --cpus 0.5 --mem 64 --wait -- \
@@ -31,3 +36,5 @@ echo "== a long task, listed while it runs"
 "$bin/gleaner" ps
 echo "== node state"
 "$bin/gleaner" state
+echo "== monitor log"
+sed 's/\x1b\[[0-9;]*m//g' "$work/monitor.log"
