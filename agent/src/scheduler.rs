@@ -87,6 +87,9 @@ pub struct Running {
     /// Start order: higher started later.
     pub started_seq: u64,
     pub holds: Amount,
+    /// A soft CPU weight (cpu_limit = shares): a smaller reservation
+    /// throttles it through the role's quota; only memory preempts it.
+    pub elastic_cpu: bool,
 }
 
 /// Why a queued unit did not start.
@@ -216,10 +219,15 @@ pub fn admit(
 }
 
 /// The units of `role` to preempt so that what is left fits `reserved`:
-/// lowest priority first, then most recently started.
+/// lowest priority first, then most recently started. CPU of elastic units
+/// (shares) does not count: the role's quota throttles them instead.
 pub fn preempt(running: &[Running], role: &str, reserved: Amount) -> Vec<String> {
     let mut mine: Vec<&Running> = running.iter().filter(|r| r.role == role).collect();
-    let mut held = mine.iter().fold(Amount::default(), |a, r| a.add(r.holds));
+    let rigid = |r: &Running| Amount {
+        cpus: if r.elastic_cpu { 0.0 } else { r.holds.cpus },
+        ..r.holds
+    };
+    let mut held = mine.iter().fold(Amount::default(), |a, r| a.add(rigid(r)));
     mine.sort_by(|a, b| {
         a.priority
             .cmp(&b.priority)
@@ -230,7 +238,17 @@ pub fn preempt(running: &[Running], role: &str, reserved: Amount) -> Vec<String>
         if held.fits(reserved) {
             break;
         }
-        held = held.sub(r.holds);
+        // Only units that free some of a resource in excess are taken.
+        let frees = rigid(r);
+        let helps = (held.cpus > reserved.cpus + EPS && frees.cpus > 0.0)
+            || (held.mem_mb > reserved.mem_mb + EPS && frees.mem_mb > 0.0)
+            || (reserved.disk_mb > 0.0
+                && held.disk_mb > reserved.disk_mb + EPS
+                && frees.disk_mb > 0.0);
+        if !helps {
+            continue;
+        }
+        held = held.sub(frees);
         victims.push(r.key.clone());
     }
     victims
@@ -263,6 +281,7 @@ mod tests {
             priority,
             started_seq,
             holds: amt(cpus, mem),
+            elastic_cpu: false,
         }
     }
     fn res(list: &[(&str, f64, f64)]) -> BTreeMap<String, Amount> {
@@ -398,6 +417,16 @@ mod tests {
         assert!(preempt(&running, "batch", amt(2.0, 100.0)).is_empty());
         // Memory alone can force it too.
         assert_eq!(preempt(&running, "batch", amt(8.0, 25.0)), ["new-low"]);
+    }
+
+    #[test]
+    fn elastic_tasks_are_throttled_not_preempted_for_cpu() {
+        let mut soft = r("soft", "batch", 0, 2, 1.0, 10.0);
+        soft.elastic_cpu = true;
+        let running = [r("hard", "batch", 0, 1, 1.0, 10.0), soft];
+        assert_eq!(preempt(&running, "batch", amt(0.5, 100.0)), ["hard"]);
+        // Memory still counts for everyone.
+        assert_eq!(preempt(&running, "batch", amt(8.0, 15.0)), ["soft"]);
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Agent {
                         priority: rec.spec.priority,
                         started_seq: st.started_at.as_ref().map(nanos).unwrap_or(u64::MAX),
                         holds: amount_of(&st.resources),
+                        elastic_cpu: rec.spec.cpu_limit == crate::spec::CpuLimitKind::Shares,
                     });
                     if let Some(g) = &rec.group {
                         // A group starts as a whole: a member already running
@@ -410,6 +411,7 @@ impl Agent {
                         priority: t.record.spec.priority,
                         started_seq: st.started_at.as_ref().map(nanos).unwrap_or(u64::MAX),
                         holds: amount_of(&st.resources),
+                        elastic_cpu: t.record.spec.cpu_limit == crate::spec::CpuLimitKind::Shares,
                     });
                     by_id.insert(st.id.clone(), task.clone());
                 }
