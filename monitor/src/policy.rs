@@ -44,7 +44,12 @@ pub struct PolicyConfig {
     pub min: Amount,
     /// Default: the host.
     pub max: Option<Amount>,
+    /// How long memory's harvestable must stay higher before it grows.
     pub grow_delay_s: f64,
+    /// The same for CPU: shorter, because between samples the kernel keeps
+    /// the business first anyway (gleaner's root is SCHED_IDLE / lowest
+    /// weight), while nothing guards memory but the reservation.
+    pub cpu_grow_delay_s: f64,
     pub grow_step: Amount,
     /// PSI `some avg10` (%) of CPU or memory above which the business is
     /// considered under pressure.
@@ -70,6 +75,7 @@ impl Default for PolicyConfig {
             },
             max: None,
             grow_delay_s: 30.0,
+            cpu_grow_delay_s: 2.0,
             grow_step: Amount {
                 cpus: 0.5,
                 mem_mb: 1024.0,
@@ -109,6 +115,7 @@ impl PolicyConfig {
             ("min.cpus", self.min.cpus),
             ("min.mem_mb", self.min.mem_mb),
             ("grow_delay_s", self.grow_delay_s),
+            ("cpu_grow_delay_s", self.cpu_grow_delay_s),
             ("grow_step.cpus", self.grow_step.cpus),
             ("grow_step.mem_mb", self.grow_step.mem_mb),
             ("psi_threshold", self.psi_threshold),
@@ -197,7 +204,12 @@ impl Policy {
                 self.above_since[d] = None;
             } else if want > cur + band {
                 let since = *self.above_since[d].get_or_insert(obs.t_s);
-                if obs.t_s - since >= self.cfg.grow_delay_s {
+                let delay = if d == 0 {
+                    self.cfg.cpu_grow_delay_s
+                } else {
+                    self.cfg.grow_delay_s
+                };
+                if obs.t_s - since >= delay {
                     next.set(d, want.min(cur + self.cfg.grow_step.get(d)));
                     self.above_since[d] = Some(obs.t_s);
                 }
@@ -224,6 +236,7 @@ mod tests {
     fn cfg() -> PolicyConfig {
         PolicyConfig {
             grow_delay_s: 10.0,
+            cpu_grow_delay_s: 10.0,
             ..PolicyConfig::default()
         }
     }
@@ -299,6 +312,28 @@ mod tests {
         assert!((r[22].cpus - 2.2).abs() < 1e-9, "{:?}", r[22]);
         // Memory, never short of room, grew by its own steps meanwhile.
         assert!(r[10].mem_mb > 8192.0);
+    }
+
+    #[test]
+    fn cpu_regrows_sooner_than_memory() {
+        let c = PolicyConfig {
+            grow_delay_s: 30.0,
+            cpu_grow_delay_s: 2.0,
+            ..PolicyConfig::default()
+        };
+        let mut p = Policy::new(
+            c,
+            Amount {
+                cpus: 1.0,
+                mem_mb: 1024.0,
+            },
+        );
+        let r = run(
+            &mut p,
+            &(0..5).map(|t| obs(t as f64, 0.0, 0.0)).collect::<Vec<_>>(),
+        );
+        assert!(r[2].cpus > 1.0, "cpu grew after 2 s: {:?}", r[2]);
+        assert_eq!(r[4].mem_mb, 1024.0, "memory waits its 30 s");
     }
 
     #[test]
