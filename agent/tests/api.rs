@@ -220,14 +220,7 @@ fn cli_runs_lists_kills_and_reads_logs() {
         return;
     }
     let agent = TestAgent::start();
-    let cli = |args: &[&str]| {
-        Command::new(CLI_BIN)
-            .arg("--agent")
-            .arg(&agent.base)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| agent.cli(args);
 
     let out = cli(&["run", "--id", "c1", "--wait", "--", "echo hello; exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");

@@ -118,14 +118,7 @@ fn attributes_from_config_and_http_persist_and_drain() {
     }
 
     // CLI.
-    let cli = |args: &[&str]| {
-        std::process::Command::new(CLI_BIN)
-            .arg("--agent")
-            .arg(&agent.base)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| agent.cli(args);
     assert!(cli(&["attr", "set", "rack", "r7"]).status.success());
     let ls = String::from_utf8_lossy(&cli(&["attr", "ls"]).stdout).into_owned();
     assert!(

@@ -316,14 +316,7 @@ fn bad_reservations_are_refused_and_oversized_ones_capped() {
     assert_eq!(r["reserved"]["cpus"], state["total"]["cpus"]);
 
     // CLI: reserve, list, unreserve.
-    let cli = |args: &[&str]| {
-        std::process::Command::new(CLI_BIN)
-            .arg("--agent")
-            .arg(&agent.base)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| agent.cli(args);
     let out = cli(&["reserve", "web", "--cpus", "0.5", "--mem", "128"]);
     assert!(out.status.success(), "{out:?}");
     let out = cli(&["reservations"]);

@@ -283,6 +283,16 @@ impl TestAgent {
         self.wait_for(id, timeout, |s| s.state == state)
     }
 
+    /// Runs the `gleaner` CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CLI_BIN)
+            .arg("--agent")
+            .arg(&self.base)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// DELETE /v1/tasks/{id}, then its final status.
     pub fn kill(&self, id: &str) -> TaskStatus {
         self.client
