@@ -284,8 +284,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     f("reserved", "mem_mb"),
                     f("allocated", "mem_mb"),
                     f("free", "mem_mb"),
-                    u["running"],
-                    u["queued"]
+                    u["running"].as_u64().unwrap_or(0),
+                    u["queued"].as_u64().unwrap_or(0)
                 );
             }
             Ok(ExitCode::SUCCESS)
