@@ -1,0 +1,12 @@
+//! gleaner-rootfs: reproducible rootfs images (tar.gz + sha256) and a safe
+//! unpacker. `build` writes sorted entries with fixed mtimes and owners, so
+//! the same inputs give the same sha256; `unpack` refuses anything that
+//! could touch the host outside the target directory.
+
+pub mod build;
+pub mod image;
+pub mod unpack;
+
+pub use build::{build, Source};
+pub use image::{inspect, sha256_file, ImageInfo};
+pub use unpack::{unpack, UnpackError};
