@@ -30,10 +30,7 @@ pub fn list(endpoints: &[String], prefix: &str) -> Result<Vec<NodeRow>, String> 
 async fn read(endpoints: &[String], prefix: &str) -> Result<Vec<NodeRow>, String> {
     let endpoints: Vec<String> = endpoints
         .iter()
-        .map(|e| {
-            e.replace("://localhost", "://127.0.0.1")
-                .replace("localhost:", "127.0.0.1:")
-        })
+        .map(|e| crate::runtime::etcd::endpoint(e))
         .collect();
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))

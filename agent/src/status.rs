@@ -120,18 +120,23 @@ pub struct TaskStatus {
     pub restarts: u32,
 }
 
+/// The end state of a task the agent stopped on purpose.
+pub fn stopped(stop: StopReason) -> (TaskState, Option<Reason>) {
+    match stop {
+        StopReason::Killed => (TaskState::Killed, Some(Reason::Killed)),
+        StopReason::Preempted => (TaskState::Preempted, Some(Reason::Preempted)),
+        StopReason::Drained => (TaskState::Drained, Some(Reason::Drained)),
+        StopReason::DiskLimit => (TaskState::Failed, Some(Reason::DiskLimit)),
+    }
+}
+
 /// The state and reason an exit record stands for.
 pub fn classify(exit: &ExitRecord) -> (TaskState, Option<Reason>) {
     if exit.launch_error.is_some() {
         return (TaskState::Failed, Some(Reason::LaunchFailed));
     }
     if let Some(stop) = exit.stop_reason {
-        return match stop {
-            StopReason::Killed => (TaskState::Killed, Some(Reason::Killed)),
-            StopReason::Preempted => (TaskState::Preempted, Some(Reason::Preempted)),
-            StopReason::Drained => (TaskState::Drained, Some(Reason::Drained)),
-            StopReason::DiskLimit => (TaskState::Failed, Some(Reason::DiskLimit)),
-        };
+        return stopped(stop);
     }
     if exit.oom_killed {
         return (TaskState::Failed, Some(Reason::MemoryLimit));

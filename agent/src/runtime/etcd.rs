@@ -30,7 +30,7 @@ pub struct EtcdLink {
 }
 
 /// `localhost` becomes 127.0.0.1: the static binary has no NSS.
-fn endpoint(url: &str) -> String {
+pub(crate) fn endpoint(url: &str) -> String {
     let url = url.trim().trim_end_matches('/');
     let url = url.replace("://localhost", "://127.0.0.1");
     match url.strip_prefix("localhost:") {

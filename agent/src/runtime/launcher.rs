@@ -72,10 +72,7 @@ impl Agent {
         self.counters
             .launch_failures
             .fetch_add(1, Ordering::Relaxed);
-        let handle = self.cgroups.handle(&cgroup_rel(&t.record));
-        if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
-            tracing::warn!("{e}");
-        }
+        self.destroy_task_cgroup(&t.record);
         let st = &mut t.record.status;
         st.message = Some(msg);
         st.exit_code = None;

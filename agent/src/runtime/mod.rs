@@ -11,7 +11,7 @@ pub use queue::{ReservationChange, RoleUsage};
 
 mod attributes;
 mod drain;
-mod etcd;
+pub(crate) mod etcd;
 mod launcher;
 mod queue;
 mod recovery;
@@ -511,10 +511,7 @@ impl Agent {
         for task in tasks {
             let t = task.lock().unwrap();
             self.tasks.lock().unwrap().remove(&t.record.status.id);
-            let _ = self
-                .cgroups
-                .handle(&cgroup_rel(&t.record))
-                .destroy(std::time::Duration::from_secs(2));
+            self.destroy_task_cgroup(&t.record);
             let _ = std::fs::remove_dir_all(t.dir.root());
         }
     }
@@ -548,15 +545,7 @@ impl Agent {
         match t.record.status.state {
             s if s.is_final() => {}
             TaskState::Queued => {
-                let (state, reason) = status::classify(&ExitRecord {
-                    run: t.record.run,
-                    exit_code: None,
-                    signal: None,
-                    oom_killed: false,
-                    stop_reason: Some(reason),
-                    launch_error: None,
-                    finished_at: Utc::now(),
-                });
+                let (state, reason) = status::stopped(reason);
                 let st = &mut t.record.status;
                 st.state = state;
                 st.reason = reason;
@@ -723,13 +712,19 @@ impl Agent {
             return;
         }
         tracing::warn!(task = %t.record.status.id, "task lost: {why}");
-        let handle = self.cgroups.handle(&cgroup_rel(&t.record));
-        if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
-            tracing::warn!("{e}");
-        }
+        self.destroy_task_cgroup(&t.record);
         t.record.status.message = Some(why.to_owned());
         t.record.status.finished_at = Some(Utc::now());
         self.finish_run(task, &mut t, TaskState::Lost, Some(Reason::AgentLost));
+    }
+
+    /// Kills what is left in a task's cgroup and removes it; a failure is
+    /// logged (recovery removes leftovers at the next start).
+    pub(crate) fn destroy_task_cgroup(&self, record: &TaskRecord) {
+        let handle = self.cgroups.handle(&cgroup_rel(record));
+        if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
+            tracing::warn!(task = %record.status.id, "{e}");
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

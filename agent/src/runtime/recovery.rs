@@ -151,10 +151,7 @@ impl Agent {
                 if t.record.status.state == TaskState::Staging {
                     // Admitted but maybe half-launched: clear any trace, and
                     // take a new run number so late reports are ignored.
-                    let handle = self.cgroups.handle(&cgroup_rel(&t.record));
-                    if let Err(e) = handle.destroy(Duration::from_secs(2)) {
-                        tracing::warn!("{e}");
-                    }
+                    self.destroy_task_cgroup(&t.record);
                     t.record.run += 1;
                 }
                 t.record.status.state = TaskState::Queued;
@@ -175,10 +172,7 @@ impl Agent {
         if stuck {
             let t = task.lock().unwrap();
             tracing::warn!(task = %t.record.status.id, "supervisor did not finish starting; killing its task");
-            let _ = self
-                .cgroups
-                .handle(&cgroup_rel(&t.record))
-                .destroy(Duration::from_secs(2));
+            self.destroy_task_cgroup(&t.record);
         }
         self.resolve(task);
     }
