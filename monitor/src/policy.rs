@@ -60,6 +60,12 @@ pub struct PolicyConfig {
     /// business's pressure only when the business uses at least this share
     /// of the resource; below it, the stalls are the batch's own.
     pub psi_min_business_share: f64,
+    /// Let host-wide CPU PSI shrink the harvest too. Off by default: the
+    /// stall counts gleaner's own runnable tasks, and with a SCHED_IDLE
+    /// root the batch cannot delay the business, so shrinking would give
+    /// nothing back (measured: it halved the harvest next to a business
+    /// using half the host). Worth turning on for the cpu.shares fallback.
+    pub cpu_psi: bool,
     /// Changes smaller than this are not made.
     pub deadband: Amount,
 }
@@ -83,6 +89,7 @@ impl Default for PolicyConfig {
             psi_threshold: 10.0,
             psi_shrink: 0.5,
             psi_min_business_share: 0.25,
+            cpu_psi: false,
             deadband: Amount {
                 cpus: 0.05,
                 mem_mb: 64.0,
@@ -176,7 +183,7 @@ impl Policy {
             p.is_some_and(|v| v > self.cfg.psi_threshold)
                 && used >= total * self.cfg.psi_min_business_share
         };
-        if pressed(obs.psi_cpu, obs.business.cpus, obs.total.cpus) {
+        if self.cfg.cpu_psi && pressed(obs.psi_cpu, obs.business.cpus, obs.total.cpus) {
             h.cpus *= 1.0 - self.cfg.psi_shrink;
         }
         if pressed(obs.psi_mem, obs.business.mem_mb, obs.total.mem_mb) {
@@ -402,21 +409,39 @@ mod tests {
 
     #[test]
     fn business_pressure_gives_back_more() {
-        let p = Policy::new(cfg(), HOST);
-        let calm = p.harvestable(&obs(0.0, 2.0, 0.0));
-        let pressed = p.harvestable(&Observation {
+        let pressure = Observation {
             psi_cpu: Some(25.0),
-            ..obs(0.0, 2.0, 0.0)
-        });
-        assert!((pressed.cpus - calm.cpus * 0.5).abs() < 1e-9);
-        assert_eq!(pressed.mem_mb, calm.mem_mb);
+            psi_mem: Some(25.0),
+            ..obs(0.0, 2.0, 8192.0)
+        };
+        let p = Policy::new(cfg(), HOST);
+        let calm = p.harvestable(&obs(0.0, 2.0, 8192.0));
+        let pressed = p.harvestable(&pressure);
+        // Memory pressure counts; CPU pressure only when asked for (the
+        // default cannot tell the batch's stalls from the business's).
+        assert!((pressed.mem_mb - calm.mem_mb * 0.5).abs() < 1e-9);
+        assert_eq!(pressed.cpus, calm.cpus);
+        let p = Policy::new(
+            PolicyConfig {
+                cpu_psi: true,
+                ..cfg()
+            },
+            HOST,
+        );
+        assert!((p.harvestable(&pressure).cpus - calm.cpus * 0.5).abs() < 1e-9);
     }
 
     #[test]
     fn pressure_with_an_idle_business_is_the_batch_own() {
         // Host-wide PSI also counts the batch's stalls: with the business
         // below psi_min_business_share, it is not business pressure.
-        let p = Policy::new(cfg(), HOST);
+        let p = Policy::new(
+            PolicyConfig {
+                cpu_psi: true,
+                ..cfg()
+            },
+            HOST,
+        );
         let calm = p.harvestable(&obs(0.0, 0.1, 100.0));
         let stalls = p.harvestable(&Observation {
             psi_cpu: Some(80.0),

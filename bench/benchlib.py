@@ -1,0 +1,35 @@
+"""Helpers shared by the Python benchmarks: ports, JSON over HTTP, and an
+agent started from the release build with a config of the bench's own."""
+import json, os, socket, subprocess, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def http(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"null")
+
+
+def start_agent(tmp, cgroup_root, rootfs, extra=""):
+    """Starts gleaner-agent with its data under tmp; returns (process, base URL)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cfg = os.path.join(tmp, "agent.toml")
+    with open(cfg, "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp}/data"\ncgroup_root = "{cgroup_root}"\n'
+                f'default_rootfs = "{rootfs}"\n{extra}\n')
+    agent = subprocess.Popen([os.path.join(BIN, "gleaner-agent"), "--config", cfg],
+                             stderr=open(os.path.join(tmp, "agent.log"), "w"))
+    for _ in range(200):
+        try:
+            http("GET", base + "/v1/health"); break
+        except Exception:
+            time.sleep(0.05)
+    return agent, base
