@@ -34,8 +34,16 @@ pub fn normalize_base(url: &str) -> String {
         .replacen("://localhost", "://127.0.0.1", 1)
 }
 
+/// reqwest is built with rustls but no crypto provider of its own (the
+/// default, aws-lc, needs cmake for the static build): ring is installed
+/// once, before any client is made.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> Self {
+        install_tls_provider();
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()

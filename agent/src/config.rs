@@ -62,6 +62,17 @@ pub struct AgentConfig {
     /// How often supervisors are checked for life (exit reports arrive at
     /// once by datagram; this only catches a supervisor that was killed).
     pub liveness_interval_s: f64,
+    /// Fetched rootfs images kept unpacked; least recently used ones past
+    /// this are removed once no unfinished task names them.
+    pub image_cache_mb: u64,
+    /// Largest image archive fetched.
+    pub image_max_mb: u64,
+    /// Per fetch attempt, from connecting to the last byte.
+    pub image_fetch_timeout_s: f64,
+    /// Further attempts after a transient failure (network, HTTP 5xx).
+    pub image_fetch_retries: u32,
+    /// How often each task's sandbox and /tmp are measured against disk_mb.
+    pub disk_check_interval_s: f64,
 }
 
 impl Default for AgentConfig {
@@ -84,6 +95,11 @@ impl Default for AgentConfig {
             liveness_interval_s: 5.0,
             initial_reservation: None,
             task_oom_score_adj: 1000,
+            image_cache_mb: 10240,
+            image_max_mb: 4096,
+            image_fetch_timeout_s: 300.0,
+            image_fetch_retries: 3,
+            disk_check_interval_s: 5.0,
         }
     }
 }
@@ -191,12 +207,32 @@ impl AgentConfig {
         if !(self.liveness_interval_s.is_finite() && self.liveness_interval_s > 0.0) {
             return Err(key("liveness_interval_s", "must be > 0"));
         }
+        for (name, v) in [
+            ("image_fetch_timeout_s", self.image_fetch_timeout_s),
+            ("disk_check_interval_s", self.disk_check_interval_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(key(name, "must be > 0"));
+            }
+        }
+        if self.image_max_mb == 0 {
+            return Err(key("image_max_mb", "must be > 0"));
+        }
         if let Some(p) = &self.default_rootfs {
             if !p.is_absolute() {
                 return Err(key("default_rootfs", "must be absolute"));
             }
         }
         Ok(())
+    }
+
+    pub fn fetch_limits(&self) -> crate::images::FetchLimits {
+        crate::images::FetchLimits {
+            max_bytes: self.image_max_mb << 20,
+            timeout: std::time::Duration::from_secs_f64(self.image_fetch_timeout_s),
+            retries: self.image_fetch_retries,
+            cache_bytes: self.image_cache_mb << 20,
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -6,6 +6,7 @@
 //!   reservations.json        per-role reservations           (agent writes)
 //!   attributes.json          last dynamic attributes seen    (agent writes)
 //!   run/notify.sock          supervisors report exits here (datagram)
+//!   images/<sha256>/rootfs/  a fetched image, shared read-only (see `images`)
 //!   tasks/<id>/task.json     spec + agent-side status        (agent writes)
 //!   tasks/<id>/launch.json   what the supervisor executes    (agent writes)
 //!   tasks/<id>/stop.json     why the agent asked it to stop  (agent writes)
@@ -47,6 +48,10 @@ impl DataDir {
     }
     pub fn reservations_json(&self) -> PathBuf {
         self.root.join("reservations.json")
+    }
+    /// The rootfs image cache (see `images`).
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
     }
     pub fn notify_socket(&self) -> PathBuf {
         self.run().join("notify.sock")

@@ -11,6 +11,7 @@ pub mod config;
 pub mod constraints;
 pub mod fleet;
 pub mod fsutil;
+pub mod images;
 pub mod layout;
 pub mod metrics;
 pub mod procfs_util;

@@ -66,12 +66,36 @@ pub fn render(agent: &Agent) -> String {
             "Tasks preempted by reservation changes.",
             &c.preemptions,
         ),
+        (
+            "gleaner_image_fetches_total",
+            "Rootfs images fetched into the cache.",
+            &agent.image_counters().0,
+        ),
+        (
+            "gleaner_image_evictions_total",
+            "Rootfs images evicted from the cache.",
+            &agent.image_counters().1,
+        ),
     ] {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
             v.load(Ordering::Relaxed)
         );
+    }
+    for (name, help, v) in [
+        (
+            "gleaner_disk_scan_seconds",
+            "Time the last disk quota sweep took.",
+            c.disk_scan_us.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "gleaner_disk_scan_tasks",
+            "Tasks the last disk quota sweep measured.",
+            c.disk_scanned.load(Ordering::Relaxed) as f64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     out
 }

@@ -252,10 +252,28 @@ impl RootfsSpec {
                 }
                 Ok(())
             }
-            (None, Some(_)) => Err(bad(
-                "rootfs.uri",
-                "images by uri are not supported by this agent version yet; use path",
-            )),
+            (None, Some(uri)) => {
+                let path = uri.strip_prefix("file://");
+                if !(path.is_some() || uri.starts_with("http://") || uri.starts_with("https://")) {
+                    return Err(bad(
+                        "rootfs.uri",
+                        format!("{uri:?}: use file://, http:// or https://"),
+                    ));
+                }
+                if path.is_some_and(|p| !p.starts_with('/')) {
+                    return Err(bad("rootfs.uri", "a file:// uri needs an absolute path"));
+                }
+                match &self.sha256 {
+                    None => Err(bad(
+                        "rootfs.sha256",
+                        "required with uri (images are verified and cached by digest)",
+                    )),
+                    Some(h) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                        Err(bad("rootfs.sha256", "must be 64 hex digits"))
+                    }
+                    Some(_) => Ok(()),
+                }
+            }
         }
     }
 }
@@ -341,6 +359,32 @@ mod tests {
             parse(r#"{"cmd":"x","rootfs":{"path":"/a/../b"},"resources":{"cpus":1,"mem_mb":64}}"#)
                 .unwrap_err();
         assert!(e.contains(".."), "{e}");
+    }
+
+    #[test]
+    fn rootfs_uri_needs_a_known_scheme_and_a_digest() {
+        let with = |rootfs: &str| {
+            parse(&format!(
+                r#"{{"cmd":"x","rootfs":{rootfs},"resources":{{"cpus":1,"mem_mb":64}}}}"#
+            ))
+        };
+        let sha = "a".repeat(64);
+        assert!(with(&format!(
+            r#"{{"uri":"http://10.0.0.1/i.tar.gz","sha256":"{sha}"}}"#
+        ))
+        .is_ok());
+        assert!(with(&format!(
+            r#"{{"uri":"file:///srv/i.tar.gz","sha256":"{sha}"}}"#
+        ))
+        .is_ok());
+        let e = with(&format!(r#"{{"uri":"s3://b/i.tar.gz","sha256":"{sha}"}}"#)).unwrap_err();
+        assert!(e.contains("rootfs.uri"), "{e}");
+        let e = with(&format!(r#"{{"uri":"file://rel","sha256":"{sha}"}}"#)).unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        let e = with(r#"{"uri":"http://h/i.tar.gz"}"#).unwrap_err();
+        assert!(e.contains("rootfs.sha256: required"), "{e}");
+        let e = with(r#"{"uri":"http://h/i.tar.gz","sha256":"abc"}"#).unwrap_err();
+        assert!(e.contains("64 hex"), "{e}");
     }
 
     #[test]

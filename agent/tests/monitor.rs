@@ -12,18 +12,8 @@ use common::*;
 use gleaner_agent::status::TaskState;
 use serde_json::{json, Value};
 
-/// The monitor binary, built beside the agent by `cargo build --workspace`.
 fn monitor_bin() -> PathBuf {
-    let bin = PathBuf::from(AGENT_BIN)
-        .parent()
-        .unwrap()
-        .join("gleaner-monitor");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
+    workspace_bin("gleaner-monitor")
 }
 
 struct Reaper(Vec<Child>);

@@ -24,6 +24,9 @@ impl AgentClient {
         let base = base
             .trim_end_matches('/')
             .replacen("://localhost", "://127.0.0.1", 1);
+        // reqwest has rustls without a provider in this workspace (see
+        // gleaner_agent::client::install_tls_provider).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

@@ -5,8 +5,9 @@
 
 pub mod build;
 pub mod image;
+pub mod raw;
 pub mod unpack;
 
 pub use build::{build, Source};
 pub use image::{inspect, sha256_file, ImageInfo};
-pub use unpack::{unpack, UnpackError};
+pub use unpack::{unpack, unpack_tar, UnpackError};

@@ -111,10 +111,16 @@ fn clear(path: &Path) -> Result<(), UnpackError> {
     }
 }
 
+/// Unpacks a gzip'd tar image into `dest` (created if missing).
 pub fn unpack(image: &Path, dest: &Path) -> Result<Unpacked, UnpackError> {
-    fs::create_dir_all(dest).map_err(io_err(dest))?;
     let file = fs::File::open(image).map_err(io_err(image))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    unpack_tar(flate2::read::GzDecoder::new(file), dest)
+}
+
+/// Unpacks an uncompressed tar stream into `dest`: what the fuzzer drives.
+pub fn unpack_tar(tar: impl io::Read, dest: &Path) -> Result<Unpacked, UnpackError> {
+    fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let mut archive = tar::Archive::new(tar);
     let mut stats = Unpacked::default();
     let entries = archive
         .entries()
@@ -227,33 +233,14 @@ fn libc_o_nofollow() -> i32 {
 mod tests {
     use super::*;
 
-    /// An archive whose entries are written byte by byte (the `tar` crate
-    /// refuses to build hostile ones).
-    fn hostile(
-        entries: &[(&str, tar::EntryType, &str, &[u8], u32)],
-    ) -> (tempfile::TempDir, PathBuf) {
+    fn hostile(entries: &[crate::raw::RawEntry]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.tar.gz");
-        let gz = flate2::write::GzEncoder::new(
-            fs::File::create(&path).unwrap(),
-            flate2::Compression::fast(),
-        );
-        let mut b = tar::Builder::new(gz);
-        for (name, kind, link, data, mode) in entries {
-            let mut h = tar::Header::new_old();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            h.set_entry_type(*kind);
-            h.set_mode(*mode);
-            h.set_size(data.len() as u64);
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap().finish().unwrap();
+        crate::raw::write_raw_archive(&path, entries).unwrap();
         (dir, path)
     }
 
-    fn refused(entries: &[(&str, tar::EntryType, &str, &[u8], u32)], needle: &str) {
+    fn refused(entries: &[crate::raw::RawEntry], needle: &str) {
         let (dir, image) = hostile(entries);
         let dest = dir.path().join("root");
         let err = unpack(&image, &dest).unwrap_err().to_string();

@@ -14,17 +14,16 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(name = "gleaner", version, about = "gleaner command-line client")]
 struct Cli {
-    /// Agent URL.
-    #[arg(
-        long,
-        env = "GLEANER_AGENT",
-        default_value = "http://127.0.0.1:5051",
-        global = true
-    )]
-    agent: String,
-    /// File with the agent's bearer token.
+    /// Agent URL [default: from --config, else http://127.0.0.1:5051].
+    #[arg(long, env = "GLEANER_AGENT", global = true)]
+    agent: Option<String>,
+    /// File with the agent's bearer token [default: from --config].
     #[arg(long, env = "GLEANER_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// The agent's config file: its `listen` and `token_file` say where and
+    /// how to reach it.
+    #[arg(long, env = "GLEANER_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,8 +39,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         disk: f64,
         /// rootfs directory (default: the agent's default_rootfs).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "image")]
         rootfs: Option<PathBuf>,
+        /// rootfs image URI (file://, http://, https://), fetched and cached.
+        #[arg(long, requires = "sha256")]
+        image: Option<String>,
+        /// sha256 of the image.
+        #[arg(long, requires = "image")]
+        sha256: Option<String>,
         #[arg(long)]
         id: Option<String>,
         #[arg(long)]
@@ -63,7 +68,20 @@ enum Cmd {
         command: Vec<String>,
     },
     /// List tasks.
-    Ps,
+    Ps {
+        /// Only tasks that have not ended (queued, staging, running).
+        #[arg(long)]
+        unfinished: bool,
+        /// Ids only, one per line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Wait until the agent answers /v1/health (exit 1 after the timeout).
+    WaitHealthy {
+        /// Seconds; 0 checks once.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
     /// Show one task's status (JSON).
     Status { id: String },
     /// Kill a task (SIGTERM, then SIGKILL after its grace) and wait for the end.
@@ -129,8 +147,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// `listen` and `token_file` of an agent config file.
+fn from_agent_config(path: &std::path::Path) -> Result<(String, Option<PathBuf>), String> {
+    let cfg = gleaner_agent::config::AgentConfig::from_file(path).map_err(|e| e.to_string())?;
+    let addr = cfg.listen_addr().map_err(|e| e.to_string())?;
+    Ok((format!("http://{addr}"), cfg.token_file))
+}
+
 fn run(cli: Cli) -> Result<ExitCode, String> {
-    let token = match &cli.token_file {
+    let (config_url, config_token) = match &cli.config {
+        Some(path) => {
+            let (url, token) = from_agent_config(path)?;
+            (Some(url), token)
+        }
+        None => (None, None),
+    };
+    let agent = cli
+        .agent
+        .clone()
+        .or(config_url)
+        .unwrap_or_else(|| "http://127.0.0.1:5051".into());
+    let token_file = cli.token_file.clone().or(config_token);
+    let token = match &token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
                 .map_err(|e| format!("token file {}: {e}", p.display()))?
@@ -139,7 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         ),
         None => None,
     };
-    let client = Client::new(&cli.agent, token);
+    let client = Client::new(&agent, token);
     let err = |e: gleaner_agent::client::ClientError| e.to_string();
     match cli.cmd {
         Cmd::Run {
@@ -147,6 +185,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             mem,
             disk,
             rootfs,
+            image,
+            sha256,
             id,
             role,
             user,
@@ -166,6 +206,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 let abs = std::path::absolute(&r)
                     .map_err(|e| format!("--rootfs {}: {e}", r.display()))?;
                 spec["rootfs"] = json!({"path": abs});
+            }
+            if let (Some(uri), Some(sha256)) = (image, sha256) {
+                spec["rootfs"] = json!({"uri": uri, "sha256": sha256});
             }
             for (key, v) in [
                 ("id", id),
@@ -204,8 +247,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     }) as u8,
             ))
         }
-        Cmd::Ps => {
-            let tasks: Vec<TaskStatus> = client.get("/v1/tasks").map_err(err)?;
+        Cmd::Ps { unfinished, quiet } => {
+            let mut tasks: Vec<TaskStatus> = client.get("/v1/tasks").map_err(err)?;
+            if unfinished {
+                tasks.retain(|t| !t.state.is_final());
+            }
+            if quiet {
+                for t in tasks {
+                    println!("{}", t.id);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<28} {:<10} {:<10} {:<14} {:>8} {:>6} {:>8}",
                 "ID", "ROLE", "STATE", "REASON", "PID", "CPUS", "MEM_MB"
@@ -214,6 +266,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 print_line(&t);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::WaitHealthy { timeout } => {
+            if !(timeout.is_finite() && timeout >= 0.0) {
+                return Err(format!("--timeout {timeout}: must be >= 0"));
+            }
+            let start = Instant::now();
+            loop {
+                match client.get::<serde_json::Value>("/v1/health") {
+                    Ok(_) => {
+                        println!("healthy after {:.2} s", start.elapsed().as_secs_f64());
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) if start.elapsed().as_secs_f64() >= timeout => {
+                        return Err(format!("{agent} not healthy after {timeout} s: {e}"))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
         }
         Cmd::Status { id } => {
             let v: serde_json::Value = client.get(&format!("/v1/tasks/{id}")).map_err(err)?;

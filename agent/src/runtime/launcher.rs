@@ -10,7 +10,7 @@ use super::{cgroup_rel, Agent, Task, TaskRef};
 use crate::cgroup::{CpuLimit, Limits};
 use crate::fsutil;
 use crate::layout::SANDBOX_IN_ROOTFS;
-use crate::spec::CpuLimitKind;
+use crate::spec::{CpuLimitKind, RootfsSpec};
 use crate::status::{Reason, TaskState};
 use crate::supervisor::{ensure_mount_points, LaunchConfig, SupervisorRecord};
 
@@ -18,9 +18,31 @@ impl Agent {
     /// Launches the task's current run; on return the task is RUNNING or
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
-        let (id, run, dir, prepared) = {
+        let image = {
             let mut t = task.lock().unwrap();
             t.record.status.state = TaskState::Staging;
+            t.record
+                .spec
+                .rootfs
+                .as_ref()
+                .and_then(|r| r.uri.clone().zip(r.sha256.clone()))
+        };
+        if let Some((uri, sha256)) = image {
+            let fetched = self.images.ensure(&uri, &sha256).await;
+            self.images.evict(&self.images_in_use());
+            if let Err(e) = fetched {
+                return self.run_failed(task, Reason::RootfsInvalid, e.to_string());
+            }
+        }
+        let (id, run, dir, prepared) = {
+            let mut t = task.lock().unwrap();
+            if let Some(reason) = t.pending_stop.take() {
+                // Stopped while its image was being fetched: never started.
+                let (state, reason) = crate::status::stopped(reason);
+                t.record.status.finished_at = Some(Utc::now());
+                self.destroy_task_cgroup(&t.record);
+                return self.finish_run(task, &mut t, state, reason);
+            }
             let prepared = self.prepare(&mut t);
             (
                 t.record.status.id.clone(),
@@ -67,8 +89,13 @@ impl Agent {
     }
 
     pub(crate) fn launch_failed(self: &Arc<Self>, task: &TaskRef, msg: String) {
+        self.run_failed(task, Reason::LaunchFailed, msg)
+    }
+
+    /// The current run ended before its command started.
+    fn run_failed(self: &Arc<Self>, task: &TaskRef, reason: Reason, msg: String) {
         let mut t = task.lock().unwrap();
-        tracing::warn!(task = %t.record.status.id, "launch failed: {msg}");
+        tracing::warn!(task = %t.record.status.id, ?reason, "launch failed: {msg}");
         self.counters
             .launch_failures
             .fetch_add(1, Ordering::Relaxed);
@@ -79,22 +106,35 @@ impl Agent {
         st.signal = None;
         st.pid = None;
         st.finished_at = Some(Utc::now());
-        self.finish_run(task, &mut t, TaskState::Failed, Some(Reason::LaunchFailed));
+        self.finish_run(task, &mut t, TaskState::Failed, Some(reason));
     }
 
     /// Everything before the supervisor: sandbox, cgroup, launch.json.
     fn prepare(&self, t: &mut Task) -> Result<(), String> {
         let spec = &t.record.spec;
-        let rootfs = spec
-            .rootfs
-            .as_ref()
-            .and_then(|r| r.path.clone())
-            .ok_or("task has no rootfs path")?;
+        let rootfs = match spec.rootfs.as_ref() {
+            Some(RootfsSpec {
+                path: Some(path), ..
+            }) => path.clone(),
+            Some(RootfsSpec {
+                sha256: Some(sha256),
+                ..
+            }) => self.images.rootfs(sha256),
+            _ => return Err("task has no rootfs".into()),
+        };
         let user = spec
             .user
             .clone()
             .unwrap_or_else(|| self.cfg.default_user.clone());
         let (uid, gid) = crate::userdb::resolve(&rootfs, &user).map_err(|e| e.to_string())?;
+        // Checked at submission for a rootfs by path; an image's users are
+        // known only once it is unpacked.
+        if uid == 0 && !self.cfg.root_roles.contains(&spec.role) {
+            return Err(format!(
+                "user {user:?} is root in the image; role {:?} may not run tasks as root (config root_roles)",
+                spec.role
+            ));
+        }
         ensure_mount_points(&rootfs).map_err(|e| e.to_string())?;
 
         let dir = &t.dir;

@@ -10,6 +10,7 @@ pub use attributes::{Source, Sourced};
 pub use queue::{ReservationChange, RoleUsage};
 
 mod attributes;
+mod disk;
 mod drain;
 pub(crate) mod etcd;
 mod launcher;
@@ -138,6 +139,9 @@ pub struct Counters {
     pub launch_failures: AtomicU64,
     pub restarts: AtomicU64,
     pub preemptions: AtomicU64,
+    /// The last disk quota sweep: its cost and how many tasks it measured.
+    pub disk_scan_us: AtomicU64,
+    pub disk_scanned: AtomicU64,
 }
 
 pub struct Agent {
@@ -163,6 +167,7 @@ pub struct Agent {
     recovering: std::sync::atomic::AtomicBool,
     attributes: Mutex<attributes::AttributeStore>,
     etcd: Option<Arc<etcd::EtcdLink>>,
+    images: crate::images::ImageCache,
     pub counters: Counters,
 }
 
@@ -201,6 +206,8 @@ impl Agent {
                 .map_err(StartError::State)?;
         fsutil::create_dir_all(&data.tasks())?;
         fsutil::create_dir_all(&data.run())?;
+        let images = crate::images::ImageCache::open(data.images(), cfg.fetch_limits())
+            .map_err(|e| StartError::State(e.to_string()))?;
         let agent = Arc::new(Agent {
             node_id: cfg.node_id(),
             cfg,
@@ -218,6 +225,7 @@ impl Agent {
             recovering: std::sync::atomic::AtomicBool::new(true),
             attributes: Mutex::new(attribute_store),
             etcd: etcd_link,
+            images,
             counters: Counters::default(),
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
@@ -225,6 +233,7 @@ impl Agent {
         agent.recover()?;
         agent.recovering.store(false, Ordering::SeqCst);
         watcher::spawn(agent.clone(), socket);
+        disk::spawn(agent.clone());
         if let Some(link) = agent.etcd.clone() {
             tokio::spawn(etcd::run(agent.clone(), link));
         }
@@ -237,6 +246,11 @@ impl Agent {
             "agent started"
         );
         Ok(agent)
+    }
+
+    /// (fetches, evictions) of the image cache.
+    pub fn image_counters(&self) -> (&AtomicU64, &AtomicU64) {
+        (&self.images.fetches, &self.images.evictions)
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -381,19 +395,33 @@ impl Agent {
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
         crate::constraints::parse(&spec.constraints)
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
-        let rootfs = self.check_rootfs(&spec)?;
-        spec.rootfs = Some(RootfsSpec {
-            path: Some(rootfs.clone()),
-            uri: None,
-            sha256: None,
-        });
         let user = spec
             .user
             .clone()
             .unwrap_or_else(|| self.cfg.default_user.clone());
-        let (uid, _) = crate::userdb::resolve(&rootfs, &user)
-            .map_err(|e| AgentError::Invalid(format!("user: {e}")))?;
-        if uid == 0 && !self.cfg.root_roles.contains(&spec.role) {
+        let uid = match spec.rootfs.as_mut() {
+            // An image: fetched when admitted; its users are checked then.
+            Some(RootfsSpec {
+                uri: Some(_),
+                sha256: Some(sha256),
+                ..
+            }) => {
+                sha256.make_ascii_lowercase();
+                (user == "root").then_some(0)
+            }
+            _ => {
+                let rootfs = self.check_rootfs(&spec)?;
+                spec.rootfs = Some(RootfsSpec {
+                    path: Some(rootfs.clone()),
+                    uri: None,
+                    sha256: None,
+                });
+                let (uid, _) = crate::userdb::resolve(&rootfs, &user)
+                    .map_err(|e| AgentError::Invalid(format!("user: {e}")))?;
+                Some(uid)
+            }
+        };
+        if uid == Some(0) && !self.cfg.root_roles.contains(&spec.role) {
             return Err(AgentError::Invalid(format!(
                 "user: role {:?} may not run tasks as root (config root_roles)",
                 spec.role
@@ -482,7 +510,10 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let mut own_unit = None;
         for unit in self.schedule_pass() {
-            if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m))) {
+            // A fetch can take minutes: the reply says STAGING instead.
+            if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m)))
+                && !unit.iter().any(|t| self.needs_fetch(t))
+            {
                 own_unit = Some(unit);
             } else {
                 let agent = self.clone();
@@ -514,6 +545,31 @@ impl Agent {
             self.destroy_task_cgroup(&t.record);
             let _ = std::fs::remove_dir_all(t.dir.root());
         }
+    }
+
+    fn needs_fetch(&self, task: &TaskRef) -> bool {
+        let t = task.lock().unwrap();
+        t.record
+            .spec
+            .rootfs
+            .as_ref()
+            .and_then(|r| r.sha256.as_deref())
+            .is_some_and(|sha| !self.images.is_cached(sha))
+    }
+
+    /// Digests of the images that unfinished tasks name: never evicted.
+    fn images_in_use(&self) -> std::collections::HashSet<String> {
+        let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+        tasks
+            .iter()
+            .filter_map(|t| {
+                let t = t.lock().unwrap();
+                if t.record.status.state.is_final() {
+                    return None;
+                }
+                t.record.spec.rootfs.as_ref()?.sha256.clone()
+            })
+            .collect()
     }
 
     fn generate_id(&self) -> String {

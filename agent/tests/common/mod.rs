@@ -448,6 +448,18 @@ pub fn kill_supervisors(data_dir: &Path) {
     }
 }
 
+/// Another binary of the workspace, built beside the agent by
+/// `cargo build --workspace`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let bin = PathBuf::from(AGENT_BIN).parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
 pub fn spec(cmd: &str) -> Value {
     serde_json::json!({"cmd": cmd, "resources": {"cpus": 0.5, "mem_mb": 64}})
 }

@@ -1,0 +1,441 @@
+//! Rootfs images named by URI: fetched (file, http, https), verified
+//! against their sha256, unpacked once into a content-addressed cache and
+//! shared read-only by every task that names them; evicted least recently
+//! used past a size.
+//!
+//! ```text
+//! <data-dir>/images/<sha256>/rootfs/     the unpacked image (never written after the rename)
+//! <data-dir>/images/<sha256>/image.json  uri, size; its mtime is the last use
+//! <data-dir>/images/.tmp/                downloads and unpacks in progress
+//! ```
+//!
+//! **An image directory exists only complete**: it is built under `.tmp`
+//! and renamed into place, so a crash leaves at most debris in `.tmp`,
+//! which start-up removes.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::fsutil;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("fetch {uri}: {reason}")]
+    Fetch {
+        uri: String,
+        reason: String,
+        /// Worth another attempt (network trouble, 5xx), as opposed to a
+        /// definite answer (404, a missing file).
+        transient: bool,
+    },
+    #[error("{uri}: larger than the {limit_mb} MB limit (image_max_mb)")]
+    TooLarge { uri: String, limit_mb: u64 },
+    #[error("{uri}: sha256 mismatch: expected {expected}, got {got}")]
+    Checksum {
+        uri: String,
+        expected: String,
+        got: String,
+    },
+    #[error("unpack {uri}: {reason}")]
+    Unpack { uri: String, reason: String },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |err| ImageError::Io {
+        path: path.to_owned(),
+        err,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimits {
+    pub max_bytes: u64,
+    /// Per attempt, connection to last byte.
+    pub timeout: Duration,
+    /// Attempts after the first, for transient failures.
+    pub retries: u32,
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ImageMeta {
+    uri: String,
+    sha256: String,
+    /// Unpacked size, what the cache limit counts.
+    bytes: u64,
+    archive_bytes: u64,
+}
+
+pub struct ImageCache {
+    dir: PathBuf,
+    limits: FetchLimits,
+    client: reqwest::Client,
+    /// One lock per image: concurrent tasks naming it wait for one fetch.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    seq: AtomicU64,
+    pub fetches: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+impl ImageCache {
+    /// Opens the cache under `dir`, removing what an interrupted fetch left.
+    pub fn open(dir: PathBuf, limits: FetchLimits) -> Result<Self, ImageError> {
+        let tmp = dir.join(".tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        fsutil::create_dir_all(&tmp).map_err(|e| ImageError::Io {
+            path: tmp.clone(),
+            err: std::io::Error::other(e.to_string()),
+        })?;
+        crate::client::install_tls_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| ImageError::Fetch {
+                uri: String::new(),
+                reason: format!("http client: {e}"),
+                transient: false,
+            })?;
+        Ok(ImageCache {
+            dir,
+            limits,
+            client,
+            locks: Mutex::default(),
+            seq: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        })
+    }
+
+    /// Where the image with this digest is (or will be) unpacked.
+    pub fn rootfs(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256).join("rootfs")
+    }
+
+    pub fn is_cached(&self, sha256: &str) -> bool {
+        self.rootfs(sha256).is_dir()
+    }
+
+    fn lock_for(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap()
+            .entry(sha256.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The unpacked image, fetched first unless cached. Marks it used.
+    pub async fn ensure(&self, uri: &str, sha256: &str) -> Result<PathBuf, ImageError> {
+        let lock = self.lock_for(sha256);
+        let _one_fetch = lock.lock().await;
+        let home = self.dir.join(sha256);
+        if self.is_cached(sha256) {
+            touch(&home.join("image.json"));
+            return Ok(self.rootfs(sha256));
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let work = self
+            .dir
+            .join(".tmp")
+            .join(format!("{sha256}.{}.{n}", std::process::id()));
+        let built = self.build(uri, sha256, &work).await;
+        let placed = built.and_then(|()| {
+            // A half-evicted copy may stand there; it is never used.
+            if home.exists() {
+                std::fs::remove_dir_all(&home).map_err(io_err(&home))?;
+            }
+            std::fs::rename(&work, &home).map_err(io_err(&home))
+        });
+        if placed.is_err() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        placed?;
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(uri, sha256, "image cached");
+        Ok(self.rootfs(sha256))
+    }
+
+    /// Fetch, verify, unpack into `work`.
+    async fn build(&self, uri: &str, sha256: &str, work: &Path) -> Result<(), ImageError> {
+        std::fs::create_dir_all(work).map_err(io_err(work))?;
+        let archive = work.join("image.tar.gz");
+        let archive_bytes = self.fetch(uri, sha256, &archive).await?;
+        let rootfs = work.join("rootfs");
+        let (uri_owned, archive2, rootfs2) = (uri.to_owned(), archive.clone(), rootfs.clone());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let stats =
+                gleaner_rootfs::unpack(&archive2, &rootfs2).map_err(|e| ImageError::Unpack {
+                    uri: uri_owned.clone(),
+                    reason: e.to_string(),
+                })?;
+            crate::supervisor::ensure_mount_points(&rootfs2).map_err(|e| ImageError::Unpack {
+                uri: uri_owned,
+                reason: e.to_string(),
+            })?;
+            Ok::<_, ImageError>(stats)
+        })
+        .await
+        .map_err(|e| ImageError::Unpack {
+            uri: uri.to_owned(),
+            reason: e.to_string(),
+        })??;
+        if unpacked.stripped > 0 {
+            tracing::warn!(
+                uri,
+                files = unpacked.stripped,
+                "setuid/setgid bits stripped"
+            );
+        }
+        std::fs::remove_file(&archive).map_err(io_err(&archive))?;
+        let meta = ImageMeta {
+            uri: uri.to_owned(),
+            sha256: sha256.to_owned(),
+            bytes: du(&rootfs),
+            archive_bytes,
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("image meta serialises");
+        let path = work.join("image.json");
+        std::fs::write(&path, json).map_err(io_err(&path))
+    }
+
+    /// Downloads with retries; returns the archive size.
+    async fn fetch(&self, uri: &str, sha256: &str, dest: &Path) -> Result<u64, ImageError> {
+        let mut attempt = 0;
+        loop {
+            let result = tokio::time::timeout(self.limits.timeout, self.fetch_once(uri, dest))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ImageError::Fetch {
+                        uri: uri.to_owned(),
+                        reason: format!("timed out after {:?}", self.limits.timeout),
+                        transient: true,
+                    })
+                });
+            match result {
+                Ok((got, bytes)) if got == sha256 => return Ok(bytes),
+                Ok((got, _)) => {
+                    return Err(ImageError::Checksum {
+                        uri: uri.to_owned(),
+                        expected: sha256.to_owned(),
+                        got,
+                    })
+                }
+                Err(ImageError::Fetch {
+                    transient: true,
+                    reason,
+                    ..
+                }) if attempt < self.limits.retries => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(250 << attempt.min(5));
+                    tracing::warn!(
+                        uri,
+                        attempt,
+                        "fetch failed ({reason}); retrying in {pause:?}"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt: streams into `dest`, hashing; returns (sha256, bytes).
+    async fn fetch_once(&self, uri: &str, dest: &Path) -> Result<(String, u64), ImageError> {
+        let fail = |reason: String, transient: bool| ImageError::Fetch {
+            uri: uri.to_owned(),
+            reason,
+            transient,
+        };
+        let mut out = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
+        let mut hash = Sha256::new();
+        let mut total = 0u64;
+        let limit = self.limits.max_bytes;
+        let too_large = || ImageError::TooLarge {
+            uri: uri.to_owned(),
+            limit_mb: limit >> 20,
+        };
+        if let Some(path) = uri.strip_prefix("file://") {
+            use tokio::io::AsyncReadExt;
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| fail(format!("{path}: {e}"), false))?;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| fail(format!("{path}: {e}"), true))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                if total > limit {
+                    return Err(too_large());
+                }
+                hash.update(&buf[..n]);
+                out.write_all(&buf[..n]).await.map_err(io_err(dest))?;
+            }
+        } else {
+            let mut resp = self
+                .client
+                .get(uri)
+                .send()
+                .await
+                .map_err(|e| fail(error_chain(&e), true))?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(fail(format!("HTTP {status}"), status.is_server_error()));
+            }
+            if resp.content_length().is_some_and(|n| n > limit) {
+                return Err(too_large());
+            }
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| fail(error_chain(&e), true))?
+            {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(too_large());
+                }
+                hash.update(&chunk);
+                out.write_all(&chunk).await.map_err(io_err(dest))?;
+            }
+        }
+        out.flush().await.map_err(io_err(dest))?;
+        Ok((hex(&hash.finalize()), total))
+    }
+
+    /// Removes least recently used images not in `in_use` until the cache
+    /// fits its size. Returns the digests removed.
+    pub fn evict(&self, in_use: &HashSet<String>) -> Vec<String> {
+        let mut images: Vec<(SystemTime, u64, String)> = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let meta_path = e.path().join("image.json");
+            let bytes = std::fs::read(&meta_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ImageMeta>(&b).ok())
+                .map_or(0, |m| m.bytes);
+            let used = std::fs::metadata(&meta_path)
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            images.push((used, bytes, name));
+        }
+        let mut total: u64 = images.iter().map(|i| i.1).sum();
+        images.sort();
+        let mut removed = Vec::new();
+        for (_, bytes, sha) in images {
+            if total <= self.limits.cache_bytes {
+                break;
+            }
+            if in_use.contains(&sha) {
+                continue;
+            }
+            // An image being fetched or handed out right now is skipped.
+            let lock = self.lock_for(&sha);
+            let Ok(_held) = lock.try_lock() else {
+                continue;
+            };
+            let home = self.dir.join(&sha);
+            let doomed = self.dir.join(".tmp").join(format!(
+                "evict.{sha}.{}",
+                self.seq.fetch_add(1, Ordering::Relaxed)
+            ));
+            if std::fs::rename(&home, &doomed).is_ok() {
+                let _ = std::fs::remove_dir_all(&doomed);
+                total = total.saturating_sub(bytes);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sha256 = %sha, bytes, "image evicted");
+                removed.push(sha);
+            }
+        }
+        removed
+    }
+}
+
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// reqwest's errors say little at the top level ("error sending request");
+/// the cause is below.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Disk space used under `root`, like `du`: allocated blocks, hard links
+/// counted once, symlinks not followed.
+pub fn du(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn du_counts_blocks_and_hard_links_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/a"), vec![1u8; 100_000]).unwrap();
+        std::fs::hard_link(dir.path().join("d/a"), dir.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("/usr", dir.path().join("l")).unwrap();
+        let n = du(dir.path());
+        assert!((100_000..200_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0xab, 0x01]), "ab01");
+    }
+}

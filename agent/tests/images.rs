@@ -1,0 +1,415 @@
+//! Issue 7: rootfs images by URI. Root only. Images are built with the real
+//! `gleaner-rootfs`, served by a small HTTP server of the test's own (it
+//! counts requests), fetched, verified, cached and shared read-only.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use gleaner_agent::status::{Reason, TaskState};
+use gleaner_rootfs::raw::{write_raw_archive, EntryType as T};
+use serde_json::{json, Value};
+
+/// Serves files by path over HTTP/1.1 and counts GETs per path.
+struct Server {
+    port: u16,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (f, h) = (files.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (f, h) = (f.clone(), h.clone());
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    let body = f.lock().unwrap().get(&path).cloned();
+                    let _ = match body {
+                        Some(b) => conn
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    b.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|()| conn.write_all(&b)),
+                        None => conn.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        ),
+                    };
+                });
+            }
+        });
+        Server { port, files, hits }
+    }
+
+    /// Serves `file` at `/name`; returns its URL.
+    fn serve(&self, name: &str, file: &Path) -> String {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(format!("/{name}"), std::fs::read(file).unwrap());
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn hits(&self, name: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .get(&format!("/{name}"))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// `gleaner-rootfs build --from busybox`, with a script at /opt/hello.sh
+/// and `extra` arguments; returns (image, sha256).
+fn build_image(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, String) {
+    let script = dir.join(format!("{name}.sh"));
+    std::fs::write(&script, format!("echo hello from {name}\n")).unwrap();
+    let image = dir.join(format!("{name}.tar.gz"));
+    let out = Command::new(workspace_bin("gleaner-rootfs"))
+        .args(["build", "--from", "busybox", "--add"])
+        .arg(format!("{}:/opt/hello.sh", script.display()))
+        .args(extra)
+        .arg("--output")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sha = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(sha.len(), 64, "{sha}");
+    (image, sha)
+}
+
+fn image_spec(id: &str, cmd: &str, uri: &str, sha: &str) -> Value {
+    json!({"id": id, "cmd": cmd, "rootfs": {"uri": uri, "sha256": sha},
+           "resources": {"cpus": 0.2, "mem_mb": 32}})
+}
+
+fn cached_images(agent: &TestAgent) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(agent.data_dir.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+fn leftover_work(agent: &TestAgent) -> Vec<PathBuf> {
+    std::fs::read_dir(agent.data_dir.join("images/.tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn an_image_over_http_is_fetched_once_and_shared_read_only() {
+    if !require_root("an_image_over_http_is_fetched_once_and_shared_read_only") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let server = Server::start();
+    let (image, sha) = build_image(agent.tmp(), "app", &[]);
+    let uri = server.serve("app.tar.gz", &image);
+
+    // Two tasks naming the same image at once: one fetch. The reply does
+    // not wait for the fetch.
+    let a = agent
+        .submit(image_spec("a", "sh /opt/hello.sh; sleep 600", &uri, &sha))
+        .unwrap();
+    let b = agent
+        .submit(image_spec("b", "sh /opt/hello.sh; sleep 600", &uri, &sha))
+        .unwrap();
+    assert!(
+        matches!(a.state, TaskState::Staging | TaskState::Running),
+        "{a:?}"
+    );
+    assert!(
+        matches!(b.state, TaskState::Staging | TaskState::Running),
+        "{b:?}"
+    );
+    for id in ["a", "b"] {
+        agent.wait_state(id, TaskState::Running, LONG);
+        agent.wait_output(id, "hello from app");
+    }
+    assert_eq!(server.hits("app.tar.gz"), 1, "one fetch for two tasks");
+    assert_eq!(cached_images(&agent), vec![sha.clone()]);
+
+    // Cached now: no fetch, and the reply already says RUNNING.
+    let c = agent
+        .submit(image_spec("c", "sh /opt/hello.sh", &uri, &sha))
+        .unwrap();
+    assert_ne!(c.state, TaskState::Staging, "{c:?}");
+    assert_eq!(agent.wait_final("c", LONG).state, TaskState::Finished);
+    assert_eq!(server.hits("app.tar.gz"), 1);
+
+    // The image is shared read-only; the sandbox and /tmp are the task's.
+    let w = agent
+        .submit(image_spec(
+            "w",
+            "echo x > /tmp/t && echo y > /sandbox/s && touch /bin/evil",
+            &uri,
+            &sha,
+        ))
+        .unwrap();
+    let _ = w;
+    let w = agent.wait_final("w", LONG);
+    assert_eq!(w.state, TaskState::Failed, "{w:?}");
+    assert!(
+        agent.logs("w", "stderr").contains("Read-only file system"),
+        "{}",
+        agent.logs("w", "stderr")
+    );
+    assert!(!agent
+        .data_dir
+        .join(format!("images/{sha}/rootfs/bin/evil"))
+        .exists());
+    // A file:// uri to the same digest is the same cached image.
+    let f = agent
+        .submit(image_spec(
+            "f",
+            "sh /opt/hello.sh",
+            &format!("file://{}", image.display()),
+            &sha,
+        ))
+        .unwrap();
+    assert_ne!(f.state, TaskState::Staging);
+    assert_eq!(agent.wait_final("f", LONG).state, TaskState::Finished);
+
+    for id in ["a", "b"] {
+        agent.kill(id);
+    }
+    assert!(leftover_work(&agent).is_empty());
+}
+
+#[test]
+fn bad_images_fail_with_rootfs_invalid_and_leave_nothing() {
+    if !require_root("bad_images_fail_with_rootfs_invalid_and_leave_nothing") {
+        return;
+    }
+    let agent = TestAgent::start_with("image_fetch_retries = 1\nimage_fetch_timeout_s = 5");
+    let server = Server::start();
+    let dir = agent.tmp().to_owned();
+    let (image, sha) = build_image(&dir, "good", &[]);
+
+    let mut cases: Vec<(String, String, String, &str)> = Vec::new();
+    // Right image, wrong digest.
+    let wrong = "0".repeat(64);
+    cases.push((
+        "checksum".into(),
+        server.serve("good.tar.gz", &image),
+        wrong,
+        "sha256 mismatch",
+    ));
+    // An archive cut short (with the digest of what is served).
+    let bytes = std::fs::read(&image).unwrap();
+    let cut = dir.join("cut.tar.gz");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    cases.push((
+        "truncated".into(),
+        server.serve("cut.tar.gz", &cut),
+        sha256_of(&cut),
+        "unpack",
+    ));
+    // Nothing listens there; and a 404.
+    cases.push((
+        "unreachable".into(),
+        format!("http://127.0.0.1:{}/x.tar.gz", free_port()),
+        sha.clone(),
+        "fetch",
+    ));
+    cases.push((
+        "missing".into(),
+        format!("http://127.0.0.1:{}/nope.tar.gz", server.port),
+        sha.clone(),
+        "404",
+    ));
+    // Hostile archives, each kind.
+    let hostile: Vec<(&str, Vec<gleaner_rootfs::raw::RawEntry>, &str)> = vec![
+        (
+            "absolute",
+            vec![("/etc/evil", T::Regular, "", b"x", 0o644)],
+            "absolute path",
+        ),
+        (
+            "dotdot",
+            vec![("a/../../evil", T::Regular, "", b"x", 0o644)],
+            "'..'",
+        ),
+        (
+            "symlink",
+            vec![("up", T::Symlink, "../../..", b"", 0o777)],
+            "escapes",
+        ),
+        (
+            "hardlink",
+            vec![("hl", T::Link, "../../etc/passwd", b"", 0o644)],
+            "leaves the target",
+        ),
+        (
+            "through",
+            vec![
+                ("link", T::Symlink, "/", b"", 0o777),
+                ("link/evil", T::Regular, "", b"x", 0o644),
+            ],
+            "not a directory",
+        ),
+        (
+            "device",
+            vec![("dev/sda", T::Block, "", b"", 0o600)],
+            "device node",
+        ),
+    ];
+    for (name, entries, needle) in &hostile {
+        let path = dir.join(format!("{name}.tar.gz"));
+        write_raw_archive(&path, entries).unwrap();
+        cases.push((
+            name.to_string(),
+            format!("file://{}", path.display()),
+            sha256_of(&path),
+            needle,
+        ));
+    }
+
+    for (id, uri, digest, _) in &cases {
+        agent.submit(image_spec(id, "true", uri, digest)).unwrap();
+    }
+    for (id, _, _, needle) in &cases {
+        let s = agent.wait_final(id, LONG);
+        assert_eq!(s.state, TaskState::Failed, "{id}: {s:?}");
+        assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{id}: {s:?}");
+        let msg = s.message.clone().unwrap_or_default();
+        assert!(msg.contains(needle), "{id}: {msg:?} lacks {needle:?}");
+    }
+    assert!(
+        cached_images(&agent).is_empty(),
+        "{:?}",
+        cached_images(&agent)
+    );
+    assert!(
+        leftover_work(&agent).is_empty(),
+        "{:?}",
+        leftover_work(&agent)
+    );
+    assert!(!Path::new("/etc/evil").exists() && !dir.parent().unwrap().join("evil").exists());
+
+    // Bad input at submission: 400, nothing created.
+    let e = agent
+        .submit(image_spec("s3", "true", "s3://bucket/i.tar.gz", &sha))
+        .unwrap_err();
+    assert!(e.to_string().contains("rootfs.uri"), "{e}");
+    let e = agent
+        .submit(
+            json!({"id": "nodigest", "cmd": "true", "rootfs": {"uri": "http://127.0.0.1/i.tar.gz"},
+                       "resources": {"cpus": 0.2, "mem_mb": 32}}),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("rootfs.sha256"), "{e}");
+    assert!(!agent.data_dir.join("tasks/s3").exists());
+}
+
+fn sha256_of(path: &Path) -> String {
+    gleaner_rootfs::sha256_file(path).unwrap()
+}
+
+#[test]
+fn a_task_over_its_disk_mb_ends_with_disk_limit() {
+    if !require_root("a_task_over_its_disk_mb_ends_with_disk_limit") {
+        return;
+    }
+    let agent = TestAgent::start_with("disk_check_interval_s = 0.5");
+    let mut big =
+        spec("dd if=/dev/zero of=/sandbox/big bs=1M count=50 2>/dev/null; echo written; sleep 600");
+    big["id"] = json!("big");
+    big["resources"]["disk_mb"] = json!(10);
+    let mut small =
+        spec("dd if=/dev/zero of=/tmp/small bs=1M count=2 2>/dev/null; echo written; sleep 600");
+    small["id"] = json!("small");
+    small["resources"]["disk_mb"] = json!(10);
+    agent.submit(big).unwrap();
+    agent.submit(small).unwrap();
+    let s = agent.wait_final("big", Duration::from_secs(20));
+    assert_eq!(s.state, TaskState::Failed, "{s:?}");
+    assert_eq!(s.reason, Some(Reason::DiskLimit), "{s:?}");
+    agent.wait_output("small", "written");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent.status("small").state, TaskState::Running);
+    let metrics = agent.client.get_text("/metrics").unwrap();
+    assert!(metrics.contains("gleaner_disk_scan_seconds"), "{metrics}");
+    agent.kill("small");
+}
+
+#[test]
+fn unused_images_are_evicted_least_recently_used_first() {
+    if !require_root("unused_images_are_evicted_least_recently_used_first") {
+        return;
+    }
+    // busybox unpacked is about 2 MB: room for one image.
+    let agent = TestAgent::start_with("image_cache_mb = 3");
+    let dir = agent.tmp().to_owned();
+    let (one, sha1) = build_image(&dir, "one", &[]);
+    let (two, sha2) = build_image(&dir, "two", &["--env", "K=2"]);
+    assert_ne!(sha1, sha2);
+    let uri = |p: &Path| format!("file://{}", p.display());
+
+    agent
+        .submit(image_spec("t1", "true", &uri(&one), &sha1))
+        .unwrap();
+    assert_eq!(agent.wait_final("t1", LONG).state, TaskState::Finished);
+    // t2 runs on: its image stays while a newer one comes in.
+    agent
+        .submit(image_spec("t2", "sleep 600", &uri(&two), &sha2))
+        .unwrap();
+    agent.wait_state("t2", TaskState::Running, LONG);
+    assert_eq!(
+        cached_images(&agent),
+        vec![sha2.clone()],
+        "one (unused, older) evicted"
+    );
+
+    agent
+        .submit(image_spec("t3", "true", &uri(&one), &sha1))
+        .unwrap();
+    assert_eq!(agent.wait_final("t3", LONG).state, TaskState::Finished);
+    let mut both = vec![sha1.clone(), sha2.clone()];
+    both.sort();
+    assert_eq!(
+        cached_images(&agent),
+        both,
+        "an image in use is never evicted"
+    );
+    agent.kill("t2");
+}
