@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --all-targets -q
+# The static tarball, for the packaging tests (a release build of its own).
+GLEANER_TARBALL=$(pwd)/$(bash packaging/build-tarball.sh)
+export GLEANER_TARBALL
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # No doc-tests: the crates have none, and an empty run would close the log.
