@@ -276,6 +276,38 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
+    /// The tarball's agent.toml shows every key, and parses once its
+    /// commented defaults are uncommented (so they are right).
+    #[test]
+    fn the_shipped_config_lists_every_key_at_its_default() {
+        let text =
+            include_str!("../../packaging/etc/agent.toml.in").replace("@PREFIX@", "/opt/gleaner");
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| !r.starts_with(' ') && !r.is_empty())
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: AgentConfig = toml::from_str(&uncommented).unwrap();
+        let all = toml::Value::try_from(AgentConfig::default()).unwrap();
+        for key in all.as_table().unwrap().keys() {
+            assert!(
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} =")) || l == format!("[{key}]")),
+                "packaging/etc/agent.toml.in lacks {key}"
+            );
+        }
+        let d = AgentConfig::default();
+        assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.image_cache_mb, d.image_cache_mb);
+        assert_eq!(parsed.disk_check_interval_s, d.disk_check_interval_s);
+        assert_eq!(parsed.data_dir, PathBuf::from("/opt/gleaner/var/lib"));
+    }
+
     #[test]
     fn defaults_match_the_spec() {
         let c = AgentConfig::load(None, &Overrides::default()).unwrap();

@@ -99,6 +99,33 @@ pub fn parse_interval(s: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
 
+    /// The tarball's monitor.toml shows every key; uncommented, its values
+    /// are the defaults.
+    #[test]
+    fn the_shipped_config_lists_every_key_at_its_default() {
+        let text = include_str!("../../packaging/etc/monitor.toml.in");
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| !r.starts_with(' ') && !r.is_empty())
+                    .unwrap_or(l)
+            })
+            .filter(|l| !l.starts_with("max =") && !l.starts_with("token_file ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: MonitorConfig = toml::from_str(&uncommented).unwrap();
+        let d = MonitorConfig::default();
+        assert_eq!(
+            toml::Value::try_from(&parsed).unwrap(),
+            toml::Value::try_from(&d).unwrap(),
+            "uncommented monitor.toml.in differs from the defaults"
+        );
+        for key in ["token_file", "max ="] {
+            assert!(text.contains(key), "monitor.toml.in lacks {key}");
+        }
+    }
+
     #[test]
     fn intervals() {
         assert_eq!(parse_interval("1s"), Ok(1.0));
