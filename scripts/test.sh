@@ -11,7 +11,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # No doc-tests: the crates have none, and an empty run would close the log.
 set +e
-cargo test --workspace --lib --bins --tests -- --test-threads=4 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=4 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

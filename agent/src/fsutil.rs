@@ -57,7 +57,11 @@ fn write_atomic_with(path: &Path, data: &[u8], durable: bool) -> Result<(), FsEr
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per call: two writers of one file (a durable record and a
+    // derived state) must not rename each other's temp file away.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)

@@ -508,13 +508,16 @@ impl Agent {
         mine: &[TaskRef],
         durable: DurableWrite,
     ) -> Result<(), AgentError> {
-        let mut own_unit = None;
+        let (mut own_unit, mut fetching) = (None, None);
         for unit in self.schedule_pass() {
-            // A fetch can take minutes: the reply says STAGING instead.
-            if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m)))
-                && !unit.iter().any(|t| self.needs_fetch(t))
-            {
-                own_unit = Some(unit);
+            if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m))) {
+                // A fetch can take minutes: the reply says STAGING, and the
+                // fetch starts once the record is durable.
+                if unit.iter().any(|t| self.needs_fetch(t)) {
+                    fetching = Some(unit);
+                } else {
+                    own_unit = Some(unit);
+                }
             } else {
                 let agent = self.clone();
                 tokio::spawn(async move { agent.launch_unit(unit).await });
@@ -532,6 +535,10 @@ impl Agent {
         {
             self.abandon(mine);
             return Err(AgentError::Internal(format!("record task: {e}")));
+        }
+        if let Some(unit) = fetching {
+            let agent = self.clone();
+            tokio::spawn(async move { agent.launch_unit(unit).await });
         }
         Ok(())
     }
