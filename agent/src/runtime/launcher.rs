@@ -28,8 +28,12 @@ impl Agent {
                 .and_then(|r| r.uri.clone().zip(r.sha256.clone()))
         };
         if let Some((uri, sha256)) = image {
+            let cached = self.images.is_cached(&sha256);
             let fetched = self.images.ensure(&uri, &sha256).await;
-            self.images.evict(&self.images_in_use());
+            // The cache grows only by a fetch: only then can it be over.
+            if !cached {
+                self.images.evict(&self.images_in_use());
+            }
             if let Err(e) = fetched {
                 return self.run_failed(task, Reason::RootfsInvalid, e.to_string());
             }
