@@ -23,8 +23,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::fsutil;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("fetch {uri}: {reason}")]
@@ -93,10 +91,7 @@ impl ImageCache {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
-        fsutil::create_dir_all(&tmp).map_err(|e| ImageError::Io {
-            path: tmp.clone(),
-            err: std::io::Error::other(e.to_string()),
-        })?;
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         crate::client::install_tls_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
@@ -151,7 +146,7 @@ impl ImageCache {
             .join(format!("{sha256}.{}.{n}", std::process::id()));
         let built = self.build(uri, sha256, &work).await;
         let placed = built.and_then(|()| {
-            // A half-evicted copy may stand there; it is never used.
+            // A copy without its rootfs (damaged by hand) may stand there.
             if home.exists() {
                 std::fs::remove_dir_all(&home).map_err(io_err(&home))?;
             }
@@ -173,7 +168,7 @@ impl ImageCache {
         let archive_bytes = self.fetch(uri, sha256, &archive).await?;
         let rootfs = work.join("rootfs");
         let (uri_owned, archive2, rootfs2) = (uri.to_owned(), archive.clone(), rootfs.clone());
-        let unpacked = tokio::task::spawn_blocking(move || {
+        let (unpacked, bytes) = tokio::task::spawn_blocking(move || {
             let stats =
                 gleaner_rootfs::unpack(&archive2, &rootfs2).map_err(|e| ImageError::Unpack {
                     uri: uri_owned.clone(),
@@ -183,7 +178,7 @@ impl ImageCache {
                 uri: uri_owned,
                 reason: e.to_string(),
             })?;
-            Ok::<_, ImageError>(stats)
+            Ok::<_, ImageError>((stats, du(&rootfs2)))
         })
         .await
         .map_err(|e| ImageError::Unpack {
@@ -201,7 +196,7 @@ impl ImageCache {
         let meta = ImageMeta {
             uri: uri.to_owned(),
             sha256: sha256.to_owned(),
-            bytes: du(&rootfs),
+            bytes,
             archive_bytes,
         };
         let json = serde_json::to_vec_pretty(&meta).expect("image meta serialises");
@@ -257,13 +252,13 @@ impl ImageCache {
             reason,
             transient,
         };
-        let mut out = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
-        let mut hash = Sha256::new();
-        let mut total = 0u64;
-        let limit = self.limits.max_bytes;
-        let too_large = || ImageError::TooLarge {
-            uri: uri.to_owned(),
-            limit_mb: limit >> 20,
+        let mut sink = Sink {
+            out: tokio::fs::File::create(dest).await.map_err(io_err(dest))?,
+            dest,
+            hash: Sha256::new(),
+            total: 0,
+            limit: self.limits.max_bytes,
+            uri,
         };
         if let Some(path) = uri.strip_prefix("file://") {
             use tokio::io::AsyncReadExt;
@@ -279,12 +274,7 @@ impl ImageCache {
                 if n == 0 {
                     break;
                 }
-                total += n as u64;
-                if total > limit {
-                    return Err(too_large());
-                }
-                hash.update(&buf[..n]);
-                out.write_all(&buf[..n]).await.map_err(io_err(dest))?;
+                sink.put(&buf[..n]).await?;
             }
         } else {
             let mut resp = self
@@ -297,24 +287,19 @@ impl ImageCache {
             if !status.is_success() {
                 return Err(fail(format!("HTTP {status}"), status.is_server_error()));
             }
-            if resp.content_length().is_some_and(|n| n > limit) {
-                return Err(too_large());
+            if resp.content_length().is_some_and(|n| n > sink.limit) {
+                return Err(sink.too_large());
             }
             while let Some(chunk) = resp
                 .chunk()
                 .await
                 .map_err(|e| fail(error_chain(&e), true))?
             {
-                total += chunk.len() as u64;
-                if total > limit {
-                    return Err(too_large());
-                }
-                hash.update(&chunk);
-                out.write_all(&chunk).await.map_err(io_err(dest))?;
+                sink.put(&chunk).await?;
             }
         }
-        out.flush().await.map_err(io_err(dest))?;
-        Ok((hex(&hash.finalize()), total))
+        sink.out.flush().await.map_err(io_err(dest))?;
+        Ok((hex(&sink.hash.finalize()), sink.total))
     }
 
     /// Removes least recently used images not in `in_use` until the cache
@@ -368,6 +353,34 @@ impl ImageCache {
             }
         }
         removed
+    }
+}
+
+/// Where a download goes: a file, a running hash, and the size limit.
+struct Sink<'a> {
+    out: tokio::fs::File,
+    dest: &'a Path,
+    hash: Sha256,
+    total: u64,
+    limit: u64,
+    uri: &'a str,
+}
+
+impl Sink<'_> {
+    async fn put(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.total += bytes.len() as u64;
+        if self.total > self.limit {
+            return Err(self.too_large());
+        }
+        self.hash.update(bytes);
+        self.out.write_all(bytes).await.map_err(io_err(self.dest))
+    }
+
+    fn too_large(&self) -> ImageError {
+        ImageError::TooLarge {
+            uri: self.uri.to_owned(),
+            limit_mb: self.limit >> 20,
+        }
     }
 }
 

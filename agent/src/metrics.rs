@@ -69,12 +69,12 @@ pub fn render(agent: &Agent) -> String {
         (
             "gleaner_image_fetches_total",
             "Rootfs images fetched into the cache.",
-            &agent.image_counters().0,
+            agent.image_counters().0,
         ),
         (
             "gleaner_image_evictions_total",
             "Rootfs images evicted from the cache.",
-            &agent.image_counters().1,
+            agent.image_counters().1,
         ),
     ] {
         let _ = writeln!(

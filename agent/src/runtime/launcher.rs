@@ -31,8 +31,10 @@ impl Agent {
             let cached = self.images.is_cached(&sha256);
             let fetched = self.images.ensure(&uri, &sha256).await;
             // The cache grows only by a fetch: only then can it be over.
+            // Removing an image is file-system work, off the runtime.
             if !cached {
-                self.images.evict(&self.images_in_use());
+                let (agent, in_use) = (self.clone(), self.images_in_use());
+                let _ = tokio::task::spawn_blocking(move || agent.images.evict(&in_use)).await;
             }
             if let Err(e) = fetched {
                 return self.run_failed(task, Reason::RootfsInvalid, e.to_string());
@@ -44,7 +46,6 @@ impl Agent {
                 // Stopped while its image was being fetched: never started.
                 let (state, reason) = crate::status::stopped(reason);
                 t.record.status.finished_at = Some(Utc::now());
-                self.destroy_task_cgroup(&t.record);
                 return self.finish_run(task, &mut t, state, reason);
             }
             let prepared = self.prepare(&mut t);
@@ -133,12 +134,8 @@ impl Agent {
         let (uid, gid) = crate::userdb::resolve(&rootfs, &user).map_err(|e| e.to_string())?;
         // Checked at submission for a rootfs by path; an image's users are
         // known only once it is unpacked.
-        if uid == 0 && !self.cfg.root_roles.contains(&spec.role) {
-            return Err(format!(
-                "user {user:?} is root in the image; role {:?} may not run tasks as root (config root_roles)",
-                spec.role
-            ));
-        }
+        self.check_root(uid, &spec.role)
+            .map_err(|e| format!("user {user:?} is root in the image: {e}"))?;
         ensure_mount_points(&rootfs).map_err(|e| e.to_string())?;
 
         let dir = &t.dir;

@@ -421,11 +421,9 @@ impl Agent {
                 Some(uid)
             }
         };
-        if uid == Some(0) && !self.cfg.root_roles.contains(&spec.role) {
-            return Err(AgentError::Invalid(format!(
-                "user: role {:?} may not run tasks as root (config root_roles)",
-                spec.role
-            )));
+        if let Some(uid) = uid {
+            self.check_root(uid, &spec.role)
+                .map_err(|e| AgentError::Invalid(format!("user: {e}")))?;
         }
         let id = spec.id.clone().unwrap_or_else(|| self.generate_id());
         spec.id = Some(id.clone());
@@ -552,6 +550,16 @@ impl Agent {
             self.destroy_task_cgroup(&t.record);
             let _ = std::fs::remove_dir_all(t.dir.root());
         }
+    }
+
+    /// Root (uid 0) only for the roles the config allows.
+    fn check_root(&self, uid: u32, role: &str) -> Result<(), String> {
+        if uid == 0 && !self.cfg.root_roles.iter().any(|r| r == role) {
+            return Err(format!(
+                "role {role:?} may not run tasks as root (config root_roles)"
+            ));
+        }
+        Ok(())
     }
 
     fn needs_fetch(&self, task: &TaskRef) -> bool {
