@@ -8,7 +8,6 @@ pub mod api;
 pub mod cgroup;
 pub mod client;
 pub mod config;
-pub mod constraints;
 pub mod fleet;
 pub mod fsutil;
 pub mod images;
@@ -16,8 +15,10 @@ pub mod layout;
 pub mod metrics;
 pub mod procfs_util;
 pub mod runtime;
-pub mod scheduler;
-pub mod spec;
-pub mod status;
 pub mod supervisor;
 pub mod userdb;
+
+// Pure logic shared with the scheduler and the CLI lives in gleaner-core;
+// re-exported so `crate::spec::...` paths keep working.
+pub use gleaner_core::admission as scheduler;
+pub use gleaner_core::{constraints, spec, status};

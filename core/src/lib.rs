@@ -1,0 +1,16 @@
+//! gleaner-core: the pure decision code and wire types that more than one
+//! gleaner program needs (agent, scheduler, CLI). No I/O, no async runtime:
+//! everything here is unit-tested without root, etcd or a network.
+//!
+//! * [`spec`]: TaskSpec and its validation.
+//! * [`status`]: task states, TaskStatus, restart and backoff rules.
+//! * [`constraints`]: Marathon-style constraints, parsed and checked.
+//! * [`admission`]: one node's admission order (DRF across roles, priority
+//!   within) and preemption on shrink.
+//! * [`fleet`]: the fleet's etcd key layout and the JSON stored there.
+
+pub mod admission;
+pub mod constraints;
+pub mod fleet;
+pub mod spec;
+pub mod status;
