@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <data-dir>/
+//!   agent.lock               flock held by the one agent of this dir; its pid
 //!   reservations.json        per-role reservations           (agent writes)
 //!   attributes.json          last dynamic attributes seen    (agent writes)
 //!   run/notify.sock          supervisors report exits here (datagram)

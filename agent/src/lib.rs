@@ -8,6 +8,7 @@ pub mod api;
 pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod datalock;
 pub mod fleet;
 pub mod fsutil;
 pub mod images;

@@ -334,3 +334,80 @@ fn a_reused_pid_is_not_mistaken_for_the_supervisor() {
     impostor.wait().unwrap();
     assert_nothing_left(&agent);
 }
+
+/// Issue 21: a second agent on a live agent's data dir (an operator's
+/// mistake, uninstall's temporary agent) refuses at once, naming the
+/// holder, and touches nothing: not the image downloads in progress, not
+/// the notify socket, not a task dir still being created.
+#[test]
+fn a_second_agent_on_a_live_data_dir_refuses_and_touches_nothing() {
+    if !require_root("a_second_agent_on_a_live_data_dir_refuses_and_touches_nothing") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let st = agent.submit(spec("sleep 600")).unwrap();
+    agent.wait_for(&st.id, LONG, |s| s.state == TaskState::Running);
+    let download = agent.data_dir.join("images/.tmp/in-progress");
+    std::fs::write(&download, b"partial").unwrap();
+    let half = agent.data_dir.join("tasks/being-created");
+    std::fs::create_dir(&half).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let sock = agent.data_dir.join("run/notify.sock");
+    let sock_ino = std::fs::metadata(&sock).unwrap().ino();
+
+    // Another port, so that only the data dir is shared.
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+    let other = config.replace(
+        &agent.base.trim_start_matches("http://").to_string(),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    assert_ne!(config, other);
+    let second = agent.tmp().join("second.toml");
+    std::fs::write(&second, other).unwrap();
+    let mut child = std::process::Command::new(AGENT_BIN)
+        .arg("--config")
+        .arg(&second)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second agent kept running beside the first");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("pid {}", agent.agent_pid())),
+        "names the holder: {err}"
+    );
+    assert!(download.exists(), "images/.tmp was emptied");
+    assert!(half.is_dir(), "a task dir being created was removed");
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().ino(),
+        sock_ino,
+        "notify.sock taken over"
+    );
+    // The live agent still hears its supervisors: the task's exit arrives.
+    agent
+        .client
+        .delete::<Value>(&format!("/v1/tasks/{}", st.id))
+        .unwrap();
+    agent.wait_final(&st.id, LONG);
+    assert_nothing_left(&agent);
+}

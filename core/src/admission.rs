@@ -49,6 +49,15 @@ impl Amount {
             && self.mem_mb <= room.mem_mb + EPS
             && (room.disk_mb <= 0.0 || self.disk_mb <= room.disk_mb + EPS)
     }
+    /// Whether `self` fits in what `limit` leaves after `used`. Disk counts
+    /// only where the limit has some: a role's disk that is all used (free
+    /// 0 or below) admits nothing more, rather than reading as no limit.
+    pub fn fits_free(self, limit: Amount, used: Amount) -> bool {
+        let free = limit.sub(used);
+        self.cpus <= free.cpus + EPS
+            && self.mem_mb <= free.mem_mb + EPS
+            && (limit.disk_mb <= 0.0 || self.disk_mb <= free.disk_mb + EPS)
+    }
     /// Largest fraction of `total` this amount takes (cpu or memory).
     pub fn dominant_share(self, total: Amount) -> f64 {
         let share = |a: f64, t: f64| if t > 0.0 { a / t } else { 0.0 };
@@ -168,7 +177,7 @@ pub fn admit(
             }
             let Some(head) = units.get(*i) else { continue };
             let used = allocated.get(role).copied().unwrap_or_default();
-            if !head.need.fits(reserved.sub(used)) || !head.need.fits(host.sub(host_used)) {
+            if !head.need.fits_free(*reserved, used) || !head.need.fits_free(host, host_used) {
                 continue;
             }
             let share = used.dominant_share(host);
@@ -196,8 +205,9 @@ pub fn admit(
                 },
                 Some(_) if ahead > 0 => Wait::BehindOthers { ahead },
                 Some(reserved) => {
-                    let free = reserved.sub(allocated.get(role).copied().unwrap_or_default());
-                    if q.need.fits(free) {
+                    let used = allocated.get(role).copied().unwrap_or_default();
+                    let free = reserved.sub(used);
+                    if q.need.fits_free(*reserved, used) {
                         Wait::HostFull {
                             free: host.sub(host_used),
                         }
@@ -436,5 +446,36 @@ mod tests {
             .collect();
         let d = admit(&queue, &[], &res(&[("b", 1.0, 100.0)]), HOST);
         assert_eq!(d.start.len(), 10);
+    }
+
+    /// Issue 21: free disk of 0 or below used to read as "no disk limit".
+    #[test]
+    fn a_role_whose_disk_is_used_up_admits_no_more_disk() {
+        let disk = |cpus, mem, disk_mb| Amount {
+            cpus,
+            mem_mb: mem,
+            disk_mb,
+        };
+        let reserved: BTreeMap<String, Amount> =
+            [("b".to_string(), disk(8.0, 8192.0, 1000.0))].into();
+        let mut queued = q("more", "b", 0, 2, 0.1, 10.0);
+        queued.need.disk_mb = 10.0;
+        for held in [1000.0, 1200.0] {
+            let mut full = r("full", "b", 0, 1, 0.1, 10.0);
+            full.holds.disk_mb = held;
+            let d = admit(&[queued.clone()], &[full], &reserved, HOST);
+            assert!(d.start.is_empty(), "admitted with {held} MB of 1000 held");
+            assert!(matches!(d.waiting["more"], Wait::RoleFull { .. }));
+        }
+        // With room it starts; with no disk reservation disk is not counted.
+        let mut some = r("some", "b", 0, 1, 0.1, 10.0);
+        some.holds.disk_mb = 990.0;
+        assert_eq!(
+            admit(&[queued.clone()], &[some.clone()], &reserved, HOST).start,
+            ["more"]
+        );
+        some.holds.disk_mb = 5000.0;
+        let no_disk = res(&[("b", 8.0, 8192.0)]);
+        assert_eq!(admit(&[queued], &[some], &no_disk, HOST).start, ["more"]);
     }
 }

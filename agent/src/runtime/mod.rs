@@ -67,6 +67,8 @@ pub enum StartError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Lock(#[from] crate::datalock::LockError),
     #[error("{0}")]
     State(String),
 }
@@ -169,6 +171,8 @@ pub struct Agent {
     etcd: Option<Arc<etcd::EtcdLink>>,
     images: crate::images::ImageCache,
     pub counters: Counters,
+    /// One agent per data dir, for this agent's life.
+    _data_lock: crate::datalock::DataDirLock,
 }
 
 /// The node's view, for `/v1/state`.
@@ -192,6 +196,9 @@ impl Agent {
     /// Sets up cgroups and the data dir, recovers tasks from disk, and starts
     /// the exit watcher. Needs a tokio runtime.
     pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, StartError> {
+        // First: nothing under the data dir is touched while another agent
+        // holds it.
+        let data_lock = crate::datalock::DataDirLock::acquire(&cfg.data_dir)?;
         let cgroups = cgroup::detect(&cfg.cgroup_root, cfg.cgroup_version, &cfg.disable_features)?;
         let data = DataDir::new(&cfg.data_dir);
         let etcd_link = (!cfg.etcd.is_empty()).then(|| {
@@ -227,6 +234,7 @@ impl Agent {
             etcd: etcd_link,
             images,
             counters: Counters::default(),
+            _data_lock: data_lock,
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
         agent.restore_reservations().await?;
