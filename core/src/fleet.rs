@@ -361,8 +361,8 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Queue {
-    /// Weight in fair share: a queue with 2 gets twice the share of one
-    /// with 1.
+    /// As Armada: the queue's weight in fair share is `1 / priority_factor`,
+    /// so a queue with factor 2 gets half the share of a queue with 1.
     #[serde(default = "one")]
     pub priority_factor: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,9 +8,11 @@
 //! * [`admission`]: one node's admission order (DRF across roles, priority
 //!   within) and preemption on shrink.
 //! * [`fleet`]: the fleet's etcd key layout and the JSON stored there.
+//! * [`placement`]: fleet placement (fair share, fit, gangs), pure.
 
 pub mod admission;
 pub mod constraints;
 pub mod fleet;
+pub mod placement;
 pub mod spec;
 pub mod status;
