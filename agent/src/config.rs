@@ -71,6 +71,10 @@ pub struct AgentConfig {
     pub image_fetch_timeout_s: f64,
     /// Further attempts after a transient failure (network, HTTP 5xx).
     pub image_fetch_retries: u32,
+    /// Most bytes and entries one image may unpack to: a decompression
+    /// bomb fails the task with rootfs_invalid instead of filling the disk.
+    pub image_unpack_max_mb: u64,
+    pub image_unpack_max_entries: u64,
     /// How often each task's sandbox and /tmp are measured against disk_mb.
     pub disk_check_interval_s: f64,
 }
@@ -99,6 +103,8 @@ impl Default for AgentConfig {
             image_max_mb: 4096,
             image_fetch_timeout_s: 300.0,
             image_fetch_retries: 3,
+            image_unpack_max_mb: 16384,
+            image_unpack_max_entries: 1_000_000,
             disk_check_interval_s: 5.0,
         }
     }
@@ -218,6 +224,12 @@ impl AgentConfig {
         if self.image_max_mb == 0 {
             return Err(key("image_max_mb", "must be > 0"));
         }
+        if self.image_unpack_max_mb == 0 {
+            return Err(key("image_unpack_max_mb", "must be > 0"));
+        }
+        if self.image_unpack_max_entries == 0 {
+            return Err(key("image_unpack_max_entries", "must be > 0"));
+        }
         if let Some(p) = &self.default_rootfs {
             if !p.is_absolute() {
                 return Err(key("default_rootfs", "must be absolute"));
@@ -232,6 +244,10 @@ impl AgentConfig {
             timeout: std::time::Duration::from_secs_f64(self.image_fetch_timeout_s),
             retries: self.image_fetch_retries,
             cache_bytes: self.image_cache_mb << 20,
+            unpack: gleaner_rootfs::Budget {
+                max_bytes: self.image_unpack_max_mb << 20,
+                max_entries: self.image_unpack_max_entries,
+            },
         }
     }
 

@@ -62,6 +62,8 @@ pub struct FetchLimits {
     /// Attempts after the first, for transient failures.
     pub retries: u32,
     pub cache_bytes: u64,
+    /// What one image may unpack to.
+    pub unpack: gleaner_rootfs::Budget,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -168,12 +170,14 @@ impl ImageCache {
         let archive_bytes = self.fetch(uri, sha256, &archive).await?;
         let rootfs = work.join("rootfs");
         let (uri_owned, archive2, rootfs2) = (uri.to_owned(), archive.clone(), rootfs.clone());
+        let budget = self.limits.unpack;
         let (unpacked, bytes) = tokio::task::spawn_blocking(move || {
-            let stats =
-                gleaner_rootfs::unpack(&archive2, &rootfs2).map_err(|e| ImageError::Unpack {
+            let stats = gleaner_rootfs::unpack_with(&archive2, &rootfs2, budget).map_err(|e| {
+                ImageError::Unpack {
                     uri: uri_owned.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             crate::supervisor::ensure_mount_points(&rootfs2).map_err(|e| ImageError::Unpack {
                 uri: uri_owned,
                 reason: e.to_string(),

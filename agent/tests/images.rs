@@ -413,3 +413,78 @@ fn unused_images_are_evicted_least_recently_used_first() {
     );
     agent.kill("t2");
 }
+
+/// Issue 21: a hardlink through a symlink to a host directory, and an
+/// archive of a few MB that unpacks to 1 GB, fail their tasks with
+/// rootfs_invalid and leave nothing: no image, no work dir, no host file
+/// linked.
+#[test]
+fn a_hardlink_through_a_symlink_and_a_1gb_bomb_fail_and_leave_nothing() {
+    if !require_root("a_hardlink_through_a_symlink_and_a_1gb_bomb_fail_and_leave_nothing") {
+        return;
+    }
+    let agent = TestAgent::start_with("image_unpack_max_mb = 64");
+    let dir = agent.tmp().to_owned();
+    let host = dir.join("host");
+    std::fs::create_dir(&host).unwrap();
+    let secret = host.join("secret.txt");
+    std::fs::write(&secret, b"root only").unwrap();
+    let link = dir.join("link.tar.gz");
+    let target = host.display().to_string();
+    write_raw_archive(
+        &link,
+        &[
+            ("x", T::Symlink, &target, b"", 0o777),
+            ("h", T::Link, "x/secret.txt", b"", 0o644),
+        ],
+    )
+    .unwrap();
+    // 1 GB of zeros, sparse on disk, packed by the system's tar and gzip.
+    let src = dir.join("bomb");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::File::create(src.join("zeros"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let bomb = dir.join("bomb.tar.gz");
+    let out = Command::new("tar")
+        .arg("-czf")
+        .arg(&bomb)
+        .arg("-C")
+        .arg(&src)
+        .arg("zeros")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 8 << 20, "the bomb is {size} bytes");
+    for (id, path, needle) in [
+        ("link", &link, "through real directories only"),
+        ("bomb", &bomb, "decompression bomb"),
+    ] {
+        let uri = format!("file://{}", path.display());
+        agent
+            .submit(image_spec(id, "true", &uri, &sha256_of(path)))
+            .unwrap();
+        let s = agent.wait_final(id, LONG);
+        assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{id}: {s:?}");
+        let msg = s.message.clone().unwrap_or_default();
+        assert!(msg.contains(needle), "{id}: {msg:?} lacks {needle:?}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().nlink(),
+        1,
+        "host file linked"
+    );
+    assert!(
+        cached_images(&agent).is_empty(),
+        "{:?}",
+        cached_images(&agent)
+    );
+    assert!(
+        leftover_work(&agent).is_empty(),
+        "{:?}",
+        leftover_work(&agent)
+    );
+}

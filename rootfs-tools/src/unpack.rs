@@ -3,12 +3,17 @@
 //! Refused, with the entry named: absolute paths, `..`, symlinks whose
 //! target leaves the root (absolute targets are read as inside the root, as
 //! the task will see them), hardlinks to anything but a file already
-//! unpacked, device nodes and fifos. Never written through: a parent that
-//! is a symlink, or an existing symlink at the entry's path. setuid and
-//! setgid bits are stripped.
+//! unpacked whose path crosses no symlink (root ignores
+//! `protected_hardlinks`: `x -> /etc` then `h => x/shadow` would link a
+//! host file into the image), device nodes and fifos. Never written
+//! through: a parent that is a symlink, or an existing symlink at the
+//! entry's path. setuid and setgid bits are stripped.
+//!
+//! Budgets on unpacked bytes and entries stop a decompression bomb before
+//! it fills the disk; on any failure what this call created is removed.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -20,6 +25,25 @@ pub enum UnpackError {
     Io { path: PathBuf, err: io::Error },
     #[error("bad archive: {0}")]
     Archive(String),
+    #[error("unpacks to more than {limit} {what} (a decompression bomb?)")]
+    OverBudget { what: &'static str, limit: u64 },
+}
+
+/// What one image may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Budget {
+    /// 16 GiB and a million entries: far above any sane rootfs.
+    fn default() -> Self {
+        Budget {
+            max_bytes: 16 << 30,
+            max_entries: 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -103,6 +127,22 @@ fn parents(root: &Path, rel: &Path) -> Result<(), UnpackError> {
     Ok(())
 }
 
+/// Whether `rel` names a regular file under `root` reached through real
+/// directories only: no component is a symlink.
+fn plain_file(root: &Path, rel: &Path) -> bool {
+    let mut at = root.to_owned();
+    let mut parts = rel.components().peekable();
+    while let Some(c) = parts.next() {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if parts.peek().is_some() && m.is_dir() => {}
+            Ok(m) if parts.peek().is_none() && m.is_file() => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Removes what stands at `path` unless it is a directory we can reuse.
 fn clear(path: &Path) -> Result<(), UnpackError> {
     match fs::symlink_metadata(path) {
@@ -111,14 +151,54 @@ fn clear(path: &Path) -> Result<(), UnpackError> {
     }
 }
 
-/// Unpacks a gzip'd tar image into `dest` (created if missing).
+/// Unpacks a gzip'd tar image into `dest` (created if missing), within
+/// the default budget.
 pub fn unpack(image: &Path, dest: &Path) -> Result<Unpacked, UnpackError> {
+    unpack_with(image, dest, Budget::default())
+}
+
+/// Unpacks a gzip'd tar image into `dest` within `budget`.
+pub fn unpack_with(image: &Path, dest: &Path, budget: Budget) -> Result<Unpacked, UnpackError> {
     let file = fs::File::open(image).map_err(io_err(image))?;
-    unpack_tar(flate2::read::GzDecoder::new(file), dest)
+    unpack_tar_with(flate2::read::GzDecoder::new(file), dest, budget)
 }
 
 /// Unpacks an uncompressed tar stream into `dest`: what the fuzzer drives.
 pub fn unpack_tar(tar: impl io::Read, dest: &Path) -> Result<Unpacked, UnpackError> {
+    unpack_tar_with(tar, dest, Budget::default())
+}
+
+/// As `unpack_tar`, within `budget`. On failure nothing is left: `dest` is
+/// removed if this call created it, emptied if it was empty (into a
+/// non-empty directory, what was added stays: the agent always unpacks
+/// into a fresh one).
+pub fn unpack_tar_with(
+    tar: impl io::Read,
+    dest: &Path,
+    budget: Budget,
+) -> Result<Unpacked, UnpackError> {
+    let fresh = !dest.exists();
+    let was_empty = !fresh && fs::read_dir(dest).is_ok_and(|mut d| d.next().is_none());
+    let result = unpack_into(tar, dest, budget);
+    if result.is_err() {
+        if fresh {
+            let _ = fs::remove_dir_all(dest);
+        } else if was_empty {
+            if let Ok(entries) = fs::read_dir(dest) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    match fs::symlink_metadata(&p) {
+                        Ok(m) if m.is_dir() => drop(fs::remove_dir_all(&p)),
+                        _ => drop(fs::remove_file(&p)),
+                    }
+                }
+            }
+        }
+    }
+    result
+}
+
+fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpacked, UnpackError> {
     fs::create_dir_all(dest).map_err(io_err(dest))?;
     let mut archive = tar::Archive::new(tar);
     let mut stats = Unpacked::default();
@@ -135,6 +215,16 @@ pub fn unpack_tar(tar: impl io::Read, dest: &Path) -> Result<Unpacked, UnpackErr
         if rel.as_os_str().is_empty() {
             continue;
         }
+        if stats.entries as u64 >= budget.max_entries {
+            return Err(UnpackError::OverBudget {
+                what: "entries",
+                limit: budget.max_entries,
+            });
+        }
+        let over_bytes = UnpackError::OverBudget {
+            what: "bytes",
+            limit: budget.max_bytes,
+        };
         let path = dest.join(&rel);
         let mode = entry.header().mode().unwrap_or(0o644);
         let kept = mode & 0o1777;
@@ -154,6 +244,10 @@ pub fn unpack_tar(tar: impl io::Read, dest: &Path) -> Result<Unpacked, UnpackErr
                     .map_err(io_err(&path))?;
             }
             T::Regular | T::Continuous => {
+                let left = budget.max_bytes.saturating_sub(stats.bytes);
+                if entry.header().size().unwrap_or(0) > left {
+                    return Err(over_bytes);
+                }
                 clear(&path)?;
                 let mut out = fs::OpenOptions::new()
                     .write(true)
@@ -162,7 +256,13 @@ pub fn unpack_tar(tar: impl io::Read, dest: &Path) -> Result<Unpacked, UnpackErr
                     .mode(0o600)
                     .open(&path)
                     .map_err(io_err(&path))?;
-                stats.bytes += io::copy(&mut entry, &mut out).map_err(io_err(&path))?;
+                // Never more than the budget is written, whatever the header says.
+                let wrote =
+                    io::copy(&mut (&mut entry).take(left + 1), &mut out).map_err(io_err(&path))?;
+                if wrote > left {
+                    return Err(over_bytes);
+                }
+                stats.bytes += wrote;
                 fs::set_permissions(&path, fs::Permissions::from_mode(kept & 0o777))
                     .map_err(io_err(&path))?;
             }
@@ -194,17 +294,14 @@ pub fn unpack_tar(tar: impl io::Read, dest: &Path) -> Result<Unpacked, UnpackErr
                     )
                 })?;
                 let source = dest.join(&target_rel);
-                match fs::symlink_metadata(&source) {
-                    Ok(m) if m.is_file() => {}
-                    _ => {
-                        return Err(refuse(
-                            &rel,
-                            format!(
-                                "hardlink to {}: not a file unpacked before it",
-                                target.display()
-                            ),
-                        ))
-                    }
+                if !plain_file(dest, &target_rel) {
+                    return Err(refuse(
+                        &rel,
+                        format!(
+                            "hardlink to {}: not a file unpacked before it (through real directories only)",
+                            target.display()
+                        ),
+                    ));
                 }
                 clear(&path)?;
                 fs::hard_link(&source, &path).map_err(io_err(&path))?;
@@ -319,5 +416,95 @@ mod tests {
             Some(PathBuf::from("etc/x"))
         );
         assert_eq!(resolve(Path::new("l"), Path::new("../x")), None);
+    }
+
+    /// Issue 21: `x -> <host dir>` then `h => x/secret` linked a root-only
+    /// host file into the image (root ignores protected_hardlinks).
+    #[test]
+    fn refuses_a_hardlink_through_any_symlink() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret.txt");
+        fs::write(&secret, b"host only").unwrap();
+        let target = host.path().display().to_string();
+        refused(
+            &[
+                ("x", T::Symlink, &target, b"", 0o777),
+                ("h", T::Link, "x/secret.txt", b"", 0o644),
+            ],
+            "through real directories only",
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&secret).unwrap().nlink(), 1);
+        // A symlink inside the image is not crossed either.
+        refused(
+            &[
+                ("d/", T::Directory, "", b"", 0o755),
+                ("d/f", T::Regular, "", b"x", 0o644),
+                ("l", T::Symlink, "d", b"", 0o777),
+                ("h", T::Link, "l/f", b"", 0o644),
+            ],
+            "through real directories only",
+        );
+        // Nor a final symlink.
+        refused(
+            &[
+                ("d/", T::Directory, "", b"", 0o755),
+                ("d/f", T::Regular, "", b"x", 0o644),
+                ("l", T::Symlink, "d/f", b"", 0o777),
+                ("h", T::Link, "l", b"", 0o644),
+            ],
+            "through real directories only",
+        );
+    }
+
+    fn budget(bytes: u64, entries: u64) -> Budget {
+        Budget {
+            max_bytes: bytes,
+            max_entries: entries,
+        }
+    }
+
+    /// An uncompressed tar of `n` files of `size` zero bytes, made lazily.
+    fn zeros_tar(n: usize, size: u64) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..n {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, format!("f{i}"), io::repeat(0).take(size))
+                .unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn budgets_stop_a_bomb_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        // One file over the budget: refused before a byte is written.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("big").unwrap();
+        h.set_size(1 << 30);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let bomb = io::Cursor::new(h.as_bytes().to_vec()).chain(io::repeat(0).take(1 << 30));
+        let err = unpack_tar_with(bomb, &dest, budget(1 << 20, 100)).unwrap_err();
+        assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
+        assert!(!dest.exists());
+        // Many files each under it, over it together.
+        let err = unpack_tar_with(&zeros_tar(20, 100 << 10)[..], &dest, budget(1 << 20, 100))
+            .unwrap_err();
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+        assert!(!dest.exists());
+        // Too many entries; an empty target left empty.
+        fs::create_dir(&dest).unwrap();
+        let err = unpack_tar_with(&zeros_tar(60, 0)[..], &dest, budget(1 << 20, 50)).unwrap_err();
+        assert!(err.to_string().contains("more than 50 entries"), "{err}");
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+        // Within both: unpacked.
+        let stats =
+            unpack_tar_with(&zeros_tar(10, 100 << 10)[..], &dest, budget(1 << 20, 50)).unwrap();
+        assert_eq!((stats.entries, stats.bytes), (10, 10 * (100 << 10)));
     }
 }
