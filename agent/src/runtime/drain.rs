@@ -84,6 +84,7 @@ impl Agent {
     /// Drains running tasks whose constraints no longer hold, then lets the
     /// queue look again.
     pub(crate) fn attributes_changed(self: &Arc<Self>) {
+        self.touched();
         let attrs = self.attributes();
         let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
         for task in tasks {

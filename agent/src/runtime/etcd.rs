@@ -13,6 +13,8 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use tokio::sync::Mutex;
 
 use super::attributes::Source;
+use super::placements::{self, Event};
+use super::wire::{Keys, NodeInfo, RoleResources};
 use super::Agent;
 
 /// TTL of the node's info key: it vanishes this long after the agent dies.
@@ -20,12 +22,17 @@ pub const INFO_TTL_S: i64 = 10;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Changes closer together than this are one info write.
+const INFO_DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Where this node's keys live, and the client of the current session.
 pub struct EtcdLink {
     endpoints: Vec<String>,
     attr_prefix: String,
     info_key: String,
+    /// Fleet mode: where the scheduler places work for this node.
+    placements_prefix: String,
+    pub(crate) keys: Keys,
     client: Mutex<Option<Client>>,
 }
 
@@ -42,12 +49,20 @@ pub(crate) fn endpoint(url: &str) -> String {
 impl EtcdLink {
     pub fn new(endpoints: &[String], prefix: &str, node: &str) -> Self {
         let prefix = prefix.trim_end_matches('/');
+        let keys = Keys::new(prefix);
         EtcdLink {
             endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
             attr_prefix: format!("{prefix}/nodes/{node}/attributes/"),
-            info_key: format!("{prefix}/nodes/{node}/info"),
+            info_key: keys.node_info(node),
+            placements_prefix: keys.placements_prefix(node),
+            keys,
             client: Mutex::new(None),
         }
+    }
+
+    /// The current session's client, if etcd is reachable.
+    pub(crate) async fn client(&self) -> Option<Client> {
+        self.client.lock().await.clone()
     }
 
     pub fn attribute_key(&self, name: &str) -> String {
@@ -89,11 +104,15 @@ impl EtcdLink {
 }
 
 /// Keeps a session up for the agent's whole life.
-pub(crate) async fn run(agent: Arc<Agent>, link: Arc<EtcdLink>) {
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    link: Arc<EtcdLink>,
+    placed: tokio::sync::mpsc::UnboundedSender<Event>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut down_since: Option<Instant> = None;
     loop {
-        let err = session(&agent, &link, &mut down_since, &mut backoff).await;
+        let err = session(&agent, &link, &placed, &mut down_since, &mut backoff).await;
         *link.client.lock().await = None;
         if down_since.is_none() {
             tracing::warn!(
@@ -112,6 +131,7 @@ pub(crate) async fn run(agent: Arc<Agent>, link: Arc<EtcdLink>) {
 async fn session(
     agent: &Arc<Agent>,
     link: &EtcdLink,
+    placed: &tokio::sync::mpsc::UnboundedSender<Event>,
     down_since: &mut Option<Instant>,
     backoff: &mut Duration,
 ) -> String {
@@ -144,6 +164,28 @@ async fn session(
         }
     }
     agent.apply_etcd_snapshot(values);
+    // Fleet mode: every placement for this node, then a watch from there.
+    let placements = match client
+        .get(
+            link.placements_prefix.as_str(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return format!("read {}: {e}", link.placements_prefix),
+    };
+    let placements_rev = placements.header().map(|h| h.revision()).unwrap_or(0);
+    let all = placements
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = kv.key_str().ok()?;
+            let id = placements::task_id_of(&link.placements_prefix, key)?;
+            Some((id, placements::parse(key, kv.value())))
+        })
+        .collect();
+    let _ = placed.send(Event::Snapshot(all));
     if let Some(since) = down_since.take() {
         tracing::info!(
             "etcd reachable again after {:.1}s; attributes resynced",
@@ -157,7 +199,8 @@ async fn session(
         Ok(l) => l.id(),
         Err(e) => return format!("lease: {e}"),
     };
-    if let Err(e) = put_info(&mut client, link, agent, lease).await {
+    let mut last_info = None;
+    if let Err(e) = put_info(&mut client, link, agent, lease, &mut last_info, true).await {
         return e;
     }
     let (mut keeper, mut keepalives) = match client.lease_keep_alive(lease).await {
@@ -171,9 +214,50 @@ async fn session(
         Ok(w) => w,
         Err(e) => return format!("watch: {e}"),
     };
+    let placement_watch = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(placements_rev + 1);
+    let mut placement_watch = match client
+        .watch(link.placements_prefix.as_str(), Some(placement_watch))
+        .await
+    {
+        Ok(stream) => stream,
+        Err(e) => return format!("watch: {e}"),
+    };
+    let mut changes = agent.subscribe_changes();
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     loop {
         tokio::select! {
+            msg = placement_watch.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return "placement watch closed".into(),
+                    Err(e) => return format!("placement watch: {e}"),
+                };
+                if resp.canceled() {
+                    return format!("placement watch canceled ({}; compacted at {})", resp.cancel_reason(), resp.compact_revision());
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let Some(key) = kv.key_str().ok() else { continue };
+                    let Some(id) = placements::task_id_of(&link.placements_prefix, key) else { continue };
+                    let _ = placed.send(match ev.event_type() {
+                        EventType::Put => Event::Put(id, placements::parse(key, kv.value())),
+                        EventType::Delete => Event::Delete(id),
+                    });
+                }
+            }
+            r = changes.changed() => {
+                if r.is_err() {
+                    return "agent stopped".into();
+                }
+                // Debounced: a burst of changes is one write.
+                tokio::time::sleep(INFO_DEBOUNCE).await;
+                changes.borrow_and_update();
+                if let Err(e) = put_info(&mut client, link, agent, lease, &mut last_info, false).await {
+                    return e;
+                }
+            }
             msg = watch.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
@@ -201,7 +285,7 @@ async fn session(
                 if let Err(e) = keeper.keep_alive().await {
                     return format!("keep-alive: {e}");
                 }
-                if let Err(e) = put_info(&mut client, link, agent, lease).await {
+                if let Err(e) = put_info(&mut client, link, agent, lease, &mut last_info, true).await {
                     return e;
                 }
             }
@@ -217,13 +301,36 @@ async fn session(
     }
 }
 
+/// Writes the node's info when it changed (or `always`, which refreshes
+/// `reported_at`).
 async fn put_info(
     client: &mut Client,
     link: &EtcdLink,
     agent: &Agent,
     lease: i64,
+    last: &mut Option<NodeInfo>,
+    always: bool,
 ) -> Result<(), String> {
-    let info = serde_json::to_string(&agent.node_state()).unwrap_or_default();
+    let mut info = agent.node_info();
+    if let Some(prev) = last.as_ref() {
+        let mut same = info.clone();
+        same.reported_at = prev.reported_at;
+        if !always && &same == prev {
+            return Ok(());
+        }
+    }
+    *last = Some(info.clone());
+    info.reported_at = chrono::Utc::now();
+    // The fleet's NodeInfo over SPEC.md's `/v1/state` shape: one document
+    // that both the scheduler and `gleaner nodes` read.
+    let mut doc = serde_json::to_value(agent.node_state()).unwrap_or_default();
+    if let (Some(doc), serde_json::Value::Object(fleet)) = (
+        doc.as_object_mut(),
+        serde_json::to_value(&info).unwrap_or_default(),
+    ) {
+        doc.extend(fleet);
+    }
+    let info = doc.to_string();
     client
         .put(
             link.info_key.as_str(),
@@ -244,6 +351,43 @@ fn attribute_of(prefix: &str, key: Option<&str>, value: Option<&str>) -> Option<
 }
 
 impl Agent {
+    /// What the scheduler needs of this node (`nodes/<node>/info`).
+    pub(crate) fn node_info(&self) -> NodeInfo {
+        let res = |a: crate::scheduler::Amount| crate::spec::Resources {
+            cpus: a.cpus,
+            mem_mb: a.mem_mb,
+            disk_mb: a.disk_mb,
+        };
+        let roles = self
+            .reservations()
+            .into_iter()
+            .map(|(role, u)| {
+                (
+                    role,
+                    RoleResources {
+                        reserved: res(u.reserved),
+                        allocated: res(u.allocated),
+                    },
+                )
+            })
+            .collect();
+        let listen = self.cfg.listen.replace("localhost:", "127.0.0.1:");
+        let address = listen
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_owned())
+            .unwrap_or_default();
+        NodeInfo {
+            node: self.node_id.clone(),
+            address,
+            agent_url: format!("http://{listen}"),
+            version: super::VERSION.to_owned(),
+            roles,
+            attributes: self.attributes(),
+            port_ranges: Vec::new(),
+            reported_at: chrono::Utc::now(),
+        }
+    }
+
     fn apply_etcd_snapshot(self: &Arc<Self>, values: BTreeMap<String, String>) {
         let changed = self.attributes.lock().unwrap().replace_etcd(values);
         match changed {

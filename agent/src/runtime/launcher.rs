@@ -81,6 +81,7 @@ impl Agent {
                     self.counters.launches.fetch_add(1, Ordering::Relaxed);
                     t.pending_stop.take()
                 };
+                self.touched();
                 if let Some(reason) = pending {
                     let _ = self.stop(&id, reason);
                 }

@@ -14,11 +14,14 @@ mod disk;
 mod drain;
 pub(crate) mod etcd;
 mod launcher;
+pub mod placements;
 mod queue;
 mod recovery;
 mod reservations;
 mod spawner;
+mod task_publisher;
 mod watcher;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,6 +93,9 @@ pub struct TaskRecord {
     /// The task group it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Set for a task the fleet scheduler placed here (fleet mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<placements::PlacedBy>,
 }
 
 pub(crate) struct Task {
@@ -173,6 +179,11 @@ pub struct Agent {
     pub counters: Counters,
     /// One agent per data dir, for this agent's life.
     _data_lock: crate::datalock::DataDirLock,
+    /// Bumped on every task, reservation or attribute change: fleet mode
+    /// publishes what changed (node info, `tasks/<id>`).
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Placements this node refused (fleet mode).
+    rejected: placements::Rejected,
 }
 
 /// The node's view, for `/v1/state`.
@@ -235,6 +246,8 @@ impl Agent {
             images,
             counters: Counters::default(),
             _data_lock: data_lock,
+            changed: tokio::sync::watch::channel(0).0,
+            rejected: placements::Rejected::default(),
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
         agent.restore_reservations().await?;
@@ -243,7 +256,9 @@ impl Agent {
         watcher::spawn(agent.clone(), socket);
         disk::spawn(agent.clone());
         if let Some(link) = agent.etcd.clone() {
-            tokio::spawn(etcd::run(agent.clone(), link));
+            let placed = placements::spawn(agent.clone());
+            tokio::spawn(task_publisher::run(agent.clone(), link.clone()));
+            tokio::spawn(etcd::run(agent.clone(), link, placed));
         }
         agent.schedule();
         tracing::info!(
@@ -322,6 +337,10 @@ impl Agent {
     /// creates nothing.
     pub async fn submit(self: &Arc<Self>, spec: TaskSpec) -> Result<TaskStatus, AgentError> {
         let record = self.new_record(spec, None)?;
+        self.submit_record(record).await
+    }
+
+    async fn submit_record(self: &Arc<Self>, record: TaskRecord) -> Result<TaskStatus, AgentError> {
         let (mut tasks, durable) = self.accept(vec![record])?;
         let task = tasks.remove(0);
         self.start_admitted(&[task.clone()], durable).await?;
@@ -459,6 +478,7 @@ impl Agent {
             supervisor: None,
             boot_id: self.boot_id.clone(),
             group: group.map(str::to_owned),
+            placed_by: None,
         })
     }
 
@@ -655,6 +675,7 @@ impl Agent {
             }
             _ => {}
         }
+        self.touched();
         Ok(t.record.status.clone())
     }
 
@@ -750,6 +771,7 @@ impl Agent {
         if let Err(e) = t.persist_derived() {
             tracing::error!(task = %t.record.status.id, "persist: {e}");
         }
+        self.touched();
         self.schedule_soon();
     }
 
@@ -808,6 +830,15 @@ impl Agent {
 
     pub fn data_dir(&self) -> &Path {
         self.data.root()
+    }
+
+    /// Something fleet mode publishes may have changed.
+    pub(crate) fn touched(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 

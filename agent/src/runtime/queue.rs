@@ -198,6 +198,7 @@ impl Agent {
                 task.lock().unwrap().record.status.message = Some(why.clone());
             }
         }
+        self.touched();
         decision
             .start
             .iter()
