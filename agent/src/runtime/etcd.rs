@@ -111,9 +111,34 @@ pub(crate) async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut down_since: Option<Instant> = None;
+    // One member per session, in turn: a client balanced over every
+    // endpoint keeps sending part of its requests to a dead member (each
+    // fails the session), so a cluster with one member down would flap.
+    let mut turn = 0usize;
     loop {
-        let err = session(&agent, &link, &placed, &mut down_since, &mut backoff).await;
+        let n = link.endpoints.len().max(1);
+        let member = link
+            .endpoints
+            .get(turn % n)
+            .cloned()
+            .into_iter()
+            .collect::<Vec<_>>();
+        turn += 1;
+        let err = session(
+            &agent,
+            &link,
+            &member,
+            &placed,
+            &mut down_since,
+            &mut backoff,
+        )
+        .await;
         *link.client.lock().await = None;
+        if turn % n != 0 {
+            // The next member at once; the backoff is per round.
+            tracing::debug!("etcd member {member:?}: {err}; trying the next one");
+            continue;
+        }
         if down_since.is_none() {
             tracing::warn!(
                 "etcd unreachable ({err}); keeping the last attributes, retrying with backoff"
@@ -131,6 +156,7 @@ pub(crate) async fn run(
 async fn session(
     agent: &Arc<Agent>,
     link: &EtcdLink,
+    endpoints: &[String],
     placed: &tokio::sync::mpsc::UnboundedSender<Event>,
     down_since: &mut Option<Instant>,
     backoff: &mut Duration,
@@ -139,9 +165,9 @@ async fn session(
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    let mut client = match Client::connect(&link.endpoints, Some(options)).await {
+    let mut client = match Client::connect(endpoints, Some(options)).await {
         Ok(c) => c,
-        Err(e) => return format!("connect {:?}: {e}", link.endpoints),
+        Err(e) => return format!("connect {endpoints:?}: {e}"),
     };
     // Resync: everything under the prefix, at one revision.
     let snapshot = match client

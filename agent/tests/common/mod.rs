@@ -3,6 +3,7 @@
 //! removed on drop: processes, cgroups, files.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 
 use std::fs;
