@@ -18,7 +18,7 @@ const LONG: Duration = Duration::from_secs(30);
 fn placement(cmd: &str, job: &str) -> String {
     json!({
         "spec": {"cmd": cmd, "resources": {"cpus": 0.1, "mem_mb": 16}, "kill_grace_s": 1},
-        "job": job, "attempt": 0, "placed_at": "2026-11-22T10:00:00Z"
+        "job": job, "attempt": 1, "placed_at": "2026-11-22T10:00:00Z"
     })
     .to_string()
 }

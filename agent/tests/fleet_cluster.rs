@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 fn placement(cmd: &str) -> String {
     json!({"spec": {"cmd": cmd, "resources": {"cpus": 0.1, "mem_mb": 16}, "kill_grace_s": 1},
-           "job": "j", "attempt": 0, "placed_at": "2026-11-22T10:00:00Z"})
+           "job": "j", "attempt": 1, "placed_at": "2026-11-22T10:00:00Z"})
     .to_string()
 }
 

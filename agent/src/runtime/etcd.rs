@@ -14,8 +14,8 @@ use tokio::sync::Mutex;
 
 use super::attributes::Source;
 use super::placements::{self, Event};
-use super::wire::{Keys, NodeInfo, RoleResources};
 use super::Agent;
+use gleaner_core::fleet::{Keys, NodeInfo, RoleCapacity};
 
 /// TTL of the node's info key: it vanishes this long after the agent dies.
 pub const INFO_TTL_S: i64 = 10;
@@ -390,7 +390,7 @@ impl Agent {
             .map(|(role, u)| {
                 (
                     role,
-                    RoleResources {
+                    RoleCapacity {
                         reserved: res(u.reserved),
                         allocated: res(u.allocated),
                     },

@@ -21,7 +21,6 @@ mod reservations;
 mod spawner;
 mod task_publisher;
 mod watcher;
-pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

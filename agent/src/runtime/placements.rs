@@ -16,9 +16,9 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::wire::Placement;
 use super::{Agent, AgentError};
 use crate::status::{Reason, StopReason, TaskState, TaskStatus};
+use gleaner_core::fleet::Placement;
 
 /// Where a fleet task came from: kept in task.json so a restarted agent
 /// still knows which tasks the scheduler owns.

@@ -16,9 +16,9 @@ use std::time::Duration;
 use etcd_client::{Txn, TxnOp};
 
 use super::etcd::EtcdLink;
-use super::wire::TaskRecord;
 use super::Agent;
 use crate::status::TaskStatus;
+use gleaner_core::fleet::TaskRecord;
 
 /// Changes closer together than this go out in one write.
 const DEBOUNCE: Duration = Duration::from_millis(5);
