@@ -233,12 +233,27 @@ impl EtcdCluster {
         }
     }
 
+    /// etcdctl, retried for up to 10 s (a leader election after a member
+    /// was killed fails requests for a moment).
+    pub fn ctl_retry(&self, args: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            match self.ctl(args) {
+                Ok(out) => return out,
+                Err(e) if start.elapsed() > Duration::from_secs(10) => {
+                    panic!("etcdctl {args:?}: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     pub fn put(&self, key: &str, value: &str) {
-        self.ctl(&["put", key, value]).unwrap();
+        self.ctl_retry(&["put", key, value]);
     }
 
     pub fn del(&self, key: &str) {
-        self.ctl(&["del", key]).unwrap();
+        self.ctl_retry(&["del", key]);
     }
 
     pub fn get(&self, key: &str) -> Option<String> {
