@@ -160,3 +160,85 @@ fn the_reservation_follows_the_business_both_ways() {
     let log = std::fs::read_to_string(agent.tmp().join("monitor.log")).unwrap();
     assert!(log.contains("reservation moved"), "{log}");
 }
+
+fn reserved_disk(agent: &TestAgent) -> f64 {
+    let v: Value = agent.client.get("/v1/reservations").unwrap();
+    v["batch"]["reserved"]["disk_mb"].as_f64().unwrap_or(0.0)
+}
+
+fn set_reservation(agent: &TestAgent, cpus: f64, mem_mb: f64, disk_mb: f64) {
+    let _: Value = agent
+        .client
+        .put(
+            "/v1/reservations/batch",
+            &json!({"cpus": cpus, "mem_mb": mem_mb, "disk_mb": disk_mb}),
+        )
+        .unwrap();
+}
+
+/// Issue 21: the monitor used to send cpus and memory only (the agent read
+/// disk_mb as 0: no disk limit), read the reservation only at start (an
+/// operator's change was never seen), and read a missing cgroup as 0
+/// batch use. Its policy here is pinned at 0.5 cpus / 300 MB, and grows
+/// only after an hour.
+#[test]
+fn the_monitor_keeps_disk_mb_follows_an_operators_change_and_skips_bad_samples() {
+    if !require_root("the_monitor_keeps_disk_mb_follows_an_operators_change_and_skips_bad_samples")
+    {
+        return;
+    }
+    let agent = TestAgent::start();
+    set_reservation(&agent, 1.5, 900.0, 1000.0);
+    let policy = "[policy]\nmin = { cpus = 0.5, mem_mb = 300.0 }\nmax = { cpus = 0.5, mem_mb = 300.0 }\n\
+                  grow_delay_s = 3600.0\ncpu_grow_delay_s = 3600.0\ndeadband = { cpus = 0.01, mem_mb = 1.0 }\n";
+    let start_monitor = |name: &str, cgroup_root: &str| {
+        let cfg = agent.tmp().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "agent = {:?}\ncgroup_root = {cgroup_root:?}\nlisten = \"127.0.0.1:{}\"\ninterval_s = 0.1\n{policy}",
+                agent.base,
+                free_port()
+            ),
+        )
+        .unwrap();
+        let log = agent.tmp().join(format!("{name}.log"));
+        let child = Command::new(monitor_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (Reaper(vec![child]), log)
+    };
+
+    // A cgroup_root that is not the agent's: no sample, no change.
+    let (wrong, log) = start_monitor("wrong-root", "gleaner-no-such-root");
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(wrong);
+    assert_eq!(reserved(&agent), (1.5, 900.0), "moved on failed samples");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("sample skipped") && text.contains("gleaner-no-such-root"),
+        "{text}"
+    );
+
+    let (_monitor, log) = start_monitor("monitor", &agent.cgroup_root);
+    wait_reserved(&agent, "shrunk by the monitor", |c, m| {
+        c == 0.5 && m == 300.0
+    });
+    assert_eq!(reserved_disk(&agent), 1000.0, "disk_mb lost");
+
+    // An operator raises it: the monitor sees it and shrinks at once,
+    // keeping the operator's disk_mb.
+    set_reservation(&agent, 1.2, 800.0, 2000.0);
+    wait_reserved(&agent, "shrunk again", |c, m| c == 0.5 && m == 300.0);
+    assert_eq!(reserved_disk(&agent), 2000.0);
+    // An operator lowers it: kept (growing waits an hour).
+    set_reservation(&agent, 0.2, 100.0, 3000.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reserved(&agent), (0.2, 100.0));
+    assert_eq!(reserved_disk(&agent), 3000.0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("changed outside the monitor"), "{text}");
+}

@@ -1,4 +1,6 @@
-//! The monitor's client of the agent's reservation API.
+//! The monitor's client of the agent's reservation API. A reservation is
+//! kept whole as the agent sent it: the monitor moves cpus and memory and
+//! sends every other field (disk_mb, ...) back unchanged.
 
 use std::time::Duration;
 
@@ -16,10 +18,39 @@ pub struct AgentClient {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// For a PUT: the agent answers once preempted tasks are gone (their
+    /// kill grace + 5 s), so this must be longer than that.
+    reserve_timeout: Duration,
+}
+
+/// Reads: the agent answers at once.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A role's reservation, every field as the agent reported it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reservation(pub serde_json::Map<String, serde_json::Value>);
+
+impl Reservation {
+    /// What the monitor moves.
+    pub fn amount(&self) -> Amount {
+        let f = |k: &str| self.0.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        Amount {
+            cpus: f("cpus"),
+            mem_mb: f("mem_mb"),
+        }
+    }
+
+    /// The same reservation with cpus and memory replaced.
+    pub fn with(&self, a: Amount) -> Reservation {
+        let mut m = self.0.clone();
+        m.insert("cpus".into(), a.cpus.into());
+        m.insert("mem_mb".into(), a.mem_mb.into());
+        Reservation(m)
+    }
 }
 
 impl AgentClient {
-    pub fn new(base: &str, token: Option<String>) -> Self {
+    pub fn new(base: &str, token: Option<String>, reserve_timeout: Duration) -> Self {
         // The static binary has no NSS: localhost is resolved here.
         let base = base
             .trim_end_matches('/')
@@ -28,10 +59,15 @@ impl AgentClient {
         // gleaner_agent::client::install_tls_provider).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .connect_timeout(READ_TIMEOUT)
             .build()
             .expect("http client");
-        AgentClient { base, token, http }
+        AgentClient {
+            base,
+            token,
+            http,
+            reserve_timeout,
+        }
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -60,33 +96,72 @@ impl AgentClient {
     }
 
     /// The role's current reservation (None: the role has none).
-    pub async fn reservation(&self, role: &str) -> Result<Option<Amount>, ClientError> {
+    pub async fn reservation(&self, role: &str) -> Result<Option<Reservation>, ClientError> {
         let v = self
-            .send(self.http.get(format!("{}/v1/reservations", self.base)))
+            .send(
+                self.http
+                    .get(format!("{}/v1/reservations", self.base))
+                    .timeout(READ_TIMEOUT),
+            )
             .await?;
-        Ok(v.get(role)
-            .and_then(|r| serde_json::from_value(r["reserved"].clone()).ok())
-            .map(|r: serde_json::Value| Amount {
-                cpus: r["cpus"].as_f64().unwrap_or(0.0),
-                mem_mb: r["mem_mb"].as_f64().unwrap_or(0.0),
-            }))
+        Ok(match v.get(role).map(|r| &r["reserved"]) {
+            Some(serde_json::Value::Object(m)) => Some(Reservation(m.clone())),
+            _ => None,
+        })
     }
 
-    /// Sets the reservation; returns the ids the agent preempted.
-    pub async fn reserve(&self, role: &str, a: Amount) -> Result<Vec<String>, ClientError> {
-        let body = serde_json::json!({"cpus": a.cpus, "mem_mb": a.mem_mb});
+    /// Sets the reservation (every field of `r`); returns it as the agent
+    /// applied it, and the ids the agent preempted.
+    pub async fn reserve(
+        &self,
+        role: &str,
+        r: &Reservation,
+    ) -> Result<(Reservation, Vec<String>), ClientError> {
         let v = self
             .send(
                 self.http
                     .put(format!("{}/v1/reservations/{role}", self.base))
-                    .json(&body),
+                    .timeout(self.reserve_timeout)
+                    .json(&r.0),
             )
             .await?;
-        Ok(v["preempted"]
+        let applied = match &v["reserved"] {
+            serde_json::Value::Object(m) => Reservation(m.clone()),
+            _ => r.clone(),
+        };
+        let preempted = v["preempted"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|x| x.as_str().map(str::to_owned))
-            .collect())
+            .collect();
+        Ok((applied, preempted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_keeps_every_other_field() {
+        let got: serde_json::Value =
+            serde_json::from_str(r#"{"cpus": 2.0, "mem_mb": 512.0, "disk_mb": 1000.0}"#).unwrap();
+        let r = Reservation(got.as_object().unwrap().clone());
+        assert_eq!(
+            r.amount(),
+            Amount {
+                cpus: 2.0,
+                mem_mb: 512.0
+            }
+        );
+        let sent = r.with(Amount {
+            cpus: 1.0,
+            mem_mb: 256.0,
+        });
+        assert_eq!(
+            serde_json::Value::Object(sent.0),
+            serde_json::json!({"cpus": 1.0, "mem_mb": 256.0, "disk_mb": 1000.0})
+        );
     }
 }

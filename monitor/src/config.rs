@@ -20,6 +20,10 @@ pub struct MonitorConfig {
     /// The agent's cgroup root name, whose use is not business use.
     pub cgroup_root: String,
     pub token_file: Option<PathBuf>,
+    /// How long a reservation change may take: the agent answers once the
+    /// tasks it preempts are gone (their kill_grace_s + 5 s), so this must
+    /// be longer than the largest kill_grace_s of the role's tasks.
+    pub reserve_timeout_s: f64,
     /// Decide and log, but do not change the reservation.
     pub dry_run: bool,
     /// Use PSI where the kernel has it (false: the 3.10 fallback).
@@ -36,6 +40,7 @@ impl Default for MonitorConfig {
             listen: "127.0.0.1:5052".into(),
             cgroup_root: "gleaner".into(),
             token_file: None,
+            reserve_timeout_s: 120.0,
             dry_run: false,
             use_psi: true,
             policy: PolicyConfig::default(),
@@ -58,6 +63,12 @@ impl MonitorConfig {
             return Err(format!(
                 "interval: must be at least 50ms, got {}s",
                 self.interval_s
+            ));
+        }
+        if !(self.reserve_timeout_s.is_finite() && self.reserve_timeout_s >= 1.0) {
+            return Err(format!(
+                "reserve_timeout_s: must be at least 1, got {}",
+                self.reserve_timeout_s
             ));
         }
         let addr: std::net::SocketAddr = self

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use clap::Parser;
-use gleaner_monitor::client::AgentClient;
+use gleaner_monitor::client::{AgentClient, Reservation};
 use gleaner_monitor::config::{parse_interval, MonitorConfig};
 use gleaner_monitor::policy::{Amount, Observation, Policy};
 use gleaner_monitor::sample::{Sample, Sampler};
@@ -128,11 +128,18 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(agent = %cfg.agent, role = %cfg.role, interval_s = cfg.interval_s, dry_run = cfg.dry_run, "monitor started");
 
-    let client = AgentClient::new(&cfg.agent, token);
+    let client = AgentClient::new(
+        &cfg.agent,
+        token,
+        Duration::from_secs_f64(cfg.reserve_timeout_s),
+    );
     let mut sampler = Sampler::new(&cfg.cgroup_root);
     let mut policy: Option<Policy> = None;
-    let mut applied: Option<Amount> = None;
+    // The reservation as last read from (or applied by) the agent.
+    let mut seen: Option<Reservation> = None;
     let mut outage: Option<Instant> = None;
+    let mut sample_error: Option<String> = None;
+    let mut dry_logged: Option<Amount> = None;
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(cfg.interval_s));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,10 +156,16 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!("sample: {e}");
+                // Skipped, never read as 0; logged when the cause changes.
+                let e = e.to_string();
+                if sample_error.as_ref() != Some(&e) {
+                    tracing::warn!("sample skipped: {e}");
+                    sample_error = Some(e);
+                }
                 continue;
             }
         };
+        sample_error = None;
         let obs = Observation {
             t_s: start.elapsed().as_secs_f64(),
             total: Amount {
@@ -174,41 +187,61 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
             agent_mem = sample.agent_mem_mb,
             "sample"
         );
-        // The policy starts from what the agent has now.
-        if policy.is_none() {
-            match client.reservation(&cfg.role).await {
-                Ok(current) => {
-                    let current = current.unwrap_or_default();
-                    applied = Some(current);
-                    policy = Some(Policy::new(cfg.policy.clone(), current));
-                }
-                Err(e) => note_outage(&mut outage, &e.to_string()),
+        status.lock().unwrap().sample = sample;
+        // Every cycle: what the agent has now. An operator's change becomes
+        // the policy's new starting point.
+        let current = match client.reservation(&cfg.role).await {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => {
+                let mut st = status.lock().unwrap();
+                st.errors += 1;
+                st.agent_reachable = false;
+                note_outage(&mut outage, &e.to_string());
+                continue;
             }
+        };
+        if let Some(since) = outage.take() {
+            tracing::info!(
+                "agent reachable again after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
         }
+        let changed_outside = seen
+            .as_ref()
+            .is_some_and(|s| s.amount() != current.amount());
+        if policy.is_none() || changed_outside {
+            if changed_outside {
+                let a = current.amount();
+                tracing::info!(
+                    cpus = a.cpus,
+                    mem_mb = a.mem_mb,
+                    "reservation changed outside the monitor; starting from it"
+                );
+            }
+            policy = Some(Policy::new(cfg.policy.clone(), current.amount()));
+        }
+        seen = Some(current.clone());
         let Some(p) = policy.as_mut() else { continue };
         p.decide(&obs);
         let desired = p.current();
         {
             let mut st = status.lock().unwrap();
-            st.sample = sample;
             st.harvestable = p.harvestable(&obs);
+            st.reservation = Some(current.amount());
+            st.agent_reachable = true;
         }
-        if applied == Some(desired) {
+        if current.amount() == desired {
             continue;
         }
         if cfg.dry_run {
-            tracing::info!(?desired, "would set the reservation (dry run)");
-            applied = Some(desired);
+            if dry_logged != Some(desired) {
+                tracing::info!(?desired, "would set the reservation (dry run)");
+                dry_logged = Some(desired);
+            }
             continue;
         }
-        match client.reserve(&cfg.role, desired).await {
-            Ok(preempted) => {
-                if let Some(since) = outage.take() {
-                    tracing::info!(
-                        "agent reachable again after {:.1}s",
-                        since.elapsed().as_secs_f64()
-                    );
-                }
+        match client.reserve(&cfg.role, &current.with(desired)).await {
+            Ok((applied, preempted)) => {
                 tracing::info!(
                     cpus = desired.cpus,
                     mem_mb = desired.mem_mb,
@@ -217,19 +250,21 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
                     preempted = preempted.len(),
                     "reservation moved"
                 );
-                applied = Some(desired);
                 let mut st = status.lock().unwrap();
+                st.reservation = Some(applied.amount());
                 st.changes += 1;
                 st.preempted += preempted.len() as u64;
+                seen = Some(applied);
             }
             Err(e) => {
-                status.lock().unwrap().errors += 1;
+                // It may still be applied (a timeout): not an operator's.
+                seen = None;
+                let mut st = status.lock().unwrap();
+                st.errors += 1;
+                st.agent_reachable = false;
                 note_outage(&mut outage, &e.to_string());
             }
         }
-        let mut st = status.lock().unwrap();
-        st.reservation = applied;
-        st.agent_reachable = outage.is_none();
     }
 }
 
