@@ -132,7 +132,7 @@ fn three_agents_on_a_three_member_etcd_survive_member_and_cluster_loss() {
     // kill -9 of an agent: its info key goes with the lease, its task keeps
     // running; restarted, it registers again and adopts the task (one run).
     let pid_before = fleet.agent("a3").running()[0]["pid"].clone();
-    fleet.agent_mut("a3").kill(libc::SIGKILL);
+    fleet.agent_mut("a3").kill(Signal::SIGKILL);
     let gone = wait_until(Duration::from_secs(20), "a3's info key expires", || {
         fleet.etcd.get("/gleaner/nodes/a3/info").is_none()
     });

@@ -81,9 +81,15 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn kill_child(child: &mut Option<Child>, signal: i32) {
+pub use nix::sys::signal::Signal;
+
+fn signal(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+fn kill_child(child: &mut Option<Child>, sig: Signal) {
     if let Some(mut c) = child.take() {
-        unsafe { libc::kill(c.id() as i32, signal) };
+        signal(c.id() as i32, sig);
         let _ = c.wait();
     }
 }
@@ -193,7 +199,7 @@ impl EtcdCluster {
     }
 
     pub fn kill_member(&mut self, i: usize) {
-        kill_child(&mut self.members[i].child, libc::SIGKILL);
+        kill_child(&mut self.members[i].child, Signal::SIGKILL);
     }
 
     pub fn restart_member(&mut self, i: usize) {
@@ -557,8 +563,8 @@ impl FleetAgent {
     }
 
     /// Stops the agent process alone (its tasks keep running).
-    pub fn kill(&mut self, signal: i32) {
-        kill_child(&mut self.child, signal);
+    pub fn kill(&mut self, sig: Signal) {
+        kill_child(&mut self.child, sig);
     }
 
     pub fn log_tail(&self) -> String {
@@ -571,7 +577,7 @@ impl Drop for FleetAgent {
         if std::thread::panicking() {
             eprintln!("--- agent {} log ---\n{}", self.node, self.log_tail());
         }
-        self.kill(libc::SIGKILL);
+        self.kill(Signal::SIGKILL);
         for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct"] {
             destroy_cgroup_tree(&PathBuf::from(format!(
                 "/sys/fs/cgroup/{c}/{}",
@@ -598,7 +604,7 @@ pub fn destroy_cgroup_tree(dir: &Path) {
     fn kill_tree(dir: &Path) {
         if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                signal(pid, Signal::SIGKILL);
             }
         }
         for d in subdirs(dir) {
@@ -642,7 +648,7 @@ pub fn kill_supervisors(data_dir: &Path) {
             return;
         }
         for pid in pids {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            signal(pid, Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -735,8 +741,8 @@ impl SchedulerProc {
         self.child.is_some()
     }
 
-    pub fn kill(&mut self, signal: i32) {
-        kill_child(&mut self.child, signal);
+    pub fn kill(&mut self, sig: Signal) {
+        kill_child(&mut self.child, sig);
     }
 
     pub fn log_tail(&self) -> String {
@@ -749,7 +755,7 @@ impl Drop for SchedulerProc {
         if std::thread::panicking() {
             eprintln!("--- scheduler {} log ---\n{}", self.url, self.log_tail());
         }
-        self.kill(libc::SIGKILL);
+        self.kill(Signal::SIGKILL);
     }
 }
 
@@ -763,7 +769,12 @@ pub struct Fleet {
     pub etcd: EtcdCluster,
     pub rootfs: PathBuf,
     _tmp: tempfile::TempDir,
+    /// One fleet at a time per test binary: each is a dozen processes on a
+    /// small machine. Dropped last.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub struct AgentSpec<'a> {
     pub node: &'a str,
@@ -775,6 +786,7 @@ pub struct AgentSpec<'a> {
 impl Fleet {
     /// A 3-member etcd cluster and the agents; no scheduler yet.
     pub fn start(agents: &[AgentSpec]) -> Option<Fleet> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let etcd = EtcdCluster::start(3)?;
         let tmp = tempfile::Builder::new()
             .prefix("gleaner-fleet-")
@@ -793,7 +805,21 @@ impl Fleet {
             etcd,
             rootfs,
             _tmp: tmp,
+            _serial: serial,
         })
+    }
+
+    /// Starts one more agent.
+    pub fn add_agent(&mut self, a: &AgentSpec) -> &FleetAgent {
+        let agent = FleetAgent::start(
+            a.node,
+            &self.etcd.endpoints(),
+            &self.rootfs,
+            &a.attributes,
+            &a.extra,
+        );
+        self.agents.push(agent);
+        self.agents.last().unwrap()
     }
 
     pub fn add_scheduler(&mut self, config: &str) -> &SchedulerProc {
