@@ -220,6 +220,8 @@ async fn session(
     }
     *backoff = Duration::from_millis(100);
     *link.client.lock().await = Some(client.clone());
+    // The outbox goes out now, not at the publisher's next sweep.
+    agent.touched();
 
     let lease = match client.lease_grant(INFO_TTL_S, None).await {
         Ok(l) => l.id(),
