@@ -327,6 +327,9 @@ pub struct Job {
     pub placed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Nodes the next attempt must not go to (a placement withdrawn there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
 }
 
 impl Job {
@@ -585,6 +588,7 @@ mod tests {
             message: Some("no node satisfies UNIQUE hostname".into()),
             placed_at: None,
             finished_at: None,
+            avoid: vec![],
         };
         round_trip(&job);
         assert_eq!(job.current_task(), None);

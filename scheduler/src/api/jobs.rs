@@ -1,0 +1,364 @@
+//! `/v1/jobs`: submit (all or none), list, get, cancel.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use gleaner_core::constraints;
+use gleaner_core::fleet::{check_job_id, Gang, Job, JobState, Queue, TaskRecord};
+use gleaner_core::spec::{check_name, TaskSpec};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, ApiJson, AppState};
+
+/// etcd's default limit is 128 operations per transaction; a submission is
+/// one transaction.
+pub const MAX_JOBS_PER_REQUEST: usize = 100;
+pub const MAX_GANG: u32 = 50;
+pub const MAX_RETRIES: u32 = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    queue: String,
+    jobs: Vec<JobRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    #[serde(default)]
+    priority: i32,
+    spec: TaskSpec,
+    #[serde(default)]
+    gang: Option<Gang>,
+    #[serde(default)]
+    max_retries: Option<u32>,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, msg)
+}
+
+/// Validates a submission; every job or none.
+pub fn validate(req: &Submit) -> Result<(), String> {
+    check_name("queue", &req.queue).map_err(|e| e.to_string())?;
+    if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {
+        return Err(format!("jobs: give 1 to {MAX_JOBS_PER_REQUEST} jobs"));
+    }
+    let mut gangs: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for (i, j) in req.jobs.iter().enumerate() {
+        if j.spec.id.is_some() {
+            return Err(format!(
+                "jobs[{i}].spec.id: set by the scheduler (one task id per attempt)"
+            ));
+        }
+        j.spec
+            .validate()
+            .map_err(|e| format!("jobs[{i}].spec.{e}"))?;
+        constraints::parse(&j.spec.constraints).map_err(|e| format!("jobs[{i}].spec.{e}"))?;
+        if j.max_retries.is_some_and(|r| r > MAX_RETRIES) {
+            return Err(format!("jobs[{i}].max_retries: at most {MAX_RETRIES}"));
+        }
+        if let Some(g) = &j.gang {
+            check_name("gang.id", &g.id).map_err(|e| format!("jobs[{i}].{e}"))?;
+            if g.cardinality == 0 || g.cardinality > MAX_GANG {
+                return Err(format!(
+                    "jobs[{i}].gang.cardinality: must be 1 to {MAX_GANG}"
+                ));
+            }
+            let (n, card) = gangs.entry(&g.id).or_insert((0, g.cardinality));
+            if *card != g.cardinality {
+                return Err(format!(
+                    "jobs[{i}].gang.cardinality: gang {} has members with {} and {}",
+                    g.id, card, g.cardinality
+                ));
+            }
+            *n += 1;
+            if *n > *card {
+                return Err(format!(
+                    "jobs[{i}].gang: gang {} has more than {card} members",
+                    g.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `<ms since epoch, base 36>-<8 random hex digits>`: sortable by
+/// submission, unique across replicas (the put also checks absence).
+fn new_job_id() -> String {
+    let mut ms = Utc::now().timestamp_millis().max(0) as u64;
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut b36 = Vec::new();
+    loop {
+        b36.push(digits[(ms % 36) as usize]);
+        ms /= 36;
+        if ms == 0 {
+            break;
+        }
+    }
+    b36.reverse();
+    let mut rnd = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut rnd);
+    }
+    let id = format!(
+        "{}-{:08x}",
+        String::from_utf8_lossy(&b36),
+        u32::from_le_bytes(rnd)
+    );
+    debug_assert!(check_job_id(&id).is_ok());
+    id
+}
+
+pub async fn submit(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<Submit>,
+) -> Result<Response, ApiError> {
+    validate(&req).map_err(bad)?;
+    let queue_key = st.keys.queue(&req.queue);
+    if st.store.get::<Queue>(&queue_key).await?.is_none() {
+        return Err(bad(format!(
+            "queue: {} does not exist (create it with PUT /v1/queues/{})",
+            req.queue, req.queue
+        )));
+    }
+    let now = Utc::now();
+    let jobs: Vec<Job> = req
+        .jobs
+        .into_iter()
+        .map(|j| Job {
+            id: new_job_id(),
+            queue: req.queue.clone(),
+            priority: j.priority,
+            spec: j.spec,
+            gang: j.gang,
+            max_retries: j.max_retries.unwrap_or(st.default_max_retries),
+            submitted_at: now,
+            state: JobState::Queued,
+            attempt: 0,
+            retries: 0,
+            node: None,
+            message: None,
+            placed_at: None,
+            finished_at: None,
+            avoid: vec![],
+        })
+        .collect();
+    // The queue must still exist and no id may be taken: all or none.
+    let mut compares = vec![Compare::version(queue_key.as_str(), CompareOp::Greater, 0)];
+    let mut ops = Vec::new();
+    for j in &jobs {
+        let key = st.keys.job(&j.id);
+        compares.push(Compare::version(key.as_str(), CompareOp::Equal, 0));
+        ops.push(TxnOp::put(
+            key,
+            serde_json::to_vec(j).expect("job serializes"),
+            None,
+        ));
+    }
+    let mut client = st.store.client().await?;
+    let resp = match client.txn(Txn::new().when(compares).and_then(ops)).await {
+        Ok(r) => r,
+        Err(e) => {
+            st.store.reset().await;
+            return Err(st.store.unavailable(e).into());
+        }
+    };
+    if !resp.succeeded() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "queue {} was removed, or a job id was taken; nothing stored, retry",
+                req.queue
+            ),
+        ));
+    }
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    Ok((StatusCode::CREATED, Json(json!({"jobs": ids}))).into_response())
+}
+
+/// A job as the API shows it: the stored job, its current task id and, for
+/// one job, that task's status.
+fn view(job: &Job, status: Option<&TaskRecord>) -> serde_json::Value {
+    let mut v = serde_json::to_value(job).expect("job serializes");
+    v["task"] = json!(job.current_task());
+    if let Some(s) = status {
+        v["task_status"] = serde_json::to_value(s).expect("status serializes");
+    }
+    v
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut queue = None;
+    let mut state = None;
+    for (k, v) in &q {
+        match k.as_str() {
+            "queue" => queue = Some(v.clone()),
+            "state" => {
+                state = Some(JobState::parse(v).ok_or_else(|| {
+                    bad(format!(
+                    "state: unknown {v:?} (QUEUED, PLACED, RUNNING, SUCCEEDED, FAILED, CANCELLED)"
+                ))
+                })?)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?} (queue, state)"
+                )))
+            }
+        }
+    }
+    let jobs: Vec<(String, Job, i64)> = st.store.list(&st.keys.jobs_prefix()).await?;
+    let out: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|(_, j, _)| j)
+        .filter(|j| queue.as_ref().is_none_or(|q| &j.queue == q))
+        .filter(|j| state.is_none_or(|s| j.state == s))
+        .map(|j| view(j, None))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+async fn load(st: &AppState, id: &str) -> Result<(Job, i64), ApiError> {
+    check_job_id(id).map_err(bad)?;
+    st.store
+        .get::<Job>(&st.keys.job(id))
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))
+}
+
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (job, _) = load(&st, &id).await?;
+    let status = match job.current_task() {
+        Some(t) => st
+            .store
+            .get::<TaskRecord>(&st.keys.task(&t))
+            .await?
+            .map(|(s, _)| s),
+        None => None,
+    };
+    Ok(Json(view(&job, status.as_ref())).into_response())
+}
+
+/// Cancel: a queued job is CANCELLED; a placed or running one too, and its
+/// placement key is deleted in the same transaction (its agent kills it).
+pub async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    for _ in 0..5 {
+        let (job, rev) = load(&st, &id).await?;
+        if job.state.is_final() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job {id} already {}", job.state.as_str()),
+            ));
+        }
+        let mut next = job.clone();
+        next.state = JobState::Cancelled;
+        next.finished_at = Some(Utc::now());
+        next.message = Some("cancelled".into());
+        let key = st.keys.job(&id);
+        let mut ops = vec![TxnOp::put(
+            key.as_str(),
+            serde_json::to_vec(&next).expect("job serializes"),
+            None,
+        )];
+        if let (Some(node), Some(task)) = (&job.node, job.current_task()) {
+            if matches!(job.state, JobState::Placed | JobState::Running) {
+                ops.push(TxnOp::delete(st.keys.placement(node, &task), None));
+            }
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(ops);
+        let mut client = st.store.client().await?;
+        match client.txn(txn).await {
+            Ok(r) if r.succeeded() => return Ok(Json(view(&next, None)).into_response()),
+            // The leader changed the job meanwhile: read it again.
+            Ok(_) => continue,
+            Err(e) => {
+                st.store.reset().await;
+                return Err(st.store.unavailable(e).into());
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("job {id} kept changing; retry"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: serde_json::Value) -> Submit {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn job_ids_are_valid_and_distinct() {
+        let a = new_job_id();
+        let b = new_job_id();
+        assert_ne!(a, b);
+        check_job_id(&a).unwrap();
+        let task = gleaner_core::fleet::task_id(&a, 1000);
+        check_name("id", &task).unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let spec = json!({"cmd": "true", "resources": {"cpus": 1, "mem_mb": 64}});
+        assert!(validate(&req(json!({"queue": "q", "jobs": [{"spec": spec}]}))).is_ok());
+        for (body, want) in [
+            (json!({"queue": "q", "jobs": []}), "jobs: give 1 to"),
+            (json!({"queue": "a/b", "jobs": [{"spec": spec}]}), "queue"),
+            (
+                json!({"queue": "q", "jobs": [{"spec": {"cmd": "x", "resources": {"cpus": -1, "mem_mb": 64}}}]}),
+                "jobs[0].spec.resources.cpus",
+            ),
+            (
+                json!({"queue": "q", "jobs": [{"spec": {"id": "x", "cmd": "x", "resources": {"cpus": 1, "mem_mb": 64}}}]}),
+                "jobs[0].spec.id",
+            ),
+            (
+                json!({"queue": "q", "jobs": [{"spec": {"cmd": "x", "constraints": [["a", "NOPE"]], "resources": {"cpus": 1, "mem_mb": 64}}}]}),
+                "jobs[0].spec.constraints[0]",
+            ),
+            (
+                json!({"queue": "q", "jobs": [{"spec": spec, "gang": {"id": "g", "cardinality": 1}}, {"spec": spec, "gang": {"id": "g", "cardinality": 1}}]}),
+                "more than 1 members",
+            ),
+            (
+                json!({"queue": "q", "jobs": [{"spec": spec, "gang": {"id": "g", "cardinality": 0}}]}),
+                "cardinality",
+            ),
+            (
+                json!({"queue": "q", "jobs": [{"spec": spec, "max_retries": 1000}]}),
+                "max_retries",
+            ),
+        ] {
+            let e = validate(&req(body.clone())).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+    }
+}

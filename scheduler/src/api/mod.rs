@@ -1,0 +1,146 @@
+//! The native API (FLEET.md). Every replica serves it; reads go to etcd,
+//! writes are etcd transactions, so any replica answers the same. Errors:
+//! `{"error": ...}`; bad input is a 4xx and stores nothing.
+
+mod extract;
+mod jobs;
+mod queues;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use gleaner_core::fleet::{Keys, NodeInfo, NodeKey};
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+pub use extract::{ApiError, ApiJson, MAX_BODY_BYTES};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub keys: Arc<Keys>,
+    pub token: Option<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+    /// This replica's name in the election.
+    pub name: Arc<str>,
+    pub default_max_retries: u32,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Decode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get_one).delete(jobs::cancel))
+        .route("/v1/queues", get(queues::list))
+        .route(
+            "/v1/queues/{name}",
+            delete(queues::remove).put(queues::set).get(queues::get_one),
+        )
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/leader", get(leader))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_ref()) {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+}
+
+/// Live nodes (info key present) with their placement counts.
+async fn nodes(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let infos: Vec<(String, NodeInfo, i64)> = st.store.list(&st.keys.nodes_prefix()).await?;
+    let placements: Vec<(String, serde_json::Value, i64)> =
+        st.store.list(&st.keys.placements_root()).await?;
+    let mut out = Vec::new();
+    for (key, info, _) in infos {
+        let Some(NodeKey::Info { node }) = st.keys.parse_node_key(&key) else {
+            continue;
+        };
+        let tasks = placements
+            .iter()
+            .filter(|(k, _, _)| st.keys.parse_placement(k).is_some_and(|(n, _)| n == node))
+            .count();
+        out.push(json!({
+            "node": info.node,
+            "address": info.address,
+            "agent_url": info.agent_url,
+            "version": info.version,
+            "roles": info.roles,
+            "attributes": info.attributes,
+            "port_ranges": info.port_ranges,
+            "tasks": tasks,
+            "last_seen": info.reported_at,
+        }));
+    }
+    Ok(Json(out).into_response())
+}
+
+async fn leader(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let mut client = st.store.client().await?;
+    let leader = match client.leader(st.keys.leader()).await {
+        Ok(resp) => resp
+            .kv()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        // etcd answers "election: no leader" as an error.
+        Err(e) if e.to_string().contains("no leader") => None,
+        Err(e) => {
+            st.store.reset().await;
+            return Err(st.store.unavailable(e).into());
+        }
+    };
+    let is_self = leader.as_deref() == Some(st.name.as_ref());
+    Ok(Json(json!({"leader": leader, "self": is_self, "name": st.name.as_ref()})).into_response())
+}

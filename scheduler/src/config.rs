@@ -1,0 +1,187 @@
+//! `SchedulerConfig`: defaults, TOML file, flag overrides, validation.
+//! Every key is listed at its default in `packaging/etc/scheduler.toml`.
+
+use std::path::{Path, PathBuf};
+
+use gleaner_core::fleet::{Fitness, DEFAULT_PREFIX};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// etcd client URLs.
+    pub etcd: Vec<String>,
+    /// Key prefix of the fleet in etcd.
+    pub etcd_prefix: String,
+    /// Address of the API (every replica serves it).
+    pub listen: String,
+    /// File holding the bearer token the API requires; absent: no token.
+    pub token_file: Option<PathBuf>,
+    /// This replica's name in the election (what `GET /v1/leader` shows);
+    /// empty: `<hostname>:<listen port>`.
+    pub name: String,
+    /// TTL of the leader's lease: a dead leader is replaced this long after.
+    pub leader_ttl_s: i64,
+    /// A placement the agent has not started after this long is withdrawn
+    /// and placed on another node.
+    pub placement_timeout_s: u64,
+    /// Default fitness among nodes that fit: "bin-pack" or "spread"
+    /// (a queue may override).
+    pub fitness: Fitness,
+    /// At most this many jobs placed per pass.
+    pub max_placements_per_pass: usize,
+    /// Passes run on changes, at most this often (ms), and at least every
+    /// second.
+    pub pass_interval_ms: u64,
+    /// Retries of a failed or lost job when its submission does not say.
+    pub default_max_retries: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            etcd_prefix: DEFAULT_PREFIX.into(),
+            listen: "127.0.0.1:8080".into(),
+            token_file: None,
+            name: String::new(),
+            leader_ttl_s: 5,
+            placement_timeout_s: 30,
+            fitness: Fitness::BinPack,
+            max_placements_per_pass: 1000,
+            pass_interval_ms: 50,
+            default_max_retries: 3,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn load(path: &Path) -> Result<SchedulerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.into(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::File {
+            path: path.into(),
+            reason,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<SchedulerConfig, String> {
+        let c: SchedulerConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.etcd.is_empty() || self.etcd.iter().any(|e| e.trim().is_empty()) {
+            return Err("etcd: give at least one URL".into());
+        }
+        if !self.etcd_prefix.starts_with('/') {
+            return Err(format!(
+                "etcd_prefix: must start with '/', got {:?}",
+                self.etcd_prefix
+            ));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("listen: not an address:port: {:?}", self.listen));
+        }
+        if !(1..=600).contains(&self.leader_ttl_s) {
+            return Err("leader_ttl_s: must be 1 to 600".into());
+        }
+        if self.placement_timeout_s == 0 {
+            return Err("placement_timeout_s: must be at least 1".into());
+        }
+        if self.max_placements_per_pass == 0 {
+            return Err("max_placements_per_pass: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The token, read once at start.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+        let token = text.trim().to_owned();
+        if token.is_empty() {
+            return Err(ConfigError::File {
+                path: path.clone(),
+                reason: "token file is empty".into(),
+            });
+        }
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(
+            SchedulerConfig::parse("").unwrap(),
+            SchedulerConfig::default()
+        );
+        let c = SchedulerConfig::parse("placement_timeout_s = 5\nfitness = \"spread\"").unwrap();
+        assert_eq!(c.placement_timeout_s, 5);
+        assert_eq!(c.fitness, Fitness::Spread);
+        for (text, want) in [
+            ("nope = 1", "unknown field"),
+            ("listen = \"x\"", "listen"),
+            ("etcd = []", "etcd"),
+            ("etcd_prefix = \"g\"", "etcd_prefix"),
+            ("fitness = \"best\"", "unknown variant"),
+            ("placement_timeout_s = 0", "placement_timeout_s"),
+        ] {
+            let e = SchedulerConfig::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    /// The shipped config lists every key, and parses once its commented
+    /// defaults are uncommented (so they are right).
+    #[test]
+    fn shipped_config_lists_every_key_at_its_default() {
+        let text = include_str!("../../packaging/etc/scheduler.toml.in")
+            .replace("@PREFIX@", "/opt/gleaner");
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| !r.starts_with(' ') && !r.is_empty())
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed = SchedulerConfig::parse(&uncommented).unwrap();
+        let want = SchedulerConfig {
+            token_file: Some("/opt/gleaner/etc/scheduler-token".into()),
+            ..SchedulerConfig::default()
+        };
+        assert_eq!(parsed, want);
+        let all = toml::Value::try_from(SchedulerConfig::default()).unwrap();
+        let keys = all.as_table().unwrap().keys().cloned();
+        for key in keys.chain(["token_file".to_string()]) {
+            assert!(
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} ="))),
+                "packaging/etc/scheduler.toml.in lacks {key}"
+            );
+        }
+    }
+}

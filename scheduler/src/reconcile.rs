@@ -1,0 +1,308 @@
+//! Moving work, pure: from a job, its current attempt's task record and
+//! its node's liveness, what the job becomes (FLEET.md "Moving work").
+//! The leader writes the result in one transaction guarded by the job's
+//! revision.
+//!
+//! * task STAGING/RUNNING → job RUNNING;
+//! * FINISHED → SUCCEEDED;
+//! * FAILED, KILLED (not by a cancel), LOST, or the node's info key gone →
+//!   retried (attempt + 1) while `retries < max_retries`, else FAILED;
+//! * DRAINED / PREEMPTED → placed again, no retry counted (a drained node
+//!   is avoided: its report of the attribute change may lag);
+//! * placed but not started within `placement_timeout` → withdrawn and
+//!   placed elsewhere (the node avoided), no retry counted.
+//!
+//! Every change away from the node deletes the attempt's placement key, so
+//! a node that comes back kills the old attempt: a job never runs twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gleaner_core::fleet::{parse_task_id, Job, JobState, TaskRecord};
+use gleaner_core::status::TaskState;
+
+/// What one job's attempt looks like now.
+pub struct World<'a> {
+    pub job: &'a Job,
+    /// The record of the job's current attempt, as its node wrote it.
+    pub task: Option<&'a TaskRecord>,
+    /// The node of the current attempt has its info key (lease alive).
+    pub node_live: bool,
+    pub now: DateTime<Utc>,
+    pub placement_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub job: Job,
+    /// (node, task id) whose placement key goes.
+    pub delete_placement: Option<(String, String)>,
+}
+
+pub fn reconcile(w: &World<'_>) -> Option<Change> {
+    let job = w.job;
+    if !matches!(job.state, JobState::Placed | JobState::Running) {
+        return None;
+    }
+    let node = job.node.clone().unwrap_or_default();
+    let task_id = job.current_task()?;
+    // A record from another node (an older placement of the same id
+    // cannot exist: ids carry the attempt) is ignored.
+    let state = w.task.filter(|t| t.node == node).map(|t| t.status.state);
+    let mut next = job.clone();
+    let away = |next: Job| {
+        Some(Change {
+            job: next,
+            delete_placement: Some((node.clone(), task_id.clone())),
+        })
+    };
+    match state {
+        Some(TaskState::Staging | TaskState::Running) if w.node_live => {
+            if job.state == JobState::Running {
+                return None;
+            }
+            next.state = JobState::Running;
+            next.message = None;
+            Some(Change {
+                job: next,
+                delete_placement: None,
+            })
+        }
+        Some(TaskState::Finished) => {
+            next.state = JobState::Succeeded;
+            next.message = None;
+            next.finished_at = Some(w.now);
+            away(next)
+        }
+        Some(s @ (TaskState::Drained | TaskState::Preempted)) => {
+            requeue(
+                &mut next,
+                format!(
+                    "attempt {} {} on {node}; placed again",
+                    job.attempt,
+                    s.as_str()
+                ),
+            );
+            if s == TaskState::Drained {
+                next.avoid = vec![node.clone()];
+            }
+            away(next)
+        }
+        Some(s @ (TaskState::Failed | TaskState::Killed | TaskState::Lost)) => {
+            let why = w
+                .task
+                .and_then(|t| t.status.message.clone())
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default();
+            retry_or_fail(
+                &mut next,
+                format!("attempt {} {} on {node}{why}", job.attempt, s.as_str()),
+                w.now,
+            );
+            away(next)
+        }
+        _ if !w.node_live => {
+            retry_or_fail(
+                &mut next,
+                format!("attempt {} LOST: node {node} is gone", job.attempt),
+                w.now,
+            );
+            away(next)
+        }
+        // Not started (no record yet, or queued by the agent).
+        None | Some(TaskState::Queued) if job.state == JobState::Placed => {
+            let placed = job.placed_at.unwrap_or(job.submitted_at);
+            let waited = (w.now - placed).to_std().unwrap_or_default();
+            if waited < w.placement_timeout {
+                return None;
+            }
+            requeue(
+                &mut next,
+                format!(
+                    "withdrawn from {node}: not started within {} s",
+                    w.placement_timeout.as_secs()
+                ),
+            );
+            next.avoid = vec![node.clone()];
+            away(next)
+        }
+        _ => None,
+    }
+}
+
+fn requeue(job: &mut Job, message: String) {
+    job.state = JobState::Queued;
+    job.node = None;
+    job.placed_at = None;
+    job.message = Some(message);
+}
+
+fn retry_or_fail(job: &mut Job, what: String, now: DateTime<Utc>) {
+    if job.retries < job.max_retries {
+        job.retries += 1;
+        requeue(
+            job,
+            format!("{what}; retry {} of {}", job.retries, job.max_retries),
+        );
+    } else {
+        job.state = JobState::Failed;
+        job.finished_at = Some(now);
+        job.message = Some(format!("{what}; no retries left"));
+    }
+}
+
+/// A placement key that must go: its job is gone or done, or it is not the
+/// job's current attempt (an old attempt on a node that came back).
+pub fn stale_placement(task_id: &str, job: Option<&Job>) -> bool {
+    let Some((_, attempt)) = parse_task_id(task_id) else {
+        return true;
+    };
+    match job {
+        None => true,
+        Some(j) => j.state.is_final() || j.state == JobState::Queued || j.attempt != attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gleaner_core::spec::{Resources, TaskSpec};
+    use gleaner_core::status::TaskStatus;
+
+    fn job(state: JobState) -> Job {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "cmd": "true", "resources": {"cpus": 1, "mem_mb": 64}
+        }))
+        .unwrap();
+        Job {
+            id: "j".into(),
+            queue: "q".into(),
+            priority: 0,
+            spec,
+            gang: None,
+            max_retries: 1,
+            submitted_at: Utc::now(),
+            state,
+            attempt: 1,
+            retries: 0,
+            node: Some("n1".into()),
+            message: None,
+            placed_at: Some(Utc::now()),
+            finished_at: None,
+            avoid: vec![],
+        }
+    }
+
+    fn record(state: TaskState, node: &str) -> TaskRecord {
+        TaskRecord {
+            status: TaskStatus {
+                id: "j.1".into(),
+                role: "batch".into(),
+                state,
+                reason: None,
+                message: None,
+                exit_code: None,
+                signal: None,
+                pid: None,
+                cgroup: None,
+                sandbox: None,
+                resources: Resources {
+                    cpus: 1.0,
+                    mem_mb: 64.0,
+                    disk_mb: 0.0,
+                },
+                submitted_at: Utc::now(),
+                started_at: None,
+                finished_at: None,
+                restarts: 0,
+            },
+            node: node.into(),
+        }
+    }
+
+    fn world<'a>(job: &'a Job, task: Option<&'a TaskRecord>, live: bool) -> World<'a> {
+        World {
+            job,
+            task,
+            node_live: live,
+            now: Utc::now(),
+            placement_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn running_then_succeeded() {
+        let j = job(JobState::Placed);
+        let r = record(TaskState::Running, "n1");
+        let c = reconcile(&world(&j, Some(&r), true)).unwrap();
+        assert_eq!(c.job.state, JobState::Running);
+        assert_eq!(c.delete_placement, None);
+        assert_eq!(reconcile(&world(&c.job, Some(&r), true)), None);
+        let done = record(TaskState::Finished, "n1");
+        let c = reconcile(&world(&c.job, Some(&done), true)).unwrap();
+        assert_eq!(c.job.state, JobState::Succeeded);
+        assert_eq!(c.delete_placement, Some(("n1".into(), "j.1".into())));
+        // A record from another node is not this attempt's.
+        let other = record(TaskState::Finished, "n2");
+        assert_eq!(reconcile(&world(&j, Some(&other), true)), None);
+    }
+
+    #[test]
+    fn failures_retry_then_fail() {
+        let j = job(JobState::Running);
+        let r = record(TaskState::Failed, "n1");
+        let c = reconcile(&world(&j, Some(&r), true)).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 1));
+        assert!(c.job.message.unwrap().contains("retry 1 of 1"));
+        let mut spent = j.clone();
+        spent.retries = 1;
+        let c = reconcile(&world(&spent, Some(&r), true)).unwrap();
+        assert_eq!(c.job.state, JobState::Failed);
+        assert!(c.job.finished_at.is_some());
+    }
+
+    #[test]
+    fn lost_node_retries_and_deletes_the_placement() {
+        let j = job(JobState::Running);
+        let r = record(TaskState::Running, "n1");
+        let c = reconcile(&world(&j, Some(&r), false)).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 1));
+        assert!(c.job.message.as_ref().unwrap().contains("node n1 is gone"));
+        assert_eq!(c.delete_placement, Some(("n1".into(), "j.1".into())));
+    }
+
+    #[test]
+    fn drain_and_preemption_do_not_count() {
+        let j = job(JobState::Running);
+        for (s, avoid) in [(TaskState::Drained, true), (TaskState::Preempted, false)] {
+            let r = record(s, "n1");
+            let c = reconcile(&world(&j, Some(&r), true)).unwrap();
+            assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
+            assert_eq!(c.job.avoid.contains(&"n1".to_string()), avoid);
+        }
+    }
+
+    #[test]
+    fn placements_not_started_are_withdrawn_after_the_timeout() {
+        let mut j = job(JobState::Placed);
+        assert_eq!(reconcile(&world(&j, None, true)), None);
+        j.placed_at = Some(Utc::now() - chrono::Duration::seconds(31));
+        let queued = record(TaskState::Queued, "n1");
+        for task in [None, Some(&queued)] {
+            let c = reconcile(&world(&j, task, true)).unwrap();
+            assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
+            assert_eq!(c.job.avoid, vec!["n1".to_string()]);
+            assert!(c.job.message.unwrap().contains("withdrawn from n1"));
+        }
+    }
+
+    #[test]
+    fn stale_placements() {
+        let j = job(JobState::Running);
+        assert!(!stale_placement("j.1", Some(&j)));
+        assert!(stale_placement("j.0", Some(&j)));
+        assert!(stale_placement("j.1", None));
+        assert!(stale_placement("junk", Some(&j)));
+        assert!(stale_placement("j.1", Some(&job(JobState::Cancelled))));
+    }
+}

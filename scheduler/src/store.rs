@@ -1,0 +1,139 @@
+//! etcd access shared by the API and the leader: connecting (with the
+//! endpoint rules of the agent), typed reads, and the error type.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd {endpoints}: {reason}")]
+    Unavailable { endpoints: String, reason: String },
+    #[error("etcd key {key}: {reason}")]
+    Decode { key: String, reason: String },
+}
+
+/// `localhost` becomes 127.0.0.1 (the static binary has no NSS); a bare
+/// `host:port` is fine for etcd-client.
+pub fn endpoint(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.replace("://localhost", "://127.0.0.1");
+    match url.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => url,
+    }
+}
+
+/// A client made on first use and remade after a failure.
+pub struct Store {
+    endpoints: Vec<String>,
+    client: Mutex<Option<Client>>,
+}
+
+impl Store {
+    pub fn new(endpoints: &[String]) -> Store {
+        Store {
+            endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    pub fn unavailable(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            endpoints: self.endpoints.join(","),
+            reason: e.to_string(),
+        }
+    }
+
+    pub async fn client(&self) -> Result<Client, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.endpoints, Some(REQUEST_TIMEOUT)).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the client after an error, so the next call reconnects.
+    pub async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    /// Every value under `prefix`, decoded; undecodable values are skipped
+    /// with a warning (an operator's stray key must not break listing).
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T, i64)>, StoreError> {
+        let mut c = self.client().await?;
+        let resp = match c.get(prefix, Some(GetOptions::new().with_prefix())).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.reset().await;
+                return Err(self.unavailable(e));
+            }
+        };
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match serde_json::from_slice(kv.value()) {
+                Ok(v) => out.push((key, v, kv.mod_revision())),
+                Err(e) => tracing::warn!(%key, error = %e, "skipping undecodable value"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One value and its mod revision.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, StoreError> {
+        let mut c = self.client().await?;
+        let resp = match c.get(key, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.reset().await;
+                return Err(self.unavailable(e));
+            }
+        };
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let v = serde_json::from_slice(kv.value()).map_err(|e| StoreError::Decode {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((v, kv.mod_revision())))
+    }
+}
+
+/// `timeout`: per request; none for the election's campaign, which blocks
+/// until this replica leads.
+pub async fn connect(
+    endpoints: &[String],
+    timeout: Option<Duration>,
+) -> Result<Client, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if let Some(t) = timeout {
+        options = options.with_timeout(t);
+    }
+    Client::connect(endpoints, Some(options))
+        .await
+        .map_err(|e| StoreError::Unavailable {
+            endpoints: endpoints.join(","),
+            reason: e.to_string(),
+        })
+}

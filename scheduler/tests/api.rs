@@ -1,0 +1,627 @@
+//! The scheduler's native API against a real etcd and the real binary.
+//! Agents are simulated with etcdctl writes (node info, task records): the
+//! multi-process fleet tests with real agents live in `fleet*.rs`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A single-member etcd on free ports, killed and removed on drop.
+struct Etcd {
+    endpoint: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            eprintln!("SKIP: etcd is not installed");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("gleaner-sched-etcd-")
+            .tempdir()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let etcd = Etcd {
+            endpoint,
+            child,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while etcd.ctl(&["endpoint", "health"]).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(etcd)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn put(&self, key: &str, value: &Value) {
+        self.ctl(&["put", key, &value.to_string()]).unwrap();
+    }
+
+    fn del(&self, key: &str) {
+        self.ctl(&["del", key]).unwrap();
+    }
+
+    fn get(&self, key: &str) -> Option<Value> {
+        let out = self.ctl(&["get", key, "--print-value-only"]).unwrap();
+        (!out.trim().is_empty()).then(|| serde_json::from_str(out.trim()).unwrap())
+    }
+
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        self.ctl(&["get", prefix, "--prefix", "--keys-only"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One scheduler replica; SIGTERM then kill on drop.
+struct Scheduler {
+    url: String,
+    child: Option<Child>,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Scheduler {
+    fn start(etcd: &Etcd, name: &str, extra_config: &str) -> Scheduler {
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!("t-{name}-secret");
+        std::fs::write(dir.path().join("token"), &token).unwrap();
+        let port = free_port();
+        let config = dir.path().join("scheduler.toml");
+        std::fs::write(
+            &config,
+            format!("name = \"{name}\"\npass_interval_ms = 20\n{extra_config}"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gleaner-scheduler"))
+            .args([
+                "--etcd",
+                &etcd.endpoint,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--token-file")
+            .arg(dir.path().join("token"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Scheduler {
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            token,
+            _dir: dir,
+        };
+        wait_for(Duration::from_secs(10), "scheduler answers", || {
+            s.call("GET", "/v1/health", None).0 == 200
+        });
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_raw(method, path, body.map(|b| b.to_string()), Some(&self.token))
+    }
+
+    fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let client = reqwest::blocking::Client::new();
+        let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        match req.timeout(Duration::from_secs(10)).send() {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                let text = r.text().unwrap_or_default();
+                (
+                    code,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let _ = nix_kill(c.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "scheduler ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn nix_kill(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn node_info(node: &str, cpus: f64, attrs: Value) -> Value {
+    json!({
+        "node": node, "address": "127.0.0.1", "agent_url": "http://127.0.0.1:1",
+        "version": "test",
+        "roles": {"batch": {"reserved": {"cpus": cpus, "mem_mb": 4096}, "allocated": {"cpus": 0, "mem_mb": 0}}},
+        "attributes": attrs, "port_ranges": [[31000, 32000]],
+        "reported_at": "2026-11-22T10:00:00Z"
+    })
+}
+
+fn task_record(task: &str, node: &str, state: &str) -> Value {
+    json!({
+        "id": task, "role": "batch", "state": state, "reason": null,
+        "exit_code": null, "signal": null, "pid": null, "cgroup": null, "sandbox": null,
+        "resources": {"cpus": 1, "mem_mb": 64},
+        "submitted_at": "2026-11-22T10:00:00Z", "started_at": null, "finished_at": null,
+        "restarts": 0, "node": node
+    })
+}
+
+fn spec() -> Value {
+    json!({"cmd": "sleep 100", "resources": {"cpus": 1, "mem_mb": 64}})
+}
+
+fn job(s: &Scheduler, id: &str) -> Value {
+    let (code, v) = s.call("GET", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn wait_state(s: &Scheduler, id: &str, state: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let last = job(s, id);
+        if last["state"] == state {
+            return last;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "job {id} never {state}: {last}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn submit(s: &Scheduler, queue: &str, jobs: Value) -> Vec<String> {
+    let (code, v) = s.call(
+        "POST",
+        "/v1/jobs",
+        Some(json!({"queue": queue, "jobs": jobs})),
+    );
+    assert_eq!(code, 201, "{v}");
+    v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bad_input_to_every_endpoint_is_refused_and_nothing_is_stored() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    // No token, wrong token.
+    assert_eq!(s.call_raw("GET", "/v1/jobs", None, None).0, 401);
+    assert_eq!(s.call_raw("GET", "/v1/queues", None, Some("nope")).0, 401);
+    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        ("POST", "/v1/jobs", Some("{".into()), 400, "invalid JSON"),
+        ("POST", "/v1/jobs", Some(json!({"queue": "q", "jobs": [{"spec": spec()}], "x": 1}).to_string()), 400, "unknown field"),
+        ("POST", "/v1/jobs", Some(json!({"queue": "q", "jobs": [{"spec": spec()}]}).to_string()), 400, "does not exist"),
+        ("POST", "/v1/jobs", Some(json!({"queue": "q", "jobs": []}).to_string()), 400, "jobs"),
+        ("POST", "/v1/jobs", Some(json!({"queue": "q", "jobs": [{"spec": {"cmd": "x", "resources": {"cpus": 0, "mem_mb": 64}}}]}).to_string()), 400, "jobs[0].spec.resources.cpus"),
+        ("POST", "/v1/jobs", Some(json!({"queue": "q", "jobs": [{"spec": {"cmd": "x", "resources": {"cpus": 1, "mem_mb": 64}, "constraints": [["rack", "SOMETIMES"]]}}]}).to_string()), 400, "constraints[0]"),
+        ("GET", "/v1/jobs?state=NOPE", None, 400, "state"),
+        ("GET", "/v1/jobs?colour=red", None, 400, "colour"),
+        ("GET", "/v1/jobs/bad.id", None, 400, "job id"),
+        ("GET", "/v1/jobs/nosuchjob", None, 404, "no job"),
+        ("DELETE", "/v1/jobs/nosuchjob", None, 404, "no job"),
+        ("PUT", "/v1/queues/q", Some(json!({"priority_factor": 0}).to_string()), 400, "priority_factor"),
+        ("PUT", "/v1/queues/q", Some(json!({"weight": 2}).to_string()), 400, "unknown field"),
+        ("PUT", "/v1/queues/q", Some(json!({"limits": {"cpus": -1}}).to_string()), 400, "limits.cpus"),
+        ("PUT", "/v1/queues/bad%20name", Some("{}".into()), 400, "queue"),
+        ("GET", "/v1/queues/nosuch", None, 404, "no queue"),
+        ("DELETE", "/v1/queues/nosuch", None, 404, "no queue"),
+        ("GET", "/v1/nowhere", None, 404, "no such endpoint"),
+        ("POST", "/v1/nodes", None, 405, "method not allowed"),
+    ];
+    for (method, path, body, want, text) in cases {
+        let (code, v) = s.call_raw(method, path, body.clone(), Some(&s.token));
+        assert_eq!(code, want, "{method} {path} {body:?}: {v}");
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no error field: {v}"));
+        assert!(msg.contains(text), "{method} {path}: {msg}");
+    }
+    // Nothing stored but the election key.
+    let keys = etcd.keys("/gleaner/");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("/gleaner/scheduler/leader")),
+        "{keys:?}"
+    );
+    // A queue in use cannot go; a gang larger than allowed is refused whole.
+    assert_eq!(s.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    let ids = submit(&s, "q", json!([{"spec": spec()}]));
+    let (code, v) = s.call("DELETE", "/v1/queues/q", None);
+    assert_eq!(code, 409, "{v}");
+    let (code, _) = s.call(
+        "POST",
+        "/v1/jobs",
+        Some(json!({"queue": "q", "jobs": [{"spec": spec()}, {"spec": spec(), "gang": {"id": "g", "cardinality": 0}}]})),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(etcd.keys("/gleaner/jobs/").len(), 1);
+    assert_eq!(
+        s.call("DELETE", &format!("/v1/jobs/{}", ids[0]), None).0,
+        200
+    );
+    let (code, v) = s.call("DELETE", &format!("/v1/jobs/{}", ids[0]), None);
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(s.call("DELETE", "/v1/queues/q", None).0, 200);
+}
+
+#[test]
+fn job_lifecycle_placement_running_success_loss_retry_and_cancel() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "solo", "");
+    wait_for(Duration::from_secs(10), "leads", || {
+        s.call("GET", "/v1/leader", None).1["self"] == true
+    });
+    assert_eq!(
+        s.call("PUT", "/v1/queues/q", Some(json!({"priority_factor": 1})))
+            .0,
+        201
+    );
+    let ids = submit(&s, "q", json!([{"spec": spec(), "max_retries": 1}]));
+    let id = &ids[0];
+    // No node yet: waits, with a reason.
+    wait_for(Duration::from_secs(10), "reason", || {
+        job(&s, id)["message"] == "no live node"
+    });
+    assert_eq!(job(&s, id)["state"], "QUEUED");
+
+    etcd.put(
+        "/gleaner/nodes/n1/info",
+        &node_info("n1", 4.0, json!({"rack": "r1"})),
+    );
+    let placed = wait_state(&s, id, "PLACED");
+    assert_eq!(placed["node"], "n1");
+    assert_eq!(placed["attempt"], 1);
+    let task = format!("{id}.1");
+    assert_eq!(placed["task"], task);
+    let p = etcd
+        .get(&format!("/gleaner/placements/n1/{task}"))
+        .expect("placement key");
+    assert_eq!(p["spec"]["id"], task);
+    assert_eq!(p["spec"]["role"], "batch");
+    assert_eq!(p["job"], id.as_str());
+    assert_eq!(p["attempt"], 1);
+
+    // The agent reports it running, then done.
+    etcd.put(
+        &format!("/gleaner/tasks/{task}"),
+        &task_record(&task, "n1", "RUNNING"),
+    );
+    let running = wait_state(&s, id, "RUNNING");
+    assert_eq!(running["task_status"]["state"], "RUNNING");
+    let (_, queues) = s.call("GET", "/v1/queues", None);
+    assert_eq!(queues[0]["running"], 1, "{queues}");
+    assert!(queues[0]["share"].as_f64().unwrap() > 0.2, "{queues}");
+    etcd.put(
+        &format!("/gleaner/tasks/{task}"),
+        &task_record(&task, "n1", "FINISHED"),
+    );
+    wait_state(&s, id, "SUCCEEDED");
+    wait_for(Duration::from_secs(5), "placement removed", || {
+        etcd.get(&format!("/gleaner/placements/n1/{task}"))
+            .is_none()
+    });
+
+    // Lost node: retried elsewhere as attempt 2; the old key goes.
+    let id = &submit(&s, "q", json!([{"spec": spec(), "max_retries": 1}]))[0];
+    wait_state(&s, id, "PLACED");
+    let t1 = format!("{id}.1");
+    etcd.put(
+        &format!("/gleaner/tasks/{t1}"),
+        &task_record(&t1, "n1", "RUNNING"),
+    );
+    wait_state(&s, id, "RUNNING");
+    etcd.put("/gleaner/nodes/n2/info", &node_info("n2", 4.0, json!({})));
+    etcd.del("/gleaner/nodes/n1/info");
+    let moved = wait_state(&s, id, "PLACED");
+    assert_eq!(
+        (
+            moved["node"].as_str(),
+            moved["attempt"].as_u64(),
+            moved["retries"].as_u64()
+        ),
+        (Some("n2"), Some(2), Some(1)),
+        "{moved}"
+    );
+    assert!(etcd.get(&format!("/gleaner/placements/n1/{t1}")).is_none());
+    assert!(etcd
+        .get(&format!("/gleaner/placements/n2/{id}.2"))
+        .is_some());
+
+    // Cancel while placed: CANCELLED and the placement key deleted.
+    let (code, v) = s.call("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["state"], "CANCELLED");
+    assert!(etcd
+        .get(&format!("/gleaner/placements/n2/{id}.2"))
+        .is_none());
+
+    // Listing filters; nodes and metrics answer.
+    let (_, all) = s.call("GET", "/v1/jobs?queue=q&state=succeeded", None);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let (_, nodes) = s.call("GET", "/v1/nodes", None);
+    assert_eq!(nodes[0]["node"], "n2", "{nodes}");
+    let (code, m) = s.call("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let m = m.as_str().unwrap().to_owned();
+    assert!(m.contains("gleaner_scheduler_leader 1"), "{m}");
+    assert!(m.contains("gleaner_scheduler_placements_total 3"), "{m}");
+}
+
+#[test]
+fn failures_retry_drains_move_and_unstarted_placements_are_withdrawn() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "solo", "placement_timeout_s = 2\n");
+    assert_eq!(s.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    etcd.put(
+        "/gleaner/nodes/n1/info",
+        &node_info("n1", 4.0, json!({"rack": "r1"})),
+    );
+    let id = &submit(&s, "q", json!([{"spec": spec(), "max_retries": 1}]))[0];
+    let first = wait_state(&s, id, "PLACED");
+    assert_eq!(first["node"], "n1");
+    // n1 never starts it: after 2 s it goes to n2.
+    etcd.put(
+        "/gleaner/nodes/n2/info",
+        &node_info("n2", 4.0, json!({"rack": "r2"})),
+    );
+    let start = Instant::now();
+    wait_for(Duration::from_secs(10), "withdrawn", || {
+        job(&s, id)["node"] == "n2"
+    });
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    let j = job(&s, id);
+    assert_eq!(
+        (j["attempt"].as_u64(), j["retries"].as_u64()),
+        (Some(2), Some(0)),
+        "{j}"
+    );
+    assert!(etcd
+        .get(&format!("/gleaner/placements/n1/{id}.1"))
+        .is_none());
+
+    // Drained on n2: placed again without a retry counted, not on n2.
+    let t2 = format!("{id}.2");
+    etcd.put(
+        &format!("/gleaner/tasks/{t2}"),
+        &task_record(&t2, "n2", "RUNNING"),
+    );
+    wait_state(&s, id, "RUNNING");
+    etcd.put(
+        &format!("/gleaner/tasks/{t2}"),
+        &task_record(&t2, "n2", "DRAINED"),
+    );
+    wait_for(Duration::from_secs(10), "re-placed", || {
+        job(&s, id)["attempt"] == 3
+    });
+    let j = job(&s, id);
+    assert_eq!(
+        (j["node"].as_str(), j["retries"].as_u64()),
+        (Some("n1"), Some(0)),
+        "{j}"
+    );
+
+    // Failed: one retry, then FAILED.
+    let t3 = format!("{id}.3");
+    etcd.put(
+        &format!("/gleaner/tasks/{t3}"),
+        &task_record(&t3, "n1", "FAILED"),
+    );
+    wait_for(Duration::from_secs(10), "retried", || {
+        job(&s, id)["attempt"] == 4
+    });
+    assert_eq!(job(&s, id)["retries"], 1);
+    let t4 = format!("{id}.4");
+    let node = job(&s, id)["node"].as_str().unwrap().to_owned();
+    etcd.put(
+        &format!("/gleaner/tasks/{t4}"),
+        &task_record(&t4, &node, "FAILED"),
+    );
+    let failed = wait_state(&s, id, "FAILED");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("no retries left"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn constraints_and_gangs_through_the_api() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "solo", "");
+    assert_eq!(s.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    for n in ["n1", "n2", "n3"] {
+        etcd.put(
+            &format!("/gleaner/nodes/{n}/info"),
+            &node_info(n, 2.0, json!({})),
+        );
+    }
+    let unique = json!({"cmd": "u", "resources": {"cpus": 0.5, "mem_mb": 64}, "constraints": [["hostname", "UNIQUE"]]});
+    let ids = submit(
+        &s,
+        "q",
+        json!([{"spec": unique}, {"spec": unique}, {"spec": unique}, {"spec": unique}]),
+    );
+    wait_for(Duration::from_secs(10), "three placed", || {
+        ids.iter()
+            .filter(|id| job(&s, id)["state"] == "PLACED")
+            .count()
+            == 3
+    });
+    let waiting: Vec<Value> = ids
+        .iter()
+        .map(|id| job(&s, id))
+        .filter(|j| j["state"] == "QUEUED")
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    wait_for(Duration::from_secs(10), "reason", || {
+        job(&s, waiting[0]["id"].as_str().unwrap())["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("hostname UNIQUE"))
+    });
+    // A gang of 4 needing 1 cpu each with 1.5 cpus free per node: waits.
+    let big = json!({"cmd": "g", "resources": {"cpus": 1, "mem_mb": 64}});
+    let gang: Vec<Value> = (0..4)
+        .map(|_| json!({"spec": big, "gang": {"id": "g1", "cardinality": 4}}))
+        .collect();
+    let gids = submit(&s, "q", Value::Array(gang));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(gids.iter().all(|id| job(&s, id)["state"] == "QUEUED"));
+    // Room appears: all 4 placed together.
+    etcd.put("/gleaner/nodes/n4/info", &node_info("n4", 2.0, json!({})));
+    wait_for(Duration::from_secs(10), "gang placed", || {
+        gids.iter().all(|id| job(&s, id)["state"] == "PLACED")
+    });
+}
+
+#[test]
+fn two_replicas_one_leads_and_sigterm_hands_over_at_once() {
+    let Some(etcd) = Etcd::start() else { return };
+    let mut a = Scheduler::start(&etcd, "a", "leader_ttl_s = 30\n");
+    wait_for(Duration::from_secs(10), "a leads", || {
+        a.call("GET", "/v1/leader", None).1["self"] == true
+    });
+    let b = Scheduler::start(&etcd, "b", "leader_ttl_s = 30\n");
+    let (_, v) = b.call("GET", "/v1/leader", None);
+    assert_eq!(
+        (v["leader"].as_str(), v["self"].as_bool()),
+        (Some("a"), Some(false)),
+        "{v}"
+    );
+    // The follower serves the API too.
+    assert_eq!(b.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    let status = a.sigterm();
+    assert!(status.success(), "{status:?}");
+    // Resigned: b leads long before a's 30 s lease would expire.
+    let start = Instant::now();
+    wait_for(Duration::from_secs(5), "b leads", || {
+        b.call("GET", "/v1/leader", None).1["self"] == true
+    });
+    assert!(start.elapsed() < Duration::from_secs(5));
+    etcd.put("/gleaner/nodes/n1/info", &node_info("n1", 2.0, json!({})));
+    let id = &submit(&b, "q", json!([{"spec": spec()}]))[0];
+    wait_state(&b, id, "PLACED");
+}
