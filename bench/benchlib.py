@@ -10,9 +10,16 @@ def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
+# The admin token of the agent started last (every TCP request needs it).
+TOKEN = None
+
+
 def http(method, url, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if TOKEN:
+        headers["Authorization"] = f"Bearer {TOKEN}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read() or b"null")
 
@@ -27,6 +34,12 @@ def start_agent(tmp, cgroup_root, rootfs, extra=""):
                 f'default_rootfs = "{rootfs}"\n{extra}\n')
     agent = subprocess.Popen([os.path.join(BIN, "gleaner-agent"), "--config", cfg],
                              stderr=open(os.path.join(tmp, "agent.log"), "w"))
+    global TOKEN
+    for _ in range(200):
+        try:
+            TOKEN = open(os.path.join(tmp, "data", "api.token")).read().strip(); break
+        except OSError:
+            time.sleep(0.05)
     for _ in range(200):
         try:
             http("GET", base + "/v1/health"); break

@@ -114,3 +114,4 @@ if [ "$start" = yes ]; then
     done
 fi
 echo "gleaner $(cat "$dest/VERSION") installed in $prefix (init: $init)"
+echo "API: as root, $dest/bin/gleaner --config $dest/etc/agent.toml (Unix socket); over TCP, the bearer token in $dest/var/lib/api.token"

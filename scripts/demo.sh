@@ -9,7 +9,11 @@ bin=target/release
 work=$(mktemp -d /tmp/gleaner-demo.XXXXXX)
 bash scripts/make-busybox-rootfs.sh "$work/rootfs"
 
-"$bin/gleaner-agent" --data-dir "$work/data" >"$work/agent.log" 2>&1 &
+# One config for the agent and the CLI: the CLI finds the agent's Unix socket
+# (<data_dir>/run/api.sock) through it; TCP would need the token.
+printf 'data_dir = "%s"\n' "$work/data" >"$work/agent.toml"
+export GLEANER_CONFIG=$work/agent.toml
+"$bin/gleaner-agent" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent=$!
 cleanup() {
   "$bin/gleaner" kill demo-sleeper >/dev/null 2>&1 || true
@@ -17,8 +21,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do curl -sf http://127.0.0.1:5051/v1/health >/dev/null && break; sleep 0.1; done
-"$bin/gleaner-monitor" --interval 500ms >"$work/monitor.log" 2>&1 &
+"$bin/gleaner" wait-healthy --timeout 10 >/dev/null
+printf 'agent_socket = "%s"\n' "$work/data/run/api.sock" >"$work/monitor.toml"
+"$bin/gleaner-monitor" --config "$work/monitor.toml" --interval 500ms >"$work/monitor.log" 2>&1 &
 monitor=$!
 sleep 1.5
 echo "== the monitor has sized the batch reservation to the idle capacity"

@@ -42,6 +42,38 @@ pub fn install_tls_provider() {
 }
 
 impl Client {
+    /// A client of the agent's Unix socket: the kernel tells the agent who
+    /// we are, no token needed.
+    pub fn unix(socket: &std::path::Path) -> Self {
+        install_tls_provider();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .unix_socket(socket.to_owned())
+            .build()
+            .expect("http client");
+        Client {
+            base: "http://localhost".into(),
+            token: None,
+            http,
+        }
+    }
+
+    /// Where and how to reach the agent whose config is `cfg`: its Unix
+    /// socket when this process may use it, else its TCP listener with the
+    /// admin token (if this process can read it).
+    pub fn for_agent(cfg: &crate::config::AgentConfig) -> Self {
+        let socket = cfg.api_socket();
+        if nix::unistd::access(&socket, nix::unistd::AccessFlags::W_OK).is_ok() {
+            return Client::unix(&socket);
+        }
+        let base = match cfg.listen_addr() {
+            Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+            Ok(a) => format!("http://{a}"),
+            Err(_) => format!("http://{}", cfg.listen),
+        };
+        Client::new(&base, cfg.read_token().ok())
+    }
+
     pub fn new(base: &str, token: Option<String>) -> Self {
         install_tls_provider();
         let http = reqwest::blocking::Client::builder()

@@ -26,12 +26,19 @@ fn key(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Features that can be forced off to exercise the fallbacks of old kernels.
-pub const KNOWN_FEATURES: [&str; 4] = ["pids_cgroup", "oom_kill_counter", "cpu_idle", "pivot_root"];
+pub const KNOWN_FEATURES: [&str; 6] = [
+    "pids_cgroup",
+    "oom_kill_counter",
+    "cpu_idle",
+    "pivot_root",
+    "seccomp",
+    "net_namespace",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// HTTP listen address. Non-loopback needs `token_file`.
+    /// HTTP listen address. Every request on it needs the bearer token.
     pub listen: String,
     pub data_dir: PathBuf,
     /// Name of gleaner's cgroup under each controller's root.
@@ -42,8 +49,18 @@ pub struct AgentConfig {
     /// Key prefix in etcd: `<prefix>/nodes/<node-id>/...`.
     pub etcd_prefix: String,
     pub attributes: BTreeMap<String, String>,
-    /// File holding the bearer token every request must carry.
+    /// File holding the bearer token every TCP request must carry.
+    /// Absent: `<data_dir>/api.token`, created (0600, 256 bits) at first start.
     pub token_file: Option<PathBuf>,
+    /// Besides uid 0, callers on the Unix socket (`<data_dir>/run/api.sock`)
+    /// with one of these uids or gids are admins. Empty: the socket is 0600.
+    pub admin_uids: Vec<u32>,
+    pub admin_gids: Vec<u32>,
+    /// TCP connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// A request's head and body must arrive within this (slow clients are
+    /// dropped).
+    pub request_read_timeout_s: f64,
     pub cgroup_version: VersionChoice,
     /// Force fallbacks: any of `KNOWN_FEATURES`.
     pub disable_features: Vec<String>,
@@ -90,6 +107,10 @@ impl Default for AgentConfig {
             etcd_prefix: "/gleaner".into(),
             attributes: BTreeMap::new(),
             token_file: None,
+            admin_uids: Vec::new(),
+            admin_gids: Vec::new(),
+            max_connections: 2048,
+            request_read_timeout_s: 10.0,
             cgroup_version: VersionChoice::Auto,
             disable_features: Vec::new(),
             pids_limit: 1024,
@@ -175,12 +196,9 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let addr = self.listen_addr()?;
-        if !addr.ip().is_loopback() && self.token_file.is_none() {
-            return Err(key(
-                "listen",
-                format!("{addr} is not a loopback address; set token_file so that requests need a bearer token"),
-            ));
+        self.listen_addr()?;
+        if self.max_connections == 0 {
+            return Err(key("max_connections", "must be > 0"));
         }
         check_name("cgroup_root", &self.cgroup_root).map_err(|e| key("cgroup_root", e.reason))?;
         if !self.data_dir.is_absolute() {
@@ -216,6 +234,7 @@ impl AgentConfig {
         for (name, v) in [
             ("image_fetch_timeout_s", self.image_fetch_timeout_s),
             ("disk_check_interval_s", self.disk_check_interval_s),
+            ("request_read_timeout_s", self.request_read_timeout_s),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(key(name, "must be > 0"));
@@ -273,19 +292,68 @@ impl AgentConfig {
         self.disable_features.iter().any(|f| f == name)
     }
 
-    pub fn read_token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| key("token_file", format!("{}: {e}", path.display())))?
-            .trim()
-            .to_owned();
-        if token.is_empty() {
-            return Err(key("token_file", format!("{} is empty", path.display())));
-        }
-        Ok(Some(token))
+    /// Where the admin token is: `token_file`, else `<data_dir>/api.token`.
+    pub fn token_path(&self) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("api.token"))
     }
+
+    /// The Unix socket of the API.
+    pub fn api_socket(&self) -> PathBuf {
+        self.data_dir.join("run").join("api.sock")
+    }
+
+    /// Reads the admin token; without `token_file`, creates
+    /// `<data_dir>/api.token` (0600, 256 random bits) the first time.
+    pub fn read_or_create_token(&self) -> Result<String, ConfigError> {
+        let path = self.token_path();
+        if self.token_file.is_none() && !path.exists() {
+            create_token_file(&path).map_err(|e| key("token_file", e))?;
+        }
+        read_token_file(&path)
+    }
+
+    /// Reads the admin token (for clients: never creates one).
+    pub fn read_token(&self) -> Result<String, ConfigError> {
+        read_token_file(&self.token_path())
+    }
+}
+
+fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| key("token_file", format!("{}: {e}", path.display())))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(key("token_file", format!("{} is empty", path.display())));
+    }
+    Ok(token)
+}
+
+/// Writes a fresh token, 0600 from the first byte (created exclusively: a
+/// file someone else put there is never taken over).
+fn create_token_file(path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut random = [0u8; 32];
+    getrandom::getrandom(&mut random).map_err(|e| format!("random token: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(format!("{}\n", crate::auth::new_token(random)).as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -322,6 +390,34 @@ mod tests {
         assert_eq!(parsed.image_cache_mb, d.image_cache_mb);
         assert_eq!(parsed.disk_check_interval_s, d.disk_check_interval_s);
         assert_eq!(parsed.data_dir, PathBuf::from("/opt/gleaner/var/lib"));
+    }
+
+    #[test]
+    fn a_token_is_made_once_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AgentConfig {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        let t1 = cfg.read_or_create_token().unwrap();
+        assert_eq!(t1.len(), 64);
+        let mode = std::fs::metadata(cfg.token_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(cfg.read_or_create_token().unwrap(), t1);
+        assert_eq!(cfg.read_token().unwrap(), t1);
+        let given = AgentConfig {
+            token_file: Some(dir.path().join("missing")),
+            ..Default::default()
+        };
+        assert!(given
+            .read_or_create_token()
+            .unwrap_err()
+            .to_string()
+            .starts_with("token_file"));
     }
 
     #[test]
@@ -369,10 +465,8 @@ mod tests {
             listen: Some("0.0.0.0:5051".into()),
             ..Default::default()
         };
-        assert!(AgentConfig::load(None, &public)
-            .unwrap_err()
-            .to_string()
-            .contains("token_file"));
+        // Every TCP request needs the token now, so any address is fine.
+        assert!(AgentConfig::load(None, &public).is_ok());
         let root = Overrides {
             cgroup_root: Some("../x".into()),
             ..Default::default()

@@ -5,6 +5,7 @@
 //! per-task supervisor mode of the same binary).
 
 pub mod api;
+
 pub mod cgroup;
 pub mod client;
 pub mod config;
@@ -22,4 +23,4 @@ pub mod userdb;
 // Pure logic shared with the scheduler and the CLI lives in gleaner-core;
 // re-exported so `crate::spec::...` paths keep working.
 pub use gleaner_core::admission as scheduler;
-pub use gleaner_core::{constraints, spec, status};
+pub use gleaner_core::{auth, constraints, spec, status};

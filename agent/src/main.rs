@@ -87,19 +87,32 @@ fn init_tracing() {
 }
 
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let token = cfg.read_token()?;
+    use gleaner_agent::api::serve;
     let addr = cfg.listen_addr()?;
+    raise_fd_limit(cfg.max_connections as u64 + 1024);
+    let limits = serve::Limits {
+        max_connections: cfg.max_connections,
+        read_timeout: std::time::Duration::from_secs_f64(cfg.request_read_timeout_s),
+    };
+    gleaner_agent::api::set_read_timeout(limits.read_timeout);
+    let socket_path = cfg.api_socket();
+    let open_socket = !(cfg.admin_uids.is_empty() && cfg.admin_gids.is_empty());
     let agent = Agent::start(cfg).await.context("start")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen {addr}"))?;
-    tracing::info!(%addr, "api listening");
+    let unix = serve::bind_unix(&socket_path, open_socket)
+        .with_context(|| format!("socket {}", socket_path.display()))?;
+    tracing::info!(%addr, socket = %socket_path.display(), "api listening");
     notify_systemd("READY=1");
-    let app = gleaner_agent::api::router(agent.clone(), token);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serve")?;
+    let app = gleaner_agent::api::router(agent.clone());
+    let (tx, stop) = serve::shutdown_channel();
+    tokio::join!(
+        serve::serve_tcp(listener, app.clone(), limits, stop.clone()),
+        serve::serve_unix(unix, app, limits, stop),
+        serve::stop_on(shutdown_signal(), tx),
+    );
+    let _ = std::fs::remove_file(&socket_path);
     notify_systemd("STOPPING=1");
     let running = agent.counts_by_state().get("RUNNING").copied().unwrap_or(0);
     tracing::info!(
@@ -107,6 +120,18 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         "agent stopped; tasks keep running under their supervisors"
     );
     Ok(())
+}
+
+/// Every connection is a descriptor: the soft limit (often 1024) is raised
+/// towards the hard one so the connection cap, not EMFILE, is what binds.
+fn raise_fd_limit(want: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let target = want.min(hard).max(soft);
+        if target > soft {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, target, hard);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -86,6 +86,7 @@ fn bad_input_is_refused_and_creates_nothing() {
     let http = reqwest::blocking::Client::new();
     let resp = http
         .post(format!("{}/v1/tasks", agent.base))
+        .bearer_auth(&agent.token)
         .body("{nope")
         .send()
         .unwrap();
@@ -96,6 +97,7 @@ fn bad_input_is_refused_and_creates_nothing() {
     );
     let resp = http
         .post(format!("{}/v1/tasks", agent.base))
+        .bearer_auth(&agent.token)
         .body(big)
         .send()
         .unwrap();
@@ -132,6 +134,7 @@ fn bad_input_is_refused_and_creates_nothing() {
     }
     let resp = http
         .get(format!("{}/v1/tasks/dup/logs?stream=stdin", agent.base))
+        .bearer_auth(&agent.token)
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
@@ -197,7 +200,6 @@ fn agent_flags_and_config_errors_are_one_line() {
             vec!["--config".to_owned(), cfg.display().to_string()],
             "frobnicate",
         ),
-        (vec!["--listen".into(), "0.0.0.0:5051".into()], "token_file"),
         (vec!["--listen".into(), "nonsense".into()], "listen"),
         (vec!["--cgroup-root".into(), "a/b".into()], "cgroup_root"),
         (vec!["--attribute".into(), "novalue".into()], "attribute"),

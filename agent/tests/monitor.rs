@@ -60,7 +60,7 @@ fn the_reservation_follows_the_business_both_ways() {
     let policy = "[policy]\ncpu_margin = 0.1\nmem_margin = 0.9\ngrow_delay_s = 2.0\ngrow_step = { cpus = 2.0, mem_mb = 4096.0 }\n\
                   min = { cpus = 0.1, mem_mb = 64.0 }\ndeadband = { cpus = 0.05, mem_mb = 32.0 }\n";
     let cfg = agent.tmp().join("monitor.toml");
-    std::fs::write(&cfg, format!("agent = {:?}\ncgroup_root = {:?}\nlisten = \"127.0.0.1:{}\"\ninterval_s = 0.2\n{policy}", agent.base, agent.cgroup_root, free_port())).unwrap();
+    std::fs::write(&cfg, format!("agent = {:?}\nagent_socket = {:?}\ncgroup_root = {:?}\nlisten = \"127.0.0.1:{}\"\ninterval_s = 0.2\n{policy}", agent.base, agent.socket().display().to_string(), agent.cgroup_root, free_port())).unwrap();
     let mut procs = Reaper(Vec::new());
     let log = std::fs::File::create(agent.tmp().join("monitor.log")).unwrap();
     procs.0.push(

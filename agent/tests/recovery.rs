@@ -142,7 +142,7 @@ fn kill_9_during_a_submission_burst_loses_no_accepted_task() {
         let threads: Vec<_> = (0..2)
             .map(|t| {
                 let accepted = accepted.clone();
-                let client = gleaner_agent::client::Client::new(&agent.base, None);
+                let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
                 std::thread::spawn(move || {
                     for i in 0..100 {
                         let id = format!("r{round}-{t}-{i}");

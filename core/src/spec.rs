@@ -43,6 +43,40 @@ pub struct TaskSpec {
     pub restart: RestartSpec,
     #[serde(default = "default_grace")]
     pub kill_grace_s: f64,
+    /// `host` (the host's network) or `none` (own namespace, only `lo`).
+    #[serde(default, skip_serializing_if = "Network::is_host")]
+    pub network: Network,
+    /// A credential for the agent's API in the task's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_access: Option<ApiAccess>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    Host,
+    /// A new network namespace with only the loopback interface up.
+    None,
+}
+
+impl Network {
+    pub fn is_host(&self) -> bool {
+        *self == Network::Host
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAccess {
+    pub scope: ApiScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiScope {
+    /// Tasks whose id starts with the task's group prefix, in its role.
+    OwnGroup,
 }
 
 fn default_role() -> String {
@@ -217,6 +251,12 @@ impl TaskSpec {
         {
             return Err(bad("kill_grace_s", "must be between 0 and 86400 seconds"));
         }
+        if self.api_access.is_some() && self.network == Network::None {
+            return Err(bad(
+                "api_access",
+                "needs network \"host\": the agent is reached over TCP",
+            ));
+        }
         Ok(())
     }
 
@@ -385,6 +425,33 @@ mod tests {
         assert!(e.contains("rootfs.sha256: required"), "{e}");
         let e = with(r#"{"uri":"http://h/i.tar.gz","sha256":"abc"}"#).unwrap_err();
         assert!(e.contains("64 hex"), "{e}");
+    }
+
+    #[test]
+    fn network_and_api_access() {
+        let s =
+            parse(r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"network":"none"}"#).unwrap();
+        assert_eq!(s.network, Network::None);
+        assert_eq!(parse(OK).unwrap().network, Network::Host);
+        let s = parse(
+            r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"api_access":{"scope":"own-group"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.api_access,
+            Some(ApiAccess {
+                scope: ApiScope::OwnGroup
+            })
+        );
+        assert!(
+            parse(r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"network":"bridge"}"#).is_err()
+        );
+        assert!(parse(
+            r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"api_access":{"scope":"all"}}"#
+        )
+        .is_err());
+        let e = parse(r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64},"network":"none","api_access":{"scope":"own-group"}}"#).unwrap_err();
+        assert!(e.starts_with("api_access"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,23 @@ impl Reservation {
 }
 
 impl AgentClient {
+    /// Over the agent's Unix socket: the agent knows the monitor (root) by
+    /// its peer credentials, no token needed.
+    pub fn unix(socket: &std::path::Path, reserve_timeout: Duration) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(READ_TIMEOUT)
+            .unix_socket(socket.to_owned())
+            .build()
+            .expect("http client");
+        AgentClient {
+            base: "http://localhost".into(),
+            token: None,
+            http,
+            reserve_timeout,
+        }
+    }
+
     pub fn new(base: &str, token: Option<String>, reserve_timeout: Duration) -> Self {
         // The static binary has no NSS: localhost is resolved here.
         let base = base

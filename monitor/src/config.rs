@@ -10,8 +10,11 @@ use crate::policy::PolicyConfig;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
-    /// The agent's API.
+    /// The agent's API over TCP (needs `token_file`).
     pub agent: String,
+    /// The agent's Unix socket: used when it exists (same host), else
+    /// `agent`.
+    pub agent_socket: PathBuf,
     /// The role whose reservation the monitor moves.
     pub role: String,
     pub interval_s: f64,
@@ -35,6 +38,7 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             agent: "http://127.0.0.1:5051".into(),
+            agent_socket: PathBuf::from("/var/lib/gleaner/run/api.sock"),
             role: "batch".into(),
             interval_s: 1.0,
             listen: "127.0.0.1:5052".into(),
@@ -122,7 +126,11 @@ mod tests {
                     .filter(|r| !r.starts_with(' ') && !r.is_empty())
                     .unwrap_or(l)
             })
-            .filter(|l| !l.starts_with("max =") && !l.starts_with("token_file ="))
+            .filter(|l| {
+                !l.starts_with("max =")
+                    && !l.starts_with("token_file =")
+                    && !l.starts_with("agent_socket =")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: MonitorConfig = toml::from_str(&uncommented).unwrap();
@@ -132,7 +140,7 @@ mod tests {
             toml::Value::try_from(&d).unwrap(),
             "uncommented monitor.toml.in differs from the defaults"
         );
-        for key in ["token_file", "max ="] {
+        for key in ["token_file", "max =", "agent_socket ="] {
             assert!(text.contains(key), "monitor.toml.in lacks {key}");
         }
     }

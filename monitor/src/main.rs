@@ -128,11 +128,13 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(agent = %cfg.agent, role = %cfg.role, interval_s = cfg.interval_s, dry_run = cfg.dry_run, "monitor started");
 
-    let client = AgentClient::new(
-        &cfg.agent,
-        token,
-        Duration::from_secs_f64(cfg.reserve_timeout_s),
-    );
+    let reserve_timeout = Duration::from_secs_f64(cfg.reserve_timeout_s);
+    let client = if cfg.agent_socket.exists() {
+        tracing::info!(socket = %cfg.agent_socket.display(), "agent over its unix socket");
+        AgentClient::unix(&cfg.agent_socket, reserve_timeout)
+    } else {
+        AgentClient::new(&cfg.agent, token, reserve_timeout)
+    };
     let mut sampler = Sampler::new(&cfg.cgroup_root);
     let mut policy: Option<Policy> = None;
     // The reservation as last read from (or applied by) the agent.

@@ -44,9 +44,16 @@ fn fair_share_of_two_queues_converges_to_their_factors() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let per = running_per_queue(&fleet);
-    let (a, b) = (per.get("qa").copied().unwrap_or(0), per.get("qb").copied().unwrap_or(0));
+    let (a, b) = (
+        per.get("qa").copied().unwrap_or(0),
+        per.get("qb").copied().unwrap_or(0),
+    );
     let total = (a + b) as f64;
-    eprintln!("queue  factor  running  share\nqa     1       {a:>7}  {:.2}\nqb     2       {b:>7}  {:.2}", a as f64 / total, b as f64 / total);
+    eprintln!(
+        "queue  factor  running  share\nqa     1       {a:>7}  {:.2}\nqb     2       {b:>7}  {:.2}",
+        a as f64 / total,
+        b as f64 / total
+    );
     // A factor of 2 is twice the weight (gleaner_core::fleet::Queue).
     let share_b = b as f64 / total;
     assert!(
@@ -60,7 +67,14 @@ fn fair_share_of_two_queues_converges_to_their_factors() {
 fn placement_revisions(fleet: &Fleet) -> BTreeMap<String, i64> {
     let out = fleet
         .etcd
-        .ctl(&["get", "--prefix", "/gleaner/placements/", "--keys-only", "-w", "json"])
+        .ctl(&[
+            "get",
+            "--prefix",
+            "/gleaner/placements/",
+            "--keys-only",
+            "-w",
+            "json",
+        ])
         .unwrap_or_default();
     let v: Value = serde_json::from_str(&out).unwrap_or_default();
     v["kvs"]
@@ -98,7 +112,10 @@ fn a_gang_of_four_waits_whole_and_starts_together() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
         assert!(running_by_job(&fleet).is_empty(), "a member started alone");
-        assert!(placement_revisions(&fleet).is_empty(), "a member was placed alone");
+        assert!(
+            placement_revisions(&fleet).is_empty(),
+            "a member was placed alone"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     for id in &ids {
@@ -115,7 +132,11 @@ fn a_gang_of_four_waits_whole_and_starts_together() {
     });
     eprintln!("gang of 4 running {took:?} after the 4th node joined");
     let revs: BTreeSet<i64> = placement_revisions(&fleet).into_values().collect();
-    assert_eq!(revs.len(), 1, "members placed in different transactions: {revs:?}");
+    assert_eq!(
+        revs.len(),
+        1,
+        "members placed in different transactions: {revs:?}"
+    );
     let nodes: BTreeSet<String> = running_by_job(&fleet).into_values().flatten().collect();
     assert_eq!(nodes.len(), 4);
 }
@@ -150,7 +171,10 @@ fn unique_hostname_queues_the_fourth_and_group_by_rack_spreads() {
     let j = job(&fleet, waiting[0]);
     assert_eq!(j["state"], "QUEUED", "{j}");
     let why = j["message"].as_str().unwrap_or_default();
-    assert!(why.contains("UNIQUE"), "the reason should name the constraint: {j}");
+    assert!(
+        why.contains("UNIQUE"),
+        "the reason should name the constraint: {j}"
+    );
 
     // GROUP_BY rack: 4 of another kind spread 2 + 2 over r1 and r2 (bin
     // packing alone would stack them).
@@ -190,8 +214,12 @@ fn deleting_an_attribute_moves_the_task_to_another_matching_node() {
             .put(&format!("/gleaner/nodes/{n}/attributes/ssd"), "true");
     }
     put_queue(&fleet, "q", 1.0);
-    let id = submit(&fleet, "q", vec![sleeper(0.5, 600, json!([["ssd", "IS", "true"]]))])
-        .remove(0);
+    let id = submit(
+        &fleet,
+        "q",
+        vec![sleeper(0.5, 600, json!([["ssd", "IS", "true"]]))],
+    )
+    .remove(0);
     wait_until(LONG, "the job running", || {
         running_by_job(&fleet).contains_key(&id)
     });
@@ -204,7 +232,9 @@ fn deleting_an_attribute_moves_the_task_to_another_matching_node() {
         .del(&format!("/gleaner/nodes/{first}/attributes/ssd"));
     let moved = wait_until(LONG, "the job running on the other ssd node", || {
         assert_never_twice(&fleet);
-        running_by_job(&fleet).get(&id).is_some_and(|n| n == &[other.to_owned()])
+        running_by_job(&fleet)
+            .get(&id)
+            .is_some_and(|n| n == &[other.to_owned()])
     });
     eprintln!("etcdctl del -> RUNNING on {other}: {moved:?}");
     let old = fleet
@@ -215,7 +245,10 @@ fn deleting_an_attribute_moves_the_task_to_another_matching_node() {
         .unwrap();
     assert_eq!(old["state"], "DRAINED", "{old}");
     let j = job(&fleet, &id);
-    assert_eq!((j["state"].as_str(), j["node"].as_str()), (Some("RUNNING"), Some(other)));
+    assert_eq!(
+        (j["state"].as_str(), j["node"].as_str()),
+        (Some("RUNNING"), Some(other))
+    );
     assert!(t0.elapsed() < LONG);
 }
 
@@ -229,13 +262,22 @@ fn a_lost_agent_s_jobs_run_elsewhere_and_its_old_attempts_die_when_it_returns() 
         return;
     };
     put_queue(&fleet, "q", 1.0);
-    let ids = submit(&fleet, "q", (0..3).map(|_| sleeper(1.0, 600, json!([]))).collect());
+    let ids = submit(
+        &fleet,
+        "q",
+        (0..3).map(|_| sleeper(1.0, 600, json!([]))).collect(),
+    );
     wait_until(LONG, "3 jobs running", || running_by_job(&fleet).len() == 3);
     // The node with the most work goes.
     let per_node = running_by_job(&fleet);
     let victim = names
         .iter()
-        .max_by_key(|n| per_node.values().filter(|v| v.contains(&n.to_string())).count())
+        .max_by_key(|n| {
+            per_node
+                .values()
+                .filter(|v| v.contains(&n.to_string()))
+                .count()
+        })
         .unwrap()
         .to_string();
     let moved: Vec<String> = per_node
@@ -251,16 +293,28 @@ fn a_lost_agent_s_jobs_run_elsewhere_and_its_old_attempts_die_when_it_returns() 
         .collect();
     let t0 = Instant::now();
     fleet.agent_mut(&victim).kill(Signal::SIGKILL);
-    let took = wait_until(Duration::from_secs(90), "the lost jobs running elsewhere", || {
-        let r = running_by_job(&fleet);
-        moved.iter().all(|j| r.get(j).is_some_and(|n| !n.contains(&victim)))
-    });
-    eprintln!("{victim} kill -9 -> its {} jobs running elsewhere after {took:?}", moved.len());
+    let took = wait_until(
+        Duration::from_secs(90),
+        "the lost jobs running elsewhere",
+        || {
+            let r = running_by_job(&fleet);
+            moved
+                .iter()
+                .all(|j| r.get(j).is_some_and(|n| !n.contains(&victim)))
+        },
+    );
+    eprintln!(
+        "{victim} kill -9 -> its {} jobs running elsewhere after {took:?}",
+        moved.len()
+    );
     for j in &moved {
         let v = job(&fleet, j);
         assert!(v["attempt"].as_u64().unwrap() >= 2, "{v}");
     }
-    assert!(t0.elapsed() >= Duration::from_secs(5), "moved before the lease could expire");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(5),
+        "moved before the lease could expire"
+    );
 
     // Back with the old attempts still running: they are killed.
     fleet.agent_mut(&victim).spawn();
@@ -284,10 +338,15 @@ fn a_lost_agent_s_jobs_run_elsewhere_and_its_old_attempts_die_when_it_returns() 
 fn records_by_job(fleet: &Fleet) -> BTreeMap<String, Vec<(String, String)>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (task, rec) in fleet.task_records() {
-        let job = task.rsplit_once('.').map(|(j, _)| j).unwrap_or(&task).to_owned();
-        out.entry(job)
-            .or_default()
-            .push((task.clone(), rec["state"].as_str().unwrap_or_default().to_owned()));
+        let job = task
+            .rsplit_once('.')
+            .map(|(j, _)| j)
+            .unwrap_or(&task)
+            .to_owned();
+        out.entry(job).or_default().push((
+            task.clone(),
+            rec["state"].as_str().unwrap_or_default().to_owned(),
+        ));
     }
     out
 }
@@ -314,7 +373,10 @@ fn killing_the_leader_during_a_burst_runs_every_job_exactly_once() {
         return;
     };
     put_queue(&fleet, "q", 1.0);
-    let n = std::env::var("FLEET_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let n = std::env::var("FLEET_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let mut ids = Vec::new();
     for _ in 0..n / 50 {
         ids.extend(submit(
@@ -352,14 +414,23 @@ fn etcd_member_and_whole_cluster_outages_lose_nothing() {
         return;
     };
     put_queue(&fleet, "q", 1.0);
-    let outage = std::env::var("FLEET_OUTAGE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let outage = std::env::var("FLEET_OUTAGE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let sleeper = |secs: u64| json!({"priority": 0, "spec": {"cmd": format!("sleep {secs}"), "kill_grace_s": 1, "resources": {"cpus": 0.1, "mem_mb": 16}}});
     let mut ids = submit(&fleet, "q", (0..10).map(|_| sleeper(outage / 2)).collect());
-    wait_until(LONG, "10 jobs running", || running_by_job(&fleet).len() == 10);
+    wait_until(LONG, "10 jobs running", || {
+        running_by_job(&fleet).len() == 10
+    });
 
     // One member down: work still flows.
     fleet.etcd.kill_member(1);
-    ids.extend(submit(&fleet, "q", (0..10).map(|_| sleeper(outage / 2)).collect()));
+    ids.extend(submit(
+        &fleet,
+        "q",
+        (0..10).map(|_| sleeper(outage / 2)).collect(),
+    ));
     wait_until(LONG, "20 jobs running with a member down", || {
         running_by_job(&fleet).len() == 20
     });
@@ -373,11 +444,17 @@ fn etcd_member_and_whole_cluster_outages_lose_nothing() {
         assert_never_twice(&fleet);
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(running_by_job(&fleet).is_empty(), "the sleeps should be over");
+    assert!(
+        running_by_job(&fleet).is_empty(),
+        "the sleeps should be over"
+    );
     fleet.etcd.restart_all();
     let took = wait_until(Duration::from_secs(120), "every job SUCCEEDED", || {
         jobs_in(&fleet, "SUCCEEDED").len() == ids.len()
     });
-    eprintln!("etcd back after {outage}s: all {} jobs SUCCEEDED {took:?} later", ids.len());
+    eprintln!(
+        "etcd back after {outage}s: all {} jobs SUCCEEDED {took:?} later",
+        ids.len()
+    );
     assert_each_ran_once(&fleet, &ids);
 }

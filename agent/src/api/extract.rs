@@ -6,8 +6,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How long a request body may take to arrive (config
+/// `request_read_timeout_s`); set once when the server starts.
+static READ_TIMEOUT_MS: AtomicU64 = AtomicU64::new(10_000);
+
+pub fn set_read_timeout(t: std::time::Duration) {
+    READ_TIMEOUT_MS.store(t.as_millis() as u64, Ordering::Relaxed);
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -42,15 +51,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            let status = rej.status();
-            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("request body is larger than {MAX_BODY_BYTES} bytes")
-            } else {
-                rej.body_text()
-            };
-            ApiError::new(status, msg)
-        })?;
+        let limit = std::time::Duration::from_millis(READ_TIMEOUT_MS.load(Ordering::Relaxed));
+        let bytes = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body did not arrive within {limit:?}"),
+                )
+            })?
+            .map_err(|rej| {
+                let status = rej.status();
+                let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!("request body is larger than {MAX_BODY_BYTES} bytes")
+                } else {
+                    rej.body_text()
+                };
+                ApiError::new(status, msg)
+            })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de)
             .map(ApiJson)

@@ -2,10 +2,11 @@
 //! requests to `runtime::Agent` calls and errors to status codes.
 
 mod extract;
+pub mod serve;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,16 +15,27 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{self, Action, Caller, Size};
 use crate::runtime::{Agent, AgentError};
 use crate::scheduler::Amount;
 use crate::spec::TaskSpec;
 use crate::status::StopReason;
-pub use extract::{ApiError, ApiJson, MAX_BODY_BYTES};
+pub use extract::{set_read_timeout, ApiError, ApiJson, MAX_BODY_BYTES};
+pub use serve::Door;
 
 #[derive(Clone)]
 struct AppState {
     agent: Arc<Agent>,
-    token: Option<Arc<str>>,
+}
+
+impl From<auth::Denied> for ApiError {
+    fn from(e: auth::Denied) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, e.0)
+    }
+}
+
+fn allow(caller: &Caller, action: Action) -> Result<(), ApiError> {
+    Ok(auth::authorize(caller, &action)?)
 }
 
 impl From<AgentError> for ApiError {
@@ -39,11 +51,8 @@ impl From<AgentError> for ApiError {
     }
 }
 
-pub fn router(agent: Arc<Agent>, token: Option<String>) -> Router {
-    let state = AppState {
-        agent,
-        token: token.map(Into::into),
-    };
+pub fn router(agent: Arc<Agent>) -> Router {
+    let state = AppState { agent };
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/state", get(node_state))
@@ -64,24 +73,68 @@ pub fn router(agent: Arc<Agent>, token: Option<String>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_ref()) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
-                .into_response();
+/// Identifies the caller (socket peer or bearer token), refuses with 401
+/// who is neither, and writes the audit line of every call that changes
+/// something: caller, method, path, status.
+async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let door = req.extensions().get::<Door>().cloned().unwrap_or(Door::Tcp);
+    let caller = identify(&st.agent, &door, &req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = match &caller {
+        Ok(c) => {
+            req.extensions_mut().insert(c.clone());
+            next.run(req).await
+        }
+        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, e.clone()).into_response(),
+    };
+    if !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD) {
+        let who = match &caller {
+            Ok(c) => c.to_string(),
+            Err(_) => match &door {
+                Door::Socket { uid, .. } => format!("uid={uid} via socket (refused)"),
+                Door::Tcp => "unauthenticated".to_owned(),
+            },
+        };
+        tracing::info!(target: "audit", "{who} {method} {path} {}", response.status().as_u16());
+    }
+    response
+}
+
+fn identify(agent: &Agent, door: &Door, req: &Request) -> Result<Caller, String> {
+    match door {
+        Door::Socket { uid, gid, groups } => {
+            let cfg = agent.config();
+            let mut gids = groups.clone();
+            gids.push(*gid);
+            if auth::peer_is_admin(*uid, &gids, &cfg.admin_uids, &cfg.admin_gids) {
+                Ok(Caller::Peer {
+                    uid: *uid,
+                    gid: *gid,
+                })
+            } else {
+                Err(format!(
+                    "uid {uid} is not an admin (config admin_uids, admin_gids)"
+                ))
+            }
+        }
+        Door::Tcp => {
+            let bearer = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or("missing bearer token (Authorization: Bearer <token>)")?;
+            agent
+                .identify(bearer.trim())
+                .ok_or_else(|| "wrong or expired bearer token".to_owned())
         }
     }
-    next.run(req).await
 }
 
 async fn not_found() -> ApiError {
@@ -99,33 +152,120 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn node_state(State(st): State<AppState>) -> impl IntoResponse {
-    Json(st.agent.node_state())
+async fn node_state(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    allow(&caller, Action::ReadNode)?;
+    Ok(Json(st.agent.node_state()).into_response())
 }
 
-async fn list_tasks(State(st): State<AppState>) -> impl IntoResponse {
-    Json(st.agent.list())
+async fn list_tasks(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    allow(&caller, Action::ListTasks)?;
+    let mut tasks = st.agent.list();
+    tasks.retain(|t| auth::visible(&caller, &t.id, &t.role));
+    Ok(Json(tasks).into_response())
+}
+
+/// Checks a submission of `specs` (one task, or a group `group`) against
+/// the caller's scope. A scoped caller's task without an id gets one under
+/// its prefix.
+fn allow_submit(
+    agent: &Agent,
+    caller: &Caller,
+    group: Option<&str>,
+    specs: &mut [TaskSpec],
+) -> Result<(), ApiError> {
+    let Caller::Task(scope) = caller else {
+        return Ok(());
+    };
+    if group.is_none() {
+        for spec in specs.iter_mut().filter(|s| s.id.is_none()) {
+            let mut random = [0u8; 4];
+            getrandom::getrandom(&mut random)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            spec.id = Some(format!("{}{}", scope.prefix, auth::new_token_short(random)));
+        }
+    }
+    let mut ids: Vec<&str> = group.into_iter().collect();
+    ids.extend(specs.iter().filter_map(|s| s.id.as_deref()));
+    let demand = specs.iter().fold(
+        Size {
+            cpus: 0.0,
+            mem_mb: 0.0,
+        },
+        |a, s| Size {
+            cpus: a.cpus + s.resources.cpus,
+            mem_mb: a.mem_mb + s.resources.mem_mb,
+        },
+    );
+    for spec in specs.iter() {
+        let reserved = agent.reservation_of(&spec.role).map(|r| Size {
+            cpus: r.cpus,
+            mem_mb: r.mem_mb,
+        });
+        allow(
+            caller,
+            Action::Submit {
+                ids: &ids,
+                role: &spec.role,
+                demand,
+                reserved,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 async fn submit_task(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<Response, ApiError> {
+    let mut specs = [spec];
+    allow_submit(&st.agent, &caller, None, &mut specs)?;
+    let [spec] = specs;
     let status = st.agent.submit(spec).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
 
+/// A scoped caller learns nothing of tasks outside its prefix, not even
+/// whether they exist: 403 before the lookup.
+fn allow_task(agent: &Agent, caller: &Caller, id: &str, kill: bool) -> Result<(), ApiError> {
+    let Caller::Task(scope) = caller else {
+        return Ok(());
+    };
+    let role = if id.starts_with(&scope.prefix) {
+        agent.get(id)?.role
+    } else {
+        String::new()
+    };
+    let action = if kill {
+        Action::KillTask { id, role: &role }
+    } else {
+        Action::ReadTask { id, role: &role }
+    };
+    allow(caller, action)
+}
+
 async fn get_task(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow_task(&st.agent, &caller, &id, false)?;
     Ok(Json(st.agent.get(&id)?).into_response())
 }
 
 async fn kill_task(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow_task(&st.agent, &caller, &id, true)?;
     let status = st.agent.stop(&id, StopReason::Killed)?;
     let code = if status.state.is_final() {
         StatusCode::OK
@@ -144,8 +284,11 @@ struct GroupSpec {
 
 async fn submit_group(
     State(st): State<AppState>,
-    ApiJson(group): ApiJson<GroupSpec>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(mut group): ApiJson<GroupSpec>,
 ) -> Result<Response, ApiError> {
+    let id = group.id.clone();
+    allow_submit(&st.agent, &caller, Some(&id), &mut group.tasks)?;
     let tasks = st.agent.submit_group(&group.id, group.tasks).await?;
     Ok((
         StatusCode::CREATED,
@@ -154,22 +297,30 @@ async fn submit_group(
         .into_response())
 }
 
-async fn list_reservations(State(st): State<AppState>) -> impl IntoResponse {
-    Json(st.agent.reservations())
+async fn list_reservations(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    allow(&caller, Action::ReadNode)?;
+    Ok(Json(st.agent.reservations()).into_response())
 }
 
 async fn set_reservation(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(role): Path<String>,
     ApiJson(amount): ApiJson<Amount>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, Action::ChangeReservation { role: &role })?;
     Ok(Json(st.agent.set_reservation(&role, amount).await?).into_response())
 }
 
 async fn remove_reservation(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(role): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, Action::ChangeReservation { role: &role })?;
     Ok(Json(st.agent.remove_reservation(&role).await?).into_response())
 }
 
@@ -184,8 +335,10 @@ struct AttributesQuery {
 
 async fn list_attributes(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<AttributesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, Action::ReadNode)?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     Ok(if q.sources {
         Json(st.agent.attributes_with_sources()).into_response()
@@ -202,17 +355,21 @@ struct AttributeValue {
 
 async fn set_attribute(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<AttributeValue>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, Action::ChangeAttribute { name: &name })?;
     let set = st.agent.set_attribute(&name, &body.value).await?;
     Ok(Json(json!({"name": name, "value": set.value, "source": set.source})).into_response())
 }
 
 async fn remove_attribute(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, Action::ChangeAttribute { name: &name })?;
     st.agent.remove_attribute(&name).await?;
     Ok(Json(json!({"name": name, "removed": true})).into_response())
 }
@@ -231,9 +388,11 @@ const MAX_LOG_BYTES: u64 = 4 << 20;
 
 async fn task_logs(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    allow_task(&st.agent, &caller, &id, false)?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let dir = st.agent.task_dir(&id)?;
     let path = match q.stream.as_deref().unwrap_or("stdout") {
@@ -280,11 +439,16 @@ fn last_lines(text: &str, n: usize) -> &str {
     }
 }
 
-async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    (
+async fn metrics(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    allow(&caller, Action::ReadNode)?;
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&st.agent),
     )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -8,20 +8,23 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use gleaner_agent::client::Client;
+use gleaner_agent::config::AgentConfig;
 use gleaner_agent::status::TaskStatus;
 use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "gleaner", version, about = "gleaner command-line client")]
 struct Cli {
-    /// Agent URL [default: from --config, else http://127.0.0.1:5051].
+    /// Agent URL (TCP, needs the token) [default: the agent's Unix socket
+    /// when this user may use it, else its `listen` address].
     #[arg(long, env = "GLEANER_AGENT", global = true)]
     agent: Option<String>,
-    /// File with the agent's bearer token [default: from --config].
+    /// File with the agent's bearer token [default: the agent's token file].
     #[arg(long, env = "GLEANER_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
-    /// The agent's config file: its `listen` and `token_file` say where and
-    /// how to reach it.
+    /// The agent's config file: its data dir, `listen` and `token_file` say
+    /// where and how to reach it [default: ../etc/agent.toml beside this
+    /// binary if it exists, else the agent's built-in defaults].
     #[arg(long, env = "GLEANER_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -147,37 +150,52 @@ fn main() -> ExitCode {
     }
 }
 
-/// `listen` and `token_file` of an agent config file.
-fn from_agent_config(path: &std::path::Path) -> Result<(String, Option<PathBuf>), String> {
-    let cfg = gleaner_agent::config::AgentConfig::from_file(path).map_err(|e| e.to_string())?;
-    let addr = cfg.listen_addr().map_err(|e| e.to_string())?;
-    Ok((format!("http://{addr}"), cfg.token_file))
+/// The agent's config: `--config`, else the tarball's `../etc/agent.toml`
+/// beside this binary, else the built-in defaults.
+fn agent_config(path: Option<&std::path::Path>) -> Result<AgentConfig, String> {
+    if let Some(p) = path {
+        return AgentConfig::from_file(p).map_err(|e| e.to_string());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("etc/agent.toml")))
+        .filter(|p| p.is_file());
+    match beside {
+        Some(p) => AgentConfig::from_file(&p).map_err(|e| e.to_string()),
+        None => Ok(AgentConfig::default()),
+    }
+}
+
+fn read_token(p: &std::path::Path) -> Result<String, String> {
+    Ok(std::fs::read_to_string(p)
+        .map_err(|e| format!("token file {}: {e}", p.display()))?
+        .trim()
+        .to_owned())
+}
+
+/// `--agent`/`--token-file` when given (TCP); else the socket or TCP of
+/// the agent's config.
+fn connect(cli: &Cli) -> Result<Client, String> {
+    let cfg = agent_config(cli.config.as_deref())?;
+    let token = match &cli.token_file {
+        Some(p) => Some(read_token(p)?),
+        None => None,
+    };
+    match (&cli.agent, token) {
+        (None, None) => Ok(Client::for_agent(&cfg)),
+        (agent, token) => {
+            let url = match agent {
+                Some(a) => a.clone(),
+                None => format!("http://{}", cfg.listen_addr().map_err(|e| e.to_string())?),
+            };
+            let token = token.or_else(|| cfg.read_token().ok());
+            Ok(Client::new(&url, token))
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
-    let (config_url, config_token) = match &cli.config {
-        Some(path) => {
-            let (url, token) = from_agent_config(path)?;
-            (Some(url), token)
-        }
-        None => (None, None),
-    };
-    let agent = cli
-        .agent
-        .clone()
-        .or(config_url)
-        .unwrap_or_else(|| "http://127.0.0.1:5051".into());
-    let token_file = cli.token_file.clone().or(config_token);
-    let token = match &token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| format!("token file {}: {e}", p.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let client = Client::new(&agent, token);
+    let client = connect(&cli)?;
     let err = |e: gleaner_agent::client::ClientError| e.to_string();
     match cli.cmd {
         Cmd::Run {
@@ -279,7 +297,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         return Ok(ExitCode::SUCCESS);
                     }
                     Err(e) if start.elapsed().as_secs_f64() >= timeout => {
-                        return Err(format!("{agent} not healthy after {timeout} s: {e}"))
+                        return Err(format!("agent not healthy after {timeout} s: {e}"))
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }

@@ -14,7 +14,30 @@ use crate::spec::{CpuLimitKind, RootfsSpec};
 use crate::status::{Reason, TaskState};
 use crate::supervisor::{ensure_mount_points, LaunchConfig, SupervisorRecord};
 
+/// Replaces `path` with `bytes`, readable by root alone.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
 impl Agent {
+    /// The URL a task reaches the API at (the TCP listener; a wildcard
+    /// address is reached on loopback).
+    fn agent_url(&self) -> String {
+        match self.cfg.listen_addr() {
+            Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+            Ok(a) => format!("http://{a}"),
+            Err(_) => format!("http://{}", self.cfg.listen),
+        }
+    }
+
     /// Launches the task's current run; on return the task is RUNNING or
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
@@ -184,6 +207,14 @@ impl Agent {
             env.retain(|e| !e.starts_with(&format!("{k}=")));
             env.push(format!("{k}={v}"));
         }
+        // Set last: a spec's own env cannot replace the agent's credential.
+        if let Some(token) = &t.record.api_token {
+            env.retain(|e| {
+                !e.starts_with("GLEANER_TOKEN=") && !e.starts_with("GLEANER_AGENT_URL=")
+            });
+            env.push(format!("GLEANER_TOKEN={token}"));
+            env.push(format!("GLEANER_AGENT_URL={}", self.agent_url()));
+        }
         let launch = LaunchConfig {
             task_id: id,
             run: t.record.run,
@@ -200,11 +231,14 @@ impl Agent {
             kill_grace_s: spec.kill_grace_s,
             notify_socket: self.data.notify_socket(),
             oom_score_adj: self.cfg.task_oom_score_adj,
+            seccomp: self.security.seccomp,
+            network_none: spec.network == crate::spec::Network::None,
         };
         // Input of one supervisor start: no fsync needed, it is rewritten on
-        // every launch and never read during recovery.
+        // every launch and never read during recovery. 0600: it may hold the
+        // task's token.
         let json = serde_json::to_vec(&launch).map_err(|e| e.to_string())?;
-        std::fs::write(dir.launch_json(), json)
+        write_private(&dir.launch_json(), &json)
             .map_err(|e| format!("write {}: {e}", dir.launch_json().display()))?;
         t.record.status.cgroup = Some(handle.path);
         Ok(())

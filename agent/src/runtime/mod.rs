@@ -95,6 +95,9 @@ pub struct TaskRecord {
     /// Set for a task the fleet scheduler placed here (fleet mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_by: Option<placements::PlacedBy>,
+    /// Its scoped API token (`api_access`), valid while it is not final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
 }
 
 pub(crate) struct Task {
@@ -175,6 +178,10 @@ pub struct Agent {
     attributes: Mutex<attributes::AttributeStore>,
     etcd: Option<Arc<etcd::EtcdLink>>,
     images: crate::images::ImageCache,
+    /// The admin token and every task's scoped token.
+    tokens: Mutex<crate::auth::Tokens>,
+    /// Task sandboxing the kernel offers (detected once, `disable_features`).
+    pub security: crate::supervisor::SecurityFeatures,
     pub counters: Counters,
     /// One agent per data dir, for this agent's life.
     _data_lock: crate::datalock::DataDirLock,
@@ -225,6 +232,10 @@ impl Agent {
         fsutil::create_dir_all(&data.run())?;
         let images = crate::images::ImageCache::open(data.images(), cfg.fetch_limits())
             .map_err(|e| StartError::State(e.to_string()))?;
+        let admin_token = cfg
+            .read_or_create_token()
+            .map_err(|e| StartError::State(e.to_string()))?;
+        let security = crate::supervisor::SecurityFeatures::detect(&cfg.disable_features);
         let agent = Arc::new(Agent {
             node_id: cfg.node_id(),
             cfg,
@@ -243,6 +254,8 @@ impl Agent {
             attributes: Mutex::new(attribute_store),
             etcd: etcd_link,
             images,
+            tokens: Mutex::new(crate::auth::Tokens::new(Some(admin_token))),
+            security,
             counters: Counters::default(),
             _data_lock: data_lock,
             changed: tokio::sync::watch::channel(0).0,
@@ -264,6 +277,7 @@ impl Agent {
             node = %agent.node_id,
             cgroup = agent.cgroups.version().as_str(),
             features = ?agent.cgroups.features(),
+            security = ?agent.security,
             tasks = agent.tasks.lock().unwrap().len(),
             "agent started"
         );
@@ -451,8 +465,18 @@ impl Agent {
             self.check_root(uid, &spec.role)
                 .map_err(|e| AgentError::Invalid(format!("user: {e}")))?;
         }
+        if spec.network == crate::spec::Network::None && !self.security.net_namespace {
+            return Err(AgentError::Invalid(
+                "network: \"none\" needs network namespaces, which this host does not offer".into(),
+            ));
+        }
         let id = spec.id.clone().unwrap_or_else(|| self.generate_id());
         spec.id = Some(id.clone());
+        let api_token = spec.api_access.map(|_| {
+            let mut random = [0u8; 32];
+            getrandom::getrandom(&mut random).expect("kernel random source");
+            crate::auth::new_token(random)
+        });
         Ok(TaskRecord {
             schema: TASK_SCHEMA,
             status: TaskStatus {
@@ -478,6 +502,7 @@ impl Agent {
             boot_id: self.boot_id.clone(),
             group: group.map(str::to_owned),
             placed_by: None,
+            api_token,
         })
     }
 
@@ -502,7 +527,9 @@ impl Agent {
                 }
             }
             for t in &tasks {
-                map.insert(t.lock().unwrap().record.status.id.clone(), t.clone());
+                let t2 = t.lock().unwrap();
+                self.register_token(&t2.record);
+                map.insert(t2.record.status.id.clone(), t.clone());
             }
         }
         let mut writes = Vec::new();
@@ -612,6 +639,36 @@ impl Agent {
                 t.record.spec.rootfs.as_ref()?.sha256.clone()
             })
             .collect()
+    }
+
+    /// Makes a task's scoped token known (at submission and recovery).
+    pub(crate) fn register_token(&self, record: &TaskRecord) {
+        if let Some(token) = &record.api_token {
+            let scope = crate::auth::TaskScope::for_task(&record.status.id, &record.spec.role);
+            self.tokens.lock().unwrap().add_scoped(token, scope);
+        }
+    }
+
+    /// The caller a bearer token stands for; a task's token only while the
+    /// task has not ended.
+    pub fn identify(&self, bearer: &str) -> Option<crate::auth::Caller> {
+        let caller = self.tokens.lock().unwrap().identify(bearer)?;
+        if let crate::auth::Caller::Task(scope) = &caller {
+            let live = self
+                .get(&scope.task_id)
+                .map(|s| !s.state.is_final())
+                .unwrap_or(false);
+            if !live {
+                self.tokens.lock().unwrap().remove_scoped(bearer);
+                return None;
+            }
+        }
+        Some(caller)
+    }
+
+    /// The reservation of `role`, if it has one.
+    pub fn reservation_of(&self, role: &str) -> Option<Amount> {
+        self.reservations.lock().unwrap().get(role).copied()
     }
 
     fn generate_id(&self) -> String {

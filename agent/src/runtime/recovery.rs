@@ -59,6 +59,9 @@ impl Agent {
             }
             let record = load_record(&dir)?;
             let id = record.status.id.clone();
+            if !record.status.state.is_final() {
+                self.register_token(&record);
+            }
             let task = Arc::new(Mutex::new(Task::new(record, dir)));
             self.tasks.lock().unwrap().insert(id.clone(), task.clone());
             found.push(task);

@@ -127,6 +127,9 @@ fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> 
         .cgroup
         .open_procs()
         .map_err(|e| format!("join cgroup: {e}"))?;
+    if cfg.network_none {
+        super::netns::enter_empty()?;
+    }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("mount namespace: {e}"))?;
     mounts::enter_rootfs(&cfg.rootfs, &cfg.sandbox, &cfg.tmp, cfg.pivot_root)
@@ -176,6 +179,12 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
     let cstr = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = cfg.argv.iter().map(|a| cstr(a)).collect();
     let env: Vec<CString> = cfg.env.iter().map(|a| cstr(a)).collect();
+    // Last, after no_new_privs: nothing of the set-up above is filtered.
+    if cfg.seccomp {
+        if let Err(e) = super::seccomp::install() {
+            return e;
+        }
+    }
     let err = nix::unistd::execve(&cstr(&program), &argv, &env).unwrap_err();
     format!("exec {program}: {err}")
 }

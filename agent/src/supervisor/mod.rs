@@ -20,6 +20,8 @@
 
 mod init;
 mod mounts;
+pub mod netns;
+pub mod seccomp;
 pub mod zygote;
 
 use std::fs::{File, OpenOptions};
@@ -68,6 +70,40 @@ pub struct LaunchConfig {
     /// batch work before any business process.
     #[serde(default)]
     pub oom_score_adj: i32,
+    /// Install the default seccomp filter on the command.
+    #[serde(default)]
+    pub seccomp: bool,
+    /// A network namespace of its own with only `lo`.
+    #[serde(default)]
+    pub network_none: bool,
+}
+
+/// Task sandboxing that depends on the kernel: detected once by the agent,
+/// each forced off by `disable_features` to test the fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SecurityFeatures {
+    /// The default seccomp filter (without: tasks run unfiltered, logged
+    /// once at start).
+    pub seccomp: bool,
+    /// Network namespaces (without: `"network": "none"` is refused).
+    pub net_namespace: bool,
+}
+
+impl SecurityFeatures {
+    pub fn detect(disabled: &[String]) -> Self {
+        let off = |name: &str| disabled.iter().any(|d| d == name);
+        let f = SecurityFeatures {
+            seccomp: !off("seccomp") && seccomp::available(),
+            net_namespace: !off("net_namespace") && netns::available(),
+        };
+        if !f.seccomp {
+            tracing::warn!("seccomp filters unavailable (kernel or disable_features): tasks run without the default filter");
+        }
+        if !f.net_namespace {
+            tracing::warn!("network namespaces unavailable (kernel or disable_features): tasks asking for network \"none\" are refused");
+        }
+        f
+    }
 }
 
 /// Written by the supervisor once the command was executed.

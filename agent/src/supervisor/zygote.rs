@@ -58,6 +58,8 @@ pub fn main() -> i32 {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     super::set_process_name(c"gleaner-zygote");
+    // Once here; every launch is a fork of this process.
+    super::seccomp::precompile();
     let mut buf = vec![0u8; 8192];
     loop {
         let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {

@@ -94,7 +94,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub struct TestAgent {
     pub base: String,
+    /// Over TCP with the admin token (the agent makes it at first start).
     pub client: Client,
+    /// The admin bearer token.
+    pub token: String,
+    pub token_path: PathBuf,
     pub cgroup_root: String,
     pub rootfs: PathBuf,
     pub data_dir: PathBuf,
@@ -129,8 +133,14 @@ impl TestAgent {
         );
         fs::write(&config_path, config).unwrap();
         let base = format!("http://127.0.0.1:{port}");
+        let token_path = match extra.strip_prefix("token_file = ") {
+            Some(path) => PathBuf::from(path.trim().trim_matches('"')),
+            None => data_dir.join("api.token"),
+        };
         let mut agent = TestAgent {
             client: Client::new(&base, None),
+            token: String::new(),
+            token_path,
             base,
             cgroup_root,
             rootfs,
@@ -140,13 +150,6 @@ impl TestAgent {
             child: None,
             tmp,
         };
-        if let Some(path) = extra.strip_prefix("token_file = ") {
-            let token = fs::read_to_string(path.trim_matches('"'))
-                .unwrap()
-                .trim()
-                .to_owned();
-            agent.client = Client::new(&agent.base, Some(token));
-        }
         agent.spawn();
         agent
     }
@@ -182,7 +185,13 @@ impl TestAgent {
         self.child = Some(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
-            if self.client.get::<Value>("/v1/health").is_ok() {
+            if self.token.is_empty() {
+                if let Ok(t) = fs::read_to_string(&self.token_path) {
+                    self.token = t.trim().to_owned();
+                    self.client = Client::new(&self.base, Some(self.token.clone()));
+                }
+            }
+            if !self.token.is_empty() && self.client.get::<Value>("/v1/health").is_ok() {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -284,14 +293,25 @@ impl TestAgent {
         self.wait_for(id, timeout, |s| s.state == state)
     }
 
-    /// Runs the `gleaner` CLI against this agent.
+    /// Runs the `gleaner` CLI against this agent, found through its config
+    /// (so over its Unix socket, as root).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(CLI_BIN)
-            .arg("--agent")
-            .arg(&self.base)
+            .arg("--config")
+            .arg(&self.config_path)
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// The agent's Unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("run/api.sock")
+    }
+
+    /// A client over the Unix socket.
+    pub fn socket_client(&self) -> Client {
+        Client::unix(&self.socket())
     }
 
     /// DELETE /v1/tasks/{id}, then its final status.

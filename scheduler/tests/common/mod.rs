@@ -71,7 +71,10 @@ pub fn put_queue(fleet: &Fleet, name: &str, priority_factor: f64) {
         &format!("/v1/queues/{name}"),
         Some(&json!({"priority_factor": priority_factor})),
     );
-    assert!((200..300).contains(&code), "PUT queue {name}: {code} {body}");
+    assert!(
+        (200..300).contains(&code),
+        "PUT queue {name}: {code} {body}"
+    );
 }
 
 /// `POST /v1/jobs`; the job ids.
@@ -86,7 +89,11 @@ pub fn submit(fleet: &Fleet, queue: &str, jobs: Vec<Value>) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v["id"].as_str().unwrap().to_owned()))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v["id"].as_str().unwrap().to_owned())
+        })
         .collect()
 }
 
@@ -100,7 +107,9 @@ pub fn sleeper(cpus: f64, secs: u32, constraints: Value) -> Value {
 }
 
 pub fn job(fleet: &Fleet, id: &str) -> Value {
-    let (code, body) = fleet.any_scheduler().request("GET", &format!("/v1/jobs/{id}"), None);
+    let (code, body) = fleet
+        .any_scheduler()
+        .request("GET", &format!("/v1/jobs/{id}"), None);
     assert_eq!(code, 200, "GET /v1/jobs/{id}: {body}");
     body
 }
@@ -120,7 +129,9 @@ pub fn stored_jobs(fleet: &Fleet) -> BTreeMap<String, Value> {
 pub fn running_by_job(fleet: &Fleet) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in fleet.agents.iter().filter(|a| a.is_running()) {
-        let Ok((200, body)) = a.get("/v1/tasks") else { continue };
+        let Ok((200, body)) = a.get("/v1/tasks") else {
+            continue;
+        };
         let tasks: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
         for t in tasks.iter().filter(|t| t["state"] == "RUNNING") {
             let id = t["id"].as_str().unwrap_or_default();
@@ -134,7 +145,11 @@ pub fn running_by_job(fleet: &Fleet) -> BTreeMap<String, Vec<String>> {
 /// Panics if any job runs on two nodes (or twice on one) right now.
 pub fn assert_never_twice(fleet: &Fleet) {
     for (job, nodes) in running_by_job(fleet) {
-        assert!(nodes.len() <= 1, "job {job} RUNNING {} times: {nodes:?}", nodes.len());
+        assert!(
+            nodes.len() <= 1,
+            "job {job} RUNNING {} times: {nodes:?}",
+            nodes.len()
+        );
     }
 }
 
