@@ -18,6 +18,17 @@ impl Agent {
         self.attributes.lock().unwrap().effective()
     }
 
+    /// What constraints see: the attributes plus `hostname` = the node id
+    /// (FLEET.md), as the scheduler evaluates them.
+    pub fn constraint_attributes(&self) -> BTreeMap<String, String> {
+        let mut attrs = self.attributes();
+        attrs.insert(
+            gleaner_core::fleet::HOSTNAME_ATTRIBUTE.to_owned(),
+            self.node_id.clone(),
+        );
+        attrs
+    }
+
     pub fn attributes_with_sources(&self) -> BTreeMap<String, Sourced> {
         self.attributes.lock().unwrap().with_sources()
     }
@@ -85,7 +96,7 @@ impl Agent {
     /// queue look again.
     pub(crate) fn attributes_changed(self: &Arc<Self>) {
         self.touched();
-        let attrs = self.attributes();
+        let attrs = self.constraint_attributes();
         let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
         for task in tasks {
             let verdict = {

@@ -142,7 +142,7 @@ impl Agent {
             }
         }
         // Units whose constraints do not hold on this node wait, saying why.
-        let attrs = self.attributes();
+        let attrs = self.constraint_attributes();
         let mut blocked: BTreeMap<String, String> = BTreeMap::new();
         let mut limits: HashMap<String, (Kind, usize)> = HashMap::new();
         for (key, task) in &constrained {
