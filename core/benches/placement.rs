@@ -132,6 +132,7 @@ fn main() {
                 kind: p.kind.clone(),
                 holds: p.need,
                 reported: false,
+                gang: None,
             });
         }
         pending = rest;

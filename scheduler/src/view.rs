@@ -108,6 +108,7 @@ impl View {
                         kind: placement::kind(&job.spec),
                         holds: placement::amount(job.spec.resources),
                         reported,
+                        gang: job.gang.as_ref().map(|g| g.id.clone()),
                     });
                 }
                 _ => {}

@@ -58,6 +58,9 @@ pub struct Active {
     pub holds: Amount,
     /// The agent reported it started: the node's `allocated` includes it.
     pub reported: bool,
+    /// Its gang, if any: members already placed count towards a gang's
+    /// cardinality (a member moved after a drain goes alone).
+    pub gang: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -200,10 +203,17 @@ pub fn place(
             incomplete: None,
         });
     }
+    let mut gang_active: HashMap<&str, usize> = HashMap::new();
+    for a in active {
+        if let Some(g) = &a.gang {
+            *gang_active.entry(g.as_str()).or_default() += 1;
+        }
+    }
     for u in all.iter_mut() {
         if let Some(g) = &u.jobs[0].0.gang {
-            if u.jobs.len() < g.cardinality as usize {
-                u.incomplete = Some((u.jobs.len(), g.cardinality));
+            let have = u.jobs.len() + gang_active.get(g.id.as_str()).copied().unwrap_or(0);
+            if have < g.cardinality as usize {
+                u.incomplete = Some((have, g.cardinality));
             }
         }
     }

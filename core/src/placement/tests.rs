@@ -95,6 +95,7 @@ fn bin_packs_onto_the_fullest_node() {
             disk_mb: 0.0,
         },
         reported: false,
+        gang: None,
     }];
     let out = run(&nodes, &[job("j", "q", 1.0, 512.0)], &active);
     assert_eq!(placed(&out)["j"], "b");
@@ -127,6 +128,7 @@ fn room_counts_allocated_and_unreported_placements() {
             disk_mb: 0.0,
         },
         reported: false,
+        gang: None,
     };
     let out = run(
         &[n.clone()],
@@ -295,6 +297,26 @@ fn gang_all_or_nothing() {
     let out = run(&four, &gang[..3], &[]);
     assert!(out.units.is_empty());
     assert!(out.waiting["g0"].contains("3 of 4 members"));
+    // A member moved (drained) while the other three run goes alone.
+    let running: Vec<Active> = ["g1", "g2", "g3"]
+        .iter()
+        .map(|j| Active {
+            job: j.to_string(),
+            queue: "q".into(),
+            node: "a".into(),
+            role: "batch".into(),
+            kind: "k".into(),
+            holds: Amount {
+                cpus: 0.1,
+                mem_mb: 1.0,
+                disk_mb: 0.0,
+            },
+            reported: true,
+            gang: Some("g".into()),
+        })
+        .collect();
+    let out = run(&four, &gang[..1], &running);
+    assert_eq!(placed(&out).len(), 1, "{out:?}");
 }
 
 #[test]
