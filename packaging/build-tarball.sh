@@ -15,20 +15,20 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 top=$stage/gleaner
 mkdir -p "$top"/{bin,etc,systemd,init.d,share}
-for b in gleaner-agent gleaner-monitor gleaner-rootfs gleaner; do
+for b in gleaner-agent gleaner-monitor gleaner-scheduler gleaner-rootfs gleaner; do
     install -m 755 "target/$target/dist/$b" "$top/bin/$b"
 done
 # Templates for any prefix (install.sh renders them), and the files
 # rendered for the default prefix so the tree reads as installed.
-cp packaging/etc/agent.toml.in packaging/etc/monitor.toml.in "$top/share/"
-cp systemd/gleaner-agent.service.in systemd/gleaner-monitor.service.in "$top/share/"
+cp packaging/etc/agent.toml.in packaging/etc/monitor.toml.in packaging/etc/scheduler.toml.in "$top/share/"
+cp systemd/gleaner-agent.service.in systemd/gleaner-monitor.service.in systemd/gleaner-scheduler.service.in "$top/share/"
 cp packaging/init.d/gleaner.in "$top/share/gleaner.init.in"
 render() { sed -e "s|@PREFIX@|/opt/gleaner|g" -e "s|@NAME@|${3:-}|g" "$1" >"$2"; }
-for c in agent monitor; do
+for c in agent monitor scheduler; do
     render "packaging/etc/$c.toml.in" "$top/etc/$c.toml"
     cp "$top/etc/$c.toml" "$top/share/$c.toml.pristine"
 done
-for n in gleaner-agent gleaner-monitor; do
+for n in gleaner-agent gleaner-monitor gleaner-scheduler; do
     render "systemd/$n.service.in" "$top/systemd/$n.service"
     render packaging/init.d/gleaner.in "$top/init.d/$n" "$n"
     chmod 755 "$top/init.d/$n"

@@ -64,13 +64,21 @@ fi
 # Config: the first install writes it (the tarball's copy is for
 # /opt/gleaner; an unedited one is written again for this prefix), upgrades
 # keep the operator's.
-for c in agent monitor; do
+for c in agent monitor scheduler; do
+    [ -f "$dest/share/$c.toml.in" ] || continue
     if [ ! -f "$dest/etc/$c.toml" ] || cmp -s "$dest/etc/$c.toml" "$dest/share/$c.toml.pristine"; then
         render "$dest/share/$c.toml.in" "$dest/etc/$c.toml"
     fi
 done
 render "$dest/share/gleaner-agent.service.in" "$dest/systemd/gleaner-agent.service"
 render "$dest/share/gleaner-monitor.service.in" "$dest/systemd/gleaner-monitor.service"
+# The scheduler runs on a few hosts only: its unit and init script are
+# rendered, not enabled (systemctl enable --now $prefix/systemd/gleaner-scheduler.service).
+if [ -f "$dest/share/gleaner-scheduler.service.in" ]; then
+    render "$dest/share/gleaner-scheduler.service.in" "$dest/systemd/gleaner-scheduler.service"
+    render "$dest/share/gleaner.init.in" "$dest/init.d/gleaner-scheduler" gleaner-scheduler
+    chmod 755 "$dest/init.d/gleaner-scheduler"
+fi
 for n in gleaner-agent gleaner-monitor; do
     render "$dest/share/gleaner.init.in" "$dest/init.d/$n" "$n"
     chmod 755 "$dest/init.d/$n"

@@ -60,6 +60,7 @@ if [ "$unfinished" -gt 0 ]; then
     $cli ps --unfinished --quiet | while read -r id; do $cli kill "$id" >/dev/null || true; done
 fi
 
+service gleaner-scheduler stop
 service gleaner-monitor stop
 service gleaner-agent stop
 if [ -n "$temp" ]; then kill -TERM "$temp" 2>/dev/null || true; wait "$temp" 2>/dev/null || true; fi
@@ -83,7 +84,7 @@ for c in /sys/fs/cgroup/*/"$croot" /sys/fs/cgroup/"$croot"; do
     [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
 done
 
-for n in gleaner-agent gleaner-monitor; do
+for n in gleaner-agent gleaner-monitor gleaner-scheduler; do
     for l in "$root/etc/systemd/system/$n.service" "$root/etc/systemd/system/multi-user.target.wants/$n.service" "$root/etc/init.d/$n"; do
         if [ -L "$l" ] && case "$(readlink "$l")" in "$prefix"/*) true ;; *) false ;; esac; then rm -f "$l"; fi
     done

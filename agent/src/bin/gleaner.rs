@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+#[path = "gleaner/fleet.rs"]
+mod fleet_cmd;
 use gleaner_agent::client::Client;
 use gleaner_agent::config::AgentConfig;
 use gleaner_agent::status::TaskStatus;
@@ -27,6 +30,8 @@ struct Cli {
     /// binary if it exists, else the agent's built-in defaults].
     #[arg(long, env = "GLEANER_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    fleet: fleet_cmd::SchedulerArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -130,6 +135,16 @@ enum Cmd {
         #[arg(long, default_value = "/gleaner")]
         prefix: String,
     },
+    /// Fleet jobs through the scheduler (`--scheduler`): submit, ls, status, cancel.
+    Job {
+        #[command(subcommand)]
+        op: fleet_cmd::JobOp,
+    },
+    /// Fleet queues through the scheduler (`--scheduler`): ls, set, rm.
+    Queue {
+        #[command(subcommand)]
+        op: fleet_cmd::QueueOp,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +210,12 @@ fn connect(cli: &Cli) -> Result<Client, String> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    // The fleet verbs talk to a scheduler, not to the agent.
+    let cli = match cli.cmd {
+        Cmd::Job { op } => return fleet_cmd::job(&cli.fleet, op),
+        Cmd::Queue { op } => return fleet_cmd::queue(&cli.fleet, op),
+        cmd => Cli { cmd, ..cli },
+    };
     let client = connect(&cli)?;
     let err = |e: gleaner_agent::client::ClientError| e.to_string();
     match cli.cmd {
@@ -434,6 +455,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Job { .. } | Cmd::Queue { .. } => unreachable!("handled above"),
         Cmd::State => {
             let v: serde_json::Value = client.get("/v1/state").map_err(err)?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
