@@ -69,7 +69,8 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_ref()) {
+        // Constant-time comparison (the agent's credential model).
+        if !given.is_some_and(|g| gleaner_core::auth::tokens_equal(g, token)) {
             return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
                 .into_response();
         }
