@@ -198,6 +198,7 @@ async fn lead(
                 dirty = true;
             }
             _ = tokio::time::sleep(wait) => {
+                crate::marathon::controller::run(client, keys, leader_key.key(), &mut view).await?;
                 pass.run(client, &mut view).await?;
                 last = Instant::now();
                 dirty = false;

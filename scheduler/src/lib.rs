@@ -5,6 +5,7 @@
 //! * [`pass`]: one pass: move work ([`reconcile`], pure), remove stale
 //!   placements, place ([`gleaner_core::placement`], pure), write.
 //! * [`api`]: the native API, served by every replica from etcd.
+//! * [`marathon`]: Marathon's REST API and the leader's app controller.
 //!
 //! No state here that etcd does not hold: any replica can die and another
 //! takes over from etcd.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod leader;
+pub mod marathon;
 pub mod metrics;
 pub mod pass;
 pub mod reconcile;

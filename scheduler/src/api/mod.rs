@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/leader", get(leader))
         .route("/metrics", get(metrics))
+        .merge(crate::marathon::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

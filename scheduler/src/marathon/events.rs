@@ -1,0 +1,179 @@
+//! `GET /v2/events`: Marathon's event bus as Server-Sent Events, served by
+//! any replica from an etcd watch (no state of its own): attach first,
+//! then `status_update_event` for app instances' task records,
+//! `deployment_info` / `deployment_success` for deployments created and
+//! finished, `api_post_event` for app definitions written.
+//! `?event_type=` (repeatable) keeps only those types.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use etcd_client::{EventType, WatchOptions, WatchStream};
+use gleaner_core::fleet::{parse_task_id, Job, TaskRecord};
+use serde_json::{json, Value};
+
+use super::api::MError;
+use super::model::{instance_of, timestamp, App};
+use super::render::render_task;
+use super::state::{deployments_prefix, Deployment};
+use crate::api::AppState;
+
+struct Feed {
+    st: AppState,
+    stream: WatchStream,
+    /// job id → the job (for task records' app and version).
+    jobs: HashMap<String, Job>,
+    pending: Vec<(String, Value)>,
+    wanted: Vec<String>,
+}
+
+fn ev(kind: &str, mut body: Value) -> (String, Value) {
+    body["eventType"] = json!(kind);
+    body["timestamp"] = json!(timestamp(Utc::now()));
+    (kind.to_owned(), body)
+}
+
+impl Feed {
+    fn on_put(&mut self, key: &str, value: &[u8], prev: Option<&[u8]>) {
+        let k = &self.st.keys;
+        if let Some(id) = k.leaf(key, &k.jobs_prefix()) {
+            if let Ok(j) = serde_json::from_slice::<Job>(value) {
+                if instance_of(&j.spec).is_some() {
+                    self.jobs.insert(id.to_owned(), j);
+                }
+            }
+        } else if k.leaf(key, &k.tasks_prefix()).is_some() {
+            let Ok(rec) = serde_json::from_slice::<TaskRecord>(value) else {
+                return;
+            };
+            let Some(job) = parse_task_id(&rec.status.id).and_then(|(j, _)| self.jobs.get(j))
+            else {
+                return;
+            };
+            let t = render_task(job, Some(&rec));
+            self.pending.push(ev(
+                "status_update_event",
+                json!({
+                    "slaveId": rec.node, "taskId": rec.status.id, "taskStatus": t["state"],
+                    "message": rec.status.message.clone().unwrap_or_default(),
+                    "appId": t["appId"], "host": rec.node, "ipAddresses": [], "ports": [],
+                    "version": t["version"],
+                }),
+            ));
+        } else if key.starts_with(&deployments_prefix(k)) {
+            if prev.is_none() {
+                if let Ok(d) = serde_json::from_slice::<Deployment>(value) {
+                    let plan = d.render();
+                    self.pending.push(ev(
+                        "deployment_info",
+                        json!({"plan": plan, "currentStep": plan["steps"][0]}),
+                    ));
+                }
+            }
+        } else if key.starts_with(&k.apps_prefix()) {
+            if let Ok(a) = serde_json::from_slice::<App>(value) {
+                let uri = format!("/v2/apps{}", a.id);
+                self.pending.push(ev(
+                    "api_post_event",
+                    json!({"clientIp": null, "uri": uri, "appDefinition": a}),
+                ));
+            }
+        }
+    }
+
+    fn on_delete(&mut self, key: &str, prev: Option<&[u8]>) {
+        let k = &self.st.keys;
+        if let Some(id) = k.leaf(key, &k.jobs_prefix()) {
+            self.jobs.remove(id);
+        } else if key.starts_with(&deployments_prefix(k)) {
+            if let Some(d) = prev.and_then(|p| serde_json::from_slice::<Deployment>(p).ok()) {
+                self.pending.push(ev(
+                    "deployment_success",
+                    json!({"id": d.id, "plan": d.render()}),
+                ));
+            }
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
+        loop {
+            if let Some(i) = self
+                .pending
+                .iter()
+                .position(|(k, _)| self.wanted.is_empty() || self.wanted.contains(k))
+            {
+                let (kind, body) = self.pending.remove(i);
+                self.pending
+                    .retain(|(k, _)| self.wanted.is_empty() || self.wanted.contains(k));
+                let e = Event::default().event(kind).data(body.to_string());
+                return Some((Ok(e), self));
+            }
+            self.pending.clear();
+            let resp = self.stream.message().await.ok()??;
+            for e in resp.events() {
+                let Some(kv) = e.kv() else { continue };
+                let Ok(key) = kv.key_str() else { continue };
+                let prev = e.prev_kv().map(|p| p.value());
+                match e.event_type() {
+                    EventType::Put => self.on_put(key, kv.value(), prev),
+                    EventType::Delete => self.on_delete(key, prev),
+                }
+            }
+        }
+    }
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, MError> {
+    let wanted: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "event_type")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let jobs: Vec<(String, Job, i64)> = st.store.list(&st.keys.jobs_prefix()).await?;
+    let mut client = st.store.client().await?;
+    let root = format!("{}/", st.keys.prefix);
+    let stream = match client
+        .watch(
+            root.as_str(),
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            st.store.reset().await;
+            return Err(st.store.unavailable(e).into());
+        }
+    };
+    let attached = ev(
+        "event_stream_attached",
+        json!({"remoteAddress": headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()}),
+    );
+    let feed = Feed {
+        st,
+        stream,
+        jobs: jobs
+            .into_iter()
+            .filter(|(_, j, _)| instance_of(&j.spec).is_some())
+            .map(|(_, j, _)| (j.id.clone(), j))
+            .collect(),
+        pending: vec![attached],
+        wanted,
+    };
+    let stream = futures_util::stream::unfold(feed, Feed::next);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
