@@ -498,6 +498,8 @@ impl App {
             kill_grace_s: self
                 .task_kill_grace_period_seconds
                 .unwrap_or(gleaner_core::spec::DEFAULT_KILL_GRACE_S),
+            network: Default::default(),
+            api_access: None,
         }
     }
 }
