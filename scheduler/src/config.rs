@@ -30,8 +30,8 @@ pub struct SchedulerConfig {
     pub name: String,
     /// TTL of the leader's lease: a dead leader is replaced this long after.
     pub leader_ttl_s: i64,
-    /// A placement the agent has not started after this long is withdrawn
-    /// and placed on another node.
+    /// A placement its agent reports QUEUED (cannot admit it) this long
+    /// after placement is withdrawn and placed on another node.
     pub placement_timeout_s: u64,
     /// Default fitness among nodes that fit: "bin-pack" or "spread"
     /// (a queue may override).

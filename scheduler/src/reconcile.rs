@@ -9,8 +9,10 @@
 //!   retried (attempt + 1) while `retries < max_retries`, else FAILED;
 //! * DRAINED / PREEMPTED → placed again, no retry counted (a drained node
 //!   is avoided: its report of the attribute change may lag);
-//! * placed but not started within `placement_timeout` → withdrawn and
-//!   placed elsewhere (the node avoided), no retry counted.
+//! * placed and reported QUEUED by its agent (it cannot admit it) for
+//!   `placement_timeout` → withdrawn and placed elsewhere (the node
+//!   avoided), no retry counted. Without any report the placement stays:
+//!   a slow agent must not make a job run twice.
 //!
 //! Every change away from the node deletes the attempt's placement key, so
 //! a node that comes back kills the old attempt: a job never runs twice.
@@ -109,8 +111,11 @@ pub fn reconcile(w: &World<'_>) -> Option<Change> {
             );
             away(next)
         }
-        // Not started (no record yet, or queued by the agent).
-        None | Some(TaskState::Queued) if job.state == JobState::Placed => {
+        // Queued by the agent (it cannot admit it). No record at all is
+        // not a reason: the agent may only be slow to report, and
+        // withdrawing then would run the job twice; a dead node is
+        // handled by its lease.
+        Some(TaskState::Queued) if job.state == JobState::Placed => {
             let placed = job.placed_at.unwrap_or(job.submitted_at);
             let waited = (w.now - placed).to_std().unwrap_or_default();
             if waited < w.placement_timeout {
@@ -283,17 +288,17 @@ mod tests {
     }
 
     #[test]
-    fn placements_not_started_are_withdrawn_after_the_timeout() {
+    fn placements_queued_by_the_agent_are_withdrawn_after_the_timeout() {
         let mut j = job(JobState::Placed);
-        assert_eq!(reconcile(&world(&j, None, true)), None);
-        j.placed_at = Some(Utc::now() - chrono::Duration::seconds(31));
         let queued = record(TaskState::Queued, "n1");
-        for task in [None, Some(&queued)] {
-            let c = reconcile(&world(&j, task, true)).unwrap();
-            assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
-            assert_eq!(c.job.avoid, vec!["n1".to_string()]);
-            assert!(c.job.message.unwrap().contains("withdrawn from n1"));
-        }
+        assert_eq!(reconcile(&world(&j, Some(&queued), true)), None);
+        j.placed_at = Some(Utc::now() - chrono::Duration::seconds(31));
+        let c = reconcile(&world(&j, Some(&queued), true)).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
+        assert_eq!(c.job.avoid, vec!["n1".to_string()]);
+        assert!(c.job.message.unwrap().contains("withdrawn from n1"));
+        // No report at all: a slow agent, not a refusal.
+        assert_eq!(reconcile(&world(&j, None, true)), None);
     }
 
     #[test]

@@ -481,7 +481,12 @@ fn failures_retry_drains_move_and_unstarted_placements_are_withdrawn() {
     let id = &submit(&s, "q", json!([{"spec": spec(), "max_retries": 1}]))[0];
     let first = wait_state(&s, id, "PLACED");
     assert_eq!(first["node"], "n1");
-    // n1 never starts it: after 2 s it goes to n2.
+    // n1 keeps it queued (cannot admit it): after 2 s it goes to n2.
+    let t1 = format!("{id}.1");
+    etcd.put(
+        &format!("/gleaner/tasks/{t1}"),
+        &task_record(&t1, "n1", "QUEUED"),
+    );
     etcd.put(
         "/gleaner/nodes/n2/info",
         &node_info("n2", 4.0, json!({"rack": "r2"})),
