@@ -2,7 +2,7 @@
 # Installs what building, the demo and the tests need, on Debian, as root.
 # Idempotent; safe to run on every invocation.
 set -euo pipefail
-pkgs=(protobuf-compiler etcd-server etcd-client busybox-static runc curl ca-certificates gcc libc6-dev binutils pkg-config python3 util-linux)
+pkgs=(protobuf-compiler etcd-server etcd-client busybox-static runc curl ca-certificates gcc libc6-dev binutils pkg-config python3 python3-venv util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,3 +20,11 @@ if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
+# schemathesis (PyPI) for scripts/schemathesis.sh, in a venv of its own.
+venv=/var/cache/gleaner/venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  echo "setup: installing schemathesis into $venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q schemathesis
+fi

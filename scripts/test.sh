@@ -14,7 +14,11 @@ set +e
 cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=4 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The API against its OpenAPI document, with schemathesis (one more test).
+if bash scripts/schemathesis.sh >"$log.st" 2>&1; then st_ok=1; else st_ok=0; status=1; fi
+tail -25 "$log.st"; rm -f "$log.st"
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '; [0-9]+ failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+passed=$((passed + st_ok)); failed=$((failed + 1 - st_ok))
 echo "tests: $passed passed, $failed failed"
 exit "$status"

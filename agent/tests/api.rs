@@ -284,3 +284,19 @@ fn sigterm_stops_the_agent_but_not_its_tasks() {
         TaskState::Killed
     );
 }
+
+#[test]
+fn the_served_openapi_document_is_the_kept_one() {
+    if !require_root("the_served_openapi_document_is_the_kept_one") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let served = agent.client.get_text("/v1/openapi.json").unwrap();
+    let kept =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .unwrap();
+    assert!(
+        served == kept,
+        "GET /v1/openapi.json differs from docs/openapi.json"
+    );
+}

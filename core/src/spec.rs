@@ -14,6 +14,7 @@ pub const DEFAULT_KILL_GRACE_S: f64 = 10.0;
 pub const MIN_MEM_MB: f64 = 4.0;
 const MAX_ID_LEN: usize = 64;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
@@ -51,6 +52,7 @@ pub struct TaskSpec {
     pub api_access: Option<ApiAccess>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
@@ -66,12 +68,14 @@ impl Network {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiAccess {
     pub scope: ApiScope,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApiScope {
@@ -87,10 +91,12 @@ fn default_grace() -> f64 {
     DEFAULT_KILL_GRACE_S
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RootfsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
@@ -98,6 +104,7 @@ pub struct RootfsSpec {
     pub sha256: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -113,6 +120,7 @@ impl Resources {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuLimitKind {
@@ -123,6 +131,7 @@ pub enum CpuLimitKind {
     Shares,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
@@ -132,6 +141,7 @@ pub enum RestartPolicy {
     Always,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
@@ -287,6 +297,11 @@ impl RootfsSpec {
                 {
                     return Err(bad("rootfs.path", "must not contain '..'"));
                 }
+                // The host's own root would be handed to the task whole
+                // (and get mount points made in it).
+                if p.parent().is_none() {
+                    return Err(bad("rootfs.path", "must not be the host's root /"));
+                }
                 if self.sha256.is_some() {
                     return Err(bad("rootfs.sha256", "goes with uri, not path"));
                 }
@@ -399,6 +414,9 @@ mod tests {
             parse(r#"{"cmd":"x","rootfs":{"path":"/a/../b"},"resources":{"cpus":1,"mem_mb":64}}"#)
                 .unwrap_err();
         assert!(e.contains(".."), "{e}");
+        let e = parse(r#"{"cmd":"x","rootfs":{"path":"/"},"resources":{"cpus":1,"mem_mb":64}}"#)
+            .unwrap_err();
+        assert!(e.contains("host's root"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! requests to `runtime::Agent` calls and errors to status codes.
 
 mod extract;
+pub mod openapi;
 pub mod serve;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::auth::{self, Action, Caller, Size};
 use crate::runtime::{Agent, AgentError};
 use crate::scheduler::Amount;
 use crate::spec::TaskSpec;
-use crate::status::StopReason;
+use crate::status::{StopReason, TaskStatus};
 pub use extract::{set_read_timeout, ApiError, ApiJson, MAX_BODY_BYTES};
 pub use serve::Door;
 
@@ -71,6 +72,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             put(set_attribute).delete(remove_attribute),
         )
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -93,6 +95,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         }
         Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, e.clone()).into_response(),
     };
+    let response = json_errors(response).await;
     if !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD) {
         let who = match &caller {
             Ok(c) => c.to_string(),
@@ -104,6 +107,29 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         tracing::info!(target: "audit", "{who} {method} {path} {}", response.status().as_u16());
     }
     response
+}
+
+/// Every error is `{"error": "..."}`, also the plain-text rejections of
+/// axum's own extractors (a path that is not UTF-8, say).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text.trim().to_owned()
+    };
+    ApiError::new(status, message).into_response()
 }
 
 fn identify(agent: &Agent, door: &Door, req: &Request) -> Result<Caller, String> {
@@ -137,6 +163,28 @@ fn identify(agent: &Agent, door: &Door, req: &Request) -> Result<Caller, String>
     }
 }
 
+/// The error shape of every 4xx/5xx.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    error: String,
+}
+
+/// The reply of `POST /v1/groups`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct GroupReply {
+    id: String,
+    tasks: Vec<TaskStatus>,
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "node", responses((status = 200, description = "this document", body = Object), (status = 401, description = "no valid credential", body = ErrorBody)))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -148,10 +196,12 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "node", responses((status = 200, description = "the agent answers", body = Object), (status = 401, description = "no valid credential", body = ErrorBody)))]
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/v1/state", tag = "node", responses((status = 200, description = "node id, version, cgroups, totals, reservations, attributes, task counts", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody)))]
 async fn node_state(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -160,6 +210,7 @@ async fn node_state(
     Ok(Json(st.agent.node_state()).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", responses((status = 200, description = "every task the caller may see", body = Vec<TaskStatus>), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody)))]
 async fn list_tasks(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -220,6 +271,7 @@ fn allow_submit(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskSpec, responses((status = 201, description = "accepted: QUEUED, STAGING or RUNNING", body = TaskStatus), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 408, description = "body too slow", body = ErrorBody), (status = 409, description = "the id exists", body = ErrorBody), (status = 413, description = "body over 1 MiB", body = ErrorBody), (status = 503, description = "etcd unavailable", body = ErrorBody)))]
 async fn submit_task(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -251,6 +303,7 @@ fn allow_task(agent: &Agent, caller: &Caller, id: &str, kill: bool) -> Result<()
     allow(caller, action)
 }
 
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "the task", body = TaskStatus), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 404, description = "unknown task", body = ErrorBody)))]
 async fn get_task(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -260,6 +313,7 @@ async fn get_task(
     Ok(Json(st.agent.get(&id)?).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "it had ended", body = TaskStatus), (status = 202, description = "stopping: SIGTERM, SIGKILL after its grace", body = TaskStatus), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 404, description = "unknown task", body = ErrorBody)))]
 async fn kill_task(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -275,13 +329,14 @@ async fn kill_task(
     Ok((code, Json(status)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GroupSpec {
     id: String,
     tasks: Vec<TaskSpec>,
 }
 
+#[utoipa::path(post, path = "/v1/groups", tag = "tasks", request_body = GroupSpec, responses((status = 201, description = "all members accepted", body = GroupReply), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 408, description = "body too slow", body = ErrorBody), (status = 409, description = "the group or an id exists", body = ErrorBody), (status = 413, description = "body over 1 MiB", body = ErrorBody), (status = 503, description = "etcd unavailable", body = ErrorBody)))]
 async fn submit_group(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -297,6 +352,7 @@ async fn submit_group(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/reservations", tag = "reservations", responses((status = 200, description = "per role: reserved, allocated, free, running, queued", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody)))]
 async fn list_reservations(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -305,6 +361,7 @@ async fn list_reservations(
     Ok(Json(st.agent.reservations()).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/reservations/{role}", tag = "reservations", params(("role" = String, Path, description = "role")), request_body = Amount, responses((status = 200, description = "applied (cgroup written) and persisted; preempted task ids", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 408, description = "body too slow", body = ErrorBody), (status = 413, description = "body over 1 MiB", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 async fn set_reservation(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -315,6 +372,7 @@ async fn set_reservation(
     Ok(Json(st.agent.set_reservation(&role, amount).await?).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/reservations/{role}", tag = "reservations", params(("role" = String, Path, description = "role")), responses((status = 200, description = "removed; its tasks preempted", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 404, description = "no such reservation", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 async fn remove_reservation(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -333,6 +391,7 @@ struct AttributesQuery {
     sources: bool,
 }
 
+#[utoipa::path(get, path = "/v1/attributes", tag = "attributes", params(("sources" = Option<bool>, Query, description = "with each value's source")), responses((status = 200, description = "effective attributes", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody)))]
 async fn list_attributes(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -347,12 +406,13 @@ async fn list_attributes(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AttributeValue {
     value: String,
 }
 
+#[utoipa::path(put, path = "/v1/attributes/{name}", tag = "attributes", params(("name" = String, Path, description = "attribute")), request_body = AttributeValue, responses((status = 200, description = "set (through etcd when configured)", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 408, description = "body too slow", body = ErrorBody), (status = 413, description = "body over 1 MiB", body = ErrorBody), (status = 503, description = "etcd unavailable", body = ErrorBody)))]
 async fn set_attribute(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -364,6 +424,7 @@ async fn set_attribute(
     Ok(Json(json!({"name": name, "value": set.value, "source": set.source})).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/attributes/{name}", tag = "attributes", params(("name" = String, Path, description = "attribute")), responses((status = 200, description = "removed; tasks whose constraints stop matching are drained", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 404, description = "no such attribute", body = ErrorBody), (status = 503, description = "etcd unavailable", body = ErrorBody)))]
 async fn remove_attribute(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -386,6 +447,7 @@ struct LogQuery {
 /// Largest slice of a log file one request returns (its end).
 const MAX_LOG_BYTES: u64 = 4 << 20;
 
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path, description = "task id"), ("stream" = Option<String>, Query, description = "stdout (default) or stderr"), ("tail" = Option<u32>, Query, description = "last N lines")), responses((status = 200, description = "captured output", body = String, content_type = "text/plain"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 404, description = "unknown task", body = ErrorBody)))]
 async fn task_logs(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -439,6 +501,7 @@ fn last_lines(text: &str, n: usize) -> &str {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "node", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody)))]
 async fn metrics(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
