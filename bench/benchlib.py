@@ -24,6 +24,11 @@ def http(method, url, body=None):
         return json.loads(r.read() or b"null")
 
 
+def unmount_data(tmp):
+    """The agent makes <data_dir>/tasks a nosuid,nodev bind mount: undo it
+    before the temp dir is removed."""
+    subprocess.run(["umount", "-l", os.path.join(tmp, "data", "tasks")], stderr=subprocess.DEVNULL)
+
 def start_agent(tmp, cgroup_root, rootfs, extra=""):
     """Starts gleaner-agent with its data under tmp; returns (process, base URL)."""
     port = free_port()
@@ -31,7 +36,7 @@ def start_agent(tmp, cgroup_root, rootfs, extra=""):
     cfg = os.path.join(tmp, "agent.toml")
     with open(cfg, "w") as f:
         f.write(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp}/data"\ncgroup_root = "{cgroup_root}"\n'
-                f'default_rootfs = "{rootfs}"\n{extra}\n')
+                f'default_rootfs = "{rootfs}"\nrootfs_dirs = ["{tmp}"]\n{extra}\n')
     agent = subprocess.Popen([os.path.join(BIN, "gleaner-agent"), "--config", cfg],
                              stderr=open(os.path.join(tmp, "agent.log"), "w"))
     global TOKEN

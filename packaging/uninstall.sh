@@ -91,6 +91,11 @@ for n in gleaner-agent gleaner-monitor gleaner-scheduler; do
 done
 [ "$init" = systemd ] && [ -z "$root" ] && systemctl daemon-reload 2>/dev/null || true
 
+# The agent makes its tasks dir a nosuid,nodev bind mount: undo every mount
+# under the prefix before removing files (deepest first).
+awk -v d="$dest/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+
 if [ "$keep" = yes ]; then
     find "$dest" -mindepth 1 -maxdepth 1 ! -name var ! -name etc -exec rm -rf {} +
     echo "gleaner removed from $prefix (kept $prefix/var and $prefix/etc)"

@@ -11,13 +11,15 @@ bash scripts/make-busybox-rootfs.sh "$work/rootfs"
 
 # One config for the agent and the CLI: the CLI finds the agent's Unix socket
 # (<data_dir>/run/api.sock) through it; TCP would need the token.
-printf 'data_dir = "%s"\n' "$work/data" >"$work/agent.toml"
+# A task's rootfs.path must lie under rootfs_dirs.
+printf 'data_dir = "%s/data"\nrootfs_dirs = ["%s"]\n' "$work" "$work" >"$work/agent.toml"
 export GLEANER_CONFIG=$work/agent.toml
 "$bin/gleaner-agent" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent=$!
 cleanup() {
   "$bin/gleaner" kill demo-sleeper >/dev/null 2>&1 || true
   kill -TERM "$monitor" "$agent" 2>/dev/null; wait "$monitor" "$agent" 2>/dev/null || true
+  umount -l "$work/data/tasks" 2>/dev/null || true # the agent's nosuid,nodev bind
   rm -rf "$work"
 }
 trap cleanup EXIT

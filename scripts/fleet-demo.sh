@@ -35,6 +35,8 @@ cleanup() {
     sleep 0.2
     find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done; done
+  # Each agent made its tasks dir a nosuid,nodev bind mount.
+  for a in "${agents[@]}"; do umount -l "$work/$a/tasks" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -26,13 +26,15 @@ fn key(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Features that can be forced off to exercise the fallbacks of old kernels.
-pub const KNOWN_FEATURES: [&str; 6] = [
+pub const KNOWN_FEATURES: [&str; 8] = [
     "pids_cgroup",
     "oom_kill_counter",
     "cpu_idle",
     "pivot_root",
     "seccomp",
     "net_namespace",
+    "openat2",
+    "mount_setattr",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +73,14 @@ pub struct AgentConfig {
     pub root_roles: Vec<String>,
     /// rootfs of tasks that name none.
     pub default_rootfs: Option<PathBuf>,
+    /// Host directories whose subdirectories may be a task's `rootfs.path`
+    /// (the image cache always may; `/` and the data dir never).
+    pub rootfs_dirs: Vec<PathBuf>,
+    /// Roles whose tasks see a read-only /sys (others have none).
+    pub sys_roles: Vec<String>,
+    /// Cap of each of a task's stdout and stderr files; past it the oldest
+    /// half is dropped (noted in the file).
+    pub log_max_mb: u64,
     /// oom_score_adj of task processes (-1000..=1000): 1000 makes the host
     /// OOM killer take batch tasks before anything else.
     pub task_oom_score_adj: i32,
@@ -117,6 +127,9 @@ impl Default for AgentConfig {
             default_user: "nobody".into(),
             root_roles: Vec::new(),
             default_rootfs: None,
+            rootfs_dirs: vec![PathBuf::from("/var/lib/gleaner/rootfs")],
+            sys_roles: Vec::new(),
+            log_max_mb: 100,
             liveness_interval_s: 5.0,
             initial_reservation: None,
             task_oom_score_adj: 1000,
@@ -239,6 +252,15 @@ impl AgentConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(key(name, "must be > 0"));
             }
+        }
+        if self.log_max_mb == 0 {
+            return Err(key("log_max_mb", "must be > 0"));
+        }
+        if let Some(d) = self.rootfs_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(key(
+                "rootfs_dirs",
+                format!("{} is not absolute", d.display()),
+            ));
         }
         if self.image_max_mb == 0 {
             return Err(key("image_max_mb", "must be > 0"));

@@ -178,9 +178,11 @@ impl ImageCache {
                     reason: e.to_string(),
                 }
             })?;
-            crate::supervisor::ensure_mount_points(&rootfs2).map_err(|e| ImageError::Unpack {
-                uri: uri_owned,
-                reason: e.to_string(),
+            crate::supervisor::ensure_mount_points(&rootfs2, true).map_err(|e| {
+                ImageError::Unpack {
+                    uri: uri_owned,
+                    reason: e.to_string(),
+                }
             })?;
             Ok::<_, ImageError>((stats, du(&rootfs2)))
         })

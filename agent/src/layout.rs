@@ -15,9 +15,14 @@
 //!   tasks/<id>/supervisor.lock  flock held while a supervisor lives
 //!   tasks/<id>/exit.json     exit status                     (supervisor writes)
 //!   tasks/<id>/supervisor.log
-//!   tasks/<id>/tmp/          the task's private /tmp
-//!   tasks/<id>/sandbox/      working dir (/sandbox), with stdout and stderr
+//!   tasks/<id>/stdout, stderr  the task's output, capped   (supervisor writes)
+//!   tasks/<id>/tmp/          the task's private /tmp         (task writes)
+//!   tasks/<id>/sandbox/      working dir (/sandbox)          (task writes)
 //! ```
+//!
+//! A task can write only below `sandbox/` and `tmp/` (bind-mounted into its
+//! root). Everything the agent or a supervisor reads back or appends to sits
+//! beside them, where the task has no name to plant a link or a FIFO.
 
 use std::path::{Path, PathBuf};
 
@@ -103,10 +108,11 @@ impl TaskDir {
     pub fn sandbox(&self) -> PathBuf {
         self.root.join("sandbox")
     }
+    /// The task's captured output, outside what the task can write.
     pub fn stdout(&self) -> PathBuf {
-        self.sandbox().join("stdout")
+        self.root.join("stdout")
     }
     pub fn stderr(&self) -> PathBuf {
-        self.sandbox().join("stderr")
+        self.root.join("stderr")
     }
 }

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod metrics;
 pub mod procfs_util;
 pub mod runtime;
+pub mod safeopen;
 pub mod supervisor;
 pub mod userdb;
 

@@ -78,7 +78,37 @@ fn task_sees_only_its_rootfs_and_runs_unprivileged() {
     if !require_root("task_sees_only_its_rootfs_and_runs_unprivileged") {
         return;
     }
-    let agent = TestAgent::start();
+    check_task_view(&TestAgent::start());
+}
+
+/// The RAM-root mode (issue 18): MS_MOVE + chroot instead of pivot_root,
+/// forced here; the task's view is the same and the host's mounts stay
+/// out of it.
+#[test]
+fn task_view_is_the_same_with_move_and_chroot() {
+    if !require_root("task_view_is_the_same_with_move_and_chroot") {
+        return;
+    }
+    let agent = TestAgent::start_with("disable_features = [\"pivot_root\"]");
+    let state: serde_json::Value = agent.client.get("/v1/state").unwrap();
+    assert_eq!(state["cgroup_features"]["root_switch"], "move_chroot");
+    check_task_view(&agent);
+    let st = agent
+        .submit(
+            json!({"id": "mounts", "cmd": "cat /proc/self/mountinfo; ls /proc/1/root/ 2>&1; true",
+                       "resources": {"cpus": 0.5, "mem_mb": 32}}),
+        )
+        .unwrap();
+    assert_eq!(agent.wait_final(&st.id, LONG).state, TaskState::Finished);
+    let out = agent.logs("mounts", "stdout");
+    assert!(
+        !out.contains("/sys/fs/cgroup") && !out.contains(" /boot") && !out.contains("/work"),
+        "host mounts visible in the task: {out}"
+    );
+    assert!(out.contains("sandbox"), "{out}");
+}
+
+fn check_task_view(agent: &TestAgent) {
     let cmd = "ls /; echo uid=$(id -u) gid=$(id -g); grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/self/status; \
                echo pid1=$(cat /proc/1/comm); echo oom=$(cat /proc/self/oom_score_adj); pwd; touch /bin/x 2>&1 || echo ro-ok; ls /dev | tr '\\n' ' '";
     let st = agent
@@ -283,15 +313,16 @@ fn fallbacks_for_old_kernels_work_when_forced() {
     if !require_root("fallbacks_for_old_kernels_work_when_forced") {
         return;
     }
-    // What CentOS 7 lacks: no pids cgroup, no oom_kill counter; and the
-    // plain-chroot path.
+    // What CentOS 7 lacks: no pids cgroup, no oom_kill counter, no openat2,
+    // no mount_setattr; and the MS_MOVE + chroot root of a RAM-root host.
     let agent = TestAgent::start_with(
-        "pids_limit = 30\ndisable_features = [\"pids_cgroup\", \"oom_kill_counter\", \"pivot_root\", \"cpu_idle\"]",
+        "pids_limit = 30\ndisable_features = [\"pids_cgroup\", \"oom_kill_counter\", \"pivot_root\", \"cpu_idle\", \"openat2\", \"mount_setattr\"]",
     );
     let state: serde_json::Value = agent.client.get("/v1/state").unwrap();
     assert_eq!(
         state["cgroup_features"],
-        json!({"pids": false, "oom_kill_counter": false, "cpu_idle": false})
+        json!({"pids": false, "oom_kill_counter": false, "cpu_idle": false,
+               "root_switch": "move_chroot", "openat2": false, "mount_setattr": false})
     );
 
     // RLIMIT_NPROC counts per user across the host: every task here has a

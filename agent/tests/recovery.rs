@@ -272,7 +272,10 @@ fn unknown_supervisors_and_cgroups_are_removed_at_start() {
         .map(|_| agent.submit(spec("sleep 600")).unwrap().pid.unwrap())
         .collect();
     agent.stop_agent(libc::SIGKILL);
-    std::fs::remove_dir_all(agent.data_dir.join("tasks")).unwrap();
+    // Every record gone (the tasks dir itself is the agent's mount point).
+    for e in std::fs::read_dir(agent.data_dir.join("tasks")).unwrap() {
+        std::fs::remove_dir_all(e.unwrap().path()).unwrap();
+    }
     agent.spawn();
     let start = Instant::now();
     while pids.iter().any(|&p| alive(p)) && start.elapsed() < LONG {

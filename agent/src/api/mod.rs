@@ -457,9 +457,8 @@ async fn task_logs(
     allow_task(&st.agent, &caller, &id, false)?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let dir = st.agent.task_dir(&id)?;
-    let path = match q.stream.as_deref().unwrap_or("stdout") {
-        "stdout" => dir.stdout(),
-        "stderr" => dir.stderr(),
+    let stream = match q.stream.as_deref().unwrap_or("stdout") {
+        s @ ("stdout" | "stderr") => s.to_owned(),
         other => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -467,9 +466,26 @@ async fn task_logs(
             ))
         }
     };
-    let text = tokio::task::spawn_blocking(move || read_tail(&path, MAX_LOG_BYTES))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let text = tokio::task::spawn_blocking(move || {
+        let path = if stream == "stdout" {
+            dir.stdout()
+        } else {
+            dir.stderr()
+        };
+        match open_log(&path) {
+            Ok(f) => read_tail(f, MAX_LOG_BYTES),
+            // Runs started before the logs left the sandbox wrote them
+            // there: task-writable, so opened without following anything.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::safeopen::open_beneath(&dir.sandbox(), std::path::Path::new(&stream))
+                    .map(|f| read_tail(f, MAX_LOG_BYTES))
+                    .unwrap_or_default()
+            }
+            Err(_) => String::new(),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let text = match q.tail {
         Some(n) => last_lines(&text, n).to_owned(),
         None => text,
@@ -477,11 +493,17 @@ async fn task_logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
-fn read_tail(path: &std::path::Path, max: u64) -> String {
+/// A log file in the task dir (not task-writable; no link followed anyway).
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+fn read_tail(mut f: std::fs::File, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();

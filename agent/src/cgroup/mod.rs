@@ -10,7 +10,7 @@
 //! A thin layer over the cgroup files rather than cgroups-rs: see
 //! ARCHITECTURE.md ("Why not cgroups-rs").
 
-mod mountinfo;
+pub mod mountinfo;
 mod v1;
 mod v2;
 

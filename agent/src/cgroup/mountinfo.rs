@@ -63,6 +63,33 @@ pub fn parse(text: &str) -> Vec<CgroupMount> {
     out
 }
 
+/// One line of mountinfo, for code that walks mounts (the task's rootfs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    /// Per-mount options (`rw,nosuid,nodev,noexec,relatime`).
+    pub mount_opts: String,
+}
+
+/// Every mount of the text.
+pub fn parse_all(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut lf = left.split_whitespace();
+            let mount_point = lf.nth(4)?;
+            let mount_opts = lf.next()?;
+            let fstype = right.split_whitespace().next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                fstype: fstype.to_owned(),
+                mount_opts: mount_opts.to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -97,6 +124,17 @@ mod tests {
 39 33 0:34 / /sys/fs/cgroup/memory rw,nosuid shared:16 - cgroup cgroup rw,memory
 40 33 0:35 / /sys/fs/cgroup/with\\040space rw shared:17 - cgroup cgroup rw,pids
 ";
+
+    #[test]
+    fn parses_every_mount_with_its_options() {
+        let all = parse_all(SAMPLE);
+        assert_eq!(all[0].mount_point, PathBuf::from("/sys"));
+        assert_eq!(all[0].mount_opts, "rw,nosuid,nodev,noexec,relatime");
+        assert_eq!(all[1].fstype, "tmpfs");
+        assert!(all
+            .iter()
+            .any(|m| m.mount_point == std::path::Path::new("/sys/fs/cgroup/with space")));
+    }
 
     #[test]
     fn finds_v1_controllers_and_v2_mount() {

@@ -160,7 +160,8 @@ impl Agent {
         // known only once it is unpacked.
         self.check_root(uid, &spec.role)
             .map_err(|e| format!("user {user:?} is root in the image: {e}"))?;
-        ensure_mount_points(&rootfs).map_err(|e| e.to_string())?;
+        let sys = self.cfg.sys_roles.iter().any(|r| r == &spec.role);
+        ensure_mount_points(&rootfs, sys).map_err(|e| e.to_string())?;
 
         let dir = &t.dir;
         for stale in [dir.exit_json(), dir.supervisor_json(), dir.stop_json()] {
@@ -227,7 +228,10 @@ impl Agent {
             gid,
             cgroup: handle.clone(),
             nproc_rlimit: (!features.pids).then_some(self.cfg.pids_limit),
-            pivot_root: !self.cfg.feature_disabled("pivot_root"),
+            root_switch: self.sandbox.root_switch,
+            sys,
+            mount_setattr: self.sandbox.mount_setattr,
+            log_max_bytes: self.cfg.log_max_mb << 20,
             kill_grace_s: spec.kill_grace_s,
             notify_socket: self.data.notify_socket(),
             oom_score_adj: self.cfg.task_oom_score_adj,

@@ -13,6 +13,7 @@ mod attributes;
 mod disk;
 mod drain;
 pub(crate) mod etcd;
+pub mod hostfs;
 mod launcher;
 pub mod placements;
 mod queue;
@@ -73,6 +74,8 @@ pub enum StartError {
     Lock(#[from] crate::datalock::LockError),
     #[error("{0}")]
     State(String),
+    #[error(transparent)]
+    HostFs(#[from] hostfs::HostFsError),
 }
 
 /// What task.json holds.
@@ -190,6 +193,8 @@ pub struct Agent {
     changed: tokio::sync::watch::Sender<u64>,
     /// Placements this node refused (fleet mode).
     rejected: placements::Rejected,
+    /// How task roots are built on this kernel.
+    pub sandbox: hostfs::SandboxFeatures,
 }
 
 /// The node's view, for `/v1/state`.
@@ -198,13 +203,23 @@ pub struct NodeState {
     pub node_id: String,
     pub version: &'static str,
     pub cgroup_version: &'static str,
-    pub cgroup_features: cgroup::Features,
+    pub cgroup_features: FeatureReport,
     pub total: Amount,
     pub reservations: BTreeMap<String, Amount>,
     pub attributes: BTreeMap<String, String>,
     pub tasks: BTreeMap<&'static str, usize>,
     /// When this view was taken (the etcd registration's "last seen").
     pub reported_at: chrono::DateTime<Utc>,
+}
+
+/// `cgroup_features` of `/v1/state`: the cgroup features and those the task
+/// init uses to build the task's root, one flat object.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FeatureReport {
+    #[serde(flatten)]
+    pub cgroup: cgroup::Features,
+    #[serde(flatten)]
+    pub sandbox: hostfs::SandboxFeatures,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -229,7 +244,9 @@ impl Agent {
             attributes::AttributeStore::load(&data.attributes_json(), cfg.attributes.clone())
                 .map_err(StartError::State)?;
         fsutil::create_dir_all(&data.tasks())?;
+        hostfs::secure_tasks_dir(&data.tasks())?;
         fsutil::create_dir_all(&data.run())?;
+        let sandbox = hostfs::detect(&cfg);
         let images = crate::images::ImageCache::open(data.images(), cfg.fetch_limits())
             .map_err(|e| StartError::State(e.to_string()))?;
         let admin_token = cfg
@@ -260,6 +277,7 @@ impl Agent {
             _data_lock: data_lock,
             changed: tokio::sync::watch::channel(0).0,
             rejected: placements::Rejected::default(),
+            sandbox,
         });
         let socket = watcher::bind(&agent.data.notify_socket())?;
         agent.restore_reservations().await?;
@@ -278,6 +296,7 @@ impl Agent {
             cgroup = agent.cgroups.version().as_str(),
             features = ?agent.cgroups.features(),
             security = ?agent.security,
+            sandbox = ?agent.sandbox,
             tasks = agent.tasks.lock().unwrap().len(),
             "agent started"
         );
@@ -332,7 +351,10 @@ impl Agent {
             node_id: self.node_id.clone(),
             version: VERSION,
             cgroup_version: self.cgroups.version().as_str(),
-            cgroup_features: self.cgroups.features(),
+            cgroup_features: FeatureReport {
+                cgroup: self.cgroups.features(),
+                sandbox: self.sandbox,
+            },
             total: self.host,
             reservations: self.reservations.lock().unwrap().clone(),
             attributes: self.attributes(),
@@ -689,6 +711,22 @@ impl Agent {
                 path.display()
             )));
         }
+        // Resolved, so `/tmp/..` or a link to `/` is seen for what it is.
+        let real = std::fs::canonicalize(&path)
+            .map_err(|e| AgentError::Invalid(format!("rootfs.path: {}: {e}", path.display())))?;
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        let mut dirs: Vec<PathBuf> = self.cfg.rootfs_dirs.iter().map(|d| canon(d)).collect();
+        // The operator's default rootfs is allowed as such.
+        if self.cfg.default_rootfs.as_deref().map(canon).as_ref() == Some(&real) {
+            dirs.extend(real.parent().map(Path::to_owned));
+        }
+        hostfs::rootfs_allowed(
+            &real,
+            &dirs,
+            &canon(self.data.root()),
+            &canon(&self.data.images()),
+        )
+        .map_err(AgentError::Invalid)?;
         Ok(path)
     }
 

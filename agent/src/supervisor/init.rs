@@ -132,8 +132,15 @@ fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> 
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("mount namespace: {e}"))?;
-    mounts::enter_rootfs(&cfg.rootfs, &cfg.sandbox, &cfg.tmp, cfg.pivot_root)
-        .map_err(|e| e.to_string())?;
+    mounts::enter_rootfs(&mounts::RootPlan {
+        rootfs: &cfg.rootfs,
+        sandbox: &cfg.sandbox,
+        tmp: &cfg.tmp,
+        switch: cfg.root_switch,
+        sys: cfg.sys,
+        mount_setattr: cfg.mount_setattr,
+    })
+    .map_err(|e| e.to_string())?;
     Ok(procs)
 }
 

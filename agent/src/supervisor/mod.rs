@@ -19,6 +19,7 @@
 //! record behind for the next agent.
 
 mod init;
+mod logcap;
 mod mounts;
 pub mod netns;
 pub mod seccomp;
@@ -42,7 +43,7 @@ use crate::fsutil::{read_json, write_json_atomic};
 use crate::layout::TaskDir;
 use crate::status::{ExitRecord, StopReason};
 
-pub use mounts::ensure_mount_points;
+pub use mounts::{ensure_mount_points, mount_setattr_available};
 use zygote::Reporter;
 
 /// Everything the supervisor needs, written by the agent into `launch.json`.
@@ -62,8 +63,6 @@ pub struct LaunchConfig {
     pub cgroup: CgroupHandle,
     /// RLIMIT_NPROC for kernels without a pids controller.
     pub nproc_rlimit: Option<u64>,
-    /// pivot_root inside a private mount namespace; plain chroot when false.
-    pub pivot_root: bool,
     pub kill_grace_s: f64,
     pub notify_socket: PathBuf,
     /// oom_score_adj of the task's processes: the host OOM killer takes
@@ -76,6 +75,19 @@ pub struct LaunchConfig {
     /// A network namespace of its own with only `lo`.
     #[serde(default)]
     pub network_none: bool,
+    /// Cap of each captured stream (the oldest half is dropped past it).
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// How the init enters the rootfs.
+    #[serde(default)]
+    pub root_switch: RootSwitch,
+    /// Mount a read-only /sys for the task.
+    #[serde(default)]
+    pub sys: bool,
+    /// Make every mount below the rootfs read-only with one
+    /// `mount_setattr(AT_RECURSIVE)` (5.12+) instead of one remount each.
+    #[serde(default)]
+    pub mount_setattr: bool,
 }
 
 /// Task sandboxing that depends on the kernel: detected once by the agent,
@@ -104,6 +116,24 @@ impl SecurityFeatures {
         }
         f
     }
+}
+
+fn default_log_max_bytes() -> u64 {
+    100 << 20
+}
+
+/// How the init makes the rootfs its root.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootSwitch {
+    /// pivot_root, then the old root is detached.
+    #[default]
+    PivotRoot,
+    /// The rootfs mount is moved over `/` (MS_MOVE) and chrooted into, as
+    /// runc's no-pivot mode: for a root in RAM (initramfs), where the kernel
+    /// refuses pivot_root. The host's tree stays mounted beneath, out of
+    /// reach of the task (no CAP_SYS_CHROOT, no path to it).
+    MoveChroot,
 }
 
 /// Written by the supervisor once the command was executed.
@@ -182,14 +212,18 @@ impl Supervisor {
         let report_fd = report.raw_fd();
         redirect_stdio(&self.dir.supervisor_log());
 
-        match self.launch(report_fd) {
+        let mut streams = logcap::Streams::new(Vec::new());
+        match self.launch(report_fd, &mut streams) {
             Ok((init, task_pid, status_r)) => {
                 report.ok(task_pid);
-                let outcome = self.wait(init, status_r);
+                let outcome = self.wait(init, status_r, &mut streams);
+                // The output is complete before the exit is recorded.
+                streams.drain(Duration::from_secs(5));
                 self.finish(Some(outcome), None);
             }
             Err(reason) => {
                 report.error(&reason);
+                streams.drain(Duration::from_secs(1));
                 self.finish(None, Some(reason));
             }
         }
@@ -197,16 +231,22 @@ impl Supervisor {
     }
 
     /// Forks the init and waits until the command was executed (or failed).
-    fn launch(&self, report_fd: i32) -> Result<(Pid, i32, File), String> {
+    fn launch(
+        &self,
+        report_fd: i32,
+        streams: &mut logcap::Streams,
+    ) -> Result<(Pid, i32, File), String> {
+        // The logs live in the task dir, which the task cannot write; the
+        // task gets pipes, never the files.
         let open = |p: PathBuf| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
+            logcap::CappedLog::open(&p, self.cfg.log_max_bytes)
                 .map_err(|e| format!("open {}: {e}", p.display()))
         };
-        let stdout = open(self.dir.stdout())?;
-        let stderr = open(self.dir.stderr())?;
+        let out_log = open(self.dir.stdout())?;
+        let err_log = open(self.dir.stderr())?;
+        let (out_r, stdout) = pipe()?;
+        let (errs_r, stderr) = pipe()?;
+        let (stdout, stderr) = (File::from(stdout), File::from(stderr));
         let (mut err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
 
@@ -228,6 +268,8 @@ impl Supervisor {
                 unsafe { libc::close(report_fd) };
                 drop(err_r);
                 drop(status_r);
+                drop(out_r);
+                drop(errs_r);
                 let code = init::run(&self.cfg, err_w, status_w, stdout, stderr);
                 // SAFETY: leave without running the supervisor's destructors.
                 unsafe { libc::_exit(code) }
@@ -236,6 +278,10 @@ impl Supervisor {
         };
         drop(err_w);
         drop(status_w);
+        // Only the task holds the write ends now: EOF when it is gone.
+        drop(stdout);
+        drop(stderr);
+        *streams = logcap::Streams::new(vec![(out_r, out_log), (errs_r, err_log)]);
         let mut failure = String::new();
         let _ = err_r.read_to_string(&mut failure);
         if !failure.is_empty() {
@@ -265,9 +311,11 @@ impl Supervisor {
         Ok((init, task_pid, status_r))
     }
 
-    /// Waits for the init to exit, enforcing the grace of a stop request.
-    fn wait(&self, init: Pid, mut status_r: File) -> Outcome {
+    /// Waits for the init to exit, enforcing the grace of a stop request and
+    /// copying the task's output as it comes.
+    fn wait(&self, init: Pid, mut status_r: File, streams: &mut logcap::Streams) -> Outcome {
         let signals = supervisor_signals();
+        let sigfd = signal_fd(&signals);
         let mut deadline: Option<Instant> = None;
         let mut sent_kill = false;
         let init_status = loop {
@@ -277,7 +325,12 @@ impl Supervisor {
                 Err(_) => break WaitStatus::StillAlive,
             }
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match wait_signal(&signals, timeout) {
+            let got = match &sigfd {
+                Some(fd) => poll_signal_or_output(fd, streams, timeout),
+                // No signalfd: output is copied once the init is gone.
+                None => wait_signal(&signals, timeout),
+            };
+            match got {
                 Some(libc::SIGTERM) if deadline.is_none() => {
                     let grace = self
                         .stop_request()
@@ -286,7 +339,7 @@ impl Supervisor {
                     let _ = kill(init, Signal::SIGTERM);
                     deadline = Some(Instant::now() + Duration::from_secs_f64(grace.max(0.0)));
                 }
-                None if deadline.is_some_and(|d| Instant::now() >= d) && !sent_kill => {
+                _ if deadline.is_some_and(|d| Instant::now() >= d) && !sent_kill => {
                     // SIGKILL to a pid-ns init takes the whole namespace down.
                     let _ = kill(init, Signal::SIGKILL);
                     sent_kill = true;
@@ -352,6 +405,50 @@ fn parse_outcome(s: &str) -> Option<Outcome> {
         "exit" => Some(Outcome::Exited(n)),
         "signal" => Some(Outcome::Signaled(n)),
         _ => None,
+    }
+}
+
+/// A signalfd for the (blocked) `set`, non-blocking.
+fn signal_fd(set: &SigSet) -> Option<File> {
+    // SAFETY: a valid sigset; -1 asks for a new descriptor.
+    let fd = unsafe { libc::signalfd(-1, set.as_ref(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    // SAFETY: a fresh descriptor the kernel just returned.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+}
+
+/// Polls the signalfd and the task's output pipes until a signal arrives or
+/// `timeout` passes, copying output meanwhile. Returns the signal, if any.
+fn poll_signal_or_output(
+    sigfd: &File,
+    streams: &mut logcap::Streams,
+    timeout: Option<Duration>,
+) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        let mut fds = vec![libc::pollfd {
+            fd: sigfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        fds.extend(streams.pollfds());
+        let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        let ms = left.map_or(-1, |l| l.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: a valid array of pollfds for the call's duration.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n <= 0 {
+            return None;
+        }
+        streams.pump(&fds[1..]);
+        if fds[0].revents != 0 {
+            let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::zeroed();
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reading one siginfo into a buffer of its size.
+            let r = unsafe { libc::read(sigfd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+            if r == size as isize {
+                // SAFETY: the kernel filled the whole struct.
+                return Some(unsafe { info.assume_init() }.ssi_signo as i32);
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The task's file system view: the rootfs read-only, /proc, a minimal
-//! /dev, a private /tmp and the sandbox, then pivot_root (chroot fallback).
-//! All of it inside the task's own mount namespace: nothing shows on the host.
+//! The task's file system view: the rootfs read-only (recursively), a
+//! minimal /dev, /proc with the host-facing parts read-only or masked, /sys
+//! read-only for the roles allowed it, a private /tmp and the sandbox, then
+//! pivot_root (or MS_MOVE + chroot where the root is in RAM). All of it
+//! inside the task's own mount namespace: nothing shows on the host.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
+use super::RootSwitch;
 use crate::layout::MOUNT_POINTS;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +42,9 @@ const NONE: Option<&str> = None;
 
 /// Creates the mount points a task needs, where the rootfs lacks them
 /// (empty directories, as any container runtime adds).
-pub fn ensure_mount_points(rootfs: &Path) -> Result<(), MountError> {
-    for dir in MOUNT_POINTS {
+pub fn ensure_mount_points(rootfs: &Path, sys: bool) -> Result<(), MountError> {
+    let extra: &[&'static str] = if sys { &["sys"] } else { &[] };
+    for &dir in MOUNT_POINTS.iter().chain(extra) {
         let p = rootfs.join(dir);
         if p.is_dir() {
             continue;
@@ -72,12 +76,36 @@ const DEVICES: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 
-pub fn enter_rootfs(
-    rootfs: &Path,
-    sandbox: &Path,
-    tmp: &Path,
-    pivot: bool,
-) -> Result<(), MountError> {
+/// How the init builds the task's root (from `LaunchConfig`).
+pub struct RootPlan<'a> {
+    pub rootfs: &'a Path,
+    pub sandbox: &'a Path,
+    pub tmp: &'a Path,
+    pub switch: RootSwitch,
+    /// A read-only /sys (roles in `sys_roles`).
+    pub sys: bool,
+    pub mount_setattr: bool,
+}
+
+/// /proc entries that reach the host: read-only (runc's defaults).
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// /proc entries hidden behind /dev/null (files) or an empty read-only
+/// tmpfs (directories), as runc masks them.
+const PROC_MASKED: [&str; 9] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "timer_stats",
+    "latency_stats",
+    "sched_debug",
+    "acpi",
+    "asound",
+    "scsi",
+];
+const SYS_MASKED: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+
+pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
+    let rootfs = plan.rootfs;
     let root = Path::new("/");
     mount(
         NONE,
@@ -95,18 +123,9 @@ pub fn enter_rootfs(
         NONE,
     )
     .map_err(sys("bind", rootfs))?;
-    // The image is shared by every task using it: read-only, no setuid.
-    let ro = MsFlags::MS_REMOUNT
-        | MsFlags::MS_BIND
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV;
-    mount(NONE, rootfs, NONE, ro, NONE).map_err(sys("remount read-only", rootfs))?;
-
-    let proc_dir = rootfs.join("proc");
-    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), &proc_dir, Some("proc"), hardened, NONE)
-        .map_err(sys("mount proc", &proc_dir))?;
+    // The image is shared by every task using it: read-only, no setuid,
+    // mounts below it included.
+    read_only_recursive(rootfs, plan.mount_setattr)?;
 
     let dev = rootfs.join("dev");
     mount(
@@ -119,7 +138,33 @@ pub fn enter_rootfs(
     .map_err(sys("mount tmpfs", &dev))?;
     populate_dev(&dev)?;
 
-    for (src, name) in [(tmp, "tmp"), (sandbox, "sandbox")] {
+    let proc_dir = rootfs.join("proc");
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), &proc_dir, Some("proc"), hardened, NONE)
+        .map_err(sys("mount proc", &proc_dir))?;
+    let null = dev.join("null");
+    for name in PROC_READ_ONLY {
+        bind_read_only(&proc_dir.join(name))?;
+    }
+    for name in PROC_MASKED {
+        mask(&proc_dir.join(name), &null)?;
+    }
+    if plan.sys {
+        let sys_dir = rootfs.join("sys");
+        mount(
+            Some("sysfs"),
+            &sys_dir,
+            Some("sysfs"),
+            hardened | MsFlags::MS_RDONLY,
+            NONE,
+        )
+        .map_err(sys("mount sysfs", &sys_dir))?;
+        for name in SYS_MASKED {
+            mask(&sys_dir.join(name), &null)?;
+        }
+    }
+
+    for (src, name) in [(plan.tmp, "tmp"), (plan.sandbox, "sandbox")] {
         let target = rootfs.join(name);
         mount(Some(src), &target, NONE, MsFlags::MS_BIND, NONE).map_err(sys("bind", &target))?;
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -127,15 +172,173 @@ pub fn enter_rootfs(
     }
 
     nix::unistd::chdir(rootfs).map_err(sys("chdir", rootfs))?;
-    if pivot {
-        // pivot_root(".", ".") stacks the old root under the new one; the
-        // detach unmount then drops it (runc does the same).
-        nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root", rootfs))?;
-        umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach old root", rootfs))?;
-    } else {
-        nix::unistd::chroot(".").map_err(sys("chroot", rootfs))?;
+    match plan.switch {
+        RootSwitch::PivotRoot => {
+            // pivot_root(".", ".") stacks the old root under the new one;
+            // the detach unmount then drops it (runc does the same).
+            nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root", rootfs))?;
+            umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach old root", rootfs))?;
+        }
+        RootSwitch::MoveChroot => {
+            // runc's no-pivot: the rootfs mount covers the old root, which
+            // no path reaches any more; chroot makes it this process's root.
+            mount(Some("."), root, NONE, MsFlags::MS_MOVE, NONE)
+                .map_err(sys("move rootfs over /", rootfs))?;
+            nix::unistd::chroot(".").map_err(sys("chroot", rootfs))?;
+        }
     }
     nix::unistd::chdir("/").map_err(sys("chdir", root))
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` of linux/mount.h.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// True when the kernel has mount_setattr (5.12+): an empty change of "/"
+/// in this process's namespace is accepted; ENOSYS says it is missing.
+pub fn mount_setattr_available() -> bool {
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid path and attribute struct for the call's duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            0,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// The rootfs bind and every mount below it read-only, nosuid, nodev.
+fn read_only_recursive(rootfs: &Path, use_setattr: bool) -> Result<(), MountError> {
+    if use_setattr {
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let c = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()).map_err(|_| {
+            MountError::Sys {
+                what: "mount_setattr",
+                path: rootfs.to_owned(),
+                err: nix::Error::EINVAL,
+            }
+        })?;
+        // SAFETY: valid path and attribute struct for the call's duration.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = nix::Error::last();
+        if err != nix::Error::ENOSYS {
+            return Err(MountError::Sys {
+                what: "mount_setattr read-only",
+                path: rootfs.to_owned(),
+                err,
+            });
+        }
+    }
+    // One remount per mount (3.10 has no mount_setattr): the rootfs, then
+    // every mount below it in this (private) namespace, keeping the flags
+    // each already had.
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(|e| MountError::Sys {
+        what: "read mountinfo for",
+        path: rootfs.to_owned(),
+        err: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    let mut targets = vec![(rootfs.to_owned(), String::new())];
+    for m in crate::cgroup::mountinfo::parse_all(&text) {
+        if m.mount_point != rootfs && m.mount_point.starts_with(rootfs) {
+            targets.push((m.mount_point, m.mount_opts));
+        }
+    }
+    for (target, opts) in targets {
+        let mut flags = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        for (opt, flag) in [
+            ("noexec", MsFlags::MS_NOEXEC),
+            ("noatime", MsFlags::MS_NOATIME),
+            ("nodiratime", MsFlags::MS_NODIRATIME),
+        ] {
+            if opts.split(',').any(|o| o == opt) {
+                flags |= flag;
+            }
+        }
+        mount(NONE, &target, NONE, flags, NONE).map_err(sys("remount read-only", &target))?;
+    }
+    Ok(())
+}
+
+/// Binds `path` onto itself read-only; a missing entry is fine.
+fn bind_read_only(path: &Path) -> Result<(), MountError> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    mount(
+        Some(path),
+        path,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    )
+    .map_err(sys("bind", path))?;
+    let flags = MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(NONE, path, NONE, flags, NONE).map_err(sys("remount read-only", path))
+}
+
+/// Hides `path`: /dev/null over a file, an empty read-only tmpfs over a
+/// directory; a missing entry is fine.
+fn mask(path: &Path, null: &Path) -> Result<(), MountError> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=555"),
+        )
+        .map_err(sys("mask", path))
+    } else {
+        mount(Some(null), path, NONE, MsFlags::MS_BIND, NONE).map_err(sys("mask", path))
+    }
 }
 
 fn populate_dev(dev: &Path) -> Result<(), MountError> {

@@ -585,6 +585,9 @@ impl Drop for FleetAgent {
             )));
         }
         kill_supervisors(&self.data_dir);
+        // The agent makes its tasks dir a nosuid,nodev bind mount.
+        let tasks = self.data_dir.join("tasks");
+        while nix::mount::umount2(&tasks, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
     }
 }
 

@@ -127,9 +127,10 @@ impl TestAgent {
         let data_dir = tmp.path().join("data");
         let config_path = tmp.path().join("agent.toml");
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncgroup_root = {cgroup_root:?}\ndefault_rootfs = {:?}\n{extra}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncgroup_root = {cgroup_root:?}\ndefault_rootfs = {:?}\nrootfs_dirs = [{:?}]\n{extra}\n",
             data_dir.display().to_string(),
             rootfs.display().to_string(),
+            tmp.path().display().to_string(),
         );
         fs::write(&config_path, config).unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -432,6 +433,19 @@ impl Drop for TestAgent {
         // Supervisors whose cgroup is gone end on their own; give them a moment
         // so that nothing writes into the data dir while it is removed.
         kill_supervisors(&self.data_dir);
+        // The agent makes its tasks dir a nosuid,nodev bind mount.
+        unmount_tasks_dir(&self.data_dir);
+    }
+}
+
+/// Removes the agent's nosuid,nodev bind of `<data_dir>/tasks` (every
+/// layer, if several agents ran on this data dir).
+pub fn unmount_tasks_dir(data_dir: &Path) {
+    let tasks = data_dir.join("tasks");
+    for _ in 0..8 {
+        if nix::mount::umount2(&tasks, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
     }
 }
 

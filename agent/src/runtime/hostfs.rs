@@ -1,0 +1,177 @@
+//! What the host file system lets tasks reach: the kernel features the task
+//! init uses to build its root (detected once), the `nosuid,nodev` mount
+//! of the task dirs, and which host directories may be a task's rootfs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cgroup::mountinfo::{parse_all, MountEntry};
+use crate::config::AgentConfig;
+use crate::supervisor::RootSwitch;
+
+/// Detected at start-up; each can be forced off with `disable_features`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SandboxFeatures {
+    /// `pivot_root`, or `move_chroot` where the root is a RAM file system
+    /// (initramfs: the kernel refuses pivot_root) or `pivot_root` is disabled.
+    pub root_switch: RootSwitch,
+    /// openat2 with RESOLVE_BENEATH (5.6+). Fallback: an O_NOFOLLOW walk.
+    pub openat2: bool,
+    /// mount_setattr(AT_RECURSIVE) (5.12+). Fallback: a remount per mount.
+    pub mount_setattr: bool,
+}
+
+pub fn detect(cfg: &AgentConfig) -> SandboxFeatures {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root_switch = if cfg.feature_disabled("pivot_root") || !pivot_root_possible(&mountinfo) {
+        RootSwitch::MoveChroot
+    } else {
+        RootSwitch::PivotRoot
+    };
+    SandboxFeatures {
+        root_switch,
+        openat2: crate::safeopen::init(cfg.feature_disabled("openat2")),
+        mount_setattr: !cfg.feature_disabled("mount_setattr")
+            && crate::supervisor::mount_setattr_available(),
+    }
+}
+
+/// pivot_root needs the current root to be a mount point that is not the
+/// initial RAM file system (`rootfs`, or `ramfs`): the kernel answers
+/// EINVAL otherwise, as on diskless hosts that never leave the initramfs
+/// or inside a plain chroot.
+pub fn pivot_root_possible(mountinfo: &str) -> bool {
+    parse_all(mountinfo)
+        .iter()
+        .filter(|m| m.mount_point == Path::new("/"))
+        .last()
+        .is_some_and(|m| m.fstype != "rootfs" && m.fstype != "ramfs")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {err}")]
+pub struct HostFsError {
+    what: &'static str,
+    path: PathBuf,
+    err: String,
+}
+
+/// Makes `tasks` (the parent of every sandbox and task /tmp) a `nosuid,nodev`
+/// mount on the host, so a setuid file or a device node a task leaves in its
+/// sandbox means nothing outside the task. A bind of the directory onto
+/// itself, made once; a restarted agent finds it in place.
+pub fn secure_tasks_dir(tasks: &Path) -> Result<(), HostFsError> {
+    use nix::mount::{mount, MsFlags};
+    let err = |what, e: nix::Error| HostFsError {
+        what,
+        path: tasks.to_owned(),
+        err: e.to_string(),
+    };
+    let canonical = std::fs::canonicalize(tasks).map_err(|e| HostFsError {
+        what: "resolve",
+        path: tasks.to_owned(),
+        err: e.to_string(),
+    })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = parse_all(&mountinfo);
+    if let Some(m) = mounts.iter().filter(|m| m.mount_point == canonical).last() {
+        if is_nosuid_nodev(m) {
+            return Ok(());
+        }
+    } else {
+        let none: Option<&str> = None;
+        mount(Some(&canonical), &canonical, none, MsFlags::MS_BIND, none)
+            .map_err(|e| err("bind", e))?;
+    }
+    let none: Option<&str> = None;
+    mount(
+        none,
+        &canonical,
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        none,
+    )
+    .map_err(|e| err("remount nosuid,nodev", e))
+}
+
+fn is_nosuid_nodev(m: &MountEntry) -> bool {
+    let has = |o: &str| m.mount_opts.split(',').any(|x| x == o);
+    has("nosuid") && has("nodev")
+}
+
+/// Whether a (canonical) rootfs path may be used. Pure: the caller
+/// resolves the path. Allowed: under one of `dirs` (or the image cache),
+/// never `/`, the data dir, anything holding it, or anything inside it
+/// but the image cache (a sandbox as a rootfs would be task-writable).
+pub fn rootfs_allowed(
+    path: &Path,
+    dirs: &[PathBuf],
+    data_dir: &Path,
+    images: &Path,
+) -> Result<(), String> {
+    if path == Path::new("/") || data_dir.starts_with(path) {
+        return Err(format!(
+            "rootfs.path: {} holds the host's root or the agent's data dir",
+            path.display()
+        ));
+    }
+    if path.starts_with(images) {
+        return Ok(());
+    }
+    if path.starts_with(data_dir) {
+        return Err(format!(
+            "rootfs.path: {} is inside the agent's data dir",
+            path.display()
+        ));
+    }
+    if !dirs.iter().any(|d| path.starts_with(d) && path != d) {
+        return Err(format!(
+            "rootfs.path: {} is not under a directory of rootfs_dirs ({})",
+            path.display(),
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootfs_paths() {
+        let dirs = [PathBuf::from("/srv/rootfs"), PathBuf::from("/opt/g/var")];
+        let data = Path::new("/opt/g/var/lib");
+        let images = Path::new("/opt/g/var/lib/images");
+        let ok = |p: &str| rootfs_allowed(Path::new(p), &dirs, data, images);
+        assert!(ok("/srv/rootfs/busybox").is_ok());
+        assert!(ok("/opt/g/var/lib/images/ab12/rootfs").is_ok());
+        for bad in [
+            "/",
+            "/srv",
+            "/srv/rootfs",
+            "/usr",
+            "/opt/g/var",
+            "/opt/g/var/lib",
+            "/opt/g/var/lib/tasks/x/sandbox",
+            "/srv/rootfsx",
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert!(e.starts_with("rootfs.path: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn pivot_root_refused_on_a_ram_root() {
+        let disk = "1 0 8:1 / / rw,relatime - ext4 /dev/vda rw\n";
+        let ram = "1 1 0:2 / / rw - rootfs rootfs rw\n";
+        let chroot = "25 1 0:23 / /proc rw - proc proc rw\n";
+        assert!(pivot_root_possible(disk));
+        assert!(!pivot_root_possible(ram));
+        assert!(!pivot_root_possible(chroot));
+    }
+}
