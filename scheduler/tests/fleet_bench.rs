@@ -102,11 +102,21 @@ fn fleet_bench_real_agents() {
         lat.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
     }
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
-    eprintln!("submit -> RUNNING (3 agents, {} jobs): p50 {p50:.1} ms, p99 {p99:.1} ms", lat.len());
+    eprintln!(
+        "submit -> RUNNING (3 agents, {} jobs): p50 {p50:.1} ms, p99 {p99:.1} ms",
+        lat.len()
+    );
 
     // Drain -> replacement RUNNING elsewhere.
-    let id = submit(&fleet, "q", vec![sleeper(0.1, 3600, json!([["ssd", "IS", "true"]]))]).remove(0);
-    rt.block_on(next_put(&mut tasks, LONG, |k, v| job_of(k) == id && v["state"] == "RUNNING"));
+    let id = submit(
+        &fleet,
+        "q",
+        vec![sleeper(0.1, 3600, json!([["ssd", "IS", "true"]]))],
+    )
+    .remove(0);
+    rt.block_on(next_put(&mut tasks, LONG, |k, v| {
+        job_of(k) == id && v["state"] == "RUNNING"
+    }));
     let mut drains = Vec::new();
     for _ in 0..n("FLEET_BENCH_DRAINS", 20) {
         let node = wait_node(&fleet, &id);
@@ -131,7 +141,10 @@ fn fleet_bench_real_agents() {
         drains.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
     }
     let (d50, d99) = (pct(&mut drains, 0.5), pct(&mut drains, 0.99));
-    eprintln!("drain -> replacement RUNNING ({} drains): p50 {d50:.1} ms, p99 {d99:.1} ms", drains.len());
+    eprintln!(
+        "drain -> replacement RUNNING ({} drains): p50 {d50:.1} ms, p99 {d99:.1} ms",
+        drains.len()
+    );
 
     // Leader kill -9 -> the first placement by the new leader.
     let mut failovers = Vec::new();
@@ -146,9 +159,11 @@ fn fleet_bench_real_agents() {
         let (code, reply) = fleet.schedulers[other].request("POST", "/v1/jobs", Some(&body));
         assert_eq!(code, 201, "{reply}");
         let id = reply["jobs"][0].as_str().unwrap().to_owned();
-        let t1 = rt.block_on(next_put(&mut placements, Duration::from_secs(60), |k, _| {
-            job_of(k) == id
-        }));
+        let t1 = rt.block_on(next_put(
+            &mut placements,
+            Duration::from_secs(60),
+            |k, _| job_of(k) == id,
+        ));
         failovers.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
         fleet.schedulers[old].spawn();
         wait_until(LONG, "a leader again", || leader(&fleet).is_some());
