@@ -120,20 +120,45 @@ impl Store {
 
 /// `timeout`: per request; none for the election's campaign, which blocks
 /// until this replica leads.
+///
+/// One member per client, taken in turn and probed first: a client balanced
+/// over every endpoint keeps sending part of its requests to a dead member,
+/// so with one member of three down every session failed within seconds
+/// and no replica could lead (the agent does the same, runtime/etcd.rs).
 pub async fn connect(
     endpoints: &[String],
     timeout: Option<Duration>,
 ) -> Result<Client, StoreError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static TURN: AtomicUsize = AtomicUsize::new(0);
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
     if let Some(t) = timeout {
         options = options.with_timeout(t);
     }
-    Client::connect(endpoints, Some(options))
-        .await
-        .map_err(|e| StoreError::Unavailable {
-            endpoints: endpoints.join(","),
-            reason: e.to_string(),
-        })
+    let mut last = String::from("no endpoint");
+    for _ in 0..endpoints.len().max(1) {
+        let Some(member) = endpoints
+            .get(TURN.fetch_add(1, Ordering::Relaxed) % endpoints.len().max(1))
+            .cloned()
+        else {
+            break;
+        };
+        let probe = async {
+            let mut c = Client::connect([member.as_str()], Some(options.clone())).await?;
+            tokio::time::timeout(CONNECT_TIMEOUT, c.status())
+                .await
+                .map_err(|_| etcd_client::Error::InvalidArgs("status timed out".into()))??;
+            Ok::<Client, etcd_client::Error>(c)
+        };
+        match probe.await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = format!("{member}: {e}"),
+        }
+    }
+    Err(StoreError::Unavailable {
+        endpoints: endpoints.join(","),
+        reason: last,
+    })
 }

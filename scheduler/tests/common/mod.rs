@@ -78,12 +78,20 @@ pub fn put_queue(fleet: &Fleet, name: &str, priority_factor: f64) {
 }
 
 /// `POST /v1/jobs`; the job ids.
+/// A 503 (etcd electing a leader after a member died) is retried for a
+/// while, as a client would.
 pub fn submit(fleet: &Fleet, queue: &str, jobs: Vec<Value>) -> Vec<String> {
-    let (code, body) = fleet.any_scheduler().request(
-        "POST",
-        "/v1/jobs",
-        Some(&json!({"queue": queue, "jobs": jobs})),
-    );
+    let body = json!({"queue": queue, "jobs": jobs});
+    let start = std::time::Instant::now();
+    let (code, body) = loop {
+        let (code, reply) = fleet
+            .any_scheduler()
+            .request("POST", "/v1/jobs", Some(&body));
+        if code != 503 || start.elapsed() > Duration::from_secs(15) {
+            break (code, reply);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(code, 201, "POST /v1/jobs: {body}");
     body["jobs"]
         .as_array()
