@@ -343,6 +343,20 @@ impl AgentConfig {
 }
 
 fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Like ssh with its keys: a secret others may read or replace is none.
+    let meta = std::fs::metadata(path)
+        .map_err(|e| key("token_file", format!("{}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o026 != 0 {
+        return Err(key(
+            "token_file",
+            format!(
+                "{} is readable or writable by others (mode {mode:03o}): chmod 600 it",
+                path.display()
+            ),
+        ));
+    }
     let token = std::fs::read_to_string(path)
         .map_err(|e| key("token_file", format!("{}: {e}", path.display())))?
         .trim()
@@ -440,6 +454,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("token_file"));
+    }
+
+    /// A token others can read (or replace) is no secret: the agent does
+    /// not start on it, whether the operator's `token_file` or its own
+    /// `api.token` loosened by hand.
+    #[test]
+    fn a_token_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let given = dir.path().join("given.token");
+        std::fs::write(&given, "s3cret\n").unwrap();
+        let cfg = AgentConfig {
+            data_dir: dir.path().join("data"),
+            token_file: Some(given.clone()),
+            ..Default::default()
+        };
+        for mode in [0o644, 0o606, 0o620] {
+            std::fs::set_permissions(&given, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = cfg.read_or_create_token().unwrap_err().to_string();
+            assert!(
+                err.starts_with("token_file") && err.contains("given.token"),
+                "{mode:o}: {err}"
+            );
+        }
+        for mode in [0o600, 0o640, 0o400] {
+            std::fs::set_permissions(&given, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(cfg.read_or_create_token().unwrap(), "s3cret", "{mode:o}");
+        }
+        let own = AgentConfig {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        own.read_or_create_token().unwrap();
+        std::fs::set_permissions(own.token_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(own.read_or_create_token().is_err());
     }
 
     #[test]

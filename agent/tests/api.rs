@@ -174,6 +174,9 @@ fn token_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
+    // The agent refuses a token others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let agent = TestAgent::start_with_token(&token);
     let http = reqwest::blocking::Client::new();
     let resp = http.get(format!("{}/v1/state", agent.base)).send().unwrap();
