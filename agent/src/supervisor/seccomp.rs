@@ -62,6 +62,11 @@ const DENIED: &[(&str, i64)] = &[
     ("fsmount", libc::SYS_fsmount),
     ("fspick", libc::SYS_fspick),
     ("mount_setattr", libc::SYS_mount_setattr),
+    // io_uring runs file and socket operations that no filter sees; Docker
+    // refuses it too (since 25.0). Programs fall back to plain calls.
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
 ];
 
 /// Namespace flags refused in `unshare` (all of them) and `clone` (all but
@@ -79,10 +84,37 @@ const CLONE_NEWTIME: u64 = 0x80;
 
 /// Names of the refused system calls (for documentation and tests).
 pub fn denied_names() -> impl Iterator<Item = &'static str> {
-    DENIED
-        .iter()
-        .map(|(n, _)| *n)
-        .chain(["unshare (namespaces)", "clone (namespaces)", "clone3"])
+    DENIED.iter().map(|(n, _)| *n).chain([
+        "unshare (namespaces)",
+        "clone (namespaces)",
+        "clone3",
+        "x32 ABI (all)",
+    ])
+}
+
+/// Bit 30 of the system call number marks the x32 ABI, which shares the
+/// x86_64 audit arch: a filter keyed on x86_64 numbers lets `mount | bit`
+/// through wherever the kernel has CONFIG_X86_X32. Every x32 call gets
+/// `ENOSYS`. Four instructions that `seccompiler` cannot express (it
+/// matches numbers, not ranges); other arches are killed by its filters.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+fn x32_filter() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 fn any_flag(arg_len: SeccompCmpArgLen, flags: &[u64]) -> Result<Vec<SeccompRule>, String> {
@@ -96,10 +128,10 @@ fn any_flag(arg_len: SeccompCmpArgLen, flags: &[u64]) -> Result<Vec<SeccompRule>
         .collect()
 }
 
-/// Compiles the two filters: `EPERM` for the denied calls, and `ENOSYS`
-/// for clone3 (its flags are behind a pointer that seccomp cannot read;
-/// ENOSYS makes libc fall back to clone, whose flags it can).
-pub fn compile() -> Result<[BpfProgram; 2], String> {
+/// Compiles the three filters: `EPERM` for the denied calls, `ENOSYS` for
+/// clone3 (its flags are behind a pointer that seccomp cannot read; ENOSYS
+/// makes libc fall back to clone, whose flags it can) and for x32 calls.
+pub fn compile() -> Result<[BpfProgram; 3], String> {
     let arch = TargetArch::x86_64;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
@@ -134,10 +166,11 @@ pub fn compile() -> Result<[BpfProgram; 2], String> {
         clone3
             .try_into()
             .map_err(|e: seccompiler::BackendError| e.to_string())?,
+        x32_filter(),
     ])
 }
 
-static COMPILED: OnceLock<Result<[BpfProgram; 2], String>> = OnceLock::new();
+static COMPILED: OnceLock<Result<[BpfProgram; 3], String>> = OnceLock::new();
 
 /// Compiles the filter in the zygote, so a launch only installs it.
 pub fn precompile() {
@@ -186,10 +219,122 @@ pub fn available() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use seccompiler::sock_filter;
+
     #[test]
     fn the_filter_compiles() {
-        let [eperm, clone3] = super::compile().unwrap();
-        assert!(eperm.len() > 40 && !clone3.is_empty());
+        let programs = super::compile().unwrap();
+        assert!(programs[0].len() > 40 && programs.iter().all(|p| !p.is_empty()));
         assert!(super::denied_names().any(|n| n == "keyctl"));
+    }
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const X32_BIT: i64 = 0x4000_0000;
+    const ALLOW: u32 = 0x7fff_0000;
+    const KILL_PROCESS: u32 = 0x8000_0000;
+    const fn errno(e: i32) -> u32 {
+        0x0005_0000 | e as u32
+    }
+
+    /// Runs one classic-BPF program the way the kernel does, on a
+    /// `struct seccomp_data` (nr, arch, ip, args).
+    fn run(prog: &[sock_filter], nr: i64, arch: u32, args: [u64; 6]) -> u32 {
+        let word = |off: u32| -> u32 {
+            match off {
+                0 => nr as u32,
+                4 => arch,
+                16..=63 => {
+                    let a = args[(off as usize - 16) / 8];
+                    if off % 8 == 0 {
+                        a as u32
+                    } else {
+                        (a >> 32) as u32
+                    }
+                }
+                _ => panic!("load at {off}"),
+            }
+        };
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            match i.code {
+                0x20 => acc = word(i.k),    // ld w abs
+                0x54 => acc &= i.k,         // alu and k
+                0x05 => pc += i.k as usize, // ja
+                0x15 | 0x25 | 0x35 | 0x45 => {
+                    let taken = match i.code {
+                        0x15 => acc == i.k,
+                        0x25 => acc > i.k,
+                        0x35 => acc >= i.k,
+                        _ => acc & i.k != 0,
+                    };
+                    pc += if taken { i.jt } else { i.jf } as usize;
+                }
+                0x06 => return i.k, // ret k
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    /// Every filter runs; the kernel keeps the most severe action.
+    fn verdict(nr: i64, arch: u32, args: [u64; 6]) -> u32 {
+        super::compile()
+            .unwrap()
+            .iter()
+            .map(|p| run(p, nr, arch, args))
+            .min_by_key(|r| (r & 0xffff_0000) as i32)
+            .unwrap()
+    }
+
+    fn x86_64(nr: i64, arg0: u64) -> u32 {
+        verdict(nr, AUDIT_ARCH_X86_64, [arg0, 0, 0, 0, 0, 0])
+    }
+
+    #[test]
+    fn what_the_filter_decides() {
+        assert_eq!(x86_64(libc::SYS_getpid, 0), ALLOW);
+        assert_eq!(x86_64(libc::SYS_mount, 0), errno(libc::EPERM));
+        assert_eq!(x86_64(libc::SYS_clone3, 0), errno(libc::ENOSYS));
+        let fork_like = (libc::CLONE_VM | libc::SIGCHLD) as u64;
+        assert_eq!(x86_64(libc::SYS_clone, fork_like), ALLOW);
+        let userns = fork_like | libc::CLONE_NEWUSER as u64;
+        assert_eq!(x86_64(libc::SYS_clone, userns), errno(libc::EPERM));
+        assert_eq!(
+            x86_64(libc::SYS_unshare, libc::CLONE_NEWNET as u64),
+            errno(libc::EPERM)
+        );
+        // i386 through int 0x80: never allowed.
+        assert_eq!(verdict(21, AUDIT_ARCH_I386, [0; 6]), KILL_PROCESS);
+    }
+
+    /// The x32 ABI shares the x86_64 audit arch; its numbers carry bit 30.
+    /// Where the kernel offers it (CONFIG_X86_X32), mount|X32_BIT is mount.
+    #[test]
+    fn x32_system_calls_do_not_pass() {
+        for nr in [
+            libc::SYS_mount,
+            libc::SYS_unshare,
+            libc::SYS_keyctl,
+            libc::SYS_setns,
+            libc::SYS_getpid,
+        ] {
+            let v = x86_64(nr | X32_BIT, libc::CLONE_NEWUSER as u64);
+            assert_ne!(v, ALLOW, "x32 syscall {nr} passed the filter");
+        }
+    }
+
+    /// io_uring runs file and socket operations no filter sees, and is a
+    /// large kernel surface (Docker's default profile refuses it since 25).
+    #[test]
+    fn io_uring_is_refused() {
+        for nr in [
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_enter,
+            libc::SYS_io_uring_register,
+        ] {
+            assert_eq!(x86_64(nr, 0), errno(libc::EPERM), "{nr}");
+        }
     }
 }
