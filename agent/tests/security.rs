@@ -560,3 +560,46 @@ fn hostile_clients_do_not_stop_the_api_or_leak() {
     );
     let _: Value = agent.client.get("/v1/health").unwrap();
 }
+
+/// A client that pipelines requests and never reads the answers leaves the
+/// server blocked in a write, where no read deadline runs: without a write
+/// deadline each such connection holds a slot for ever, and a task with no
+/// token at all fills `max_connections` and closes the TCP door to all.
+#[test]
+fn clients_that_never_read_do_not_hold_slots() {
+    if !require_root("clients_that_never_read_do_not_hold_slots") {
+        return;
+    }
+    let agent = TestAgent::start_with("max_connections = 4\nrequest_read_timeout_s = 2.0");
+    let addr = agent.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let s = TcpStream::connect(&addr).unwrap();
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &4096).unwrap();
+        let mut w = s.try_clone().unwrap();
+        writers.push(std::thread::spawn(move || {
+            let req = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+            for _ in 0..50 {
+                if w.write_all(&req).is_err() {
+                    return;
+                }
+            }
+        }));
+        held.push(s);
+    }
+    // Well past the deadlines, the slots are free again.
+    std::thread::sleep(Duration::from_secs(8));
+    let health: Result<Value, _> = agent.client.get("/v1/health");
+    assert!(
+        health.is_ok(),
+        "TCP door closed by 4 stalled clients: {health:?}"
+    );
+    for s in &held {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    drop(held);
+    for w in writers {
+        let _ = w.join();
+    }
+}
