@@ -97,6 +97,10 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     gleaner_agent::api::set_read_timeout(limits.read_timeout);
     let socket_path = cfg.api_socket();
     let open_socket = !(cfg.admin_uids.is_empty() && cfg.admin_gids.is_empty());
+    let admins = serve::SocketAdmins {
+        uids: cfg.admin_uids.clone(),
+        gids: cfg.admin_gids.clone(),
+    };
     let agent = Agent::start(cfg).await.context("start")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -109,7 +113,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (tx, stop) = serve::shutdown_channel();
     tokio::join!(
         serve::serve_tcp(listener, app.clone(), limits, stop.clone()),
-        serve::serve_unix(unix, app, limits, stop),
+        serve::serve_unix(unix, app, limits, admins, stop),
         serve::stop_on(shutdown_signal(), tx),
     );
     let _ = std::fs::remove_file(&socket_path);

@@ -603,3 +603,53 @@ fn clients_that_never_read_do_not_hold_slots() {
         let _ = w.join();
     }
 }
+
+/// With `admin_uids` the socket is 0666; a non-admin who fills its
+/// connection cap with idle connections (and reconnects as they time out)
+/// must not lock the admins out of their door.
+#[test]
+fn non_admins_on_the_socket_cannot_lock_admins_out() {
+    if !require_root("non_admins_on_the_socket_cannot_lock_admins_out") {
+        return;
+    }
+    let agent = TestAgent::start_with("admin_uids = [4242]");
+    for dir in [agent.tmp(), &agent.data_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let hold = format!(
+        "import socket,time\n\
+         ss=[]\n\
+         for _ in range(100):\n\
+         \x20   s=socket.socket(socket.AF_UNIX); s.connect({:?}); ss.append(s)\n\
+         print('held', flush=True)\n\
+         time.sleep(30)\n",
+        agent.socket().display().to_string()
+    );
+    let mut flood = Command::new("setpriv")
+        .args(["--reuid=4343", "--regid=4343", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", &hold])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 5];
+    let read = flood.stdout.as_mut().unwrap().read_exact(&mut line);
+    if read.is_err() || &line != b"held\n" {
+        let out = flood.wait_with_output().unwrap();
+        panic!("flood: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(CLI_BIN)
+        .arg("--config")
+        .arg(&agent.config_path)
+        .arg("state")
+        .output()
+        .unwrap();
+    let _ = flood.kill();
+    let _ = flood.wait();
+    assert!(
+        out.status.success(),
+        "root locked out of the socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

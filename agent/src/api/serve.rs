@@ -74,9 +74,29 @@ pub async fn serve_tcp(listener: TcpListener, app: Router, limits: Limits, shutd
     }
 }
 
+/// Connections of non-admin peers on the socket served at once (each only
+/// gets its 401): kept apart from the admins' slots, so that a local user
+/// holding idle connections never locks the admins out.
+pub const SOCKET_MAX_OTHER_CONNECTIONS: usize = 8;
+
+/// Who is an admin on the socket besides uid 0 (config `admin_uids`,
+/// `admin_gids`).
+#[derive(Debug, Clone, Default)]
+pub struct SocketAdmins {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
 /// Serves `app` on the Unix socket until `shutdown` turns true.
-pub async fn serve_unix(listener: UnixListener, app: Router, limits: Limits, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(SOCKET_MAX_CONNECTIONS));
+pub async fn serve_unix(
+    listener: UnixListener,
+    app: Router,
+    limits: Limits,
+    admins: SocketAdmins,
+    shutdown: Shutdown,
+) {
+    let admin_slots = Arc::new(Semaphore::new(SOCKET_MAX_CONNECTIONS));
+    let other_slots = Arc::new(Semaphore::new(SOCKET_MAX_OTHER_CONNECTIONS));
     let mut shutdown = shutdown.0;
     loop {
         let accepted = tokio::select! {
@@ -90,16 +110,24 @@ pub async fn serve_unix(listener: UnixListener, app: Router, limits: Limits, shu
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(cred) = stream.peer_cred() else {
             continue;
         };
-        let Ok(cred) = stream.peer_cred() else {
+        let groups = cred.pid().map(groups_of).unwrap_or_default();
+        let mut gids = groups.clone();
+        gids.push(cred.gid());
+        let slots = if crate::auth::peer_is_admin(cred.uid(), &gids, &admins.uids, &admins.gids) {
+            &admin_slots
+        } else {
+            &other_slots
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let door = Door::Socket {
             uid: cred.uid(),
             gid: cred.gid(),
-            groups: cred.pid().map(groups_of).unwrap_or_default(),
+            groups,
         };
         let app = app.clone();
         tokio::spawn(async move {
