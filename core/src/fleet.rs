@@ -330,6 +330,11 @@ pub struct Job {
     /// Nodes the next attempt must not go to (a placement withdrawn there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid: Vec<String>,
+    /// The current attempt's placement key was deleted (withdrawn); the job
+    /// moves on only once its agent reports the attempt ended, so it never
+    /// runs twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawing: bool,
 }
 
 impl Job {
@@ -589,6 +594,7 @@ mod tests {
             placed_at: None,
             finished_at: None,
             avoid: vec![],
+            withdrawing: false,
         };
         round_trip(&job);
         assert_eq!(job.current_task(), None);

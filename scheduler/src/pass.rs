@@ -246,6 +246,7 @@ impl<'a> Pass<'a> {
                 next.placed_at = Some(now);
                 next.message = None;
                 next.avoid.clear();
+                next.withdrawing = false;
                 let task = task_id(&job.id, next.attempt);
                 let mut spec = job.spec.clone();
                 spec.id = Some(task.clone());

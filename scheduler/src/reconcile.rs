@@ -10,9 +10,12 @@
 //! * DRAINED / PREEMPTED → placed again, no retry counted (a drained node
 //!   is avoided: its report of the attribute change may lag);
 //! * placed and reported QUEUED by its agent (it cannot admit it) for
-//!   `placement_timeout` → withdrawn and placed elsewhere (the node
-//!   avoided), no retry counted. Without any report the placement stays:
-//!   a slow agent must not make a job run twice.
+//!   `placement_timeout` → withdrawn: its placement key is deleted and the
+//!   job waits (`withdrawing`) until the agent reports the attempt ended;
+//!   KILLED → placed elsewhere (the node avoided), no retry counted;
+//!   FINISHED (it started before the delete reached the agent) →
+//!   SUCCEEDED. Without any report the placement stays: a slow agent must
+//!   not make a job run twice.
 //!
 //! Every change away from the node deletes the attempt's placement key, so
 //! a node that comes back kills the old attempt: a job never runs twice.
@@ -52,6 +55,32 @@ pub fn reconcile(w: &World<'_>) -> Option<Change> {
     // cannot exist: ids carry the attempt) is ignored.
     let state = w.task.filter(|t| t.node == node).map(|t| t.status.state);
     let mut next = job.clone();
+    next.withdrawing = false;
+    if job.withdrawing {
+        // The key is gone already; wait for the attempt to end.
+        match state {
+            Some(TaskState::Finished) => {}
+            Some(TaskState::Killed | TaskState::Drained | TaskState::Preempted) => {
+                let mut next = next;
+                requeue(&mut next, job.message.clone().unwrap_or_default());
+                next.avoid = vec![node.clone()];
+                return Some(Change {
+                    job: next,
+                    delete_placement: None,
+                });
+            }
+            _ if !w.node_live => {
+                let mut next = next;
+                requeue(&mut next, format!("withdrawn from {node}, which is gone"));
+                return Some(Change {
+                    job: next,
+                    delete_placement: None,
+                });
+            }
+            Some(TaskState::Failed | TaskState::Lost) => {}
+            _ => return None,
+        }
+    }
     let away = |next: Job| {
         Some(Change {
             job: next,
@@ -121,14 +150,12 @@ pub fn reconcile(w: &World<'_>) -> Option<Change> {
             if waited < w.placement_timeout {
                 return None;
             }
-            requeue(
-                &mut next,
-                format!(
-                    "withdrawn from {node}: not started within {} s",
-                    w.placement_timeout.as_secs()
-                ),
-            );
-            next.avoid = vec![node.clone()];
+            // Delete the key, then wait for the agent to confirm.
+            next.withdrawing = true;
+            next.message = Some(format!(
+                "withdrawn from {node}: not admitted within {} s",
+                w.placement_timeout.as_secs()
+            ));
             away(next)
         }
         _ => None,
@@ -195,6 +222,7 @@ mod tests {
             placed_at: Some(Utc::now()),
             finished_at: None,
             avoid: vec![],
+            withdrawing: false,
         }
     }
 
@@ -294,9 +322,27 @@ mod tests {
         assert_eq!(reconcile(&world(&j, Some(&queued), true)), None);
         j.placed_at = Some(Utc::now() - chrono::Duration::seconds(31));
         let c = reconcile(&world(&j, Some(&queued), true)).unwrap();
-        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
+        // The key goes; the job waits for the agent's word.
+        assert_eq!((c.job.state, c.job.withdrawing), (JobState::Placed, true));
+        assert_eq!(c.delete_placement, Some(("n1".into(), "j.1".into())));
+        let w = c.job;
+        assert_eq!(reconcile(&world(&w, Some(&queued), true)), None);
+        // Killed by the delete: placed elsewhere, no retry counted.
+        let killed = record(TaskState::Killed, "n1");
+        let c = reconcile(&world(&w, Some(&killed), true)).unwrap();
+        assert_eq!(
+            (c.job.state, c.job.retries, c.job.withdrawing),
+            (JobState::Queued, 0, false)
+        );
         assert_eq!(c.job.avoid, vec!["n1".to_string()]);
         assert!(c.job.message.unwrap().contains("withdrawn from n1"));
+        // It started before the delete arrived and finished: done, once.
+        let done = record(TaskState::Finished, "n1");
+        let c = reconcile(&world(&w, Some(&done), true)).unwrap();
+        assert_eq!(c.job.state, JobState::Succeeded);
+        // Running: wait for the kill.
+        let running = record(TaskState::Running, "n1");
+        assert_eq!(reconcile(&world(&w, Some(&running), true)), None);
         // No report at all: a slow agent, not a refusal.
         assert_eq!(reconcile(&world(&j, None, true)), None);
     }

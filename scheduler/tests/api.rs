@@ -481,7 +481,8 @@ fn failures_retry_drains_move_and_unstarted_placements_are_withdrawn() {
     let id = &submit(&s, "q", json!([{"spec": spec(), "max_retries": 1}]))[0];
     let first = wait_state(&s, id, "PLACED");
     assert_eq!(first["node"], "n1");
-    // n1 keeps it queued (cannot admit it): after 2 s it goes to n2.
+    // n1 keeps it queued (cannot admit it): after 2 s its key is deleted,
+    // and once n1 reports the attempt killed it goes to n2.
     let t1 = format!("{id}.1");
     etcd.put(
         &format!("/gleaner/tasks/{t1}"),
@@ -492,10 +493,26 @@ fn failures_retry_drains_move_and_unstarted_placements_are_withdrawn() {
         &node_info("n2", 4.0, json!({"rack": "r2"})),
     );
     let start = Instant::now();
-    wait_for(Duration::from_secs(10), "withdrawn", || {
-        job(&s, id)["node"] == "n2"
+    wait_for(Duration::from_secs(10), "key withdrawn", || {
+        etcd.get(&format!("/gleaner/placements/n1/{t1}")).is_none()
     });
     assert!(start.elapsed() >= Duration::from_millis(500));
+    let j = job(&s, id);
+    assert_eq!(
+        (j["state"].as_str(), j["withdrawing"].as_bool()),
+        (Some("PLACED"), Some(true)),
+        "{j}"
+    );
+    // Not moved before the agent's word: never two attempts.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(job(&s, id)["attempt"], 1);
+    etcd.put(
+        &format!("/gleaner/tasks/{t1}"),
+        &task_record(&t1, "n1", "KILLED"),
+    );
+    wait_for(Duration::from_secs(10), "moved", || {
+        job(&s, id)["node"] == "n2"
+    });
     let j = job(&s, id);
     assert_eq!(
         (j["attempt"].as_u64(), j["retries"].as_u64()),

@@ -150,6 +150,7 @@ pub async fn submit(
             placed_at: None,
             finished_at: None,
             avoid: vec![],
+            withdrawing: false,
         })
         .collect();
     // The queue must still exist and no id may be taken: all or none.

@@ -350,6 +350,7 @@ async fn start(
                 placed_at: None,
                 finished_at: None,
                 avoid: vec![],
+                withdrawing: false,
             })
             .collect();
         // The app must still be this version: a change meanwhile decides
