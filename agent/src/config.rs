@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub disable_features: Vec<String>,
     /// Process limit per task (pids cgroup, or RLIMIT_NPROC as fallback).
     pub pids_limit: u64,
+    /// Host ports tasks may be given (`ports` in the spec), inclusive.
+    pub port_range: [u16; 2],
     pub default_user: String,
     /// Roles whose tasks may run as root (uid 0).
     pub root_roles: Vec<String>,
@@ -124,6 +126,7 @@ impl Default for AgentConfig {
             cgroup_version: VersionChoice::Auto,
             disable_features: Vec::new(),
             pids_limit: 1024,
+            port_range: [31000, 32000],
             default_user: "nobody".into(),
             root_roles: Vec::new(),
             default_rootfs: None,
@@ -240,6 +243,12 @@ impl AgentConfig {
         }
         if self.pids_limit == 0 {
             return Err(key("pids_limit", "must be > 0"));
+        }
+        if self.port_range[0] == 0 || self.port_range[0] > self.port_range[1] {
+            return Err(key(
+                "port_range",
+                "must be [first, last] with 0 < first <= last",
+            ));
         }
         if !(self.liveness_interval_s.is_finite() && self.liveness_interval_s > 0.0) {
             return Err(key("liveness_interval_s", "must be > 0"));

@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod images;
 pub mod layout;
 pub mod metrics;
+pub mod ports;
 pub mod procfs_util;
 pub mod runtime;
 pub mod safeopen;

@@ -564,6 +564,7 @@ mod tests {
             started_at: Some(Utc::now()),
             finished_at: None,
             restarts: 0,
+            ports: Vec::new(),
         };
         let rec = TaskRecord {
             status,

@@ -50,6 +50,10 @@ pub struct TaskSpec {
     /// A credential for the agent's API in the task's environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_access: Option<ApiAccess>,
+    /// Host ports the task needs, from the node's port range: 0 = any free
+    /// one, else that port. Given as `PORT0..n`, `PORTS`, `PORT`, `HOST`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -121,6 +121,9 @@ pub struct TaskStatus {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub restarts: u32,
+    /// Host ports given to the task (TaskSpec `ports`), held until it ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// The end state of a task the agent stopped on purpose.

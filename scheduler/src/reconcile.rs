@@ -248,6 +248,7 @@ mod tests {
                 started_at: None,
                 finished_at: None,
                 restarts: 0,
+                ports: Vec::new(),
             },
             node: node.into(),
         }

@@ -411,7 +411,7 @@ impl Agent {
             version: super::VERSION.to_owned(),
             roles,
             attributes: self.attributes(),
-            port_ranges: Vec::new(),
+            port_ranges: vec![self.cfg.port_range],
             reported_at: chrono::Utc::now(),
         }
     }

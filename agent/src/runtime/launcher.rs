@@ -208,6 +208,12 @@ impl Agent {
             env.retain(|e| !e.starts_with(&format!("{k}=")));
             env.push(format!("{k}={v}"));
         }
+        // Marathon's port variables win over the spec's own.
+        for var in crate::ports::env(&t.record.status.ports, &self.node_id) {
+            let name = var.split('=').next().unwrap_or("").to_owned();
+            env.retain(|e| !e.starts_with(&format!("{name}=")));
+            env.push(var);
+        }
         // Set last: a spec's own env cannot replace the agent's credential.
         if let Some(token) = &t.record.api_token {
             env.retain(|e| {

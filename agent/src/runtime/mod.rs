@@ -20,6 +20,7 @@ mod queue;
 mod recovery;
 mod reservations;
 mod spawner;
+mod task_ports;
 mod task_publisher;
 mod watcher;
 
@@ -517,6 +518,7 @@ impl Agent {
                 started_at: None,
                 finished_at: None,
                 restarts: 0,
+                ports: Vec::new(),
             },
             spec,
             run: 0,
@@ -529,7 +531,15 @@ impl Agent {
     }
 
     /// Inserts the records (all or none) and starts writing them durably.
-    fn accept(&self, records: Vec<TaskRecord>) -> Result<(Vec<TaskRef>, DurableWrite), AgentError> {
+    fn accept(
+        &self,
+        mut records: Vec<TaskRecord>,
+    ) -> Result<(Vec<TaskRef>, DurableWrite), AgentError> {
+        // Held until the records are in the map: no port given twice.
+        let _ports = crate::ports::ALLOCATION
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.give_ports(&mut records)?;
         let tasks: Vec<TaskRef> = records
             .into_iter()
             .map(|r| {

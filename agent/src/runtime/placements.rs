@@ -190,6 +190,7 @@ impl Agent {
                     started_at: None,
                     finished_at: Some(now),
                     restarts: 0,
+                    ports: Vec::new(),
                 };
                 self.rejected
                     .0

@@ -500,6 +500,13 @@ impl App {
                 .unwrap_or(gleaner_core::spec::DEFAULT_KILL_GRACE_S),
             network: Default::default(),
             api_access: None,
+            // Host ports from the node's range: 0 = any free one; a fixed
+            // one only with requirePorts (else Marathon's service port).
+            ports: self
+                .port_definitions
+                .iter()
+                .map(|p| if self.require_ports { p.port } else { 0 })
+                .collect(),
         }
     }
 }

@@ -196,7 +196,7 @@ pub fn render_task(job: &Job, rec: Option<&TaskRecord>) -> Value {
         "state": mesos_state(job, rec),
         "stagedAt": job.placed_at.map(timestamp),
         "startedAt": rec.and_then(|r| r.status.started_at).map(timestamp),
-        "ports": [],
+        "ports": rec.map(|r| r.status.ports.clone()).unwrap_or_default(),
         "servicePorts": [],
         "ipAddresses": [],
         "version": version,

@@ -76,6 +76,7 @@ fn status(id: &str, role: &str, resources: Resources, state: TaskState) -> TaskS
         started_at: Some(now),
         finished_at: state.is_final().then_some(now),
         restarts: 0,
+        ports: Vec::new(),
     }
 }
 
