@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# packaging/build-tarball.sh: fully static, stripped release binaries and
-# dist/gleaner-<version>-x86_64-linux.tar.gz with one top folder gleaner/.
+# packaging/build-tarball.sh [--bins DIR] [--out FILE]: fully static,
+# stripped release binaries and dist/gleaner-<version>-x86_64-linux.tar.gz
+# with one top folder gleaner/. --bins packs the binaries found in DIR
+# instead of building (e.g. target/debug: not static, for trying the
+# scripts quickly).
 set -euo pipefail
+bins=
+out=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bins) bins=$(readlink -f "$2"); shift 2 ;;
+        --out) out=$(readlink -m "$2"); shift 2 ;;
+        *) echo "build-tarball.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 target=x86_64-unknown-linux-gnu
-# crt-static + a non-PIE relocation model: no interpreter and no dynamic
-# section at all (static-pie would keep one for self-relocation). The dist
-# profile is release with whole-program LTO, for size.
-RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
-    cargo build --profile dist --target "$target" --workspace --bins -q
+if [ -z "$bins" ]; then
+    # crt-static + a non-PIE relocation model: no interpreter and no dynamic
+    # section at all (static-pie would keep one for self-relocation). The dist
+    # profile is release with whole-program LTO, for size.
+    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+        cargo build --profile dist --target "$target" --workspace --bins -q
+    bins=target/$target/dist
+fi
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 top=$stage/gleaner
 mkdir -p "$top"/{bin,etc,systemd,init.d,share}
 for b in gleaner-agent gleaner-monitor gleaner-scheduler gleaner-rootfs gleaner; do
-    install -m 755 "target/$target/dist/$b" "$top/bin/$b"
+    install -m 755 "$bins/$b" "$top/bin/$b"
 done
 # Templates for any prefix (install.sh renders them), and the files
 # rendered for the default prefix so the tree reads as installed.
@@ -38,6 +53,6 @@ cp packaging/README "$top/README"
 echo "$version" >"$top/VERSION"
 
 mkdir -p dist
-out=dist/gleaner-$version-x86_64-linux.tar.gz
+out=${out:-dist/gleaner-$version-x86_64-linux.tar.gz}
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf - gleaner | gzip -9n >"$out"
 echo "$out"

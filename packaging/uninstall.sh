@@ -1,11 +1,14 @@
 #!/bin/sh
 # uninstall.sh [--prefix /opt/gleaner] [--root /] [--keep-data] [--force]
 #
-# Stops the monitor and the agent, removes the init system's links and the
-# prefix. Refuses while tasks are unfinished unless --force, which kills them
-# cleanly first (through the agent: SIGTERM, then SIGKILL after their grace;
-# their supervisors remove cgroups and mounts). --keep-data keeps
-# PREFIX/var (state, sandboxes, images) and PREFIX/etc.
+# Stops the monitor and the agent, then removes what install.sh listed in
+# PREFIX/.gleaner-manifest (binaries, units, scripts) plus gleaner's own
+# PREFIX/var and PREFIX/etc; nothing else. Refuses while tasks are unfinished
+# unless --force, which kills them cleanly first (through the agent: SIGTERM,
+# then SIGKILL after their grace; their supervisors remove cgroups and
+# mounts). Removes nothing unless it has proved that no gleaner process is
+# left (and refuses when it cannot tell). --keep-data keeps PREFIX/var
+# (state, sandboxes, images) and PREFIX/etc.
 set -eu
 
 prefix=
@@ -20,17 +23,25 @@ while [ $# -gt 0 ]; do
         --root=*) root=${1#--root=}; shift ;;
         --keep-data) keep=yes; shift ;;
         --force) force=yes; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "uninstall.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+die() { echo "uninstall.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root"
+[ -n "$root" ] && root=$(realpath -m -- "$root")
 if [ -z "$prefix" ]; then
-    here=$(cd "$(dirname "$0")" && pwd)
+    here=$(cd "$(dirname "$0")" && pwd -P)
     prefix=${here#"$root"}
 fi
+# Resolved as install.sh did, so that it names what /proc/PID/exe shows.
+if [ -n "$root" ]; then prefix=$(realpath -m -s -- "$prefix"); else prefix=$(realpath -m -- "$prefix"); fi
 dest=$root$prefix
-[ -x "$dest/bin/gleaner-agent" ] || { echo "uninstall.sh: no gleaner installed in $dest" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "uninstall.sh: run as root" >&2; exit 1; }
+marker=$dest/.gleaner-prefix
+manifest=$dest/.gleaner-manifest
+[ -x "$dest/bin/gleaner-agent" ] || die "no gleaner installed in $dest"
+[ -f "$marker" ] && [ -f "$manifest" ] || die "$dest has no .gleaner-prefix and .gleaner-manifest (installed by an older install.sh?): not removing anything; run this version's install.sh --no-start over it first"
+[ -r /proc/self/exe ] || die "/proc is not readable: cannot tell whether gleaner processes are alive; not removing anything"
 init=$(cat "$dest/var/init-system" 2>/dev/null || echo none)
 cli="$dest/bin/gleaner --config $dest/etc/agent.toml"
 
@@ -42,40 +53,65 @@ service() { # name action
 }
 
 # The agent answers for its tasks; if it is down, a temporary one started
-# from this tree re-adopts them first.
+# from this tree re-adopts them first (it refuses to start beside a live
+# agent that does not answer: then nothing is removed).
 temp=
+stop_temp() {
+    if [ -n "$temp" ]; then
+        kill -TERM "$temp" 2>/dev/null || true
+        wait "$temp" 2>/dev/null || true
+        temp=
+    fi
+}
 if ! $cli wait-healthy --timeout 0 >/dev/null 2>&1; then
     mkdir -p "$dest/var/log"
     "$dest/bin/gleaner-agent" --config "$dest/etc/agent.toml" >>"$dest/var/log/gleaner-agent.uninstall.log" 2>&1 &
     temp=$!
-    $cli wait-healthy --timeout 30 >/dev/null || { echo "uninstall.sh: cannot start the agent to check for tasks" >&2; kill "$temp"; exit 1; }
+    $cli wait-healthy --timeout 30 >/dev/null 2>&1 || { stop_temp; die "cannot start the agent to check for tasks (see $dest/var/log/gleaner-agent.uninstall.log); not removing anything"; }
 fi
-unfinished=$($cli ps --unfinished --quiet | wc -l)
-if [ "$unfinished" -gt 0 ]; then
+# A failing `gleaner ps` is not "no tasks".
+unfinished_tasks() { $cli ps --unfinished --quiet; }
+list=$(unfinished_tasks) || { stop_temp; die "cannot list the agent's tasks; not removing anything"; }
+count=$(printf '%s\n' "$list" | grep -c . || true)
+if [ "$count" -gt 0 ]; then
     if [ "$force" != yes ]; then
-        echo "uninstall.sh: $unfinished task(s) unfinished; stop them or use --force" >&2
-        [ -n "$temp" ] && kill -TERM "$temp"
-        exit 1
+        stop_temp
+        die "$count task(s) unfinished; stop them or use --force"
     fi
-    $cli ps --unfinished --quiet | while read -r id; do $cli kill "$id" >/dev/null || true; done
+    for id in $list; do $cli kill "$id" >/dev/null 2>&1 || true; done
+    # Each ends after its grace at most; the agent says when.
+    i=0
+    while :; do
+        list=$(unfinished_tasks) || { stop_temp; die "cannot list the agent's tasks after killing them; not removing anything"; }
+        [ -z "$list" ] && break
+        [ $i -ge 3000 ] && { stop_temp; die "tasks still unfinished after 300 s: $(echo $list); not removing anything"; }
+        sleep 0.1
+        i=$((i + 1))
+    done
 fi
 
 service gleaner-scheduler stop
 service gleaner-monitor stop
 service gleaner-agent stop
-if [ -n "$temp" ]; then kill -TERM "$temp" 2>/dev/null || true; wait "$temp" 2>/dev/null || true; fi
+stop_temp
 
-# Supervisors finish their clean-up (cgroup removal) just after their task.
-i=0
-while [ $i -lt 100 ]; do
-    busy=no
+# Proof that nothing of this tree runs: no process whose executable is in
+# PREFIX/bin (agent, zygote, supervisors, monitor; "(deleted)" after an
+# upgrade). Supervisors finish their clean-up just after their task.
+alive() {
     for p in /proc/[0-9]*; do
-        case "$(readlink "$p/exe" 2>/dev/null)" in "$dest"/bin/*) busy=yes; break ;; esac
+        case "$(readlink "$p/exe" 2>/dev/null)" in "$dest"/bin/*) echo "${p#/proc/}" ;; esac
     done
-    [ "$busy" = no ] && break
+}
+i=0
+while [ -n "$(alive)" ]; do
+    [ $i -ge 300 ] && die "gleaner processes still alive after 30 s (pids $(echo $(alive))); not removing anything"
     sleep 0.1
     i=$((i + 1))
 done
+if grep -q " $dest/" /proc/self/mountinfo; then
+    die "mounts left under $dest: $(grep " $dest/" /proc/self/mountinfo | cut -d' ' -f5 | tr '\n' ' '); not removing anything"
+fi
 
 # The agent leaves its (now empty) root and role cgroups for the next start.
 croot=$(sed -n 's/^[[:space:]]*cgroup_root[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$dest/etc/agent.toml" | tail -n 1)
@@ -84,12 +120,29 @@ for c in /sys/fs/cgroup/*/"$croot" /sys/fs/cgroup/"$croot"; do
     [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
 done
 
-for n in gleaner-agent gleaner-monitor gleaner-scheduler; do
-    for l in "$root/etc/systemd/system/$n.service" "$root/etc/systemd/system/multi-user.target.wants/$n.service" "$root/etc/init.d/$n"; do
-        if [ -L "$l" ] && case "$(readlink "$l")" in "$prefix"/*) true ;; *) false ;; esac; then rm -f "$l"; fi
-    done
+# What the manifest lists. Files outside the prefix only when they are
+# still this install's (they name the prefix, or link to its unit).
+own_unit() {
+    if [ -L "$1" ]; then
+        case "$(readlink "$1")" in "$prefix"/*|/etc/systemd/system/gleaner-*.service) return 0 ;; esac
+        return 1
+    fi
+    [ -f "$1" ] && grep -q "^# gleaner-prefix: $prefix\$" "$1"
+}
+while read -r e; do
+    case "$e" in
+        */) ;;
+        /*) if own_unit "$root$e"; then rm -f "$root$e"; fi ;;
+        .gleaner-prefix|.gleaner-manifest) ;;
+        *) if [ -L "$dest/$e" ] || [ ! -d "$dest/$e" ]; then rm -f "$dest/$e"; fi ;;
+    esac
+done <"$manifest"
+# The scheduler is enabled by hand (packaging/README: a link to its unit or
+# init script in the prefix): those links go too.
+for l in "$root/etc/systemd/system/gleaner-scheduler.service" "$root/etc/systemd/system/multi-user.target.wants/gleaner-scheduler.service" "$root/etc/init.d/gleaner-scheduler"; do
+    if [ -L "$l" ]; then case "$(readlink "$l")" in "$prefix"/*) rm -f "$l" ;; esac; fi
 done
-[ "$init" = systemd ] && [ -z "$root" ] && systemctl daemon-reload 2>/dev/null || true
+if [ "$init" = systemd ] && [ -z "$root" ]; then systemctl daemon-reload 2>/dev/null || true; fi
 
 # The agent makes its tasks dir a nosuid,nodev bind mount: undo every mount
 # under the prefix before removing files (deepest first).
@@ -97,9 +150,19 @@ awk -v d="$dest/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -
     while read -r m; do umount -l "$m" 2>/dev/null || true; done
 
 if [ "$keep" = yes ]; then
-    find "$dest" -mindepth 1 -maxdepth 1 ! -name var ! -name etc -exec rm -rf {} +
-    echo "gleaner removed from $prefix (kept $prefix/var and $prefix/etc)"
+    kept=" (kept $prefix/var and $prefix/etc)"
 else
-    rm -rf "$dest"
-    echo "gleaner removed from $prefix"
+    rm -rf --one-file-system "$dest/var" "$dest/etc"
+    kept=
 fi
+# Folders last, deepest first, only when empty: an operator's file in one
+# keeps it.
+grep '/$' "$manifest" | sort -r | while read -r d; do rmdir "$dest/$d" 2>/dev/null || true; done
+if [ "$keep" != yes ]; then
+    made=$(sed -n 's/^made-by-install=//p' "$marker")
+    rm -f "$manifest" "$marker"
+    if [ "$made" = yes ]; then
+        rmdir "$dest" 2>/dev/null || kept=" (left $prefix: it holds files gleaner did not install: $(ls -A "$dest" | tr '\n' ' '))"
+    fi
+fi
+echo "gleaner removed from $prefix$kept"

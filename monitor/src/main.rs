@@ -232,7 +232,7 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
             st.reservation = Some(current.amount());
             st.agent_reachable = true;
         }
-        if current.amount() == desired {
+        if current.amount().same(&desired) {
             continue;
         }
         if cfg.dry_run {
@@ -256,6 +256,7 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
                 st.reservation = Some(applied.amount());
                 st.changes += 1;
                 st.preempted += preempted.len() as u64;
+                p.applied(applied.amount());
                 seen = Some(applied);
             }
             Err(e) => {

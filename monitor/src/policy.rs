@@ -18,6 +18,10 @@ pub struct Amount {
 }
 
 impl Amount {
+    /// Equal but for float noise (a sum, a unit conversion).
+    pub fn same(&self, o: &Amount) -> bool {
+        (self.cpus - o.cpus).abs() < 1e-6 && (self.mem_mb - o.mem_mb).abs() < 1e-3
+    }
     fn get(&self, d: usize) -> f64 {
         if d == 0 {
             self.cpus
@@ -171,6 +175,13 @@ impl Policy {
 
     pub fn current(&self) -> Amount {
         self.current
+    }
+
+    /// What the agent applied (it caps at the host's total, which it may
+    /// count a hair differently): the policy goes on from there, its grow
+    /// timers kept.
+    pub fn applied(&mut self, a: Amount) {
+        self.current = a;
     }
 
     /// What could be given to batch work now.
