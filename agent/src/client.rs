@@ -48,6 +48,7 @@ impl Client {
         install_tls_provider();
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
+            .tls_certs_only(Vec::new())
             .unix_socket(socket.to_owned())
             .build()
             .expect("http client");
@@ -80,8 +81,14 @@ impl Client {
 
     pub fn new(base: &str, token: Option<String>) -> Self {
         install_tls_provider();
+        // Trust roots as the image fetch finds them, never the platform
+        // verifier's (it fails a host without a CA store, even for http://).
+        let roots = crate::tls::host_roots(None)
+            .map(|(certs, _)| certs)
+            .unwrap_or_default();
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
+            .tls_certs_only(roots)
             .build()
             .expect("http client");
         Client {

@@ -104,6 +104,9 @@ pub struct AgentConfig {
     /// bomb fails the task with rootfs_invalid instead of filling the disk.
     pub image_unpack_max_mb: u64,
     pub image_unpack_max_entries: u64,
+    /// CA bundle for https:// images; default: $SSL_CERT_FILE, then the
+    /// usual bundle paths, then the bundled Mozilla set (see `tls`).
+    pub ca_file: Option<PathBuf>,
     /// How often each task's sandbox and /tmp are measured against disk_mb.
     pub disk_check_interval_s: f64,
 }
@@ -142,6 +145,7 @@ impl Default for AgentConfig {
             image_fetch_retries: 3,
             image_unpack_max_mb: 16384,
             image_unpack_max_entries: 1_000_000,
+            ca_file: None,
             disk_check_interval_s: 5.0,
         }
     }

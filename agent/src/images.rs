@@ -66,6 +66,10 @@ pub struct FetchLimits {
     pub unpack: gleaner_rootfs::Budget,
 }
 
+/// The HTTPS client, made at the first https:// fetch (see `tls`), with
+/// the description of its trust roots for error messages.
+type HttpsClient = Result<(reqwest::Client, String), String>;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct ImageMeta {
     uri: String,
@@ -78,7 +82,10 @@ struct ImageMeta {
 pub struct ImageCache {
     dir: PathBuf,
     limits: FetchLimits,
+    /// http:// only: no trust roots are loaded for it.
     client: reqwest::Client,
+    https: std::sync::OnceLock<HttpsClient>,
+    ca_file: Option<PathBuf>,
     /// One lock per image: concurrent tasks naming it wait for one fetch.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     seq: AtomicU64,
@@ -88,7 +95,11 @@ pub struct ImageCache {
 
 impl ImageCache {
     /// Opens the cache under `dir`, removing what an interrupted fetch left.
-    pub fn open(dir: PathBuf, limits: FetchLimits) -> Result<Self, ImageError> {
+    pub fn open(
+        dir: PathBuf,
+        limits: FetchLimits,
+        ca_file: Option<PathBuf>,
+    ) -> Result<Self, ImageError> {
         let tmp = dir.join(".tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -97,6 +108,7 @@ impl ImageCache {
         crate::client::install_tls_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
+            .tls_certs_only(Vec::new())
             .build()
             .map_err(|e| ImageError::Fetch {
                 uri: String::new(),
@@ -107,6 +119,8 @@ impl ImageCache {
             dir,
             limits,
             client,
+            https: std::sync::OnceLock::new(),
+            ca_file,
             locks: Mutex::default(),
             seq: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
@@ -283,12 +297,26 @@ impl ImageCache {
                 sink.put(&buf[..n]).await?;
             }
         } else {
-            let mut resp = self
-                .client
-                .get(uri)
-                .send()
-                .await
-                .map_err(|e| fail(error_chain(&e), true))?;
+            let (client, roots) = if uri.starts_with("https://") {
+                match self.https_client() {
+                    Ok((c, roots)) => (c, Some(roots)),
+                    Err(e) => return Err(fail(e.clone(), false)),
+                }
+            } else {
+                (&self.client, None)
+            };
+            let mut resp = client.get(uri).send().await.map_err(|e| {
+                let chain = error_chain(&e);
+                match roots {
+                    // Not worth a retry: the same roots will not trust it.
+                    Some(roots)
+                        if chain.contains("certificate") || chain.contains("Certificate") =>
+                    {
+                        fail(format!("{chain} ({roots})"), false)
+                    }
+                    _ => fail(chain, true),
+                }
+            })?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(fail(format!("HTTP {status}"), status.is_server_error()));
@@ -306,6 +334,24 @@ impl ImageCache {
         }
         sink.out.flush().await.map_err(io_err(dest))?;
         Ok((hex(&sink.hash.finalize()), sink.total))
+    }
+
+    /// The HTTPS client: trust roots are looked for on the first use only.
+    fn https_client(&self) -> Result<(&reqwest::Client, &String), &String> {
+        let made = self.https.get_or_init(|| {
+            let (certs, source) =
+                crate::tls::host_roots(self.ca_file.as_deref()).map_err(|e| e.to_string())?;
+            let client = reqwest::Client::builder()
+                .connect_timeout(self.limits.timeout.min(Duration::from_secs(30)))
+                .tls_certs_only(certs)
+                .build()
+                .map_err(|e| format!("https client: {}", error_chain(&e)))?;
+            Ok((client, source.to_string()))
+        });
+        match made {
+            Ok((c, roots)) => Ok((c, roots)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes least recently used images not in `in_use` until the cache

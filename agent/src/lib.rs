@@ -20,6 +20,7 @@ pub mod procfs_util;
 pub mod runtime;
 pub mod safeopen;
 pub mod supervisor;
+pub mod tls;
 pub mod userdb;
 
 // Pure logic shared with the scheduler and the CLI lives in gleaner-core;

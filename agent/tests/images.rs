@@ -488,3 +488,195 @@ fn a_hardlink_through_a_symlink_and_a_1gb_bomb_fail_and_leave_nothing() {
         leftover_work(&agent)
     );
 }
+
+/// A real HTTPS server: `openssl s_server -WWW` serving `dir`, with a
+/// certificate for 127.0.0.1 signed by a CA of the test's own.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+    ca: PathBuf,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+fn tls_server(dir: &Path) -> TlsServer {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=gleaner-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let port = free_port();
+    let child = Command::new("openssl")
+        .args([
+            "s_server", "-quiet", "-WWW", "-cert", "srv.pem", "-key", "srv.key", "-accept",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s_server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    TlsServer {
+        child,
+        port,
+        ca: dir.join("ca.pem"),
+    }
+}
+
+/// Issue 18: an https image is fetched with the CA named by `ca_file`; on a
+/// host with no CA bundle at all (the agent in a mount namespace with an
+/// empty /etc/ssl) the agent starts, and the fetch fails with
+/// rootfs_invalid naming the paths it tried.
+#[test]
+fn https_images_with_ca_file_and_with_no_ca_store_at_all() {
+    if !require_root("https_images_with_ca_file_and_with_no_ca_store_at_all") {
+        return;
+    }
+    let www = tempfile::tempdir().unwrap();
+    let server = tls_server(www.path());
+    let mut agent = TestAgent::start_with(&format!(
+        "ca_file = {:?}\nimage_fetch_retries = 0",
+        server.ca.display().to_string()
+    ));
+    let (one, sha1) = build_image(www.path(), "one", &[]);
+    let (two, sha2) = build_image(www.path(), "two", &["--env", "X=2"]);
+    let url = |p: &Path| {
+        format!(
+            "https://127.0.0.1:{}/{}",
+            server.port,
+            p.file_name().unwrap().to_string_lossy()
+        )
+    };
+    agent
+        .submit(image_spec("trusted", "sh /opt/hello.sh", &url(&one), &sha1))
+        .unwrap();
+    let s = agent.wait_final("trusted", LONG);
+    assert_eq!(s.state, TaskState::Finished, "{s:?}\n{}", agent.log_tail());
+
+    // The same agent without ca_file, where no CA bundle exists.
+    agent.stop_agent(libc::SIGTERM);
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+    let bare: String = config
+        .lines()
+        .filter(|l| !l.starts_with("ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&agent.config_path, bare).unwrap();
+    let log = std::fs::File::create(agent.tmp().join("bare.log")).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /etc/ssl && exec \"$0\" --config \"$1\"")
+        .arg(AGENT_BIN)
+        .arg(&agent.config_path)
+        .env_remove("SSL_CERT_FILE")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while agent.client.get::<Value>("/v1/health").is_err() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!(
+                "no agent without a CA store: {}",
+                std::fs::read_to_string(agent.tmp().join("bare.log")).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent
+        .submit(image_spec("untrusted", "true", &url(&two), &sha2))
+        .unwrap();
+    let s = agent.wait_final("untrusted", LONG);
+    let _ = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{s:?}");
+    let msg = s.message.unwrap_or_default();
+    for needle in [
+        "bundled Mozilla set",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    }
+    drop(server);
+}

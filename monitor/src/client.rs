@@ -56,6 +56,9 @@ impl AgentClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(READ_TIMEOUT)
+            // The agent speaks plain HTTP: no trust roots are loaded, so a
+            // host without a CA store starts the monitor.
+            .tls_certs_only(Vec::new())
             .unix_socket(socket.to_owned())
             .build()
             .expect("http client");
@@ -77,6 +80,9 @@ impl AgentClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(READ_TIMEOUT)
+            // The agent speaks plain HTTP: no trust roots are loaded, so a
+            // host without a CA store starts the monitor.
+            .tls_certs_only(Vec::new())
             .build()
             .expect("http client");
         AgentClient {

@@ -248,8 +248,9 @@ impl Agent {
         hostfs::secure_tasks_dir(&data.tasks())?;
         fsutil::create_dir_all(&data.run())?;
         let sandbox = hostfs::detect(&cfg);
-        let images = crate::images::ImageCache::open(data.images(), cfg.fetch_limits())
-            .map_err(|e| StartError::State(e.to_string()))?;
+        let images =
+            crate::images::ImageCache::open(data.images(), cfg.fetch_limits(), cfg.ca_file.clone())
+                .map_err(|e| StartError::State(e.to_string()))?;
         let admin_token = cfg
             .read_or_create_token()
             .map_err(|e| StartError::State(e.to_string()))?;
