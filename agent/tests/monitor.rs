@@ -196,8 +196,9 @@ fn the_monitor_keeps_disk_mb_follows_an_operators_change_and_skips_bad_samples()
         std::fs::write(
             &cfg,
             format!(
-                "agent = {:?}\ncgroup_root = {cgroup_root:?}\nlisten = \"127.0.0.1:{}\"\ninterval_s = 0.1\n{policy}",
+                "agent = {:?}\nagent_socket = {:?}\ncgroup_root = {cgroup_root:?}\nlisten = \"127.0.0.1:{}\"\ninterval_s = 0.1\n{policy}",
                 agent.base,
+                agent.socket().display().to_string(),
                 free_port()
             ),
         )
