@@ -359,3 +359,62 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Review: `rootfs.path` was checked resolved but launched as given, so a
+/// symlink the submitter owns (here in a temp dir outside rootfs_dirs)
+/// could point at an allowed rootfs when checked and anywhere when a run
+/// (a restart, a queued start) mounted it. With mount_setattr the same
+/// path failed every launch instead (EINVAL on the link).
+#[test]
+fn rootfs_symlink_swapped_after_the_check_is_not_followed() {
+    if !require_root("rootfs_symlink_swapped_after_the_check_is_not_followed") {
+        return;
+    }
+    for disable in ["disable_features = [\"mount_setattr\"]", ""] {
+        let agent = TestAgent::start_with(disable);
+        // Stands for any host directory outside rootfs_dirs.
+        let outside = tempfile::tempdir().unwrap();
+        let fake = outside.path().join("fake");
+        make_busybox_rootfs(&fake);
+        fs::write(fake.join("secret"), "TOP-SECRET-HOST-DATA\n").unwrap();
+        let refused = agent
+            .submit(json!({"cmd": "cat /secret", "rootfs": {"path": fake},
+                           "resources": {"cpus": 0.5, "mem_mb": 32}}))
+            .unwrap_err();
+        assert!(
+            matches!(refused, ClientError::Api { status: 400, .. }),
+            "{refused}"
+        );
+
+        let link = outside.path().join("link");
+        std::os::unix::fs::symlink(&agent.rootfs, &link).unwrap();
+        let cmd = "if [ -e /sandbox/again ]; then cat /secret; exit 0; fi; touch /sandbox/again; \
+                   while [ ! -e /sandbox/go ]; do sleep 0.1; done; exit 1";
+        let st = agent
+            .submit(json!({"cmd": cmd, "rootfs": {"path": link},
+                           "resources": {"cpus": 0.5, "mem_mb": 32},
+                           "restart": {"policy": "on-failure", "max_retries": 1}}))
+            .unwrap();
+        let sandbox = agent.data_dir.join("tasks").join(&st.id).join("sandbox");
+        wait_until(LONG, "first run (or its end)", || {
+            sandbox.join("again").exists() || agent.status(&st.id).state.is_final()
+        });
+        assert!(
+            sandbox.join("again").exists(),
+            "{disable}: a rootfs path through a symlink did not launch: {:?}",
+            agent.status(&st.id)
+        );
+        // The swap, atomic: the link now names the forbidden directory.
+        let tmp_link = outside.path().join("link.new");
+        std::os::unix::fs::symlink(&fake, &tmp_link).unwrap();
+        fs::rename(&tmp_link, &link).unwrap();
+        fs::write(sandbox.join("go"), "").unwrap();
+        let done = agent.wait_final(&st.id, LONG);
+        assert_eq!(done.restarts, 1, "{disable}: {done:?}");
+        let out = agent.logs(&st.id, "stdout");
+        assert!(
+            !out.contains("TOP-SECRET"),
+            "{disable}: the restart mounted the swapped link's target as the rootfs: {out}"
+        );
+    }
+}

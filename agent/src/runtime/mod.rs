@@ -738,7 +738,9 @@ impl Agent {
             &canon(&self.data.images()),
         )
         .map_err(AgentError::Invalid)?;
-        Ok(path)
+        // The resolved path is what every run mounts: the one given may pass
+        // through a link its owner can repoint after this check.
+        Ok(real)
     }
 
     /// Asks a task to stop: SIGTERM now, SIGKILL after its grace (enforced
