@@ -418,3 +418,45 @@ fn rootfs_symlink_swapped_after_the_check_is_not_followed() {
         );
     }
 }
+
+/// Review: descriptors the agent inherited without close-on-exec (from a
+/// shell, a service manager's socket activation, a wrapper) reached every
+/// task: a directory descriptor is a way out of the rootfs through
+/// /proc/self/fd, a socket a way into whatever it serves.
+#[test]
+fn descriptors_the_agent_inherited_do_not_reach_tasks() {
+    if !require_root("descriptors_the_agent_inherited_do_not_reach_tasks") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let outside = tempfile::tempdir().unwrap();
+    fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(outside.path().join("planted"), "TOP-SECRET-HOST-DATA\n").unwrap();
+    fs::set_permissions(
+        outside.path().join("planted"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // A fixed, unlikely number, inheritable only while the agent starts.
+    const FD: i32 = 347;
+    let dir = fs::File::open(outside.path()).unwrap();
+    // SAFETY: dup2 onto a descriptor number this test owns.
+    assert_eq!(unsafe { libc::dup2(dir.as_raw_fd(), FD) }, FD);
+    let agent = TestAgent::start();
+    // SAFETY: closing the descriptor made above.
+    unsafe { libc::close(FD) };
+    let cmd = format!("ls /proc/self/fd/; cat /proc/self/fd/{FD}/planted");
+    let st = agent
+        .submit(json!({"cmd": cmd, "resources": {"cpus": 0.5, "mem_mb": 32}}))
+        .unwrap();
+    agent.wait_final(&st.id, LONG);
+    let out = agent.logs(&st.id, "stdout");
+    assert!(
+        !out.contains("TOP-SECRET"),
+        "a task read a host file through a descriptor the agent inherited: {out}"
+    );
+    assert!(
+        !out.contains(&format!("\n{FD}\n")),
+        "fd {FD} open in the task: {out}"
+    );
+}

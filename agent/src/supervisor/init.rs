@@ -170,6 +170,7 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
         libc::dup2(stdout.as_raw_fd(), 1);
         libc::dup2(stderr.as_raw_fd(), 2);
     }
+    close_inherited_on_exec();
     if let Some(n) = cfg.nproc_rlimit {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n);
     }
@@ -194,6 +195,30 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
     }
     let err = nix::unistd::execve(&cstr(&program), &argv, &env).unwrap_err();
     format!("exec {program}: {err}")
+}
+
+/// Marks every descriptor above stderr close-on-exec: whatever the agent
+/// inherited without the flag (a service manager's sockets, a shell's open
+/// directory) would otherwise reach the task, and a directory descriptor
+/// leads out of the rootfs through /proc/self/fd. The task's /proc is
+/// mounted by now; without it, every number below the descriptor limit.
+fn close_inherited_on_exec() {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => {
+            let (soft, _) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .unwrap_or((65536, 65536));
+            (0..soft.min(1 << 20) as i32).collect()
+        }
+    };
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: fcntl on a descriptor number; a closed one answers EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }
 
 /// Bounding set first (needs CAP_SETPCAP), then ids, then what is left.
