@@ -404,3 +404,134 @@ fn failed_instances_are_replaced_with_backoff_and_reported() {
         "replaced after {took:?}, backoff is 2 s"
     );
 }
+
+/// Event names of an SSE stream, read on a thread until the stream ends.
+fn subscribe(s: &Scheduler, query: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let resp = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap()
+        .get(format!("{}/v2/events{query}", s.url))
+        .bearer_auth(&s.token)
+        .header("accept", "text/event-stream")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    std::thread::spawn(move || {
+        let mut name = String::new();
+        for line in std::io::BufReader::new(resp).lines() {
+            let Ok(line) = line else { return };
+            if let Some(n) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                name = n.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                let v: Value = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                if tx.send((name.clone(), v)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn events_stream_attach_first_then_app_task_and_deployment_events() {
+    let Some(etcd) = Etcd::start() else { return };
+    nodes(&etcd, 1, 4.0);
+    let s = Scheduler::start(&etcd, "a", "");
+    let _agents = FakeAgents::start(&etcd.endpoint, Duration::from_millis(50));
+    let all = subscribe(&s, "");
+    let only = subscribe(&s, "?event_type=deployment_success");
+    let (first, v) = all.recv_timeout(WAIT).unwrap();
+    assert_eq!(first, "event_stream_attached");
+    assert_eq!(v["eventType"], "event_stream_attached");
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    let (code, h, _) = s.call_full(
+        "POST",
+        "/v2/apps",
+        Some(r#"{"id": "/ev", "cmd": "sleep 1000", "cpus": 0.1}"#),
+    );
+    assert_eq!(code, 201);
+    let dep = h["marathon-deployment-id"].clone();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !seen
+        .iter()
+        .any(|(n, _): &(String, Value)| n == "deployment_success")
+    {
+        assert!(start.elapsed() < WAIT, "events so far: {seen:?}");
+        if let Ok(e) = all.recv_timeout(Duration::from_millis(200)) {
+            seen.push(e);
+        }
+    }
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"api_post_event"), "{names:?}");
+    assert!(names.contains(&"deployment_info"), "{names:?}");
+    let running = seen
+        .iter()
+        .find(|(n, v)| n == "status_update_event" && v["taskStatus"] == "TASK_RUNNING")
+        .expect("a TASK_RUNNING status update");
+    assert_eq!(running.1["appId"], "/ev");
+    let success = seen
+        .iter()
+        .find(|(n, _)| n == "deployment_success")
+        .unwrap();
+    assert_eq!(success.1["id"], dep.as_str());
+    // The filtered stream: attach, then only deployment_success.
+    let (n, _) = only.recv_timeout(WAIT).unwrap();
+    assert_eq!(n, "event_stream_attached");
+    let (n, v) = only.recv_timeout(WAIT).unwrap();
+    assert_eq!((n.as_str(), &v["id"]), ("deployment_success", &json!(dep)));
+}
+
+/// Figure (bench/RESULTS.md): `GET /v2/apps` latency with 1,000 apps of one
+/// instance each (1,000 instance jobs waiting: no nodes). Run with
+/// `cargo test --release -p gleaner-scheduler --test marathon -- --ignored bench_get_apps --nocapture`.
+#[test]
+#[ignore]
+fn bench_get_apps_p99_with_1000_apps() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    let apps: usize = std::env::var("APPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    for i in 0..apps {
+        let body =
+            json!({"id": format!("/bench/app-{i}"), "cmd": "sleep 1000", "cpus": 0.01, "mem": 16});
+        let (code, _, v) = s.call_full("POST", "/v2/apps", Some(&body.to_string()));
+        assert_eq!(code, 201, "{v}");
+    }
+    wait_for(Duration::from_secs(120), "instances queued", || {
+        let (_, _, q) = s.call_full("GET", "/v2/queue", None);
+        q["queue"].as_array().map(|a| a.len()) == Some(apps)
+    });
+    let client = reqwest::blocking::Client::new();
+    let mut ms = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let r = client
+            .get(format!("{}/v2/apps", s.url))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["apps"].as_array().unwrap().len(), apps);
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let p = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "GET /v2/apps with {apps} apps: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        p(0.5),
+        p(0.99),
+        ms[ms.len() - 1]
+    );
+}

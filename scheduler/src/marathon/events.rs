@@ -102,14 +102,14 @@ impl Feed {
 
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
         loop {
-            if let Some(i) = self
-                .pending
-                .iter()
-                .position(|(k, _)| self.wanted.is_empty() || self.wanted.contains(k))
-            {
+            // The attach event comes first whatever the filter.
+            let w = &self.wanted;
+            let wanted = |k: &String| w.is_empty() || w.contains(k) || k == "event_stream_attached";
+            if let Some(i) = self.pending.iter().position(|(k, _)| wanted(k)) {
                 let (kind, body) = self.pending.remove(i);
+                let w = &self.wanted;
                 self.pending
-                    .retain(|(k, _)| self.wanted.is_empty() || self.wanted.contains(k));
+                    .retain(|(k, _)| w.is_empty() || w.contains(k) || k == "event_stream_attached");
                 let e = Event::default().event(kind).data(body.to_string());
                 return Some((Ok(e), self));
             }
