@@ -109,6 +109,11 @@ while [ -n "$(alive)" ]; do
     sleep 0.1
     i=$((i + 1))
 done
+# The agent's own mounts (its tasks folder is a nosuid,nodev bind of
+# itself) go once nothing runs; anything else mounted there stops us.
+grep " $dest/var/" /proc/self/mountinfo | cut -d' ' -f5 | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || true
+done
 if grep -q " $dest/" /proc/self/mountinfo; then
     die "mounts left under $dest: $(grep " $dest/" /proc/self/mountinfo | cut -d' ' -f5 | tr '\n' ' '); not removing anything"
 fi

@@ -119,3 +119,142 @@ fn install_upgrade_and_uninstall_leave_no_trace() {
     eprintln!("{out}");
     assert!(ok, "packaging/test-install.sh failed:\n{out}");
 }
+
+/// Issue 18, part 3: nothing the environment does makes a binary panic.
+/// In an empty root holding only the tarball's binaries, /proc, and /sys
+/// and /dev for the agent (no /etc, no CA store, no NSS, no busybox), in a
+/// private mount namespace: the agent starts and answers; every CLI
+/// subcommand, the monitor, the scheduler and gleaner-rootfs answer or fail
+/// in one line; no output holds "panicked".
+#[test]
+fn no_binary_panics_in_an_empty_chroot() {
+    if !require_root("no_binary_panics_in_an_empty_chroot") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out) = run(Command::new("tar")
+        .arg("-xzf")
+        .arg(tarball())
+        .arg("-C")
+        .arg(tmp.path()));
+    assert!(ok, "{out}");
+    let jail = tmp.path().join("jail");
+    for d in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(jail.join(d)).unwrap();
+    }
+    for bin in [
+        "gleaner-agent",
+        "gleaner-monitor",
+        "gleaner-scheduler",
+        "gleaner-rootfs",
+        "gleaner",
+    ] {
+        std::fs::copy(tmp.path().join("gleaner/bin").join(bin), jail.join(bin)).unwrap();
+    }
+    let port = free_port();
+    let croot = format!("gleaner-test-{}-chroot", std::process::id());
+    std::fs::write(
+        jail.join("agent.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"/data\"\ncgroup_root = {croot:?}\n"),
+    )
+    .unwrap();
+    let cli = "/gleaner --config /agent.toml";
+    let agent_url = format!("http://127.0.0.1:{port}");
+    // Each line: a command run in the jail; its output is collected.
+    let commands = [
+        format!("{cli} wait-healthy --timeout 30"),
+        format!("{cli} ps"),
+        format!("{cli} ps --unfinished --quiet"),
+        format!("{cli} state"),
+        format!("{cli} reservations"),
+        format!("{cli} status nosuchtask"),
+        format!("{cli} kill nosuchtask"),
+        format!("{cli} logs nosuchtask"),
+        format!("{cli} attr ls"),
+        format!("{cli} nodes"),
+        format!("{cli} run --id t1 -- true"),
+        format!(
+            "{cli} run --id t2 --image https://127.0.0.1:1/x.tar.gz --sha256 {} -- true",
+            "0".repeat(64)
+        ),
+        format!("/gleaner --agent {agent_url} ps"),
+        "/gleaner --agent http://127.0.0.1:1 ps".to_string(),
+        "/gleaner --scheduler http://127.0.0.1:1 job ls".to_string(),
+        "/gleaner --scheduler http://127.0.0.1:1 queue ls".to_string(),
+        "/gleaner-rootfs inspect /nope.tar.gz".to_string(),
+        "/gleaner-rootfs verify /nope.tar.gz --sha256 00".to_string(),
+        "/gleaner-rootfs build --from busybox --output /x.tar.gz".to_string(),
+        "/gleaner-rootfs unpack /nope.tar.gz /x".to_string(),
+        "/gleaner-agent --config /nope.toml".to_string(),
+        "/gleaner-monitor --config /nope.toml".to_string(),
+        "/gleaner-scheduler --config /nope.toml".to_string(),
+    ];
+    let mut script = String::from(
+        "set -u\nJ=$1\nmount -t proc proc \"$J/proc\"\nmount --rbind /sys \"$J/sys\"\nmount --rbind /dev \"$J/dev\"\n\
+         chroot \"$J\" /gleaner-agent --config /agent.toml >\"$J.agent.log\" 2>&1 &\nagent=$!\n",
+    );
+    for c in &commands {
+        script.push_str(&format!(
+            "echo \"== {c}\"; chroot \"$J\" {c} 2>&1; echo \"== exit $?\"\n"
+        ));
+    }
+    // Long-running ones: a few seconds each, then stopped.
+    script.push_str(&format!(
+        "chroot \"$J\" /gleaner-monitor --agent {agent_url} --cgroup-root {croot} --listen 127.0.0.1:{} --interval 200ms >\"$J.monitor.log\" 2>&1 &\nm=$!\n\
+         chroot \"$J\" /gleaner-scheduler --etcd http://127.0.0.1:1 --listen 127.0.0.1:{} >\"$J.scheduler.log\" 2>&1 &\ns=$!\n\
+         sleep 3\nkill $m $s; wait $m $s\nkill $agent; wait $agent\n",
+        free_port(),
+        free_port()
+    ));
+    let (_, out) = run(Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(&jail));
+    let logs: String = ["agent", "monitor", "scheduler"]
+        .iter()
+        .map(|n| {
+            format!(
+                "--- {n} ---\n{}\n",
+                std::fs::read_to_string(tmp.path().join(format!("jail.{n}.log")))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    // Remove the agent's cgroups (it leaves its root for the next start).
+    for c in ["cpu", "cpuacct", "memory", "pids"] {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/{c}/{croot}"));
+        if dir.exists() {
+            let _ = Command::new("find")
+                .arg(&dir)
+                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", "+"])
+                .status();
+        }
+    }
+    eprintln!("{out}\n{logs}");
+    assert!(
+        !out.contains("panicked") && !logs.contains("panicked"),
+        "a panic:\n{out}\n{logs}"
+    );
+    assert!(out.contains(&format!("== {cli} wait-healthy --timeout 30\n")));
+    let after_healthy = out
+        .split(&format!("== {cli} wait-healthy --timeout 30\n"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        after_healthy.lines().take(3).any(|l| l == "== exit 0"),
+        "the agent in the chroot is not healthy:\n{out}\n{logs}"
+    );
+    let ps = out.split(&format!("== {cli} ps\n")).nth(1).unwrap();
+    assert!(
+        ps.lines().take(5).any(|l| l == "== exit 0"),
+        "ps does not answer:\n{out}"
+    );
+    assert!(logs.contains("monitor started"), "{logs}");
+}

@@ -155,6 +155,10 @@ enum AttrOp {
 }
 
 fn main() -> ExitCode {
+    // `gleaner ps | head`: a closed pipe ends the CLI quietly, as it does
+    // any Unix tool, instead of a panic in println!.
+    // SAFETY: restoring the default disposition of one signal at start-up.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
