@@ -31,8 +31,12 @@ fn main() {
     }
     let n: usize = env_usize("LAUNCHES", 200);
     let long: usize = env_usize("LONG_TASKS", 1000);
-    let agent = TestAgent::start_with("liveness_interval_s = 5");
-    let spec = json!({"argv": ["/bin/true"], "resources": {"cpus": 0.5, "mem_mb": 64}});
+    // AGENT_EXTRA: more agent config (e.g. `disable_features = ["seccomp"]`
+    // to price the filter); NETWORK=none: tasks in their own network ns.
+    let extra = std::env::var("AGENT_EXTRA").unwrap_or_default();
+    let agent = TestAgent::start_with(&format!("liveness_interval_s = 5\n{extra}"));
+    let network = std::env::var("NETWORK").unwrap_or_else(|_| "host".into());
+    let spec = json!({"argv": ["/bin/true"], "network": network, "resources": {"cpus": 0.5, "mem_mb": 64}});
 
     // Warm the page cache and the agent.
     for _ in 0..5 {
@@ -76,6 +80,9 @@ fn main() {
         None => println!("runc: skipped (RUNC=0) or not installed (apt-get install runc)"),
     }
 
+    if long == 0 {
+        return;
+    }
     println!("\n== {long} launches of `sleep 600`");
     // 1000 x 0.001 cpu fits the default reservation (the host).
     let sleep = json!({"argv": ["sleep", "600"], "cpu_limit": "shares", "resources": {"cpus": 0.001, "mem_mb": 16}});

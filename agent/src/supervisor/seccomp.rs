@@ -179,11 +179,16 @@ pub fn precompile() {
 
 /// Installs the filter in this process (after `no_new_privs`).
 pub fn install() -> Result<(), String> {
+    install_only(usize::MAX)
+}
+
+/// Installs the first `n` programs (a test prices them one by one).
+fn install_only(n: usize) -> Result<(), String> {
     let programs = COMPILED
         .get_or_init(compile)
         .as_ref()
         .map_err(|e| format!("seccomp filter: {e}"))?;
-    for prog in programs {
+    for prog in programs.iter().take(n) {
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
             filter: prog.as_ptr() as *mut libc::sock_filter,
@@ -220,6 +225,51 @@ pub fn available() -> bool {
 #[cfg(test)]
 mod tests {
     use seccompiler::sock_filter;
+
+    /// What the filter adds to a launch: installing the precompiled
+    /// programs in a fresh child (the command's process), against the same
+    /// child without them. Prints the figure (bench/RESULTS.md).
+    #[test]
+    fn installing_the_filter_costs_microseconds() {
+        super::precompile();
+        let run = |filters: usize| -> f64 {
+            let (mut r, w) = crate::supervisor::pipe().unwrap();
+            // SAFETY: the child only makes system calls and writes a pipe.
+            match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Child => {
+                    let t = std::time::Instant::now();
+                    // SAFETY: prctl with integer arguments.
+                    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+                    super::install_only(filters).unwrap();
+                    let us = t.elapsed().as_secs_f64() * 1e6;
+                    let mut w = std::fs::File::from(w);
+                    let _ = std::io::Write::write_all(&mut w, us.to_string().as_bytes());
+                    // SAFETY: leave the forked test child at once.
+                    unsafe { libc::_exit(0) }
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    drop(w);
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut r, &mut s).unwrap();
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    s.parse().unwrap()
+                }
+            }
+        };
+        let (mut all, mut one, mut none) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..200 {
+            all.push(run(usize::MAX));
+            one.push(run(1));
+            none.push(run(0));
+        }
+        for v in [&mut all, &mut one, &mut none] {
+            v.sort_by(f64::total_cmp);
+        }
+        let (a, o, n) = (all[100], one[100], none[100]);
+        eprintln!("FIGURE seccomp install p50 {a:.1} us (main program alone {o:.1} us, none {n:.1} us): +{:.1} us a launch", a - n);
+        // The budget is 200 us on a quiet host; a loaded one is slower.
+        assert!(a - n < 2000.0, "the filter costs {:.1} us", a - n);
+    }
 
     #[test]
     fn the_filter_compiles() {
