@@ -36,7 +36,12 @@ cleanup() {
     for c in cpu cpuacct memory pids; do
         [ -d "/sys/fs/cgroup/$c/$cgroot" ] && find "/sys/fs/cgroup/$c/$cgroot" -depth -type d -exec rmdir {} + 2>/dev/null
     done
-    rm -rf "$work"
+    # The agent's own bind mount of <data_dir>/tasks (nosuid,nodev) stays
+    # after it stops: unmount what lies under $work, deepest first.
+    for m in $(awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf "$work" || true
 }
 trap cleanup EXIT
 cli wait-healthy --timeout 20 >/dev/null
