@@ -49,7 +49,9 @@ token=$(cat "$work/data/api.token")
 # The served document is the kept one (a unit test checks the code side).
 curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$port/v1/openapi.json" | cmp -s - docs/openapi.json \
     || { echo "schemathesis: /v1/openapi.json differs from docs/openapi.json" >&2; exit 1; }
-"$st" run docs/openapi.json --url "http://127.0.0.1:$port" \
+# From the work dir: schemathesis leaves a .schemathesis/ cache where it runs.
+cd "$work"
+"$st" run "$root/docs/openapi.json" --url "http://127.0.0.1:$port" \
     -H "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "${MAX_EXAMPLES:-20}" --seed "${SEED:-1}" --request-timeout 30 \
