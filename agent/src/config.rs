@@ -275,6 +275,13 @@ impl AgentConfig {
                 format!("{} is not absolute", d.display()),
             ));
         }
+        // "/" would make every host directory a possible task root.
+        if let Some(d) = self.rootfs_dirs.iter().find(|d| d.parent().is_none()) {
+            return Err(key(
+                "rootfs_dirs",
+                format!("{} would allow any host directory", d.display()),
+            ));
+        }
         if self.image_max_mb == 0 {
             return Err(key("image_max_mb", "must be > 0"));
         }
@@ -511,6 +518,21 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/gleaner"));
         assert_eq!(c.cgroup_root, "gleaner");
         assert!(c.etcd.is_empty());
+    }
+
+    /// Review: `rootfs_dirs = ["/"]` was accepted, making any host
+    /// directory (`/root`, `/etc`) a task's root.
+    #[test]
+    fn rootfs_dirs_refuses_the_host_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        for bad in ["/", "//"] {
+            std::fs::write(&p, format!("rootfs_dirs = [\"/srv/rootfs\", {bad:?}]\n")).unwrap();
+            let e = AgentConfig::load(Some(&p), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rootfs_dirs"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -116,8 +116,17 @@ pub fn rootfs_allowed(
             path.display()
         ));
     }
-    if path.starts_with(images) {
-        return Ok(());
+    if let Ok(rel) = path.strip_prefix(images) {
+        // An image's rootfs only: not the cache itself (every tenant's
+        // images at once) nor unpacks in progress (`.tmp`).
+        let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
+        return match (parts.next(), parts.next()) {
+            (Some(sha), Some(r)) if !sha.starts_with('.') && r == "rootfs" => Ok(()),
+            _ => Err(format!(
+                "rootfs.path: {} is in the image cache but not an image's rootfs",
+                path.display()
+            )),
+        };
     }
     if path.starts_with(data_dir) {
         return Err(format!(
@@ -150,6 +159,7 @@ mod tests {
         let ok = |p: &str| rootfs_allowed(Path::new(p), &dirs, data, images);
         assert!(ok("/srv/rootfs/busybox").is_ok());
         assert!(ok("/opt/g/var/lib/images/ab12/rootfs").is_ok());
+        assert!(ok("/opt/g/var/lib/images/ab12/rootfs/opt").is_ok());
         for bad in [
             "/",
             "/srv",
@@ -158,6 +168,11 @@ mod tests {
             "/opt/g/var",
             "/opt/g/var/lib",
             "/opt/g/var/lib/tasks/x/sandbox",
+            // Review: the whole cache, an unpack in progress, an image's
+            // dir beside its rootfs were accepted.
+            "/opt/g/var/lib/images",
+            "/opt/g/var/lib/images/.tmp/ab12/rootfs",
+            "/opt/g/var/lib/images/ab12",
             "/srv/rootfsx",
         ] {
             let e = ok(bad).unwrap_err();
