@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NODES=${NODES:-5000} JOBS=${JOBS:-50000} QUEUES=${QUEUES:-10}
-RUN_MS=${RUN_MS:-5000} RATE=${RATE:-0} BATCH=${BATCH:-500}
+RUN_MS=${RUN_MS:-5000} RATE=${RATE:-0} BATCH=${BATCH:-100}
 PROFILE=${PROFILE:-release}
 cargo build -q --profile "$PROFILE" -p gleaner-scheduler -p gleaner-bench-fleet
 bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
@@ -37,4 +37,4 @@ pids+=($sched)
 until curl -sf "http://$API/v1/leader" >/dev/null; do sleep 0.1; done
 sleep 2
 "$bin/fleet-bench" --etcd "$ETCD" --scheduler "http://$API" --scheduler-pid "$sched" \
-  --jobs "$JOBS" --queues "$QUEUES" --rate "$RATE" --batch "$BATCH" || { tail -20 "$tmp/scheduler.log" "$tmp/hollow.log"; exit 1; }
+  --jobs "$JOBS" --queues "$QUEUES" --rate "$RATE" --batch "$BATCH" --timeout-s "${TIMEOUT_S:-600}" || { tail -n 20 "$tmp/scheduler.log" "$tmp/hollow.log"; exit 1; }
