@@ -136,6 +136,9 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
         AgentClient::new(&cfg.agent, token, reserve_timeout)
     };
     let mut sampler = Sampler::new(&cfg.cgroup_root);
+    if cfg.use_psi && !sampler.psi_available() {
+        tracing::warn!("PSI unavailable (no /proc/pressure): the policy goes by usage alone");
+    }
     let mut policy: Option<Policy> = None;
     // The reservation as last read from (or applied by) the agent.
     let mut seen: Option<Reservation> = None;

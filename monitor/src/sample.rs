@@ -60,6 +60,9 @@ pub struct Sampler {
     cgroup: AgentCgroup,
     ticks_per_s: f64,
     prev: Option<(Instant, u64, u64)>,
+    /// /proc/pressure exists: no PSI on 3.10, nor with `psi=0` or
+    /// CONFIG_PSI_DEFAULT_DISABLED; then PSI is off whatever `use_psi` says.
+    psi: bool,
 }
 
 impl Sampler {
@@ -95,7 +98,13 @@ impl Sampler {
             cgroup,
             ticks_per_s: procfs::ticks_per_second() as f64,
             prev: None,
+            psi: std::path::Path::new("/proc/pressure").is_dir(),
         }
+    }
+
+    /// Whether this kernel offers PSI.
+    pub fn psi_available(&self) -> bool {
+        self.psi
     }
 
     /// A sample; None for the first call (rates need two readings).
@@ -125,6 +134,7 @@ impl Sampler {
             // Kernels before 2.6.28: all of the page cache.
             _ => host_used_bytes(meminfo.mem_total, meminfo.mem_free, meminfo.cached, 0),
         };
+        let use_psi = use_psi && self.psi;
         let psi =
             |p: Result<f32, procfs::ProcError>| if use_psi { p.ok().map(f64::from) } else { None };
         Ok(Some(Sample {

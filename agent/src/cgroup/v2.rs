@@ -13,9 +13,60 @@ use super::{
 #[derive(Debug)]
 pub struct V2Manager {
     root: String,
-    mount: PathBuf,
+    /// The root below the mount (`system.slice/x.service/gleaner`).
+    root_rel: String,
+    /// The delegated cgroup's directory (the mount itself in the root).
+    base: PathBuf,
     controllers: String,
     features: Features,
+}
+
+/// The leaf the agent moves itself (and so its supervisors) into when it
+/// starts inside a delegated, non-root cgroup: "no internal processes" forbids
+/// processes in a cgroup that enables controllers for its children.
+pub const AGENT_LEAF: &str = "gleaner-agent";
+
+/// Where the agent's tree goes, from its own cgroup (`/proc/self/cgroup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The delegated cgroup, relative to the mount ("" is the hierarchy root).
+    pub base: String,
+    /// The agent still sits in `base` itself and must move into [`AGENT_LEAF`].
+    pub move_to_leaf: bool,
+}
+
+/// Pure: the agent's own v2 cgroup path (the `0::` line) to its placement.
+/// In the root it uses the root (the root may hold processes); elsewhere its
+/// own cgroup is the delegated one (systemd `Delegate=yes`), unless it is
+/// already in its leaf (restarted by hand from there).
+pub fn placement(proc_self_cgroup: &str) -> Option<Placement> {
+    let own = proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim()
+        .trim_matches('/');
+    // A cgroup removed under us reads "/path (deleted)": no placement.
+    if own.ends_with("(deleted)") {
+        return None;
+    }
+    Some(match own.rsplit_once('/') {
+        _ if own.is_empty() => Placement {
+            base: String::new(),
+            move_to_leaf: false,
+        },
+        Some((parent, AGENT_LEAF)) => Placement {
+            base: parent.to_owned(),
+            move_to_leaf: false,
+        },
+        None if own == AGENT_LEAF => Placement {
+            base: String::new(),
+            move_to_leaf: false,
+        },
+        _ => Placement {
+            base: own.to_owned(),
+            move_to_leaf: true,
+        },
+    })
 }
 
 impl V2Manager {
@@ -29,21 +80,41 @@ impl V2Manager {
             .find(|m| m.fstype == "cgroup2")
             .map(|m| m.mount_point.clone())
             .ok_or_else(|| CgroupError::V2Unusable("no cgroup2 mount".into()))?;
-        let available = read_file(&mount.join("cgroup.controllers"))?;
+        if root.split('/').next() == Some(AGENT_LEAF) {
+            return Err(CgroupError::V2Unusable(format!(
+                "cgroup_root {root:?} collides with the agent's own leaf {AGENT_LEAF:?}"
+            )));
+        }
+        let self_path = Path::new("/proc/self/cgroup");
+        let text = read_file(self_path)?;
+        let place = placement(&text).ok_or_else(|| CgroupError::Parse {
+            path: self_path.to_owned(),
+            content: text.clone(),
+        })?;
+        let base = join_rel(&mount, &place.base);
+        let available = read_file(&base.join("cgroup.controllers"))?;
         let has = |c: &str| available.split_whitespace().any(|x| x == c);
         if !has("cpu") || !has("memory") {
             return Err(CgroupError::V2Unusable(format!(
-                "{} offers controllers [{}], need cpu and memory",
-                mount.display(),
+                "{} offers controllers [{}], need cpu and memory (delegate them)",
+                base.display(),
                 available.trim()
             )));
         }
-        Self::at(mount, root, has("pids"), disabled)
+        if place.move_to_leaf {
+            let leaf = base.join(AGENT_LEAF);
+            mkdir(&leaf)?;
+            write_file(&leaf.join("cgroup.procs"), "0")?;
+            tracing::info!(leaf = %leaf.display(), "moved the agent into its leaf cgroup");
+        }
+        Self::at(base, &place.base, root, has("pids"), disabled)
     }
 
-    /// Builds the manager on a known mount (also used by tests on a scratch dir).
+    /// Builds the manager on a known base: the delegated cgroup's directory
+    /// and its path below the mount (also used by tests on a scratch dir).
     pub fn at(
-        mount: PathBuf,
+        base: PathBuf,
+        base_rel: &str,
         root: &str,
         pids: bool,
         disabled: &[String],
@@ -56,20 +127,21 @@ impl V2Manager {
             "+cpu +memory"
         }
         .to_owned();
-        write_file(&mount.join("cgroup.subtree_control"), &controllers)?;
-        mkdir(&mount.join(root))?;
+        write_file(&base.join("cgroup.subtree_control"), &controllers)?;
+        mkdir(&base.join(root))?;
         let manager = V2Manager {
             root: root.to_owned(),
+            root_rel: rel_display(base_rel, root),
             features: Features {
                 pids,
                 oom_kill_counter: !off("oom_kill_counter"),
-                cpu_idle: !off("cpu_idle") && mount.join(root).join("cpu.idle").exists(),
+                cpu_idle: !off("cpu_idle") && base.join(root).join("cpu.idle").exists(),
             },
-            mount,
+            base,
             controllers,
         };
         // Batch work yields to everything else (see the v1 manager).
-        let root_dir = manager.mount.join(root);
+        let root_dir = manager.base.join(root);
         if manager.features.cpu_idle {
             write_file(&root_dir.join("cpu.idle"), "1")?;
         } else {
@@ -79,7 +151,7 @@ impl V2Manager {
     }
 
     fn dir(&self, rel: &str) -> PathBuf {
-        join_rel(&self.mount.join(&self.root), rel)
+        join_rel(&self.base.join(&self.root), rel)
     }
 }
 
@@ -136,7 +208,7 @@ impl CgroupManager for V2Manager {
         let dir = self.dir(rel);
         CgroupHandle {
             version: CgroupVersion::V2,
-            path: rel_display(&self.root, rel),
+            path: rel_display(&self.root_rel, rel),
             dirs: vec![dir.clone()],
             memory_dir: dir,
             oom_kill_counter: true,
@@ -166,7 +238,7 @@ mod tests {
     #[test]
     fn writes_v2_formats() {
         let mount = tempfile::tempdir().unwrap();
-        let m = V2Manager::at(mount.path().to_owned(), "gl", true, &[]).unwrap();
+        let m = V2Manager::at(mount.path().to_owned(), "", "gl", true, &[]).unwrap();
         m.create("batch").unwrap();
         let h = m.create("batch/t1").unwrap();
         m.set_limits(
@@ -206,5 +278,62 @@ mod tests {
             fs::read_to_string(dir.join("cpu.max")).unwrap(),
             "max 100000"
         );
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn p(base: &str, move_to_leaf: bool) -> Option<Placement> {
+        Some(Placement {
+            base: base.to_owned(),
+            move_to_leaf,
+        })
+    }
+
+    #[test]
+    fn places_the_tree_by_the_agents_own_cgroup() {
+        assert_eq!(placement("0::/\n"), p("", false));
+        assert_eq!(
+            placement("0::/system.slice/gleaner-agent.service\n"),
+            p("system.slice/gleaner-agent.service", true)
+        );
+        // Restarted from its leaf: same base, no second move.
+        assert_eq!(
+            placement("0::/system.slice/gleaner-agent.service/gleaner-agent\n"),
+            p("system.slice/gleaner-agent.service", false)
+        );
+        assert_eq!(placement("0::/gleaner-agent\n"), p("", false));
+        // Hybrid: the v1 lines are skipped, the unified line counts.
+        assert_eq!(
+            placement("12:memory:/x\n1:name=systemd:/y\n0::/user.slice/s.scope\n"),
+            p("user.slice/s.scope", true)
+        );
+        assert_eq!(placement("4:memory:/\n"), None, "pure v1: no v2 line");
+        assert_eq!(placement("0::/gone (deleted)\n"), None);
+    }
+
+    /// Under delegation the tree, handles and task paths are below the
+    /// delegated cgroup, never at the hierarchy root.
+    #[test]
+    fn delegated_tree_stays_below_its_base() {
+        let mount = tempfile::tempdir().unwrap();
+        let base = mount.path().join("system.slice/a.service");
+        std::fs::create_dir_all(&base).unwrap();
+        let m = V2Manager::at(base.clone(), "system.slice/a.service", "gl", false, &[]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(),
+            "+cpu +memory"
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("gl/cpu.weight")).unwrap(),
+            "1"
+        );
+        m.create("batch").unwrap();
+        let h = m.create("batch/t1").unwrap();
+        assert_eq!(h.path, "system.slice/a.service/gl/batch/t1");
+        assert_eq!(h.dirs, vec![base.join("gl/batch/t1")]);
+        assert!(!mount.path().join("cgroup.subtree_control").exists());
     }
 }

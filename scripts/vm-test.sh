@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# scripts/vm-test.sh [PROFILE...]: the in-guest suite (scripts/vm/suite.sh)
+# against the real static binaries, in qemu (TCG: nested KVM hangs here) on
+# Debian's 6.1 kernel, once per kernel profile:
+#   v2            cgroup_no_v1=all, the agent in the root cgroup
+#   v2-delegated  cgroup_no_v1=all, the agent started in a delegated
+#                 system.slice/gleaner-agent.service as systemd's Delegate=yes
+#   v1-nopsi      v1 hierarchies only (no cgroup2 mounted), psi=0
+#   hybrid        v1 controllers + an empty cgroup2 at unified/ (as the CI host)
+# Prints one PASS/FAIL line per check per profile; exits 1 on any FAIL or a
+# VM that did not finish. Binaries: GLEANER_VM_BIN=dir, else GLEANER_TARBALL's
+# bin/, else a static release build into target/x86_64-unknown-linux-gnu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profiles=("$@")
+[ ${#profiles[@]} -gt 0 ] || profiles=(v2 v2-delegated v1-nopsi hybrid)
+timeout_s=${GLEANER_VM_TIMEOUT_S:-900}
+
+pkgs=(qemu-system-x86 linux-image-amd64 busybox-static cpio)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "vm-test: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+kernel=$(ls /boot/vmlinuz-*-amd64 | sort -V | tail -n 1)
+[ -r "$kernel" ] || { echo "vm-test: no Debian kernel under /boot" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if [ -n "${GLEANER_VM_BIN:-}" ]; then
+    bin=$GLEANER_VM_BIN
+elif [ -n "${GLEANER_TARBALL:-}" ]; then
+    tar -xzf "$GLEANER_TARBALL" -C "$work"
+    bin=$work/gleaner/bin
+else
+    target=x86_64-unknown-linux-gnu
+    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+        cargo build --release --target $target -p gleaner-agent -p gleaner-monitor --bins -q
+    bin=target/$target/release
+fi
+
+# The initramfs: busybox, the binaries, the suite, and a task rootfs.
+root=$work/root
+bash scripts/make-busybox-rootfs.sh "$root"
+bash scripts/make-busybox-rootfs.sh "$root/srv/rootfs"
+mkdir -p "$root"/{sys,run,var,opt/gleaner/bin,vm,etc/gleaner}
+for b in gleaner-agent gleaner-monitor gleaner; do
+    install -m 755 "$bin/$b" "$root/opt/gleaner/bin/$b"
+done
+install -m 755 scripts/vm/init "$root/init"
+install -m 644 scripts/vm/stage2.sh scripts/vm/suite.sh "$root/vm/"
+mknod -m 600 "$root/dev/console" c 5 1
+(cd "$root" && find . | cpio -o -H newc --quiet) >"$work/initrd.cpio"
+
+declare -A args=(
+    [v2]="cgroup_no_v1=all psi=1"
+    [v2-delegated]="cgroup_no_v1=all psi=1"
+    [v1-nopsi]="psi=0"
+    [hybrid]="psi=1"
+)
+fails=0
+summary=()
+for p in "${profiles[@]}"; do
+    [ -n "${args[$p]+x}" ] || { echo "vm-test: unknown profile $p" >&2; exit 2; }
+    log=$work/$p.log
+    start=$(date +%s)
+    timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
+        -display none -serial stdio -monitor none -no-reboot \
+        -kernel "$kernel" -initrd "$work/initrd.cpio" \
+        -append "console=ttyS0 panic=-1 quiet gleaner.profile=$p ${args[$p]}" \
+        </dev/null 2>&1 | tr -d '\r' >"$log" || true
+    took=$(($(date +%s) - start))
+    grep '^VMTEST' "$log" || true
+    if [ -n "${GLEANER_VM_LOG_DIR:-}" ]; then
+        mkdir -p "$GLEANER_VM_LOG_DIR" && cp "$log" "$GLEANER_VM_LOG_DIR/"
+    fi
+    n_pass=$(grep -c '^VMTEST PASS' "$log" || true)
+    n_fail=$(grep -c '^VMTEST FAIL' "$log" || true)
+    if ! grep -q "^VMTEST DONE $p" "$log"; then
+        echo "VMTEST FAIL $p vm - did not finish in ${timeout_s}s; console tail:"
+        tail -n 20 "$log"
+        n_fail=$((n_fail + 1))
+    fi
+    fails=$((fails + n_fail))
+    summary+=("$p: $n_pass passed, $n_fail failed, ${took}s")
+done
+printf 'vm-test: %s\n' "${summary[@]}"
+[ "$fails" = 0 ]
