@@ -55,6 +55,9 @@ done
 install -m 755 scripts/vm/init "$root/init"
 install -m 644 scripts/vm/stage2.sh scripts/vm/suite.sh "$root/vm/"
 mknod -m 600 "$root/dev/console" c 5 1
+# The HTTP client of the CLI wants the system's CA certificates even for http://.
+mkdir -p "$root/etc/ssl/certs"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$work/initrd.cpio"
 
 declare -A args=(
@@ -63,31 +66,50 @@ declare -A args=(
     [v1-nopsi]="psi=0"
     [hybrid]="psi=1"
 )
-fails=0
-summary=()
 for p in "${profiles[@]}"; do
     [ -n "${args[$p]+x}" ] || { echo "vm-test: unknown profile $p" >&2; exit 2; }
-    log=$work/$p.log
+done
+
+# One VM: its console log, and "passed failed seconds" in $work/$p.res.
+run_profile() {
+    local p=$1 log=$work/$1.log start took
     start=$(date +%s)
     timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
         -display none -serial stdio -monitor none -no-reboot \
         -kernel "$kernel" -initrd "$work/initrd.cpio" \
         -append "console=ttyS0 panic=-1 quiet gleaner.profile=$p ${args[$p]}" \
-        </dev/null 2>&1 | tr -d '\r' >"$log" || true
+        </dev/null 2>&1 | sed -u 's/\r$//' >"$log" || true
     took=$(($(date +%s) - start))
+    if ! grep -q "^VMTEST DONE $p" "$log"; then
+        echo "VMTEST FAIL $p vm - did not finish in ${timeout_s}s" >>"$log"
+    fi
+    echo "$(grep -c '^VMTEST PASS' "$log") $(grep -c '^VMTEST FAIL' "$log") $took" >"$work/$p.res"
+}
+
+# VMs in parallel (each is one emulated 2-cpu guest): GLEANER_VM_JOBS, 2 by default.
+jobs_max=${GLEANER_VM_JOBS:-2}
+t0=$(date +%s)
+for p in "${profiles[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+    run_profile "$p" &
+done
+wait
+fails=0
+summary=()
+for p in "${profiles[@]}"; do
+    log=$work/$p.log
     grep '^VMTEST' "$log" || true
+    read -r n_pass n_fail took <"$work/$p.res"
+    if grep -q "^VMTEST FAIL $p vm " "$log"; then
+        echo "console tail of $p:"
+        grep -v '^VMTEST' "$log" | tail -n 20
+    fi
     if [ -n "${GLEANER_VM_LOG_DIR:-}" ]; then
         mkdir -p "$GLEANER_VM_LOG_DIR" && cp "$log" "$GLEANER_VM_LOG_DIR/"
-    fi
-    n_pass=$(grep -c '^VMTEST PASS' "$log" || true)
-    n_fail=$(grep -c '^VMTEST FAIL' "$log" || true)
-    if ! grep -q "^VMTEST DONE $p" "$log"; then
-        echo "VMTEST FAIL $p vm - did not finish in ${timeout_s}s; console tail:"
-        tail -n 20 "$log"
-        n_fail=$((n_fail + 1))
     fi
     fails=$((fails + n_fail))
     summary+=("$p: $n_pass passed, $n_fail failed, ${took}s")
 done
 printf 'vm-test: %s\n' "${summary[@]}"
+echo "vm-test: $((fails)) failed, $(($(date +%s) - t0))s for ${#profiles[@]} profiles, $jobs_max at a time"
 [ "$fails" = 0 ]

@@ -22,9 +22,10 @@ fail() { echo "VMTEST FAIL $P $1 - $2"; FAILS=$((FAILS + 1)); }
 figure() { echo "VMTEST FIGURE $P $1 $2" >&3; }
 # check NAME FUNC: FUNC's status decides, its last output lines are the detail.
 check() {
+    c0=$(uptime_cs)
     out=$("$2" 2>&1)
     rc=$?
-    out=$(echo "$out" | tail -n 4 | tr '\n' ' ')
+    out="$(echo "$out" | tail -n 4 | tr '\n' ' ')[$(($(uptime_cs) - c0))0 ms]"
     if [ $rc = 0 ]; then pass "$1" "$out"; else fail "$1" "$out"; fi
 }
 
@@ -39,7 +40,8 @@ uptime_cs() { awk '{ sub(/\./, "", $1); print $1 + 0 }' /proc/uptime; }
 cgdir() {
     if [ $VER = v2 ]; then echo "$CG/$2"; else echo "$CG/$1/$2"; fi
 }
-state_of() { field "$($G status "$1" 2>/dev/null)" state; }
+lower() { echo "$1" | tr 'A-Z' 'a-z'; }
+state_of() { lower "$(field "$($G status "$1" 2>/dev/null)" state)"; }
 # wait_state ID REGEX [SECONDS]
 wait_state() {
     n=0
@@ -53,15 +55,21 @@ wait_state() {
     return 1
 }
 
+agent_pid() { cat /tmp/agent.pid; }
 start_agent() {
     if [ $P = v2-delegated ]; then
-        # As systemd's Delegate=yes: the agent starts in its own service cgroup.
-        sh -c "echo \$\$ > $CG/$SVC_REL/cgroup.procs && exec gleaner-agent --config $CFG" >>/tmp/agent.log 2>&1 &
+        # As systemd's Delegate=yes: the agent starts in its own service
+        # cgroup; once the agent enabled controllers there, a restart goes
+        # into the leaf (DelegateSubgroup=gleaner-agent, systemd 254+).
+        dst=$CG/$SVC_REL
+        [ -d $dst/gleaner-agent ] && dst=$dst/gleaner-agent
+        sh -c "echo \$\$ > $dst/cgroup.procs && exec gleaner-agent --config $CFG" >>/tmp/agent.log 2>&1 &
     else
         gleaner-agent --config $CFG >>/tmp/agent.log 2>&1 &
     fi
-    AGENT_PID=$!
-    $G wait-healthy --timeout 120 >/dev/null
+    # A file, not a variable: checks run in subshells.
+    echo $! >/tmp/agent.pid
+    $G wait-healthy --timeout 120 >/tmp/healthy.log 2>&1
 }
 
 setup() {
@@ -110,7 +118,7 @@ c_psi() {
 
 # Delegation: agent in its leaf, tasks below the service, nothing at the root.
 c_delegation() {
-    own=$(cat /proc/$AGENT_PID/cgroup)
+    own=$(cat /proc/"$(agent_pid)"/cgroup)
     procs=$(cat $CG/$SVC_REL/cgroup.procs | tr '\n' ' ')
     sub=$(cat $CG/$SVC_REL/cgroup.subtree_control)
     echo "agent in $own; service procs [$procs]; subtree_control [$sub]"
@@ -161,7 +169,7 @@ c_oom() {
     e0=$(oom_events)
     $G run --id hog --mem 32 --wait -- 'tail /dev/zero' >/dev/null
     s=$($G status hog)
-    r=$(field "$s" reason) st=$(field "$s" state)
+    r=$(field "$s" reason) st=$(lower "$(field "$s" state)")
     a=$(ts_ms "$(field "$s" started_at)") b=$(ts_ms "$(field "$s" finished_at)")
     e1=$(oom_events)
     echo "state=$st reason=$r started->reported $((b - a)) ms; batch oom_kill $e0 -> $e1"
@@ -205,12 +213,12 @@ c_readopt() {
     $G run --id keep -- 'sleep 1000' >/dev/null || return 1
     wait_state keep running || return 1
     p0=$(field "$($G status keep)" pid)
-    kill -9 $AGENT_PID
-    wait $AGENT_PID 2>/dev/null
+    kill -9 "$(agent_pid)"
+    wait "$(agent_pid)" 2>/dev/null
     kill -0 "$p0" || { echo "task died with the agent"; return 1; }
     start_agent || { echo "agent did not come back"; return 1; }
     s=$($G status keep)
-    st=$(field "$s" state) p1=$(field "$s" pid)
+    st=$(lower "$(field "$s" state)") p1=$(field "$s" pid)
     $G kill keep >/dev/null
     st2=$(state_of keep)
     echo "pid $p0 before, $st pid $p1 after the restart; then $st2"
@@ -288,8 +296,10 @@ c_cleanup() {
             for t in $(ls "$d/$role"); do [ -d "$d/$role/$t" ] && left="$left $ctl:$role/$t"; done
         done
     done
-    kill $AGENT_PID
-    wait $AGENT_PID 2>/dev/null
+    a=$(agent_pid)
+    kill "$a"
+    n=0
+    while kill -0 "$a" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
     # Nothing is left running in the tree: it removes bottom-up.
     for ctl in cpu memory pids; do
         [ $VER = v2 ] && [ $ctl != cpu ] && continue
@@ -309,7 +319,7 @@ t0=$(uptime_cs)
 setup
 check psi c_psi
 if ! start_agent; then
-    fail agent_start "$(tail -n 3 /tmp/agent.log | tr '\n' ' ')"
+    fail agent_start "$(cat /tmp/healthy.log; tail -n 3 /tmp/agent.log | tr '\n' ' ')"
     exit 1
 fi
 check features c_features
