@@ -55,7 +55,7 @@ done
 install -m 755 scripts/vm/init "$root/init"
 install -m 644 scripts/vm/stage2.sh scripts/vm/suite.sh "$root/vm/"
 mknod -m 600 "$root/dev/console" c 5 1
-# The HTTP client of the CLI wants the system's CA certificates even for http://.
+# Binaries from before issue 18 panicked without a CA store; harmless since.
 mkdir -p "$root/etc/ssl/certs"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$work/initrd.cpio"
