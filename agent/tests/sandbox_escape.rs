@@ -460,3 +460,40 @@ fn descriptors_the_agent_inherited_do_not_reach_tasks() {
         "fd {FD} open in the task: {out}"
     );
 }
+
+/// Review: the agent made `<data_dir>/tasks` nosuid,nodev with a remount
+/// that reset the mount's other flags: an operator's `noexec` (or `ro`) on
+/// a dedicated tasks file system was silently dropped at every start.
+#[test]
+fn securing_the_tasks_dir_keeps_the_operators_mount_flags() {
+    if !require_root("securing_the_tasks_dir_keeps_the_operators_mount_flags") {
+        return;
+    }
+    let mut agent = TestAgent::start();
+    agent.stop_agent(libc::SIGTERM);
+    let tasks = agent.data_dir.join("tasks");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &tasks,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOEXEC,
+        Some("size=1m"),
+    )
+    .unwrap();
+    agent.spawn();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let opts = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(tasks.to_str().unwrap()))
+        .last()
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap()
+        .to_owned();
+    for want in ["nosuid", "nodev", "noexec"] {
+        assert!(
+            opts.split(',').any(|o| o == want),
+            "{want} missing on {}: {opts}",
+            tasks.display()
+        );
+    }
+}

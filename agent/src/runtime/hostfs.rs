@@ -73,26 +73,40 @@ pub fn secure_tasks_dir(tasks: &Path) -> Result<(), HostFsError> {
         path: tasks.to_owned(),
         err: e.to_string(),
     })?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mounts = parse_all(&mountinfo);
-    if let Some(m) = mounts.iter().filter(|m| m.mount_point == canonical).last() {
-        if is_nosuid_nodev(m) {
-            return Ok(());
-        }
-    } else {
-        let none: Option<&str> = None;
-        mount(Some(&canonical), &canonical, none, MsFlags::MS_BIND, none)
-            .map_err(|e| err("bind", e))?;
-    }
+    let top = |canonical: &Path| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        parse_all(&mountinfo)
+            .into_iter()
+            .filter(|m| m.mount_point == canonical)
+            .last()
+    };
     let none: Option<&str> = None;
-    mount(
-        none,
-        &canonical,
-        none,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        none,
-    )
-    .map_err(|e| err("remount nosuid,nodev", e))
+    let m = match top(&canonical) {
+        Some(m) if is_nosuid_nodev(&m) => return Ok(()),
+        Some(m) => m,
+        None => {
+            mount(Some(&canonical), &canonical, none, MsFlags::MS_BIND, none)
+                .map_err(|e| err("bind", e))?;
+            top(&canonical).ok_or_else(|| HostFsError {
+                what: "find the bind of",
+                path: tasks.to_owned(),
+                err: "not in /proc/self/mountinfo".into(),
+            })?
+        }
+    };
+    // A bind remount sets every per-mount flag: keep the operator's.
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (opt, flag) in [
+        ("ro", MsFlags::MS_RDONLY),
+        ("noexec", MsFlags::MS_NOEXEC),
+        ("noatime", MsFlags::MS_NOATIME),
+        ("nodiratime", MsFlags::MS_NODIRATIME),
+    ] {
+        if m.mount_opts.split(',').any(|o| o == opt) {
+            flags |= flag;
+        }
+    }
+    mount(none, &canonical, none, flags, none).map_err(|e| err("remount nosuid,nodev", e))
 }
 
 fn is_nosuid_nodev(m: &MountEntry) -> bool {
