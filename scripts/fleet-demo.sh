@@ -82,14 +82,16 @@ api=${S[1]}   # any replica serves the API
 echo "== the fleet: 3 agents x 1 cpu for batch, 2 scheduler replicas; leader:"
 curl -s "$api/v1/leader"; echo
 
-echo "== fair share: queue a (priority_factor 1) and b (2), 12 jobs of 0.25 cpu each (12 slots)"
-curl -sf -X PUT "$api/v1/queues/a" -d '{"priority_factor": 1}' -H 'content-type: application/json' >/dev/null
-curl -sf -X PUT "$api/v1/queues/b" -d '{"priority_factor": 2}' -H 'content-type: application/json' >/dev/null
-jobs=$(python3 -c 'import json; print(json.dumps([{"spec": {"cmd": "sleep 600", "kill_grace_s": 1, "resources": {"cpus": 0.25, "mem_mb": 16}}}]*12))')
+echo "== fair share: queue a (priority_factor 1) and b (2), 40 jobs of 3 s and 0.25 cpu each, 12 slots"
+echo "   (a is submitted first and fills the fleet; as jobs end, the shares converge to 2:1 for a,"
+echo "   FLEET.md: a queue's share is divided by its weight 1/priority_factor)"
+curl -sf --retry 5 -X PUT "$api/v1/queues/a" -d '{"priority_factor": 1}' -H 'content-type: application/json' >/dev/null
+curl -sf --retry 5 -X PUT "$api/v1/queues/b" -d '{"priority_factor": 2}' -H 'content-type: application/json' >/dev/null
+jobs=$(python3 -c 'import json; print(json.dumps([{"spec": {"cmd": "sleep 3", "kill_grace_s": 1, "resources": {"cpus": 0.25, "mem_mb": 16}}}]*40))')
 for q in a b; do
-  curl -sf -X POST "$api/v1/jobs" -H 'content-type: application/json' -d "{\"queue\": \"$q\", \"jobs\": $jobs}" >/dev/null
+  curl -sf --retry 5 -X POST "$api/v1/jobs" -H 'content-type: application/json' -d "{\"queue\": \"$q\", \"jobs\": $jobs}" >/dev/null
 done
-sleep 4
+sleep 10
 curl -s "$api/v1/queues" | python3 -c '
 import json, sys
 print("%-6s %7s %8s %8s %6s" % ("queue", "factor", "running", "pending", "share"))
@@ -101,7 +103,7 @@ done
 sleep 3
 
 echo "== drain: a job that needs ssd=true"
-id=$(curl -sf -X POST "$api/v1/jobs" -H 'content-type: application/json' \
+id=$(curl -sf --retry 5 -X POST "$api/v1/jobs" -H 'content-type: application/json' \
   -d '{"queue": "a", "jobs": [{"spec": {"cmd": "sleep 600", "kill_grace_s": 1, "resources": {"cpus": 0.25, "mem_mb": 16}, "constraints": [["ssd", "IS", "true"]]}}]}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0])')
 node=""
