@@ -84,8 +84,34 @@ pub fn find(
     Ok((certs, RootSource::Bundled { tried }))
 }
 
+/// Real bundles are a few hundred KB; a file many times that is not one.
+pub const MAX_BUNDLE_BYTES: u64 = 16 << 20;
+
 fn read_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking open: a FIFO (SSL_CERT_FILE=/some/fifo) would block the
+    // open until a writer came; then only regular files of a bundle's
+    // size are read (not /dev/zero, not a 10 GB file).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_BUNDLE_BYTES {
+        return Err(format!(
+            "{} bytes, more than a CA bundle's {MAX_BUNDLE_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut pem = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_BUNDLE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| e.to_string())?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
     if certs.is_empty() {
         return Err("no certificate in it".into());
@@ -178,5 +204,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("ca_file /missing.pem"), "{err}");
+    }
+
+    /// Review of issue 18: SSL_CERT_FILE (or ca_file) naming a FIFO hung
+    /// the lookup in open(2) forever (the CLI at every start, the agent's
+    /// first HTTPS fetch), and /dev/zero or a huge file was read whole.
+    #[test]
+    fn a_fifo_a_device_a_directory_or_a_huge_file_is_skipped_without_hanging() {
+        let root = tempfile::tempdir().unwrap();
+        let fifo = root.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let huge = root.path().join("huge.pem");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(4 << 30)
+            .unwrap();
+        std::fs::create_dir(root.path().join("dir.pem")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = root.path().to_owned();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for p in ["/fifo", "/huge.pem", "/dir.pem"] {
+                let found = find(&dir, None, Some(Path::new(p))).map(|(_, s)| s);
+                let explicit = find(&dir, Some(Path::new(p)), None).map(|(_, s)| s);
+                out.push((p, found, explicit.map_err(|e| e.to_string())));
+            }
+            // /dev/zero is outside the temp root: the real one, read-only.
+            let zero = find(Path::new("/"), Some(Path::new("/dev/zero")), None)
+                .map(|(_, s)| s)
+                .map_err(|e| e.to_string());
+            let _ = tx.send((out, zero));
+        });
+        let (out, zero) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the CA lookup hung");
+        for (p, found, explicit) in out {
+            assert!(
+                matches!(found, Ok(RootSource::Bundled { .. })),
+                "{p}: {found:?}"
+            );
+            let err = explicit.unwrap_err();
+            assert!(err.starts_with(&format!("ca_file {p}")), "{err}");
+        }
+        let err = zero.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }
