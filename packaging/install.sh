@@ -43,6 +43,10 @@ if [ -n "$root" ]; then
 else
     prefix=$(realpath -m -- "$prefix")
 fi
+# Spaces, newlines, quotes or globs in the prefix would be split or matched
+# by the scripts, the init files and mountinfo (which escapes them).
+case "$prefix" in *[!A-Za-z0-9._/@+,:=-]*)
+    echo "install.sh: refusing prefix $prefix: only letters, digits and ._/@+,:=- are allowed" >&2; exit 2 ;; esac
 case "$prefix" in
     /|/bin|/boot|/dev|/etc|/etc/*|/home|/lib|/lib32|/lib64|/libx32|/media|/mnt|/opt|/proc|/root|/run|/run/*|/sbin|/srv|/sys|/sys/*|/proc/*|/dev/*|/tmp|/usr|/usr/*|/var|/var/lib|/var/log|/var/tmp|/var/cache|/var/spool|/var/run|/var/opt|/var/local|/boot/*|/snap)
         echo "install.sh: refusing prefix $prefix: a system folder; give gleaner a folder of its own (e.g. /opt/gleaner)" >&2

@@ -36,6 +36,7 @@ if [ -z "$prefix" ]; then
 fi
 # Resolved as install.sh did, so that it names what /proc/PID/exe shows.
 if [ -n "$root" ]; then prefix=$(realpath -m -s -- "$prefix"); else prefix=$(realpath -m -- "$prefix"); fi
+case "$prefix" in *[!A-Za-z0-9._/@+,:=-]*) die "prefix $prefix: only letters, digits and ._/@+,:=- (install.sh refuses others)" ;; esac
 dest=$root$prefix
 marker=$dest/.gleaner-prefix
 manifest=$dest/.gleaner-manifest
@@ -109,13 +110,20 @@ while [ -n "$(alive)" ]; do
     sleep 0.1
     i=$((i + 1))
 done
-# The agent's own mounts (its tasks folder is a nosuid,nodev bind of
-# itself) go once nothing runs; anything else mounted there stops us.
-grep " $dest/var/" /proc/self/mountinfo | cut -d' ' -f5 | sort -r | while read -r m; do
-    umount "$m" 2>/dev/null || true
+# The agent's own mount (its tasks folder, a nosuid,nodev bind of itself)
+# goes once nothing runs; anything else mounted under the prefix (an
+# operator's disk for images, a bind of another folder: rm would go through
+# it) stops us. Mount points compared as fields, not patterns.
+under_prefix() { awk -v d="$dest/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo; }
+data=$(sed -n 's/^[[:space:]]*data_dir[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$dest/etc/agent.toml" 2>/dev/null | tail -n 1)
+tasks=$root${data:-$prefix/var/lib}/tasks
+i=0
+while [ $i -lt 5 ] && awk -v t="$tasks" '$5 == t { f = 1 } END { exit !f }' /proc/self/mountinfo; do
+    umount "$tasks" 2>/dev/null || true
+    i=$((i + 1))
 done
-if grep -q " $dest/" /proc/self/mountinfo; then
-    die "mounts left under $dest: $(grep " $dest/" /proc/self/mountinfo | cut -d' ' -f5 | tr '\n' ' '); not removing anything"
+if [ -n "$(under_prefix)" ]; then
+    die "mounts left under $dest: $(under_prefix | tr '\n' ' '); not removing anything"
 fi
 
 # The agent leaves its (now empty) root and role cgroups for the next start.
@@ -136,6 +144,8 @@ own_unit() {
 }
 while read -r e; do
     case "$e" in
+        # Never out of the prefix or its units' folders, whatever it lists.
+        ..|../*|*/../*|*/..) echo "uninstall.sh: skipping manifest entry $e (leads out of $prefix)" >&2 ;;
         */) ;;
         /*) if own_unit "$root$e"; then rm -f "$root$e"; fi ;;
         .gleaner-prefix|.gleaner-manifest) ;;

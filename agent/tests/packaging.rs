@@ -120,6 +120,22 @@ fn install_upgrade_and_uninstall_leave_no_trace() {
     assert!(ok, "packaging/test-install.sh failed:\n{out}");
 }
 
+/// Review of issue 21: uninstall.sh unmounted an operator's mount under
+/// PREFIX/var (it claimed to refuse), a prefix with a space hid every
+/// mount from it (mountinfo escapes spaces: rm ran through a bind mount),
+/// and a manifest entry with `..` removed a file outside the prefix. No
+/// tarball needed: stub binaries under --root.
+#[test]
+fn uninstall_refuses_foreign_mounts_and_stays_in_the_prefix() {
+    if !require_root("uninstall_refuses_foreign_mounts_and_stays_in_the_prefix") {
+        return;
+    }
+    let (ok, out) =
+        run(Command::new("sh").arg(workspace().join("packaging/test-uninstall-mounts.sh")));
+    eprintln!("{out}");
+    assert!(ok, "packaging/test-uninstall-mounts.sh failed:\n{out}");
+}
+
 /// Issue 18, part 3: nothing the environment does makes a binary panic.
 /// In an empty root holding only the tarball's binaries, /proc, and /sys
 /// and /dev for the agent (no /etc, no CA store, no NSS, no busybox), in a
