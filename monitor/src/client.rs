@@ -107,10 +107,17 @@ impl AgentClient {
             .await
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
         let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        // A success whose body is cut short (the agent restarting) or is
+        // not JSON says nothing: never read it as an empty answer.
+        let bytes = resp.bytes().await.map_err(|e| {
+            ClientError::Unreachable(self.base.clone(), format!("answer cut short: {e}"))
+        })?;
         if status.is_success() {
-            Ok(body)
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ClientError::Unreachable(self.base.clone(), format!("answer is not JSON: {e}"))
+            })
         } else {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             Err(ClientError::Refused(format!(
                 "{status}: {}",
                 body["error"].as_str().unwrap_or("")
@@ -127,6 +134,12 @@ impl AgentClient {
                     .timeout(READ_TIMEOUT),
             )
             .await?;
+        if !v.is_object() {
+            return Err(ClientError::Unreachable(
+                self.base.clone(),
+                format!("reservations answer is not an object: {v}"),
+            ));
+        }
         Ok(match v.get(role).map(|r| &r["reserved"]) {
             Some(serde_json::Value::Object(m)) => Some(Reservation(m.clone())),
             _ => None,
@@ -186,5 +199,35 @@ mod tests {
             serde_json::Value::Object(sent.0),
             serde_json::json!({"cpus": 1.0, "mem_mb": 256.0, "disk_mb": 1000.0})
         );
+    }
+
+    /// Review of issue 21: a 200 whose body was cut short (the agent
+    /// restarting mid-answer) or was not JSON read as "no reservation":
+    /// the monitor then wrote one from nothing, dropping disk_mb again.
+    #[tokio::test]
+    async fn a_cut_or_garbled_answer_is_an_error_not_no_reservation() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for body in [
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"batch\": {\"reserved\"",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                conn.write_all(body.as_bytes()).await.unwrap();
+                // Closed: a cut answer.
+            });
+            let client = AgentClient::new(
+                &format!("http://{addr}"),
+                None,
+                Duration::from_secs(5),
+            );
+            let got = client.reservation("batch").await;
+            assert!(got.is_err(), "{body:?}: {got:?}");
+            server.await.unwrap();
+        }
     }
 }
