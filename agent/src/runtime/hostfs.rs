@@ -142,7 +142,16 @@ pub fn rootfs_allowed(
             )),
         };
     }
-    if path.starts_with(data_dir) {
+    // Inside the data dir only below a rootfs_dirs entry that is itself
+    // inside it (the defaults: /var/lib/gleaner/rootfs in /var/lib/gleaner),
+    // and never where tasks write.
+    let own = |d: &PathBuf| d.starts_with(data_dir) && d != data_dir;
+    if path.starts_with(data_dir)
+        && (path.starts_with(data_dir.join("tasks"))
+            || !dirs
+                .iter()
+                .any(|d| own(d) && path.starts_with(d) && path != d))
+    {
         return Err(format!(
             "rootfs.path: {} is inside the agent's data dir",
             path.display()
@@ -191,6 +200,36 @@ mod tests {
         ] {
             let e = ok(bad).unwrap_err();
             assert!(e.starts_with("rootfs.path: "), "{bad}: {e}");
+        }
+    }
+
+    /// Review: the default rootfs_dirs (/var/lib/gleaner/rootfs) lies in
+    /// the default data dir (/var/lib/gleaner), and every path below it was
+    /// refused as "inside the agent's data dir".
+    #[test]
+    fn default_rootfs_dirs_work_with_the_default_data_dir() {
+        let d = AgentConfig::default();
+        let data = d.data_dir.as_path();
+        let images = data.join("images");
+        let ok = |p: &str| rootfs_allowed(Path::new(p), &d.rootfs_dirs, data, &images);
+        assert_eq!(ok("/var/lib/gleaner/rootfs/busybox"), Ok(()));
+        for bad in [
+            "/var/lib/gleaner/rootfs",
+            "/var/lib/gleaner/run",
+            "/var/lib/gleaner/tasks/x/sandbox",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+        // A sloppy entry holding the tasks dir lets no sandbox in.
+        let sloppy = [data.join("tasks"), data.to_owned()];
+        for bad in [
+            "/var/lib/gleaner/tasks/x/sandbox",
+            "/var/lib/gleaner/tasks/x",
+        ] {
+            assert!(
+                rootfs_allowed(Path::new(bad), &sloppy, data, &images).is_err(),
+                "{bad}"
+            );
         }
     }
 
