@@ -37,6 +37,8 @@ cleanup() {
   done; done
   # Each agent made its tasks dir a nosuid,nodev bind mount.
   for a in "${agents[@]}"; do umount -l "$work/$a/tasks" 2>/dev/null || true; done
+  # The agents' tasks dirs are bind mounts that outlive them.
+  for a in "${agents[@]}"; do umount -l "$work/$a/tasks" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
