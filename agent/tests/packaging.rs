@@ -136,6 +136,17 @@ fn uninstall_refuses_foreign_mounts_and_stays_in_the_prefix() {
     assert!(ok, "packaging/test-uninstall-mounts.sh failed:\n{out}");
 }
 
+/// Review of issue 21: the previous release's SysV pid file holds the pid
+/// alone; the new script read it as "not running", so an upgrade's restart
+/// left the old agent running and started a second (refused by the data
+/// dir lock: the upgrade failed, the old binary stayed).
+#[test]
+fn sysv_script_stops_the_agent_of_a_legacy_pid_file() {
+    let (ok, out) = run(Command::new("sh").arg(workspace().join("packaging/test-sysv-legacy.sh")));
+    eprintln!("{out}");
+    assert!(ok, "packaging/test-sysv-legacy.sh failed:\n{out}");
+}
+
 /// Issue 18, part 3: nothing the environment does makes a binary panic.
 /// In an empty root holding only the tarball's binaries, /proc, and /sys
 /// and /dev for the agent (no /etc, no CA store, no NSS, no busybox), in a
