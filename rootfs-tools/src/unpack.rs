@@ -10,12 +10,16 @@
 //! entry's path. setuid and setgid bits are stripped.
 //!
 //! Budgets on unpacked bytes and entries stop a decompression bomb before
-//! it fills the disk; on any failure what this call created is removed.
+//! it fills the disk (data skipped counts too), and metadata between
+//! entries (long names, pax records, read whole into memory by the tar
+//! crate) is bounded to `META_BYTES`; on any failure what this call created is removed.
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -198,15 +202,84 @@ pub fn unpack_tar_with(
     result
 }
 
+/// What the tar reader may pull from the stream to find the next entry,
+/// beyond the previous entry's unread data: headers, padding, GNU long
+/// names and links, pax records (the tar crate reads those whole into
+/// memory, so they must be bounded before it does).
+pub const META_BYTES: u64 = 1 << 20;
+
+/// The tar stream, readable only up to `until` (shared with the loop that
+/// moves it): past it, an error and `tripped`.
+struct Metered<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+    until: Rc<Cell<u64>>,
+    tripped: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.get().saturating_sub(self.read.get());
+        if left == 0 && !buf.is_empty() {
+            self.tripped.set(true);
+            return Err(io::Error::other("metadata over budget"));
+        }
+        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
 fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpacked, UnpackError> {
     fs::create_dir_all(dest).map_err(io_err(dest))?;
-    let mut archive = tar::Archive::new(tar);
+    let (read, until, tripped) = (
+        Rc::new(Cell::new(0u64)),
+        Rc::new(Cell::new(META_BYTES)),
+        Rc::new(Cell::new(false)),
+    );
+    let mut archive = tar::Archive::new(Metered {
+        inner: tar,
+        read: read.clone(),
+        until: until.clone(),
+        tripped: tripped.clone(),
+    });
     let mut stats = Unpacked::default();
-    let entries = archive
+    let mut entries = archive
         .entries()
         .map_err(|e| UnpackError::Archive(e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| UnpackError::Archive(e.to_string()))?;
+    // Data of the last entry not read by us: the tar reader skips it.
+    let mut unread = 0u64;
+    loop {
+        until.set(read.get().saturating_add(unread).saturating_add(META_BYTES));
+        let Some(entry) = entries.next() else { break };
+        let mut entry = entry.map_err(|e| {
+            if tripped.get() {
+                UnpackError::OverBudget {
+                    what: "bytes of metadata before an entry",
+                    limit: META_BYTES,
+                }
+            } else {
+                UnpackError::Archive(e.to_string())
+            }
+        })?;
+        until.set(u64::MAX);
+        unread = entry.size();
+        let is_file = matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        );
+        if !is_file {
+            // Data of a directory, link or unknown entry is skipped, not
+            // written, but is a bomb's all the same.
+            stats.bytes = stats.bytes.saturating_add(unread);
+            if stats.bytes > budget.max_bytes {
+                return Err(UnpackError::OverBudget {
+                    what: "bytes",
+                    limit: budget.max_bytes,
+                });
+            }
+        }
         let raw = entry
             .path()
             .map_err(|e| UnpackError::Archive(e.to_string()))?
@@ -262,6 +335,7 @@ fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpack
                 if wrote > left {
                     return Err(over_bytes);
                 }
+                unread = unread.saturating_sub(wrote);
                 stats.bytes += wrote;
                 fs::set_permissions(&path, fs::Permissions::from_mode(kept & 0o777))
                     .map_err(io_err(&path))?;
@@ -506,5 +580,49 @@ mod tests {
         let stats =
             unpack_tar_with(&zeros_tar(10, 100 << 10)[..], &dest, budget(1 << 20, 50)).unwrap();
         assert_eq!((stats.entries, stats.bytes), (10, 10 * (100 << 10)));
+    }
+
+    /// Counts what the unpacker pulled from the stream.
+    struct Counted<R>(R, std::rc::Rc<std::cell::Cell<u64>>);
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// Review of issue 21: the tar crate reads a GNU long-name or long-link
+    /// entry, and a pax header, whole into memory before the unpacker sees
+    /// an entry; a 4 GB one (4 MB gzip'd) went around the byte budget into
+    /// the agent's memory. A directory's data (skipped) did not count either.
+    #[test]
+    fn metadata_entries_and_skipped_data_are_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let huge: u64 = 4 << 30;
+        for kind in [
+            tar::EntryType::GNULongName,
+            tar::EntryType::GNULongLink,
+            tar::EntryType::XHeader,
+            tar::EntryType::Directory,
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_path("meta").unwrap();
+            h.set_size(huge);
+            h.set_mode(0o755);
+            h.set_cksum();
+            let read = std::rc::Rc::new(std::cell::Cell::new(0));
+            let stream = io::Cursor::new(h.as_bytes().to_vec()).chain(io::repeat(b'a').take(huge));
+            let err = unpack_tar_with(Counted(stream, read.clone()), &dest, budget(1 << 20, 100))
+                .unwrap_err();
+            assert!(
+                read.get() < 8 << 20,
+                "{kind:?}: {} bytes read before refusing ({err})",
+                read.get()
+            );
+            assert!(!dest.exists());
+        }
     }
 }
