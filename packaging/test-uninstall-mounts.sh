@@ -90,8 +90,9 @@ done
 install /opt/gleaner
 echo victim >"$root/opt/victim.txt"
 echo victim >"$root/victim.txt"
-printf '../victim.txt\nbin/../../../victim.txt\n' >>"$root/opt/gleaner/.gleaner-manifest"
+mkdir "$root/opt/empty-foreign"
+printf '../victim.txt\nbin/../../../victim.txt\n../empty-foreign/\n' >>"$root/opt/gleaner/.gleaner-manifest"
 uninstall /opt/gleaner || true
-[ -f "$root/opt/victim.txt" ] && [ -f "$root/victim.txt" ] || { cat "$work/uninstall.log"; fail "a manifest entry with .. removed a file outside the prefix"; }
+[ -f "$root/opt/victim.txt" ] && [ -f "$root/victim.txt" ] && [ -d "$root/opt/empty-foreign" ] || { cat "$work/uninstall.log"; fail "a manifest entry with .. removed a file outside the prefix"; }
 ok "manifest entries with .. remove nothing outside the prefix: $(cat "$work/uninstall.log")"
 echo ok

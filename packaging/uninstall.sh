@@ -172,7 +172,7 @@ else
 fi
 # Folders last, deepest first, only when empty: an operator's file in one
 # keeps it.
-grep '/$' "$manifest" | sort -r | while read -r d; do rmdir "$dest/$d" 2>/dev/null || true; done
+grep '/$' "$manifest" | grep -v -e '^\.\./' -e '/\.\./' | sort -r | while read -r d; do rmdir "$dest/$d" 2>/dev/null || true; done
 if [ "$keep" != yes ]; then
     made=$(sed -n 's/^made-by-install=//p' "$marker")
     rm -f "$manifest" "$marker"
