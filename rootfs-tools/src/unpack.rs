@@ -250,6 +250,7 @@ fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpack
         .map_err(|e| UnpackError::Archive(e.to_string()))?;
     // Data of the last entry not read by us: the tar reader skips it.
     let mut unread = 0u64;
+    let mut seen = 0u64;
     loop {
         until.set(read.get().saturating_add(unread).saturating_add(META_BYTES));
         let Some(entry) = entries.next() else { break };
@@ -284,15 +285,18 @@ fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpack
             .path()
             .map_err(|e| UnpackError::Archive(e.to_string()))?
             .into_owned();
-        let rel = inside(&raw)?;
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        if stats.entries as u64 >= budget.max_entries {
+        // Every entry counts, kept or skipped (a label, a global pax
+        // header, "./"); the root entry once for free.
+        seen += 1;
+        if seen > budget.max_entries.saturating_add(1) {
             return Err(UnpackError::OverBudget {
                 what: "entries",
                 limit: budget.max_entries,
             });
+        }
+        let rel = inside(&raw)?;
+        if rel.as_os_str().is_empty() {
+            continue;
         }
         let over_bytes = UnpackError::OverBudget {
             what: "bytes",
@@ -580,6 +584,26 @@ mod tests {
         let stats =
             unpack_tar_with(&zeros_tar(10, 100 << 10)[..], &dest, budget(1 << 20, 50)).unwrap();
         assert_eq!((stats.entries, stats.bytes), (10, 10 * (100 << 10)));
+    }
+
+    /// Review of issue 21: entries of a type the unpacker skips (volume
+    /// labels, global pax headers, sparse files) did not count against
+    /// max_entries: millions of them were read at no cost to the budget.
+    #[test]
+    fn skipped_entries_count_against_max_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..60 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::new(b'V'));
+            h.set_size(0);
+            h.set_cksum();
+            b.append_data(&mut h, format!("v{i}"), io::empty()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let err = unpack_tar_with(&tar[..], &dest, budget(1 << 20, 50)).unwrap_err();
+        assert!(err.to_string().contains("more than 50 entries"), "{err}");
     }
 
     /// Counts what the unpacker pulled from the stream.
