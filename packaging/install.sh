@@ -147,9 +147,15 @@ for c in agent monitor scheduler; do
 done
 # The scheduler runs on a few hosts only: its unit and init script are
 # rendered, not enabled (systemctl enable --now $prefix/systemd/gleaner-scheduler.service).
+# DelegateSubgroup= (systemd 254+) is an unknown key to older systemd, whose
+# `systemd-analyze verify` rejects the unit: leave it out there.
+sd_version=$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 + 0 }')
 for n in gleaner-agent gleaner-monitor gleaner-scheduler; do
     [ -f "$dest/share/$n.service.in" ] || continue
     render "$dest/share/$n.service.in" "$dest/systemd/$n.service"
+    if [ "${sd_version:-0}" -lt 254 ]; then
+        sed -i '/^DelegateSubgroup=/d' "$dest/systemd/$n.service"
+    fi
     render "$dest/share/gleaner.init.in" "$dest/init.d/$n" "$n"
     chmod 755 "$dest/init.d/$n"
     put "systemd/$n.service"

@@ -7,13 +7,15 @@
 #                 system.slice/gleaner-agent.service as systemd's Delegate=yes
 #   v1-nopsi      v1 hierarchies only (no cgroup2 mounted), psi=0
 #   hybrid        v1 controllers + an empty cgroup2 at unified/ (as the CI host)
+#   ramroot       hybrid, but the guest never leaves its initramfs (diskless
+#                 hosts): pivot_root is refused, the agent must move + chroot
 # Prints one PASS/FAIL line per check per profile; exits 1 on any FAIL or a
 # VM that did not finish. Binaries: GLEANER_VM_BIN=dir, else GLEANER_TARBALL's
 # bin/, else a static release build into target/x86_64-unknown-linux-gnu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profiles=("$@")
-[ ${#profiles[@]} -gt 0 ] || profiles=(v2 v2-delegated v1-nopsi hybrid)
+[ ${#profiles[@]} -gt 0 ] || profiles=(v2 v2-delegated v1-nopsi hybrid ramroot)
 timeout_s=${GLEANER_VM_TIMEOUT_S:-900}
 
 pkgs=(qemu-system-x86 linux-image-amd64 busybox-static cpio)
@@ -65,6 +67,7 @@ declare -A args=(
     [v2-delegated]="cgroup_no_v1=all psi=1"
     [v1-nopsi]="psi=0"
     [hybrid]="psi=1"
+    [ramroot]="psi=1 gleaner.ramroot"
 )
 for p in "${profiles[@]}"; do
     [ -n "${args[$p]+x}" ] || { echo "vm-test: unknown profile $p" >&2; exit 2; }

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The VM's real init (on a tmpfs root): mounts the cgroup layout of the
+# The VM's real init (on a tmpfs root; on the initramfs itself for ramroot): mounts the cgroup layout of the
 # profile named on the kernel command line (gleaner.profile=), runs the
 # suite, prints its result lines on the console and powers off.
 export PATH=/bin:/opt/gleaner/bin
@@ -27,7 +27,7 @@ case $profile in
         mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup ;;
     v1-nopsi)
         v1_mounts ;;
-    hybrid)
+    hybrid|ramroot)
         v1_mounts
         mkdir -p /sys/fs/cgroup/unified
         mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup/unified ;;

@@ -15,7 +15,7 @@ case $P in
     v2-delegated) VER=v2 ROOT_REL=$SVC_REL/gleaner ;;
     *) VER=v1 ROOT_REL=gleaner ;;
 esac
-[ "$P" = hybrid ] && [ -d $CG/unified ] && UNIFIED=$CG/unified
+case $P in hybrid|ramroot) [ -d $CG/unified ] && UNIFIED=$CG/unified ;; esac
 
 pass() { echo "VMTEST PASS $P $1 - $2"; }
 fail() { echo "VMTEST FAIL $P $1 - $2"; FAILS=$((FAILS + 1)); }
@@ -104,6 +104,15 @@ c_features() {
     echo "cgroup_version=$v pids=$p oom_kill_counter=$o cpu_idle=$i"
     # Kernel 6.1 offers all three in both versions.
     [ "$v" = $VER ] && [ "$p" = true ] && [ "$o" = true ] && [ "$i" = true ]
+}
+
+# The root switch the agent detected: only ramroot runs on the initramfs.
+c_root_switch() {
+    r=$(field "$($G state)" root_switch)
+    want=pivot_root
+    [ $P = ramroot ] && want=move_chroot
+    echo "root_switch=$r (root fs: $(awk '$2 == "/" { print $3 }' /proc/mounts | tail -n 1))"
+    [ "$r" = $want ]
 }
 
 c_psi() {
@@ -323,6 +332,7 @@ if ! start_agent; then
     exit 1
 fi
 check features c_features
+check root_switch c_root_switch
 [ $P = v2-delegated ] && check delegation c_delegation
 check isolated c_isolated
 check weight c_weight
