@@ -1,5 +1,5 @@
 //! A real etcd and real scheduler replicas with agents simulated by etcd
-//! writes, for the Marathon API tests (the same harness as tests/api.rs).
+//! writes, for the Marathon API tests (shared by tests/api.rs and tests/marathon.rs).
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
