@@ -409,6 +409,7 @@ fn failed_instances_are_replaced_with_backoff_and_reported() {
 fn subscribe(s: &Scheduler, query: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
     use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel();
+    http_client(); // installs the crypto provider
     let resp = reqwest::blocking::Client::builder()
         .timeout(None)
         .build()
@@ -512,7 +513,7 @@ fn bench_get_apps_p99_with_1000_apps() {
         let (_, _, q) = s.call_full("GET", "/v2/queue", None);
         q["queue"].as_array().map(|a| a.len()) == Some(apps)
     });
-    let client = reqwest::blocking::Client::new();
+    let client = http_client();
     let mut ms = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();

@@ -180,7 +180,7 @@ impl Scheduler {
         body: Option<String>,
         token: Option<&str>,
     ) -> (u16, Value) {
-        let client = reqwest::blocking::Client::new();
+        let client = http_client();
         let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -269,7 +269,7 @@ impl Scheduler {
         path: &str,
         body: Option<&str>,
     ) -> (u16, std::collections::BTreeMap<String, String>, Value) {
-        let client = reqwest::blocking::Client::new();
+        let client = http_client();
         let mut req = client
             .request(method.parse().unwrap(), format!("{}{path}", self.url))
             .bearer_auth(&self.token);
@@ -386,4 +386,12 @@ impl Drop for FakeAgents {
             let _ = t.join();
         }
     }
+}
+
+/// An HTTP client. In a workspace build reqwest's features are unified with
+/// the agent's `rustls-no-provider`, so a process must install a crypto
+/// provider before the first client (it panics otherwise).
+pub fn http_client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::new()
 }

@@ -101,6 +101,8 @@ unsafe fn libc_sysconf_clk_tck() -> f64 {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let keys = Keys::new(&args.etcd_prefix);
+    // reqwest is unified with the agent's rustls-no-provider in the workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let mut client = Client::connect(&args.etcd, None).await.context("connect")?;
 
