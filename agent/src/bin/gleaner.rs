@@ -239,12 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             wait,
             command,
         } => {
-            let mut spec = json!({"resources": {"cpus": cpus, "mem_mb": mem, "disk_mb": disk}});
-            if command.len() == 1 {
-                spec["cmd"] = json!(command[0]);
-            } else {
-                spec["argv"] = json!(command);
-            }
+            let mut spec = base_spec(cpus, mem, disk, &command);
             if let Some(r) = rootfs {
                 let abs = std::path::absolute(&r)
                     .map_err(|e| format!("--rootfs {}: {e}", r.display()))?;
@@ -266,14 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             if let Some(p) = restart {
                 spec["restart"] = json!({"policy": p});
             }
-            let mut envs = BTreeMap::new();
-            for kv in env {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| format!("--env {kv:?} is not K=V"))?;
-                envs.insert(k.to_owned(), v.to_owned());
-            }
-            spec["env"] = json!(envs);
+            spec["env"] = json!(env_map(&env)?);
             let status: TaskStatus = client.post("/v1/tasks", &spec).map_err(err)?;
             println!("{} {}", status.id, status.state.as_str());
             if !wait {
@@ -521,4 +509,27 @@ fn wait_final(client: &Client, id: &str, limit: Option<Duration>) -> Result<Task
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The TaskSpec part `gleaner run` and `gleaner job submit` share:
+/// resources, and one word as a shell command or several as an argv.
+fn base_spec(cpus: f64, mem: f64, disk: f64, command: &[String]) -> serde_json::Value {
+    let mut spec = json!({"resources": {"cpus": cpus, "mem_mb": mem, "disk_mb": disk}});
+    if command.len() == 1 {
+        spec["cmd"] = json!(command[0]);
+    } else {
+        spec["argv"] = json!(command);
+    }
+    spec
+}
+
+/// `--env K=V` flags as a map; one line naming the bad flag otherwise.
+fn env_map(env: &[String]) -> Result<BTreeMap<String, String>, String> {
+    env.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--env {kv:?} is not K=V"))
+        })
+        .collect()
 }

@@ -1,7 +1,6 @@
 //! The fleet verbs of `gleaner`: `job submit|ls|status|cancel` and
 //! `queue ls|set|rm`, against a scheduler's native API (FLEET.md).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -153,12 +152,7 @@ pub fn job(args: &SchedulerArgs, op: JobOp) -> Result<ExitCode, String> {
             env,
             command,
         } => {
-            let mut spec = json!({"resources": {"cpus": cpus, "mem_mb": mem, "disk_mb": disk}});
-            if command.len() == 1 {
-                spec["cmd"] = json!(command[0]);
-            } else {
-                spec["argv"] = json!(command);
-            }
+            let mut spec = super::base_spec(cpus, mem, disk, &command);
             if let Some(r) = role {
                 spec["role"] = json!(r);
             }
@@ -173,14 +167,7 @@ pub fn job(args: &SchedulerArgs, op: JobOp) -> Result<ExitCode, String> {
                 .map(|s| constraint(s))
                 .collect::<Result<_, _>>()?;
             spec["constraints"] = json!(cs);
-            let mut envs = BTreeMap::new();
-            for kv in env {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| format!("--env {kv:?} is not K=V"))?;
-                envs.insert(k.to_owned(), v.to_owned());
-            }
-            spec["env"] = json!(envs);
+            spec["env"] = json!(super::env_map(&env)?);
             let mut one = json!({"priority": priority, "spec": spec});
             if let Some(r) = max_retries {
                 one["max_retries"] = json!(r);
