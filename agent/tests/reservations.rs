@@ -325,3 +325,30 @@ fn bad_reservations_are_refused_and_oversized_ones_capped() {
     assert!(cli(&["unreserve", "web"]).status.success());
     assert!(!agent.cgroup_dir("cpu", "web").exists());
 }
+
+#[test]
+fn shrinking_cpu_below_a_running_tasks_quota_preempts_it_and_applies() {
+    // CI (VM v1 profiles): a 0.5-cpu task under a 1.5-cpu role, reserve
+    // 0.25: v1 refused the role's quota with EINVAL (a child's quota may not
+    // exceed its parent's) and the reservation was left half-applied.
+    if !require_root("shrinking_cpu_below_a_running_tasks_quota_preempts_it_and_applies") {
+        return;
+    }
+    let agent = TestAgent::start();
+    reserve(&agent, "batch", 1.5, 384.0);
+    let a = agent.submit(task("a", 0.5, 64.0)).unwrap();
+    assert_eq!(a.state, TaskState::Running);
+    let r = reserve(&agent, "batch", 0.25, 128.0);
+    assert_eq!(ids(&r["preempted"]), ["a"], "{r}");
+    assert_eq!(
+        agent.read_cgroup("cpu", "batch", "cpu.cfs_quota_us"),
+        "25000"
+    );
+    let a = agent.wait_final("a", LONG);
+    assert_eq!(a.reason, Some(Reason::Preempted));
+    reserve(&agent, "batch", 1.5, 384.0);
+    assert_eq!(
+        agent.read_cgroup("cpu", "batch", "cpu.cfs_quota_us"),
+        "150000"
+    );
+}

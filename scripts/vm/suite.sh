@@ -345,5 +345,5 @@ check monitor c_monitor
 f_launch
 check cleanup c_cleanup
 figure suite_s "$((($(uptime_cs) - t0) / 100))"
-grep -iE 'error|panic' /tmp/agent.log | tail -n 5 | sed "s/^/VMTEST LOG $P agent: /"
+grep -iE 'error|panic|warn' /tmp/agent.log | tail -n 5 | sed "s/^/VMTEST LOG $P agent: /"
 exit $FAILS

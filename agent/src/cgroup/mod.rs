@@ -326,6 +326,14 @@ pub(crate) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
             remove_tree(&entry.path())?;
         }
     }
+    // v1: an rmdir'ed cgroup lives on, unseen, until the kernel releases it
+    // (seconds on 6.1), and its quota still bounds its parent's from below:
+    // a role could not shrink under a task that just ended (EINVAL). An
+    // unlimited child never does. v2 has no such file.
+    let quota = dir.join("cpu.cfs_quota_us");
+    if quota.exists() {
+        let _ = fs::write(&quota, "-1");
+    }
     match fs::remove_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("rmdir", dir)(e)),
         _ => Ok(()),

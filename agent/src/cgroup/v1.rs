@@ -103,6 +103,34 @@ impl V1Manager {
     }
 }
 
+/// Lowers every quota under `dir` above `cpus` CPUs to `cpus`, deepest
+/// first so that each write satisfies the kernel's parent >= child rule.
+fn clamp_descendants(dir: &Path, cpus: f64) -> Result<(), CgroupError> {
+    for name in child_names(dir)? {
+        let child = dir.join(&name);
+        clamp_descendants(&child, cpus)?;
+        let path = child.join("cpu.cfs_quota_us");
+        let quota: i64 = match read_file(&path).map(|s| s.trim().parse()) {
+            Ok(Ok(q)) => q,
+            // Gone meanwhile, or unreadable: the retry will tell.
+            _ => continue,
+        };
+        let period: u64 = read_file(&child.join("cpu.cfs_period_us"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(CFS_PERIOD_US);
+        let limit = quota_us(cpus, period);
+        if quota > 0 && quota as u64 > limit {
+            tracing::warn!(cgroup = %child.display(), quota, limit, "lowering a child's cpu quota to its parent's new one");
+            match write_file(&path, &limit.to_string()) {
+                Err(CgroupError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
 impl CgroupManager for V1Manager {
     fn version(&self) -> CgroupVersion {
         CgroupVersion::V1
@@ -131,10 +159,21 @@ impl CgroupManager for V1Manager {
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(CFS_PERIOD_US);
-                write_file(
-                    &cpu.join("cpu.cfs_quota_us"),
-                    &quota_us(cpus, period).to_string(),
-                )?;
+                let path = cpu.join("cpu.cfs_quota_us");
+                let quota = quota_us(cpus, period).to_string();
+                match write_file(&path, &quota) {
+                    Err(CgroupError::Io { err, .. })
+                        if err.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        // v1 refuses a parent's quota below a child's (the
+                        // kernel's tg_cfs_schedulable_down): a task being
+                        // preempted, or one whose cgroup is still going away,
+                        // may hold more. Bring the subtree down, then retry.
+                        clamp_descendants(&cpu, cpus)?;
+                        write_file(&path, &quota)?;
+                    }
+                    other => other?,
+                }
             }
             Some(CpuLimit::Shares { cpus }) => {
                 write_file(&cpu.join("cpu.shares"), &shares(cpus).to_string())?;
@@ -180,5 +219,56 @@ impl CgroupManager for V1Manager {
 
     fn children(&self, rel: &str) -> Result<Vec<String>, CgroupError> {
         child_names(&self.dir(&self.memory, rel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real v1 hierarchies (root only): the kernel refuses a parent's quota
+    /// below a child's; set_limits brings the child down first. CI's 6.1
+    /// guests hit this while a preempted task's cgroup was still there.
+    #[test]
+    fn a_parent_quota_below_a_childs_lowers_the_child() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
+            return;
+        };
+        let root = format!("gleaner-unit-v1clamp-{}", std::process::id());
+        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
+            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+            return;
+        };
+        let quota = |cpus: f64| Limits {
+            cpu: Some(CpuLimit::Quota { cpus }),
+            ..Default::default()
+        };
+        m.create("batch").unwrap();
+        m.create("batch/t1").unwrap();
+        m.create("batch/t1/inner").unwrap();
+        m.set_limits("batch", &quota(1.0)).unwrap();
+        m.set_limits("batch/t1", &quota(0.5)).unwrap();
+        m.set_limits("batch/t1/inner", &quota(0.4)).unwrap();
+        let read = |rel: &str| {
+            read_file(&m.dir(&m.cpu, rel).join("cpu.cfs_quota_us"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let shrunk = m.set_limits("batch", &quota(0.25));
+        let got = (read("batch"), read("batch/t1"), read("batch/t1/inner"));
+        // Growing back leaves the children where they are (they are being
+        // preempted when this happens in the agent).
+        let grown = m.set_limits("batch", &quota(1.5)).map(|_| read("batch"));
+        m.handle("")
+            .destroy(std::time::Duration::from_secs(1))
+            .unwrap();
+        shrunk.unwrap();
+        assert_eq!(got, ("25000".into(), "25000".into(), "25000".into()));
+        assert_eq!(grown.unwrap(), "150000");
     }
 }
