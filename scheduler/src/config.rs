@@ -28,7 +28,8 @@ pub struct SchedulerConfig {
     /// This replica's name in the election (what `GET /v1/leader` shows);
     /// empty: `<hostname>:<listen port>`.
     pub name: String,
-    /// TTL of the leader's lease: a dead leader is replaced this long after.
+    /// TTL of the leader's lease: a dead leader is replaced this long after
+    /// (kept alive every TTL/3).
     pub leader_ttl_s: i64,
     /// A placement its agent reports QUEUED (cannot admit it) this long
     /// after placement is withdrawn and placed on another node.
@@ -53,7 +54,7 @@ impl Default for SchedulerConfig {
             listen: "127.0.0.1:8080".into(),
             token_file: None,
             name: String::new(),
-            leader_ttl_s: 5,
+            leader_ttl_s: 3,
             placement_timeout_s: 30,
             fitness: Fitness::BinPack,
             max_placements_per_pass: 1000,

@@ -8,6 +8,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on a connection with a stream open. etcd (grpc-go) counts
+/// a ping less than `--grpc-keepalive-min-time` (default 5 s) after the
+/// previous one as a strike unless it sent data since, and closes the
+/// connection at the third: pings every 2 s killed a blocked campaign (no
+/// data until elected) every ~9 s, and a follower's session with it.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(6);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +140,7 @@ pub async fn connect(
     static TURN: AtomicUsize = AtomicUsize::new(0);
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        .with_keep_alive(KEEPALIVE_EVERY, KEEPALIVE_TIMEOUT);
     if let Some(t) = timeout {
         options = options.with_timeout(t);
     }
