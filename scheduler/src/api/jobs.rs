@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiJson, AppState};
+use crate::marathon::model::{ENV_APP_ID, ENV_APP_VERSION};
 
 /// etcd's default limit is 128 operations per transaction; a submission is
 /// one transaction.
@@ -62,6 +63,15 @@ pub fn validate(req: &Submit) -> Result<(), String> {
             .validate()
             .map_err(|e| format!("jobs[{i}].spec.{e}"))?;
         constraints::parse(&j.spec.constraints).map_err(|e| format!("jobs[{i}].spec.{e}"))?;
+        // The app controller takes a job with these for an app's instance
+        // (and cancels, then deletes, one whose app does not exist).
+        for var in [ENV_APP_ID, ENV_APP_VERSION] {
+            if j.spec.env.contains_key(var) {
+                return Err(format!(
+                    "jobs[{i}].spec.env.{var}: reserved for Marathon app instances"
+                ));
+            }
+        }
         if j.max_retries.is_some_and(|r| r > MAX_RETRIES) {
             return Err(format!("jobs[{i}].max_retries: at most {MAX_RETRIES}"));
         }
@@ -356,6 +366,10 @@ mod tests {
             (
                 json!({"queue": "q", "jobs": [{"spec": spec, "max_retries": 1000}]}),
                 "max_retries",
+            ),
+            (
+                json!({"queue": "q", "jobs": [{"spec": {"cmd": "x", "env": {"MARATHON_APP_ID": "/a"}, "resources": {"cpus": 1, "mem_mb": 64}}}]}),
+                "jobs[0].spec.env.MARATHON_APP_ID: reserved",
             ),
         ] {
             let e = validate(&req(body.clone())).unwrap_err();

@@ -1,0 +1,128 @@
+//! Hostile cases found in review of the scheduler and its Marathon API,
+//! each against a real etcd and the real scheduler binary (tests/sim).
+//! Every test here failed on the code before its fix.
+
+mod sim;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sim::*;
+
+/// A native job carrying `MARATHON_APP_ID` in its env was taken for an
+/// instance of that app by the leader's app controller: with no such app it
+/// was cancelled ("app deleted") and then consumed (its record deleted),
+/// so a job the API had accepted vanished. Such env is refused now.
+#[test]
+fn native_job_with_marathon_env_is_refused() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    assert_eq!(s.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    for var in ["MARATHON_APP_ID", "MARATHON_APP_VERSION"] {
+        let body = json!({"queue": "q", "jobs": [{"spec": {
+            "cmd": "true", "resources": {"cpus": 1, "mem_mb": 64},
+            "env": {var: "/ghost"}}}]});
+        let (code, v) = s.call("POST", "/v1/jobs", Some(body));
+        if code == 201 {
+            // The old code: the job is accepted, then the controller
+            // deletes it. Show that, so the failure says why.
+            let id = v["jobs"][0].as_str().unwrap().to_owned();
+            std::thread::sleep(Duration::from_secs(2));
+            let (code, v) = s.call("GET", &format!("/v1/jobs/{id}"), None);
+            panic!("{var}: job accepted, then GET says {code} {v}");
+        }
+        assert_eq!(code, 400, "{var}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(var), "{v}");
+    }
+    assert!(etcd.keys("/gleaner/jobs/").is_empty());
+}
+
+/// `instances` had no bound: one request for 100,000,000 instances made
+/// the leader write a job per instance, 100 per transaction without end,
+/// until etcd's quota (NOSPACE) stopped every write of the fleet.
+#[test]
+fn app_instances_are_bounded() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    let big = json!({"id": "/big", "cmd": "sleep 100", "cpus": 0.01, "mem": 4,
+        "instances": 100_000_000u32});
+    let (code, _, v) = s.call_full("POST", "/v2/apps", Some(&big.to_string()));
+    if code == 201 {
+        std::thread::sleep(Duration::from_secs(2));
+        let n = etcd.keys("/gleaner/jobs/").len();
+        panic!("accepted; {n} jobs written in 2 s");
+    }
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["details"][0]["path"], "/instances", "{v}");
+    // A scale through PUT is held to the same bound.
+    let ok = json!({"id": "/ok", "cmd": "sleep 100", "instances": 0});
+    assert_eq!(
+        s.call_full("POST", "/v2/apps", Some(&ok.to_string())).0,
+        201
+    );
+    let (code, _, v) = s.call_full(
+        "PUT",
+        "/v2/apps/ok?force=true",
+        Some(&json!({"instances": 100_000_000u32}).to_string()),
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(etcd.keys("/gleaner/jobs/").is_empty());
+}
+
+/// SSE clients that never read: each one's etcd watch shared the API's
+/// etcd connection, and the watch was read only as fast as the client
+/// read. Unread watch data holds HTTP/2 flow-control window, so a few
+/// stalled clients starved the connection and every API request of that
+/// replica hung until etcd's request timeout (503). A stalled client is
+/// now dropped once it is far behind, and its watch with it.
+#[test]
+fn sse_clients_that_never_read_do_not_stall_the_api() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    // Stalled subscribers: they send the request and never read.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "GET /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
+            s.token
+        )
+        .unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Events with big bodies: app definitions written (api_post_event
+    // carries the whole definition), ~0.9 MB each, 24 MB in all.
+    let env: serde_json::Map<String, Value> = (0..900)
+        .map(|i| (format!("K{i}"), json!("x".repeat(1000))))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..24 {
+        let app = json!({"id": format!("/big{i}"), "cmd": "true", "instances": 0, "env": env});
+        let file = dir.path().join("v");
+        std::fs::write(&file, app.to_string()).unwrap();
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.endpoint, "--command-timeout=5s"])
+            .args(["put", &format!("/gleaner/apps/big{i}")])
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // Gone again at once: only the events matter (the leader's pass
+        // would read them all otherwise).
+        etcd.del(&format!("/gleaner/apps/big{i}"));
+    }
+    // The API of this replica still answers, quickly, every time.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (code, v) = s.call("GET", "/v1/queues", None);
+        assert_eq!(code, 200, "{v} after {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stalled);
+}
