@@ -27,6 +27,11 @@ pub const APP_QUEUE: &str = "marathon";
 pub const ENV_APP_ID: &str = "MARATHON_APP_ID";
 pub const ENV_APP_VERSION: &str = "MARATHON_APP_VERSION";
 
+/// Most instances one app may ask for: each is a job in etcd, written by
+/// the leader, so an unbounded count filled etcd's quota (NOSPACE) and
+/// stopped every write of the fleet.
+pub const MAX_INSTANCES: u32 = 10_000;
+
 const ID_RULE: &str = "must fully match regular expression '^(([a-z0-9]|[a-z0-9][a-z0-9\\-]*[a-z0-9])\\.)*([a-z0-9]|[a-z0-9][a-z0-9\\-]*[a-z0-9])|(\\.|\\.\\.)$'";
 
 /// Marathon's timestamp: UTC, milliseconds, `Z`.
@@ -382,6 +387,12 @@ impl App {
                 ));
             }
         }
+        if self.instances > MAX_INSTANCES {
+            v.push(violation(
+                "/instances",
+                format!("got {}, expected {MAX_INSTANCES} or less", self.instances),
+            ));
+        }
         let u = self.upgrade_strategy;
         for (path, val) in [
             (
@@ -596,6 +607,10 @@ mod tests {
         assert_eq!(a.validate().unwrap_err()[0].path, "/constraints");
         let a = app(json!({"id": "/a", "cmd": "x", "labels": {"GLEANER_CPU_LIMIT": "x"}}));
         assert!(a.validate().is_err());
+        let a = app(json!({"id": "/a", "cmd": "x", "instances": MAX_INSTANCES}));
+        a.validate().unwrap();
+        let a = app(json!({"id": "/a", "cmd": "x", "instances": MAX_INSTANCES + 1}));
+        assert_eq!(a.validate().unwrap_err()[0].path, "/instances");
     }
 
     #[test]
