@@ -5,8 +5,9 @@
 //! finished, `api_post_event` for app definitions written.
 //! `?event_type=` (repeatable) keeps only those types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -16,6 +17,7 @@ use chrono::Utc;
 use etcd_client::{EventType, WatchOptions, WatchStream};
 use gleaner_core::fleet::{parse_task_id, Job, TaskRecord};
 use serde_json::{json, Value};
+use tokio::sync::{oneshot, Notify};
 
 use super::api::MError;
 use super::model::{instance_of, timestamp, App};
@@ -100,21 +102,35 @@ impl Feed {
         }
     }
 
-    async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
+    /// Reads the watch as fast as etcd sends and hands the events to the
+    /// subscriber's outbox. Unread watch data holds the flow-control window
+    /// of the etcd connection the API shares, so a subscriber that does not
+    /// read must never hold the watch back: one too far behind is dropped
+    /// (its queued events freed) instead. Ends when the subscriber is gone.
+    async fn pump(mut self, out: Arc<Outbox>, mut gone: oneshot::Receiver<()>) {
         loop {
-            // The attach event comes first whatever the filter.
-            let w = &self.wanted;
-            let wanted = |k: &String| w.is_empty() || w.contains(k) || k == "event_stream_attached";
-            if let Some(i) = self.pending.iter().position(|(k, _)| wanted(k)) {
-                let (kind, body) = self.pending.remove(i);
-                let w = &self.wanted;
-                self.pending
-                    .retain(|(k, _)| w.is_empty() || w.contains(k) || k == "event_stream_attached");
-                let e = Event::default().event(kind).data(body.to_string());
-                return Some((Ok(e), self));
+            for (kind, body) in std::mem::take(&mut self.pending) {
+                // The attach event comes first whatever the filter.
+                if !(self.wanted.is_empty()
+                    || self.wanted.contains(&kind)
+                    || kind == "event_stream_attached")
+                {
+                    continue;
+                }
+                let data = body.to_string();
+                let size = data.len();
+                if !out.push(Event::default().event(kind).data(data), size) {
+                    return;
+                }
             }
-            self.pending.clear();
-            let resp = self.stream.message().await.ok()??;
+            let msg = tokio::select! {
+                m = self.stream.message() => m,
+                _ = &mut gone => return,
+            };
+            let Ok(Some(resp)) = msg else {
+                out.close();
+                return;
+            };
             for e in resp.events() {
                 let Some(kv) = e.kv() else { continue };
                 let Ok(key) = kv.key_str() else { continue };
@@ -124,6 +140,71 @@ impl Feed {
                     EventType::Delete => self.on_delete(key, prev),
                 }
             }
+        }
+    }
+}
+
+/// Most bytes of events a subscriber may leave unread before it is dropped.
+pub const MAX_UNREAD_BYTES: usize = 8 << 20;
+
+/// Events waiting for one subscriber.
+#[derive(Default)]
+struct Outbox {
+    inner: Mutex<Queued>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queued {
+    events: VecDeque<(Event, usize)>,
+    bytes: usize,
+    closed: bool,
+}
+
+impl Outbox {
+    /// `false`: the subscriber is dropped (too far behind, or gone).
+    fn push(&self, e: Event, size: usize) -> bool {
+        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if q.closed {
+            return false;
+        }
+        if q.bytes + size > MAX_UNREAD_BYTES {
+            tracing::warn!(
+                unread = q.bytes,
+                "dropping an event subscriber that does not read"
+            );
+            q.events.clear();
+            q.bytes = 0;
+            q.closed = true;
+            drop(q);
+            self.ready.notify_one();
+            return false;
+        }
+        q.events.push_back((e, size));
+        q.bytes += size;
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.ready.notify_one();
+    }
+
+    async fn next(&self) -> Option<Event> {
+        loop {
+            {
+                let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((e, size)) = q.events.pop_front() {
+                    q.bytes -= size;
+                    return Some(e);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            self.ready.notified().await;
         }
     }
 }
@@ -172,7 +253,14 @@ pub async fn events(
         pending: vec![attached],
         wanted,
     };
-    let stream = futures_util::stream::unfold(feed, Feed::next);
+    let out = Arc::new(Outbox::default());
+    // Dropped with the response: the pump (and its watch) ends.
+    let (gone_tx, gone_rx) = oneshot::channel::<()>();
+    tokio::spawn(feed.pump(out.clone(), gone_rx));
+    let stream = futures_util::stream::unfold((out, gone_tx), |(out, gone)| async move {
+        let e = out.next().await?;
+        Some((Ok::<_, Infallible>(e), (out, gone)))
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
