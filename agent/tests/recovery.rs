@@ -414,3 +414,45 @@ fn a_second_agent_on_a_live_data_dir_refuses_and_touches_nothing() {
     agent.wait_final(&st.id, LONG);
     assert_nothing_left(&agent);
 }
+
+/// Issue 20 point 6: removing a lost task's cgroup waits for its processes
+/// to die (up to 2 s). That wait ran on one of the runtime's workers while
+/// holding the task's lock, and the API stalled behind it.
+#[test]
+fn removing_a_stuck_cgroup_does_not_stall_the_api() {
+    if !require_root("removing_a_stuck_cgroup_does_not_stall_the_api") {
+        return;
+    }
+    let agent = TestAgent::start_with("liveness_interval_s = 0.2");
+    agent
+        .submit(json!({"id": "stuck", "argv": ["sleep", "600"], "resources": {"cpus": 0.1, "mem_mb": 32}}))
+        .unwrap();
+    agent.wait_state("stuck", TaskState::Running, LONG);
+    // A process in a cgroup below the task's, in the memory hierarchy: the
+    // agent kills what is in the task's cgroup itself, so this one lives on
+    // and the task cgroup's rmdir fails (EBUSY) for as long as it does.
+    let task_dir = agent.cgroup_dir("memory", "batch/stuck");
+    let held = task_dir.join("held");
+    std::fs::create_dir(&held).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::write(held.join("cgroup.procs"), child.id().to_string()).unwrap();
+    kill_supervisors(&agent.data_dir);
+    let (start, mut worst, mut lost) = (Instant::now(), Duration::ZERO, false);
+    while start.elapsed() < Duration::from_secs(3) {
+        let asked = Instant::now();
+        lost |= agent.status("stuck").state == TaskState::Lost;
+        worst = worst.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    destroy_cgroup_tree(&task_dir);
+    assert!(lost, "the task should be LOST once its supervisor is gone");
+    assert!(
+        worst < Duration::from_millis(500),
+        "a GET waited {worst:?} behind the cgroup's removal"
+    );
+}

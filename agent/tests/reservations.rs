@@ -352,3 +352,87 @@ fn shrinking_cpu_below_a_running_tasks_quota_preempts_it_and_applies() {
         "150000"
     );
 }
+
+/// Issue 20 point 4: on v1 the kernel refuses a role's quota below its
+/// group cgroup's; the shrink must succeed, both limits written.
+#[test]
+fn a_role_shrinks_below_a_running_group() {
+    if !require_root("a_role_shrinks_below_a_running_group") {
+        return;
+    }
+    let agent = TestAgent::start();
+    reserve(&agent, "batch", 1.5, 512.0);
+    let members = json!({"id": "gs", "tasks": [task("gs-a", 0.5, 32.0), task("gs-b", 0.5, 32.0), task("gs-c", 0.5, 32.0)]});
+    agent
+        .client
+        .post::<_, Value>("/v1/groups", &members)
+        .unwrap();
+    for id in ["gs-a", "gs-b", "gs-c"] {
+        agent.wait_state(id, TaskState::Running, LONG);
+    }
+    assert_eq!(
+        agent.read_cgroup("cpu", "batch/gs", "cpu.cfs_quota_us"),
+        "150000"
+    );
+    let r: Result<Value, _> = agent.client.put(
+        "/v1/reservations/batch",
+        &json!({"cpus": 0.25, "mem_mb": 128}),
+    );
+    let r = r.expect("shrinking below a running group");
+    assert_eq!(ids(&r["preempted"]).len(), 3, "{r}");
+    assert_eq!(
+        agent.read_cgroup("cpu", "batch", "cpu.cfs_quota_us"),
+        "25000"
+    );
+    assert_eq!(
+        agent.read_cgroup("memory", "batch", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    for id in ["gs-a", "gs-b", "gs-c"] {
+        agent.wait_final(id, LONG);
+    }
+    let group_dir = agent.cgroup_dir("memory", "batch/gs");
+    wait_until(LONG, "group cgroup removed", || !group_dir.exists());
+}
+
+/// Issue 20 point 4: a task and a group of one role share `<role>/<name>`:
+/// the second of the two is refused (409), whichever comes first.
+#[test]
+fn a_task_and_a_group_cannot_share_a_name() {
+    if !require_root("a_task_and_a_group_cannot_share_a_name") {
+        return;
+    }
+    let agent = TestAgent::start();
+    reserve(&agent, "batch", 1.0, 256.0);
+    agent.submit(task("same", 0.1, 16.0)).unwrap();
+    match agent.client.post::<_, Value>(
+        "/v1/groups",
+        &json!({"id": "same", "tasks": [task("same-a", 0.1, 16.0)]}),
+    ) {
+        Err(ClientError::Api {
+            status: 409,
+            message,
+        }) => assert!(message.contains("same"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(agent.client.get::<TaskStatus>("/v1/tasks/same-a").is_err());
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "grp", "tasks": [task("grp-a", 0.1, 16.0)]}),
+        )
+        .unwrap();
+    match agent.submit(task("grp", 0.1, 16.0)) {
+        Err(ClientError::Api {
+            status: 409,
+            message,
+        }) => assert!(message.contains("grp"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    agent.wait_state("grp-a", TaskState::Running, LONG);
+    assert_eq!(agent.status("same").state, TaskState::Running);
+    for id in ["same", "grp-a"] {
+        agent.kill(id);
+    }
+}

@@ -63,6 +63,8 @@ impl Agent {
                 return self.run_failed(task, Reason::RootfsInvalid, e.to_string());
             }
         }
+        let rel = cgroup_rel(&task.lock().unwrap().record);
+        self.cgroup_settled(&rel).await;
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
             if let Some(reason) = t.pending_stop.take() {
@@ -191,7 +193,8 @@ impl Agent {
             pids: features.pids.then_some(self.cfg.pids_limit),
         };
         if let Err(e) = self.cgroups.set_limits(&rel, &limits) {
-            let _ = handle.destroy(std::time::Duration::from_secs(1));
+            // Empty (nothing launched in it yet): no wait.
+            self.destroy_cgroup(rel);
             return Err(e.to_string());
         }
 

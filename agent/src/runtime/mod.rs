@@ -169,6 +169,9 @@ pub struct Agent {
     spawner: spawner::Spawner,
     /// Role cgroups known to exist.
     role_cgroups: Mutex<std::collections::HashSet<String>>,
+    /// Task and group cgroups being removed off the runtime (a removal
+    /// waits for killed processes to go): a launch into one waits for it.
+    going: Arc<Mutex<std::collections::HashSet<String>>>,
     reservations: Mutex<BTreeMap<String, Amount>>,
     /// Host capacity, read once at start.
     host: Amount,
@@ -265,6 +268,7 @@ impl Agent {
             next_id: AtomicU64::new(0),
             spawner: spawner::Spawner::new(),
             role_cgroups: Mutex::default(),
+            going: Arc::default(),
             reservations: Mutex::default(),
             host: host_totals(),
             sched: Mutex::new(()),
@@ -559,6 +563,18 @@ impl Agent {
                     )));
                 }
             }
+            let new: Vec<TaskRecord> = tasks
+                .iter()
+                .map(|t| t.lock().unwrap().record.clone())
+                .collect();
+            for existing in map.values() {
+                let e = existing.lock().unwrap();
+                for r in &new {
+                    if let Some(clash) = name_clash(&e.record, r) {
+                        return Err(AgentError::Conflict(clash));
+                    }
+                }
+            }
             for t in &tasks {
                 let t2 = t.lock().unwrap();
                 self.register_token(&t2.record);
@@ -632,10 +648,15 @@ impl Agent {
     /// unacknowledged keeps running.
     fn abandon(&self, tasks: &[TaskRef]) {
         for task in tasks {
-            let t = task.lock().unwrap();
-            self.tasks.lock().unwrap().remove(&t.record.status.id);
-            self.destroy_task_cgroup(&t.record);
-            let _ = std::fs::remove_dir_all(t.dir.root());
+            // Lock order (ARCHITECTURE.md): the map lock is never taken
+            // while a task lock is held.
+            let (record, root) = {
+                let t = task.lock().unwrap();
+                (t.record.clone(), t.dir.root().to_owned())
+            };
+            self.tasks.lock().unwrap().remove(&record.status.id);
+            self.destroy_task_cgroup(&record);
+            let _ = std::fs::remove_dir_all(root);
         }
     }
 
@@ -929,9 +950,42 @@ impl Agent {
     /// Kills what is left in a task's cgroup and removes it; a failure is
     /// logged (recovery removes leftovers at the next start).
     pub(crate) fn destroy_task_cgroup(&self, record: &TaskRecord) {
-        let handle = self.cgroups.handle(&cgroup_rel(record));
-        if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
-            tracing::warn!(task = %record.status.id, "{e}");
+        self.destroy_cgroup(cgroup_rel(record));
+    }
+
+    /// Kills and removes cgroup `rel` on a blocking thread: the removal
+    /// sleeps until the killed processes are gone (up to 2 s), which must
+    /// neither stall the runtime's workers nor run under a task lock.
+    /// Returns at once; [`cgroup_settled`](Self::cgroup_settled) waits.
+    pub(crate) fn destroy_cgroup(&self, rel: String) {
+        if !self.going.lock().unwrap().insert(rel.clone()) {
+            return; // already under way
+        }
+        let (handle, going) = (self.cgroups.handle(&rel), self.going.clone());
+        let work = move || {
+            if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
+                tracing::warn!(cgroup = %rel, "{e}");
+            }
+            going.lock().unwrap().remove(&rel);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(work)),
+            Err(_) => work(),
+        }
+    }
+
+    /// Waits until no removal of `rel` or of a cgroup above it is under
+    /// way: a new run must not be created in a cgroup about to be removed.
+    pub(crate) async fn cgroup_settled(&self, rel: &str) {
+        let busy = || {
+            self.going
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|g| rel == g || rel.starts_with(&format!("{g}/")))
+        };
+        while busy() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -946,6 +1000,26 @@ impl Agent {
 
     pub(crate) fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// A task and a group of one role would share the cgroup `<role>/<name>`
+/// (a group's release would kill the task): the newer of the two is refused.
+fn name_clash(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
+    if existing.spec.role != new.spec.role {
+        return None;
+    }
+    let (e_id, n_id) = (&existing.status.id, &new.status.id);
+    match (&existing.group, &new.group) {
+        (Some(g), None) if g == n_id => Some(format!(
+            "task {n_id:?}: a group of that name exists in role {:?}",
+            new.spec.role
+        )),
+        (None, Some(g)) if g == e_id => Some(format!(
+            "group {g:?}: a task of that name exists in role {:?}",
+            new.spec.role
+        )),
+        _ => None,
     }
 }
 

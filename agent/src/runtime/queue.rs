@@ -249,6 +249,7 @@ impl Agent {
             memory_bytes: Some((total.mem_mb * 1024.0 * 1024.0) as u64),
             pids: None,
         };
+        self.cgroup_settled(&group_rel).await;
         let made = self
             .cgroups
             .create(&group_rel)
@@ -288,10 +289,7 @@ impl Agent {
             t.record.group.as_deref() == Some(group) && !t.record.status.state.is_final()
         });
         if !members_alive {
-            let _ = self
-                .cgroups
-                .handle(&format!("{role}/{group}"))
-                .destroy(Duration::from_secs(2));
+            self.destroy_cgroup(format!("{role}/{group}"));
         }
     }
 
@@ -468,7 +466,11 @@ impl Agent {
             return Err(AgentError::Internal(format!("reservation of {role}: {e}")));
         }
         if new.is_none() {
-            let _ = self.cgroups.handle(role).destroy(Duration::from_secs(1));
+            // Awaited (a new reservation of the role must find its cgroup),
+            // off the runtime's workers.
+            let handle = self.cgroups.handle(role);
+            let _ =
+                tokio::task::spawn_blocking(move || handle.destroy(Duration::from_secs(1))).await;
             self.role_cgroups.lock().unwrap().remove(role);
         } else {
             self.role_cgroups.lock().unwrap().insert(role.to_owned());

@@ -73,14 +73,17 @@ pub async fn apply(
 ) -> Result<(), CgroupError> {
     cgroups.create(role)?;
     let limits = role_limits(amount);
-    cgroups.set_limits(
+    // Both limits are written even if the first fails: a memory limit left
+    // at its old value because the CPU write failed would be a half-applied
+    // change nobody reports. The first error is returned.
+    let cpu = cgroups.set_limits(
         role,
         &Limits {
             memory_bytes: None,
             ..limits
         },
-    )?;
-    loop {
+    );
+    let memory = loop {
         match cgroups.set_limits(
             role,
             &Limits {
@@ -93,7 +96,79 @@ pub async fn apply(
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            other => return other,
+            other => break other,
         }
+    };
+    cpu.and(memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::{CgroupHandle, CgroupVersion, Features, V1Manager};
+
+    /// The real v1 manager, except that every CPU write fails.
+    struct CpuFails(V1Manager);
+
+    impl CgroupManager for CpuFails {
+        fn version(&self) -> CgroupVersion {
+            self.0.version()
+        }
+        fn features(&self) -> Features {
+            self.0.features()
+        }
+        fn root_name(&self) -> &str {
+            self.0.root_name()
+        }
+        fn create(&self, rel: &str) -> Result<CgroupHandle, CgroupError> {
+            self.0.create(rel)
+        }
+        fn set_limits(&self, rel: &str, limits: &Limits) -> Result<(), CgroupError> {
+            if limits.cpu.is_some() {
+                return Err(CgroupError::Io {
+                    op: "write",
+                    path: format!("{rel}/cpu.cfs_quota_us").into(),
+                    err: std::io::Error::from_raw_os_error(libc::EINVAL),
+                });
+            }
+            self.0.set_limits(rel, limits)
+        }
+        fn handle(&self, rel: &str) -> CgroupHandle {
+            self.0.handle(rel)
+        }
+        fn children(&self, rel: &str) -> Result<Vec<String>, CgroupError> {
+            self.0.children(rel)
+        }
+    }
+
+    /// Issue 20 point 4: a failed CPU write no longer skips the memory
+    /// limit, and the failure is reported.
+    #[tokio::test]
+    async fn a_failed_cpu_write_still_writes_memory_and_says_so() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(mounts) = crate::cgroup::mountinfo::cgroup_mounts() else {
+            return;
+        };
+        let root = format!("gleaner-unit-apply-{}", std::process::id());
+        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
+            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+            return;
+        };
+        let m = CpuFails(m);
+        let amount = Amount {
+            cpus: 0.5,
+            mem_mb: 96.0,
+            disk_mb: 0.0,
+        };
+        let got = apply(&m, "batch", amount, Instant::now()).await;
+        let limit =
+            std::fs::read_to_string(m.handle("batch").memory_dir.join("memory.limit_in_bytes"));
+        m.handle("").destroy(Duration::from_secs(1)).unwrap();
+        let err = got.expect_err("the CPU write failed").to_string();
+        assert!(err.contains("cpu.cfs_quota_us"), "{err}");
+        assert_eq!(limit.unwrap().trim(), (96u64 << 20).to_string());
     }
 }
