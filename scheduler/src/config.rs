@@ -107,24 +107,60 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    /// The token, read once at start.
+    /// The token, read once at start. A `token_file` that does not exist
+    /// yet is created (0600, 256 random bits), as the agent does with its
+    /// own: the shipped config names one, so an installed scheduler is
+    /// never open to every local process (tasks share the host network).
+    /// Like ssh with its keys, a token file others may read or write is
+    /// refused.
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        let fail = |reason: String| ConfigError::File {
             path: path.clone(),
-            reason: e.to_string().to_lowercase(),
-        })?;
+            reason,
+        };
+        if std::fs::symlink_metadata(path).is_err() {
+            create_token_file(path).map_err(fail)?;
+            tracing::info!(path = %path.display(), "created the API token");
+        }
+        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o026 != 0 {
+            return Err(fail(format!(
+                "token_file is readable or writable by others (mode {mode:03o}): chmod 600 it"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
         let token = text.trim().to_owned();
         if token.is_empty() {
-            return Err(ConfigError::File {
-                path: path.clone(),
-                reason: "token file is empty".into(),
-            });
+            return Err(fail("token file is empty".into()));
         }
         Ok(Some(token))
     }
+}
+
+/// A fresh token, 0600 from the first byte, created exclusively (a file
+/// someone else put there meanwhile is never taken over).
+fn create_token_file(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("random token: {e}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("creating the token file: {e}").to_lowercase())?;
+    f.write_all(format!("{}\n", gleaner_core::auth::new_token(random)).as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("writing the token file: {e}").to_lowercase())
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ fn run() -> anyhow::Result<()> {
         .init();
     let config = Arc::new(config(&args)?);
     let token = config.token()?;
+    if token.is_none() {
+        tracing::warn!("no token_file: the API is open to every local process, tasks included");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -126,3 +126,84 @@ fn sse_clients_that_never_read_do_not_stall_the_api() {
     }
     drop(stalled);
 }
+
+/// The shipped config left `token_file` commented out, so an installed
+/// scheduler served its whole API (apps that run anywhere in the fleet,
+/// cancels, queues) without credentials on 127.0.0.1, which every task on
+/// that host reaches (tasks share the host network). It names a token file
+/// now, created 0600 at first start; one others may read is refused.
+#[test]
+fn shipped_config_requires_a_token() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let Some(etcd) = Etcd::start() else { return };
+    let prefix = tempfile::tempdir().unwrap();
+    std::fs::create_dir(prefix.path().join("etc")).unwrap();
+    let config = prefix.path().join("etc/scheduler.toml");
+    let text = include_str!("../../packaging/etc/scheduler.toml.in")
+        .replace("@PREFIX@", prefix.path().to_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_gleaner-scheduler"))
+            .args([
+                "--etcd",
+                &etcd.endpoint,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let get = |token: Option<&str>| {
+        let mut req = http_client().get(format!("{url}/v1/jobs"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.timeout(Duration::from_secs(5))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let mut child = start();
+    wait_for(Duration::from_secs(10), "scheduler answers", || {
+        get(None) != 0
+    });
+    let code = get(None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        code, 401,
+        "the installed scheduler answered without a token"
+    );
+    let token_file = prefix.path().join("etc/scheduler-token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.trim().len() >= 64, "{token:?}");
+    // The same token on the next start, and it opens the API.
+    let mut child = start();
+    wait_for(Duration::from_secs(10), "scheduler answers", || {
+        get(None) != 0
+    });
+    let code = get(Some(token.trim()));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 200);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    // A token others may read is no secret: refused at start, naming it.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = start().wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("scheduler-token") && err.contains("chmod 600"),
+        "{err}"
+    );
+}

@@ -129,6 +129,12 @@ impl Scheduler {
         let dir = tempfile::tempdir().unwrap();
         let token = format!("t-{name}-secret");
         std::fs::write(dir.path().join("token"), &token).unwrap();
+        // A token file others may read is refused.
+        std::fs::set_permissions(
+            dir.path().join("token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let port = free_port();
         let config = dir.path().join("scheduler.toml");
         std::fs::write(
