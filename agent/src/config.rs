@@ -109,6 +109,11 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// How often each task's sandbox and /tmp are measured against disk_mb.
     pub disk_check_interval_s: f64,
+    /// Finished tasks (records, logs, task dirs) are removed this many
+    /// hours after they ended...
+    pub finished_retention_h: f64,
+    /// ... or sooner, oldest first, once more than this many are kept.
+    pub finished_max: usize,
 }
 
 impl Default for AgentConfig {
@@ -147,6 +152,8 @@ impl Default for AgentConfig {
             image_unpack_max_entries: 1_000_000,
             ca_file: None,
             disk_check_interval_s: 5.0,
+            finished_retention_h: 24.0,
+            finished_max: 10_000,
         }
     }
 }
@@ -265,6 +272,9 @@ impl AgentConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(key(name, "must be > 0"));
             }
+        }
+        if !(self.finished_retention_h.is_finite() && self.finished_retention_h >= 0.0) {
+            return Err(key("finished_retention_h", "must be a number >= 0"));
         }
         if self.log_max_mb == 0 {
             return Err(key("log_max_mb", "must be > 0"));

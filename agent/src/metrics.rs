@@ -94,6 +94,16 @@ pub fn render(agent: &Agent) -> String {
             "Tasks the last disk quota sweep measured.",
             c.disk_scanned.load(Ordering::Relaxed) as f64,
         ),
+        (
+            "gleaner_sched_pass_seconds",
+            "Time the last scheduling pass took (up to its launches).",
+            c.sched_pass_us.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "gleaner_sched_pass_tasks",
+            "Tasks the last scheduling pass walked.",
+            c.sched_pass_tasks.load(Ordering::Relaxed) as f64,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }

@@ -456,3 +456,53 @@ fn removing_a_stuck_cgroup_does_not_stall_the_api() {
         "a GET waited {worst:?} behind the cgroup's removal"
     );
 }
+
+/// Issue 20 point 8: finished tasks do not pile up. Past `finished_max`
+/// the oldest go, after `finished_retention_h` all of them, each with its
+/// logs and task dir; an unfinished task stays; a removed id is free again.
+#[test]
+fn finished_tasks_are_removed_past_the_cap_and_after_the_retention() {
+    if !require_root("finished_tasks_are_removed_past_the_cap_and_after_the_retention") {
+        return;
+    }
+    // 0.001 h = 3.6 s, swept every 0.9 s.
+    let agent = TestAgent::start_with("finished_max = 2\nfinished_retention_h = 0.001");
+    agent
+        .submit(json!({"id": "keep", "argv": ["sleep", "600"], "resources": {"cpus": 0.1, "mem_mb": 16}}))
+        .unwrap();
+    let quick = |id: &str| json!({"id": id, "argv": ["echo", "hi"], "resources": {"cpus": 0.1, "mem_mb": 16}});
+    for i in 0..5 {
+        let id = format!("done{i}");
+        agent.submit(quick(&id)).unwrap();
+        agent.wait_final(&id, LONG);
+    }
+    let finished = || -> Vec<String> {
+        let all: Vec<TaskStatus> = agent.client.get("/v1/tasks").unwrap();
+        all.into_iter()
+            .filter(|t| t.state.is_final())
+            .map(|t| t.id)
+            .collect()
+    };
+    wait_until(LONG, "at most finished_max finished tasks", || {
+        finished().len() <= 2
+    });
+    let left = finished();
+    assert!(
+        left.iter().all(|id| id == "done3" || id == "done4"),
+        "the newest should be kept: {left:?}"
+    );
+    let dir = |id: &str| agent.data_dir.join("tasks").join(id);
+    wait_until(LONG, "the task dir (and its logs) removed", || {
+        !dir("done0").exists()
+    });
+    assert!(agent.client.get::<TaskStatus>("/v1/tasks/done0").is_err());
+    wait_until(LONG, "every finished task removed", || {
+        finished().is_empty() && !dir("done4").exists()
+    });
+    assert_eq!(agent.status("keep").state, TaskState::Running);
+    assert!(dir("keep").exists());
+    // A removed id may be used again.
+    agent.submit(quick("done0")).unwrap();
+    agent.wait_final("done0", LONG);
+    agent.kill("keep");
+}

@@ -19,6 +19,7 @@ pub mod placements;
 mod queue;
 mod recovery;
 mod reservations;
+mod retention;
 mod spawner;
 mod task_ports;
 mod task_publisher;
@@ -156,6 +157,9 @@ pub struct Counters {
     /// The last disk quota sweep: its cost and how many tasks it measured.
     pub disk_scan_us: AtomicU64,
     pub disk_scanned: AtomicU64,
+    /// The last scheduling pass: its cost and how many tasks it walked.
+    pub sched_pass_us: AtomicU64,
+    pub sched_pass_tasks: AtomicU64,
 }
 
 pub struct Agent {
@@ -291,6 +295,7 @@ impl Agent {
         agent.recovering.store(false, Ordering::SeqCst);
         watcher::spawn(agent.clone(), socket);
         disk::spawn(agent.clone());
+        retention::spawn(agent.clone());
         if let Some(link) = agent.etcd.clone() {
             let placed = placements::spawn(agent.clone());
             tokio::spawn(task_publisher::run(agent.clone(), link.clone()));

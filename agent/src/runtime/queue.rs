@@ -77,8 +77,10 @@ impl Agent {
         if self.recovering.load(Ordering::SeqCst) {
             return Vec::new();
         }
+        let started = Instant::now();
         let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
         let now = Instant::now();
+        let walked = tasks.len() as u64;
         let mut singles: Vec<Queued> = Vec::new();
         let mut groups: BTreeMap<String, (Queued, bool)> = BTreeMap::new();
         let mut running: Vec<Running> = Vec::new();
@@ -199,6 +201,10 @@ impl Agent {
             }
         }
         self.touched();
+        let c = &self.counters;
+        c.sched_pass_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        c.sched_pass_tasks.store(walked, Ordering::Relaxed);
         decision
             .start
             .iter()
