@@ -39,8 +39,23 @@ pub struct ConstraintError {
     pub reason: String,
 }
 
+/// Most constraints one spec may carry.
+pub const MAX_CONSTRAINTS: usize = 32;
+/// Longest regex of a `LIKE` / `UNLIKE`, in bytes.
+pub const MAX_REGEX_LEN: usize = 256;
+/// Compiled size limit of one regex: the fleet's leader compiles every
+/// pending job's regexes on each pass, so one costs well under a
+/// millisecond (regex's default, 10 MiB, let `\w{60}` take 0.1-1 s).
+const REGEX_SIZE_LIMIT: usize = 64 << 10;
+
 /// Parses `[[attr, OP, value?], ...]`, compiling regexes once.
 pub fn parse(raw: &[Vec<String>]) -> Result<Vec<Constraint>, ConstraintError> {
+    if raw.len() > MAX_CONSTRAINTS {
+        return Err(ConstraintError {
+            index: MAX_CONSTRAINTS,
+            reason: format!("at most {MAX_CONSTRAINTS} constraints"),
+        });
+    }
     raw.iter()
         .enumerate()
         .map(|(index, c)| parse_one(c).map_err(|reason| ConstraintError { index, reason }))
@@ -62,8 +77,14 @@ fn parse_one(c: &[String]) -> Result<Constraint, String> {
     }
     let need = |what: &str| value.cloned().ok_or_else(|| format!("{op} needs {what}"));
     let regex = |v: String| {
+        if v.len() > MAX_REGEX_LEN {
+            return Err(format!("{op}: regex longer than {MAX_REGEX_LEN} bytes"));
+        }
         // Full match, as Marathon does.
-        Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("{op} {v:?}: invalid regex: {e}"))
+        regex::RegexBuilder::new(&format!("^(?:{v})$"))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| format!("{op} {v:?}: invalid regex: {e}"))
     };
     let count = |v: String| {
         v.parse::<usize>()
@@ -207,6 +228,8 @@ mod tests {
         for (bad, needle) in [
             (&["a", "NEAR", "b"][..], "unknown operator"),
             (&["a", "LIKE", "(unclosed"], "invalid regex"),
+            (&["a", "LIKE", r"\w{60}(\w{60}|\d{60})"], "invalid regex"),
+            (&["a", "LIKE", &"a".repeat(300)], "longer than"),
             (&["a", "IS"], "needs a value"),
             (&["a", "MAX_PER", "many"], "whole number"),
             (&["a"], "expected"),
@@ -217,6 +240,19 @@ mod tests {
                 e.starts_with("constraints[0]") && e.contains(needle),
                 "{bad:?}: {e}"
             );
+        }
+        let many = vec![vec!["a".to_string(), "UNIQUE".to_string()]; MAX_CONSTRAINTS + 1];
+        assert!(parse(&many).unwrap_err().to_string().contains("at most"));
+        assert!(parse(&many[1..]).is_ok());
+        // What operators write compiles within the size limit.
+        for ok in [
+            r"east-.*",
+            r"\w+",
+            r"rack-[0-9]+",
+            r"[a-z0-9-]{1,63}",
+            "(a|b|c)",
+        ] {
+            parse(&raw(&["a", "LIKE", ok])).unwrap();
         }
         // Operators are case-insensitive, as in Marathon.
         assert!(parse(&raw(&["a", "like", "x"])).is_ok());

@@ -207,3 +207,49 @@ fn shipped_config_requires_a_token() {
         "{err}"
     );
 }
+
+/// Constraints had no bound in number or regex size, and the leader
+/// compiles every pending job's regexes again on each pass: one queued
+/// job with 100 `LIKE` constraints of big (valid) regexes made every pass
+/// take seconds, and every other job in the fleet waited that long. A spec
+/// holds at most 32 constraints now, each regex at most 256 bytes and
+/// 64 KiB compiled; such a job is a 400. (The POST of this test did not
+/// answer within 10 s on the old code: validation compiles them too, on
+/// one of the API's two worker threads.)
+#[test]
+fn heavy_constraints_do_not_stall_placement() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    etcd.put("/gleaner/nodes/n1/info", &node_info("n1", 4.0, json!({})));
+    assert_eq!(s.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    let heavy: Vec<Value> = (0..100)
+        .map(|i| json!([format!("a{i}"), "LIKE", r"\w{60}(\w{60}|\d{60})"]))
+        .collect();
+    let body = json!({"queue": "q", "jobs": [{"spec": {
+        "cmd": "true", "resources": {"cpus": 1, "mem_mb": 64}, "constraints": heavy}}]});
+    let t = Instant::now();
+    let (code, v) = s.call("POST", "/v1/jobs", Some(body));
+    let took = t.elapsed();
+    assert_ne!(code, 0, "the submission did not answer within 10 s");
+    if code == 201 {
+        // The old code: it waits (no node has the attributes), and every
+        // pass compiles its regexes again. Another job's placement shows
+        // what that costs.
+        let body = json!({"queue": "q", "jobs": [{"spec": {
+            "cmd": "true", "resources": {"cpus": 1, "mem_mb": 64}}}]});
+        let t = Instant::now();
+        let (code, v) = s.call("POST", "/v1/jobs", Some(body));
+        assert_eq!(code, 201, "{v}");
+        let id = v["jobs"][0].as_str().unwrap().to_owned();
+        wait_for(Duration::from_secs(60), "the light job placed", || {
+            s.call("GET", &format!("/v1/jobs/{id}"), None).1["state"] == "PLACED"
+        });
+        panic!(
+            "accepted in {took:?}; a light job then took {:?} to be placed",
+            t.elapsed()
+        );
+    }
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("constraints"), "{v}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
