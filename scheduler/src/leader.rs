@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, GetOptions, LeaderKey, ResignOptions, WatchOptions};
+use etcd_client::{Client, EventType, LeaderKey, ResignOptions, WatchOptions};
 use gleaner_core::fleet::Keys;
 use tokio::sync::watch;
 
@@ -145,13 +145,9 @@ async fn lead(
 ) -> Result<(), String> {
     let e = |e: etcd_client::Error| e.to_string();
     let root = format!("{}/", keys.prefix);
-    let resp = client
-        .get(root.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(e)?;
-    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let (kvs, rev) = store::get_prefix(client, &root).await.map_err(e)?;
     let mut view = View::default();
-    for kv in resp.kvs() {
+    for kv in &kvs {
         if let Ok(key) = kv.key_str() {
             view.put(keys, key, kv.value(), kv.mod_revision());
         }
@@ -162,12 +158,19 @@ async fn lead(
         jobs = view.jobs.len(),
         "view rebuilt from etcd"
     );
-    let mut stream = client
+    drop(kvs);
+    // Fragmented: a leader that fell behind gets its backlog in pieces of
+    // at most etcd's request size, not one message over the client's limit.
+    let mut watcher = client
+        .watch_client()
+        .max_decoding_message_size(store::MAX_MESSAGE);
+    let mut stream = watcher
         .watch(
             root.as_str(),
             Some(
                 WatchOptions::new()
                     .with_prefix()
+                    .with_fragment()
                     .with_start_revision(rev + 1),
             ),
         )

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
@@ -16,6 +16,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(6);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys per read of a prefix. One read of a whole prefix is one gRPC
+/// message, and the client refuses messages over 4 MiB: a fleet past
+/// ~10,000 jobs could not be read at once (a new leader never led again).
+const PAGE: i64 = 2_000;
+/// Largest message the leader's watch accepts. Watch responses are sent
+/// fragmented (at most etcd's `--max-request-bytes` each, 1.5 MiB by
+/// default); this only leaves room for an operator's larger setting.
+pub const MAX_MESSAGE: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -83,15 +91,15 @@ impl Store {
         prefix: &str,
     ) -> Result<Vec<(String, T, i64)>, StoreError> {
         let mut c = self.client().await?;
-        let resp = match c.get(prefix, Some(GetOptions::new().with_prefix())).await {
-            Ok(r) => r,
+        let kvs = match get_prefix(&mut c, prefix).await {
+            Ok((kvs, _)) => kvs,
             Err(e) => {
                 self.reset().await;
                 return Err(self.unavailable(e));
             }
         };
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match serde_json::from_slice(kv.value()) {
                 Ok(v) => out.push((key, v, kv.mod_revision())),
@@ -122,6 +130,53 @@ impl Store {
             reason: e.to_string(),
         })?;
         Ok(Some((v, kv.mod_revision())))
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Every key under `prefix` at one revision, read in pages of `PAGE`
+/// keys; returns them and that revision (a watch continues from the next).
+pub async fn get_prefix(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut out = Vec::new();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut rev = 0;
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if rev > 0 {
+            options = options.with_revision(rev);
+        }
+        let mut resp = client.get(from.clone(), Some(options)).await?;
+        if rev == 0 {
+            rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        match kvs.last() {
+            Some(last) if more => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => {
+                out.extend(kvs);
+                return Ok((out, rev));
+            }
+        }
+        out.extend(kvs);
     }
 }
 
@@ -168,4 +223,16 @@ pub async fn connect(
         endpoints: endpoints.join(","),
         reason: last,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_the_next_key() {
+        assert_eq!(prefix_end(b"/gleaner/"), b"/gleaner0".to_vec());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
 }

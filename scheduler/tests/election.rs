@@ -100,3 +100,42 @@ fn kill_9_of_the_leader_moves_placement_within_5_s() {
     );
     let _ = replicas.remove(old);
 }
+
+/// A fleet bigger than one gRPC message (the client's limit is 4 MiB): a
+/// new leader reads it in pages and places, and the API lists it whole.
+#[test]
+fn a_new_leader_reads_a_fleet_larger_than_one_message() {
+    let Some(etcd) = Etcd::start() else { return };
+    let mut a = Scheduler::start(&etcd, "a", "");
+    assert_eq!(a.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    let pad = "x".repeat(1000);
+    let (batches, per) = (60, 100);
+    for _ in 0..batches {
+        let jobs: Vec<_> = (0..per)
+            .map(|_| {
+                json!({"spec": {"cmd": "sleep 100", "env": {"PAD": pad},
+                "resources": {"cpus": 1, "mem_mb": 64}}})
+            })
+            .collect();
+        let (code, reply) = a.call(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"queue": "q", "jobs": jobs})),
+        );
+        assert_eq!(code, 201, "{reply}");
+    }
+    // b takes over from scratch: its view is one read of > 6 MB.
+    let b = Scheduler::start(&etcd, "b", "");
+    a.sigterm();
+    wait_for(Duration::from_secs(20), "b leads", || {
+        b.call("GET", "/v1/leader", None).1["self"] == true
+    });
+    etcd.put("/gleaner/nodes/h1/info", &node_info("h1", 2.0, json!({})));
+    wait_for(Duration::from_secs(30), "two jobs placed by b", || {
+        etcd.keys("/gleaner/placements/h1/").len() == 2
+    });
+    let (code, jobs) = b.call("GET", "/v1/jobs", None);
+    assert_eq!(code, 200, "{jobs}");
+    assert_eq!(jobs.as_array().map(Vec::len), Some(batches * per));
+    assert!(!b.log().contains("campaigning again"), "{}", b.log());
+}

@@ -3,7 +3,7 @@
 //! `cargo test --release -p gleaner-scheduler --test fleet_bench -- --ignored --nocapture`
 //! * submit → RUNNING through etcd on 3 agents, p50/p99 (one job at a time);
 //! * drain (`etcdctl del` of an attribute) → the replacement RUNNING on
-//!   another node, p50/p99;
+//!   another node (its `started_at`), p50/p99, and where the time goes;
 //! * leader kill -9 → the first placement written by the new leader.
 //! Times come from etcd watches (RUNNING = the agent's `tasks/<id>` record).
 //! Sizes: FLEET_BENCH_SUBMITS (100), FLEET_BENCH_DRAINS (20),
@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use common::*;
 use etcd_client::{Client, EventType, WatchOptions, WatchStream};
 use serde_json::{json, Value};
@@ -25,6 +26,9 @@ fn n(var: &str, default: usize) -> usize {
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -118,6 +122,9 @@ fn fleet_bench_real_agents() {
         job_of(k) == id && v["state"] == "RUNNING"
     }));
     let mut drains = Vec::new();
+    // Where a drain's time goes: each step's first sight on a watch of the
+    // whole prefix, in ms since the `etcdctl del`.
+    let mut steps: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
     for _ in 0..n("FLEET_BENCH_DRAINS", 20) {
         let node = wait_node(&fleet, &id);
         let other = if node == "n1" { "n2" } else { "n1" };
@@ -131,20 +138,35 @@ fn fleet_bench_real_agents() {
                 .get_json(&format!("/gleaner/nodes/{other}/info"))
                 .is_some_and(|i| i["attributes"]["ssd"] == "true")
         });
-        let t0 = Instant::now();
+        let mut all = rt.block_on(watch(&mut client, "/gleaner/"));
+        let t0 = Utc::now();
         fleet
             .etcd
             .del(&format!("/gleaner/nodes/{node}/attributes/ssd"));
-        let t1 = rt.block_on(next_put(&mut tasks, LONG, |k, v| {
-            job_of(k) == id && v["state"] == "RUNNING" && v["node"] == other
-        }));
-        drains.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
+        let seen = rt.block_on(drain_steps(&mut all, &id, &node, other));
+        let ms = |t: &DateTime<Utc>| (*t - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        for (i, t) in seen.iter().enumerate() {
+            if let Some(t) = t {
+                steps[i].push(ms(t));
+            }
+        }
+        // The drain ends when the agent marks the new attempt RUNNING.
+        drains.push(ms(seen[4].as_ref().expect("started_at")));
     }
     let (d50, d99) = (pct(&mut drains, 0.5), pct(&mut drains, 0.99));
     eprintln!(
         "drain -> replacement RUNNING ({} drains): p50 {d50:.1} ms, p99 {d99:.1} ms",
         drains.len()
     );
+    let mut breakdown = serde_json::Map::new();
+    for (name, v) in STEPS.iter().zip(steps.iter_mut()) {
+        if v.is_empty() {
+            continue;
+        }
+        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        eprintln!("  {name:<50} p50 {p50:7.1} ms  p99 {p99:7.1} ms (since the del)");
+        breakdown.insert(name.to_string(), json!({"p50": p50, "p99": p99}));
+    }
 
     // Leader kill -9 -> the first placement by the new leader.
     let mut failovers = Vec::new();
@@ -174,8 +196,65 @@ fn fleet_bench_real_agents() {
         "{}",
         json!({"submit_to_running_ms": {"p50": p50, "p99": p99, "n": lat.len()},
                "drain_to_replacement_running_ms": {"p50": d50, "p99": d99, "n": drains.len()},
+               "drain_steps_ms": breakdown,
                "leader_failover_to_first_placement_ms": failovers})
     );
+}
+
+/// The steps of a drain, from the records' own timestamps (one host
+/// clock): a watcher's receive times lag under load and arrive in bursts.
+const STEPS: [&str; 6] = [
+    "old attempt ended (its finished_at)",
+    "DRAINED record seen by the bench",
+    "new attempt placed (job placed_at)",
+    "new attempt accepted by its agent (submitted_at)",
+    "new attempt RUNNING (started_at)",
+    "RUNNING record seen by the bench",
+];
+
+fn at(v: &Value, field: &str) -> Option<DateTime<Utc>> {
+    v[field].as_str()?.parse().ok()
+}
+
+/// Watches every key under the prefix until the job's new attempt is
+/// RUNNING on `other`; returns each step's time.
+async fn drain_steps(
+    watch: &mut WatchStream,
+    job: &str,
+    old: &str,
+    other: &str,
+) -> Vec<Option<DateTime<Utc>>> {
+    let mut seen = vec![None; STEPS.len()];
+    let deadline = tokio::time::Instant::now() + LONG;
+    while seen[STEPS.len() - 1].is_none() {
+        let msg = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .expect("timed out waiting for the drain")
+            .expect("watch")
+            .expect("watch closed");
+        let now = Utc::now();
+        for ev in msg.events() {
+            let Some(kv) = ev.kv() else { continue };
+            if ev.event_type() != EventType::Put {
+                continue;
+            }
+            let key = kv.key_str().unwrap_or_default();
+            let v: Value = serde_json::from_slice(kv.value()).unwrap_or(Value::Null);
+            if key.starts_with("/gleaner/tasks/") && job_of(key) == job {
+                if v["node"] == old && v["state"] == "DRAINED" {
+                    seen[0] = at(&v, "finished_at");
+                    seen[1].get_or_insert(now);
+                } else if v["node"] == other && v["state"] == "RUNNING" {
+                    seen[3] = at(&v, "submitted_at");
+                    seen[4] = at(&v, "started_at");
+                    seen[5] = Some(now);
+                }
+            } else if key == format!("/gleaner/jobs/{job}") && v["state"] == "PLACED" {
+                seen[2] = at(&v, "placed_at");
+            }
+        }
+    }
+    seen
 }
 
 /// The node the job runs on now (the agents' truth).
