@@ -25,6 +25,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::blocking::Client,
+    /// The agent's Unix socket, for a client made by [`Client::unix`].
+    socket: Option<std::path::PathBuf>,
 }
 
 /// The static binary has no NSS: `localhost` is resolved here, not by
@@ -56,6 +58,7 @@ impl Client {
             base: "http://localhost".into(),
             token: None,
             http,
+            socket: Some(socket.to_owned()),
         }
     }
 
@@ -95,7 +98,24 @@ impl Client {
             base: normalize_base(base),
             token,
             http,
+            socket: None,
         }
+    }
+
+    /// Opens an exec session in task `id` (`crate::exec::client`).
+    pub fn exec(
+        &self,
+        id: &str,
+        req: &crate::exec::ExecRequest,
+    ) -> Result<crate::exec::client::ExecConn, ClientError> {
+        let target = match &self.socket {
+            Some(path) => crate::exec::client::Target::Unix(path.clone()),
+            None => crate::exec::client::Target::Tcp {
+                base: self.base.clone(),
+                token: self.token.clone(),
+            },
+        };
+        crate::exec::client::connect(&target, id, req)
     }
 
     fn send(

@@ -1,7 +1,8 @@
 //! `gleaner-agent`: trace init, config, bind, serve until SIGTERM/SIGINT,
 //! then stop serving. Tasks keep running: they belong to their supervisors.
 //!
-//! `gleaner-agent zygote` is the internal mode that forks supervisors.
+//! `gleaner-agent zygote` is the internal mode that forks supervisors,
+//! `gleaner-agent nsexec` the one that enters a task for `gleaner exec`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,13 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "zygote") {
         return ExitCode::from(gleaner_agent::supervisor::zygote::main() as u8);
+    }
+    if args.get(1).is_some_and(|a| a == "nsexec") {
+        let Some(config) = args.get(2) else {
+            return ExitCode::from(127);
+        };
+        let code = gleaner_agent::exec::helper::main(std::path::Path::new(config));
+        return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let cli = Cli::parse();
     let over = Overrides {

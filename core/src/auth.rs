@@ -124,6 +124,10 @@ pub enum Action<'a> {
     ChangeAttribute {
         name: &'a str,
     },
+    /// A command run inside a running task (`gleaner exec`).
+    Exec {
+        id: &'a str,
+    },
 }
 
 /// Why a caller may not do something (HTTP 403).
@@ -178,6 +182,8 @@ pub fn authorize(caller: &Caller, action: &Action) -> Result<(), Denied> {
             deny(format!("reservation of {role:?} is for admins"))
         }
         Action::ChangeAttribute { name } => deny(format!("attribute {name:?} is for admins")),
+        // Even into its own task: exec is an operator's tool.
+        Action::Exec { id } => deny(format!("exec into {id:?} is for admins")),
     }
 }
 
@@ -286,8 +292,24 @@ mod tests {
         for c in [Caller::AdminToken, Caller::Peer { uid: 0, gid: 0 }] {
             assert!(authorize(&c, &Action::ChangeReservation { role: "batch" }).is_ok());
             assert!(authorize(&c, &submit(&["x"], "other", 100.0)).is_ok());
+            assert!(authorize(&c, &Action::Exec { id: "x" }).is_ok());
             assert!(c.is_admin());
         }
+    }
+
+    #[test]
+    fn exec_is_for_admins_even_into_a_tasks_own_group() {
+        let t = task("job.a", "batch");
+        assert!(authorize(
+            &t,
+            &Action::ReadTask {
+                id: "job.a",
+                role: "batch"
+            }
+        )
+        .is_ok());
+        let e = authorize(&t, &Action::Exec { id: "job.a" }).unwrap_err();
+        assert!(e.0.contains("exec into \"job.a\" is for admins"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP API (axum). **Only this module knows HTTP and JSON bodies**: it maps
 //! requests to `runtime::Agent` calls and errors to status codes.
 
+mod exec;
 mod extract;
 pub mod openapi;
 pub mod serve;
@@ -60,6 +61,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(kill_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/tasks/{id}/exec", post(exec::exec_task))
         .route("/v1/groups", post(submit_group))
         .route("/v1/reservations", get(list_reservations))
         .route(

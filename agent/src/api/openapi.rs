@@ -15,11 +15,11 @@ use super::*;
         description = "The node agent's API. TCP: every request carries `Authorization: Bearer <token>`. The Unix socket `<data_dir>/run/api.sock` identifies its callers by peer credentials instead. Errors are `{\"error\": \"...\"}`.",
     ),
     paths(
-        health, node_state, list_tasks, submit_task, get_task, kill_task, task_logs,
+        health, node_state, list_tasks, submit_task, get_task, kill_task, task_logs, exec::exec_task,
         submit_group, list_reservations, set_reservation, remove_reservation,
         list_attributes, set_attribute, remove_attribute, metrics, openapi_json,
     ),
-    components(schemas(ErrorBody, GroupReply)),
+    components(schemas(ErrorBody, GroupReply, crate::exec::ExecRequest)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]

@@ -155,7 +155,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(io), svc);
+        .serve_connection(TokioIo::new(io), svc)
+        // `gleaner exec` upgrades its connection.
+        .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!("connection: {e}");
     }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+#[path = "gleaner/exec.rs"]
+mod exec_cmd;
 #[path = "gleaner/fleet.rs"]
 mod fleet_cmd;
 use gleaner_agent::client::Client;
@@ -105,6 +107,18 @@ enum Cmd {
         stream: String,
         #[arg(long)]
         tail: Option<usize>,
+    },
+    /// Run a command inside a running task (its namespaces, root, cgroup,
+    /// user, seccomp filter); exits with the command's exit code. Admins only.
+    Exec {
+        id: String,
+        /// On a terminal (stdout and stderr merged).
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Show the node's state (JSON).
     State,
@@ -331,6 +345,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             print_line(&status);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Exec {
+            id,
+            tty,
+            env,
+            command,
+        } => exec_cmd::exec(&client, &id, tty, &env, command),
         Cmd::Logs { id, stream, tail } => {
             let mut path = format!("/v1/tasks/{id}/logs?stream={stream}");
             if let Some(n) = tail {

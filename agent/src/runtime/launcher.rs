@@ -15,7 +15,7 @@ use crate::status::{Reason, TaskState};
 use crate::supervisor::{ensure_mount_points, LaunchConfig, SupervisorRecord};
 
 /// Replaces `path` with `bytes`, readable by root alone.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);

@@ -13,6 +13,7 @@ mod attributes;
 mod disk;
 mod drain;
 pub(crate) mod etcd;
+mod exec;
 pub mod hostfs;
 mod launcher;
 pub mod placements;
@@ -24,6 +25,7 @@ mod spawner;
 mod task_ports;
 mod task_publisher;
 mod watcher;
+pub use exec::ExecSession;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

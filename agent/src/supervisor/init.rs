@@ -202,7 +202,7 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
 /// directory) would otherwise reach the task, and a directory descriptor
 /// leads out of the rootfs through /proc/self/fd. The task's /proc is
 /// mounted by now; without it, every number below the descriptor limit.
-fn close_inherited_on_exec() {
+pub(crate) fn close_inherited_on_exec() {
     let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir
             .flatten()
@@ -222,7 +222,7 @@ fn close_inherited_on_exec() {
 }
 
 /// Bounding set first (needs CAP_SETPCAP), then ids, then what is left.
-fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
+pub(crate) fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
     for cap in caps::all() {
         let _ = caps::drop(None, caps::CapSet::Bounding, cap);
     }
@@ -247,7 +247,7 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// execvp's search, but over the task's PATH rather than the supervisor's.
-fn resolve_program(name: &str, env: &[String]) -> Option<String> {
+pub(crate) fn resolve_program(name: &str, env: &[String]) -> Option<String> {
     if name.contains('/') {
         return Some(name.to_owned());
     }

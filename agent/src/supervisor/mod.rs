@@ -18,7 +18,7 @@
 //! needs the agent**: a task that ends while the agent is down leaves its exit
 //! record behind for the next agent.
 
-mod init;
+pub(crate) mod init;
 mod logcap;
 mod mounts;
 pub mod netns;

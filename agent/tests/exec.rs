@@ -1,0 +1,261 @@
+//! Issue 22, `gleaner exec`: a command inside a running task, in its pid
+//! namespace, root, cgroup, user and filter; admins only; nothing it
+//! starts outlives its connection. Root only: real tasks and cgroups.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use gleaner_agent::client::{Client, ClientError};
+use gleaner_agent::exec::ExecRequest;
+use gleaner_agent::status::TaskState;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn req(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        env: BTreeMap::new(),
+        rows: None,
+        cols: None,
+    }
+}
+
+/// Runs `argv` in task `id`, feeding `stdin`; (exit code, stdout, stderr).
+fn exec(client: &Client, id: &str, argv: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut conn = client.exec(id, &req(argv)).unwrap();
+    let mut input = conn.input().unwrap();
+    input.send_stdin(stdin).unwrap();
+    input.close_stdin().unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = conn.copy_output(&mut out, &mut err).unwrap();
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn sleeper(agent: &TestAgent, id: &str, mem_mb: f64) {
+    agent
+        .submit(json!({"id": id, "argv": ["sleep", "600"], "user": "nobody",
+                       "resources": {"cpus": 0.5, "mem_mb": mem_mb}}))
+        .unwrap();
+    agent.wait_state(id, TaskState::Running, LONG);
+}
+
+/// Processes whose command line is exactly `cmdline` (host view).
+fn pids_running(cmdline: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmdline)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn exec_runs_in_the_tasks_namespaces_cgroup_and_user() {
+    if !require_root("exec_runs_in_the_tasks_namespaces_cgroup_and_user") {
+        return;
+    }
+    let agent = TestAgent::start();
+    sleeper(&agent, "t1", 64.0);
+    for client in [
+        agent.socket_client(),
+        Client::new(&agent.base, Some(agent.token.clone())),
+    ] {
+        // Its own pid namespace: the task's init, the task, and ps.
+        let (code, out, _) = exec(&client, "t1", &["ps"], b"");
+        assert_eq!(code, 0, "{out}");
+        let pids: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(out.contains("sleep 600") && pids.len() == 3, "{out}");
+        assert_eq!(pids[0], "1", "{out}");
+        let (_, out, _) = exec(&client, "t1", &["cat", "/proc/self/cgroup"], b"");
+        let want = format!("{}/batch/t1/exec-", agent.cgroup_root);
+        assert!(
+            out.lines()
+                .any(|l| l.contains(":memory:") && l.contains(&want)),
+            "{out}"
+        );
+        let (_, out, _) = exec(&client, "t1", &["id"], b"");
+        assert!(out.starts_with("uid=65534(nobody)"), "{out}");
+        // The task's root: the host's files are not there.
+        let (code, _, _) = exec(
+            &client,
+            "t1",
+            &["ls", agent.data_dir.to_str().unwrap()],
+            b"",
+        );
+        assert_ne!(code, 0);
+        // Streams and the exit code come back apart; stdin goes in.
+        let (code, out, err) = exec(
+            &client,
+            "t1",
+            &["sh", "-c", "cat; echo oops >&2; exit 7"],
+            b"hello\n",
+        );
+        assert_eq!((code, out.as_str(), err.as_str()), (7, "hello\n", "oops\n"));
+        // The task's filter: unshare is refused inside.
+        let (code, _, err) = exec(&client, "t1", &["unshare", "-n", "true"], b"");
+        assert_ne!(code, 0, "{err}");
+    }
+    assert!(
+        agent.log_tail().contains("exec in task t1"),
+        "no audit line"
+    );
+    agent.kill("t1");
+}
+
+#[test]
+fn an_exec_ends_with_its_connection_and_its_children_with_it() {
+    if !require_root("an_exec_ends_with_its_connection_and_its_children_with_it") {
+        return;
+    }
+    let agent = TestAgent::start();
+    sleeper(&agent, "t2", 64.0);
+    let client = agent.socket_client();
+    // A background child of a command that exits.
+    let (code, _, _) = exec(
+        &client,
+        "t2",
+        &["sh", "-c", "sleep 987 & echo started"],
+        b"",
+    );
+    assert_eq!(code, 0);
+    wait_until(
+        Duration::from_secs(10),
+        "the background child killed",
+        || pids_running("sleep 987").is_empty(),
+    );
+    // A command whose client goes away.
+    let conn = client.exec("t2", &req(&["sleep", "986"])).unwrap();
+    wait_until(Duration::from_secs(10), "the exec'd sleep running", || {
+        !pids_running("sleep 986").is_empty()
+    });
+    conn.close();
+    wait_until(Duration::from_secs(10), "the exec'd sleep killed", || {
+        pids_running("sleep 986").is_empty()
+    });
+    // The task itself is untouched and no exec cgroup is left.
+    assert_eq!(agent.status("t2").state, TaskState::Running);
+    let task_dir = agent.cgroup_dir("memory", "batch/t2");
+    wait_until(Duration::from_secs(10), "exec cgroups removed", || {
+        std::fs::read_dir(&task_dir)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("exec-"))
+    });
+    agent.kill("t2");
+}
+
+#[test]
+fn an_execd_memory_hog_meets_the_tasks_limit() {
+    if !require_root("an_execd_memory_hog_meets_the_tasks_limit") {
+        return;
+    }
+    let agent = TestAgent::start();
+    sleeper(&agent, "t3", 32.0);
+    let (code, _, err) = exec(&agent.socket_client(), "t3", &["tail", "/dev/zero"], b"");
+    assert_eq!(code, 128 + 9, "{err}");
+    assert_eq!(agent.status("t3").state, TaskState::Running);
+    agent.kill("t3");
+}
+
+#[test]
+fn exec_is_refused_to_tasks_bad_input_and_ended_tasks() {
+    if !require_root("exec_is_refused_to_tasks_bad_input_and_ended_tasks") {
+        return;
+    }
+    let agent = TestAgent::start();
+    // A task with a scoped token, trying its own task.
+    agent
+        .submit(json!({"id": "job.a", "cmd": "echo \"token $GLEANER_TOKEN\"; sleep 600",
+                       "api_access": {"scope": "own-group"}, "resources": {"cpus": 0.2, "mem_mb": 32}}))
+        .unwrap();
+    agent.wait_output("job.a", "token ");
+    let logs = agent.logs("job.a", "stdout");
+    let token = logs.trim().strip_prefix("token ").unwrap().to_owned();
+    let scoped = Client::new(&agent.base, Some(token));
+    let status = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Api { status, message }) => (status, message),
+        Ok(_) => (0, "connected".into()),
+        Err(e) => (1, e.to_string()),
+    };
+    let (code, msg) = status(scoped.exec("job.a", &req(&["id"])));
+    assert_eq!(code, 403, "{msg}");
+    let nobody = Client::new(&agent.base, Some("wrong".into()));
+    assert_eq!(status(nobody.exec("job.a", &req(&["id"]))).0, 401);
+    let admin = agent.socket_client();
+    assert_eq!(status(admin.exec("nope", &req(&["id"]))).0, 404);
+    let (code, msg) = status(admin.exec("job.a", &req(&["no-such-program"])));
+    assert_eq!(code, 400, "{msg}");
+    assert_eq!(status(admin.exec("job.a", &req(&[]))).0, 400);
+    // Without the upgrade headers: a plain POST.
+    let plain: Result<serde_json::Value, _> =
+        admin.post("/v1/tasks/job.a/exec", &json!({"argv": ["id"]}));
+    assert!(
+        matches!(plain, Err(ClientError::Api { status: 400, .. })),
+        "{plain:?}"
+    );
+    agent.kill("job.a");
+    assert_eq!(status(admin.exec("job.a", &req(&["id"]))).0, 409);
+    // The CLI: one line and an exit code.
+    let out = agent.cli(&["exec", "job.a", "--", "id"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("gleaner: 409") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn the_cli_execs_with_the_commands_exit_code() {
+    if !require_root("the_cli_execs_with_the_commands_exit_code") {
+        return;
+    }
+    let agent = TestAgent::start();
+    sleeper(&agent, "t5", 64.0);
+    let out = agent.cli(&[
+        "exec",
+        "t5",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // With a terminal: the command's stdin and stdout are one (its name,
+    // /dev/pts/N, is not in the task's root: `tty` cannot say it).
+    let out = agent.cli(&[
+        "exec",
+        "--tty",
+        "t5",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo on-a-tty",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "on-a-tty\r\n",
+        "{out:?}"
+    );
+    agent.kill("t5");
+}
