@@ -26,10 +26,12 @@ fn key(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Features that can be forced off to exercise the fallbacks of old kernels.
-pub const KNOWN_FEATURES: [&str; 8] = [
+pub const KNOWN_FEATURES: [&str; 10] = [
     "pids_cgroup",
     "oom_kill_counter",
     "cpu_idle",
+    "freezer",
+    "cgroup_kill",
     "pivot_root",
     "seccomp",
     "net_namespace",

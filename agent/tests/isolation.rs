@@ -44,6 +44,13 @@ fn limits_files_hold_the_requested_numbers() {
         assert_eq!(agent.read_cgroup("cpu", "", "cpu.shares"), "2");
     }
     let procs = agent.read_cgroup("memory", "batch/cfs", "cgroup.procs");
+    // Where the v1 freezer is mounted, tasks are in it (signals freeze first).
+    if std::path::Path::new("/sys/fs/cgroup/freezer").is_dir() {
+        assert_eq!(
+            agent.read_cgroup("freezer", "batch/cfs", "cgroup.procs"),
+            procs.trim()
+        );
+    }
     assert!(
         procs.lines().any(|p| p.parse::<i32>().ok() == cfs.pid),
         "task pid {:?} not in {procs}",
@@ -316,12 +323,13 @@ fn fallbacks_for_old_kernels_work_when_forced() {
     // What CentOS 7 lacks: no pids cgroup, no oom_kill counter, no openat2,
     // no mount_setattr; and the MS_MOVE + chroot root of a RAM-root host.
     let agent = TestAgent::start_with(
-        "pids_limit = 30\ndisable_features = [\"pids_cgroup\", \"oom_kill_counter\", \"pivot_root\", \"cpu_idle\", \"openat2\", \"mount_setattr\"]",
+        "pids_limit = 30\ndisable_features = [\"pids_cgroup\", \"oom_kill_counter\", \"pivot_root\", \"cpu_idle\", \"openat2\", \"mount_setattr\", \"freezer\", \"cgroup_kill\"]",
     );
     let state: serde_json::Value = agent.client.get("/v1/state").unwrap();
     assert_eq!(
         state["cgroup_features"],
         json!({"pids": false, "oom_kill_counter": false, "cpu_idle": false,
+               "freezer": false, "cgroup_kill": false,
                "root_switch": "move_chroot", "openat2": false, "mount_setattr": false})
     );
 

@@ -101,6 +101,14 @@ pub struct Features {
     pub oom_kill_counter: bool,
     /// `cpu.idle` (>= 5.15). Fallback: lowest cpu.shares only.
     pub cpu_idle: bool,
+    /// Freezing a cgroup before signalling it, so that no pid read from it
+    /// can exit and be reused before the signal lands: v1's freezer
+    /// hierarchy (mounted), v2's `cgroup.freeze` (>= 5.2). Fallback: pids
+    /// are signalled one by one as read.
+    pub freezer: bool,
+    /// v2 `cgroup.kill` (>= 5.14): SIGKILL to the whole cgroup at once.
+    /// Fallback: the freezer, else one by one.
+    pub cgroup_kill: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -188,7 +196,36 @@ pub struct CgroupHandle {
     pub dirs: Vec<PathBuf>,
     pub memory_dir: PathBuf,
     pub oom_kill_counter: bool,
+    /// v1: the cgroup's directory in the freezer hierarchy (one of `dirs`).
+    #[serde(default)]
+    pub freezer_dir: Option<PathBuf>,
+    /// v2: `cgroup.freeze` is usable.
+    #[serde(default)]
+    pub v2_freeze: bool,
+    /// v2: `cgroup.kill` is usable.
+    #[serde(default)]
+    pub v2_kill: bool,
 }
+
+/// Thaws a cgroup when dropped: a signal path never leaves it frozen.
+struct Thaw {
+    file: PathBuf,
+    value: &'static str,
+}
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.file, self.value) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::error!(file = %self.file.display(), "thaw: {e}");
+            }
+        }
+    }
+}
+
+/// Longest wait for a cgroup to freeze; a task in uninterruptible sleep
+/// can hold it off. After it the pids are signalled anyway.
+const FREEZE_WAIT: Duration = Duration::from_secs(1);
 
 impl CgroupHandle {
     /// Opens the join file in every hierarchy, so that a single-threaded
@@ -238,15 +275,70 @@ impl CgroupHandle {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
-    /// Sends `signal` to every process in the cgroup. Racy against forks by
-    /// nature; callers loop until [`pids`](Self::pids) is empty.
+    /// Sends `signal` to every process in the cgroup. v2 SIGKILL:
+    /// `cgroup.kill`. Otherwise the cgroup is frozen first where it can be,
+    /// so that no process read from it exits (its pid reused by another
+    /// process) or forks before the signal lands; it is thawed after. The
+    /// fallback (no freezer) is racy against forks and exits: callers loop
+    /// until [`pids`](Self::pids) is empty.
     pub fn signal_all(&self, signal: i32) -> Result<usize, CgroupError> {
+        if signal == libc::SIGKILL && self.v2_kill {
+            let n = self.pids()?.len();
+            let kill = self.memory_dir.join("cgroup.kill");
+            return match write_file(&kill, "1") {
+                Err(CgroupError::Io { err, .. }) if err.kind() == io::ErrorKind::NotFound => Ok(0),
+                other => other.map(|()| n),
+            };
+        }
+        let _thaw = self.freeze();
         let pids = self.pids()?;
         for &pid in &pids {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, signal) };
         }
         Ok(pids.len())
+    }
+
+    /// Freezes the cgroup and waits (up to [`FREEZE_WAIT`]) until it is;
+    /// `None` without a freezer or when the cgroup is gone.
+    fn freeze(&self) -> Option<Thaw> {
+        let (file, frozen, thawed, state, done): (PathBuf, &str, &str, PathBuf, &str) =
+            match (&self.freezer_dir, self.v2_freeze) {
+                (Some(dir), _) => (
+                    dir.join("freezer.state"),
+                    "FROZEN",
+                    "THAWED",
+                    dir.join("freezer.state"),
+                    "FROZEN",
+                ),
+                (None, true) => (
+                    self.memory_dir.join("cgroup.freeze"),
+                    "1",
+                    "0",
+                    self.memory_dir.join("cgroup.events"),
+                    "frozen 1",
+                ),
+                (None, false) => return None,
+            };
+        fs::write(&file, frozen).ok()?;
+        let thaw = Thaw {
+            file,
+            value: thawed,
+        };
+        let start = Instant::now();
+        loop {
+            match fs::read_to_string(&state) {
+                Ok(s) if s.lines().any(|l| l.trim() == done) => break,
+                Ok(_) if start.elapsed() < FREEZE_WAIT => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                _ => {
+                    tracing::warn!(cgroup = %self.path, "not frozen after {FREEZE_WAIT:?}; signalling anyway");
+                    break;
+                }
+            }
+        }
+        Some(thaw)
     }
 
     /// Whether the kernel OOM-killed a process in this cgroup.

@@ -15,6 +15,7 @@ pub struct V1Manager {
     cpu: PathBuf,
     memory: PathBuf,
     pids: Option<PathBuf>,
+    freezer: Option<PathBuf>,
     /// Distinct mount points the agent creates its cgroups in.
     hierarchies: Vec<PathBuf>,
     features: Features,
@@ -38,9 +39,12 @@ impl V1Manager {
         let memory = find(mounts, "memory").ok_or(CgroupError::MissingController("memory"))?;
         let cpuacct = find(mounts, "cpuacct");
         let pids = find(mounts, "pids").filter(|_| !off("pids_cgroup"));
+        // Not mounted on every host (nor needed: a fallback exists).
+        let freezer = find(mounts, "freezer").filter(|_| !off("freezer"));
         let mut hierarchies = vec![cpu.clone(), memory.clone()];
         hierarchies.extend(cpuacct.iter().cloned());
         hierarchies.extend(pids.iter().cloned());
+        hierarchies.extend(freezer.iter().cloned());
         hierarchies.dedup();
         hierarchies.sort();
         hierarchies.dedup();
@@ -64,6 +68,8 @@ impl V1Manager {
             oom_kill_counter: !off("oom_kill_counter")
                 && oom_control.lines().any(|l| l.starts_with("oom_kill ")),
             cpu_idle: !off("cpu_idle") && cpu.join(root).join("cpu.idle").exists(),
+            freezer: freezer.is_some(),
+            cgroup_kill: false,
         };
         // Batch work yields to everything else between the monitor's
         // samples: SCHED_IDLE where the kernel has it, else the lowest
@@ -85,6 +91,7 @@ impl V1Manager {
             cpu,
             memory,
             pids,
+            freezer,
             hierarchies,
             features,
         })
@@ -214,6 +221,9 @@ impl CgroupManager for V1Manager {
             dirs: self.hierarchies.iter().map(|h| self.dir(h, rel)).collect(),
             memory_dir: self.dir(&self.memory, rel),
             oom_kill_counter: self.features.oom_kill_counter,
+            freezer_dir: self.freezer.as_ref().map(|f| self.dir(f, rel)),
+            v2_freeze: false,
+            v2_kill: false,
         }
     }
 
@@ -270,5 +280,78 @@ mod tests {
         shrunk.unwrap();
         assert_eq!(got, ("25000".into(), "25000".into(), "25000".into()));
         assert_eq!(grown.unwrap(), "150000");
+    }
+
+    /// Processes that each start the next and exit ("hoppers"): a pid read
+    /// from cgroup.procs is gone, or reused, by the time it is signalled.
+    fn start_hoppers(m: &V1Manager, rel: &str, dir: &Path) -> std::process::Child {
+        use std::os::unix::fs::PermissionsExt;
+        let hop = dir.join("hop");
+        std::fs::write(&hop, "#!/bin/sh\n\"$0\" &\nexit 0\n").unwrap();
+        std::fs::set_permissions(&hop, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let join: Vec<String> = m
+            .handle(rel)
+            .dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"h=$1; shift; for f in "$@"; do echo $$ > "$f"; done; for i in 1 2 3 4; do "$h" & done; wait"#)
+            .arg("sh")
+            .arg(&hop)
+            .args(&join)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Issue 20 point 7: frozen first, one signal_all reaches every process
+    /// of a cgroup whose processes keep replacing themselves; with the
+    /// freezer forced off, the fallback needs the caller's loop (destroy).
+    #[test]
+    fn one_signal_reaches_every_process_when_the_cgroup_is_frozen_first() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
+            return;
+        };
+        if find(&mounts, "freezer").is_none() {
+            eprintln!("skipped: no v1 freezer hierarchy");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for off in [false, true] {
+            let root = format!("gleaner-unit-v1freeze-{}-{off}", std::process::id());
+            let disabled: Vec<String> = if off { vec!["freezer".into()] } else { vec![] };
+            let Ok(m) = V1Manager::new(&mounts, &root, &disabled) else {
+                eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+                return;
+            };
+            assert_eq!(m.features().freezer, !off);
+            m.create("t").unwrap();
+            let h = m.handle("t");
+            assert_eq!(h.freezer_dir.is_some(), !off);
+            let mut starter = start_hoppers(&m, "t", dir.path());
+            let t0 = std::time::Instant::now();
+            while h.pids().unwrap().len() < 4 && t0.elapsed().as_secs() < 5 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let signalled = h.signal_all(libc::SIGKILL).unwrap();
+            let t1 = std::time::Instant::now();
+            while !h.pids().unwrap().is_empty() && t1.elapsed().as_millis() < 1000 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let left = h.pids().unwrap();
+            let destroyed = m.handle("").destroy(std::time::Duration::from_secs(5));
+            let _ = starter.wait();
+            destroyed.unwrap();
+            assert!(signalled > 0);
+            if !off {
+                assert!(left.is_empty(), "survived one frozen signal_all: {left:?}");
+            }
+        }
     }
 }

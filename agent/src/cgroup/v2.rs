@@ -136,6 +136,8 @@ impl V2Manager {
                 pids,
                 oom_kill_counter: !off("oom_kill_counter"),
                 cpu_idle: !off("cpu_idle") && base.join(root).join("cpu.idle").exists(),
+                freezer: !off("freezer") && base.join(root).join("cgroup.freeze").exists(),
+                cgroup_kill: !off("cgroup_kill") && base.join(root).join("cgroup.kill").exists(),
             },
             base,
             controllers,
@@ -212,6 +214,9 @@ impl CgroupManager for V2Manager {
             dirs: vec![dir.clone()],
             memory_dir: dir,
             oom_kill_counter: true,
+            freezer_dir: None,
+            v2_freeze: self.features.freezer,
+            v2_kill: self.features.cgroup_kill,
         }
     }
 

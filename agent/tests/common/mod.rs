@@ -360,7 +360,7 @@ impl TestAgent {
     /// Task cgroups left under the root, in any hierarchy.
     pub fn leftover_task_cgroups(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for c in ["cpu", "cpuacct", "memory", "pids"] {
+        for c in ["cpu", "cpuacct", "memory", "pids", "freezer"] {
             let root = PathBuf::from(format!("/sys/fs/cgroup/{c}/{}", self.cgroup_root));
             for role in subdirs(&root) {
                 out.extend(subdirs(&role));
@@ -424,7 +424,7 @@ impl Drop for TestAgent {
             );
         }
         self.stop_agent(libc::SIGKILL);
-        for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct"] {
+        for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct", "freezer"] {
             destroy_cgroup_tree(&PathBuf::from(format!(
                 "/sys/fs/cgroup/{c}/{}",
                 self.cgroup_root
