@@ -15,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod constraints;
 pub mod fleet;
+pub mod harvest;
 pub mod placement;
 pub mod spec;
 pub mod status;

@@ -6,6 +6,7 @@
 //!   placements, place ([`gleaner_core::placement`], pure), write.
 //! * [`api`]: the native API, served by every replica from etcd.
 //! * [`marathon`]: Marathon's REST API and the leader's app controller.
+//! * [`ui`]: the web console at `/ui/`.
 //!
 //! No state here that etcd does not hold: any replica can die and another
 //! takes over from etcd.
@@ -18,4 +19,5 @@ pub mod metrics;
 pub mod pass;
 pub mod reconcile;
 pub mod store;
+pub mod ui;
 pub mod view;

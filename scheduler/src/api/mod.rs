@@ -56,9 +56,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leader", get(leader))
         .route("/metrics", get(metrics))
         .merge(crate::marathon::router())
+        .merge(crate::ui::data())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // The console's assets hold no data: a browser needs them to log in.
+        .merge(crate::ui::assets())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

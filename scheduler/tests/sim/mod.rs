@@ -302,10 +302,12 @@ impl Scheduler {
 
 /// Agents simulated through etcd: a placement becomes a RUNNING task
 /// record after `start_delay`; a record whose placement went becomes
-/// KILLED; task ids in `fail` are reported FAILED. Stops on drop.
+/// KILLED; task ids in `fail` are reported FAILED, those in `drain`
+/// DRAINED. Stops on drop.
 pub struct FakeAgents {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub fail: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pub drain: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -316,7 +318,10 @@ impl FakeAgents {
         let fail = std::sync::Arc::new(std::sync::Mutex::new(
             std::collections::HashSet::<String>::new(),
         ));
-        let (s, f) = (stop.clone(), fail.clone());
+        let drain = std::sync::Arc::new(std::sync::Mutex::new(
+            std::collections::HashSet::<String>::new(),
+        ));
+        let (s, f, d) = (stop.clone(), fail.clone(), drain.clone());
         let endpoint = endpoint.to_owned();
         let thread = std::thread::spawn(move || {
             let ctl = |args: &[&str]| -> String {
@@ -346,6 +351,7 @@ impl FakeAgents {
                         .map(|v| (v["id"].as_str().unwrap_or("").to_owned(), v))
                         .collect();
                 let failing = f.lock().unwrap().clone();
+                let draining = d.lock().unwrap().clone();
                 for (node, task) in &placed {
                     let state = records
                         .get(task)
@@ -353,13 +359,15 @@ impl FakeAgents {
                     let first = *seen.entry(task.clone()).or_insert_with(Instant::now);
                     let want = if failing.contains(task) {
                         "FAILED"
+                    } else if draining.contains(task) {
+                        "DRAINED"
                     } else if first.elapsed() >= start_delay {
                         "RUNNING"
                     } else {
                         "STAGING"
                     };
                     if state.as_deref() != Some(want)
-                        && !matches!(state.as_deref(), Some("FAILED" | "KILLED"))
+                        && !matches!(state.as_deref(), Some("FAILED" | "KILLED" | "DRAINED"))
                     {
                         let mut rec = task_record(task, node, want);
                         rec["started_at"] = json!("2026-11-22T10:00:01Z");
@@ -380,6 +388,7 @@ impl FakeAgents {
         FakeAgents {
             stop,
             fail,
+            drain,
             thread: Some(thread),
         }
     }
