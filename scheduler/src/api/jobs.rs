@@ -50,7 +50,9 @@ fn bad(msg: impl Into<String>) -> ApiError {
 pub fn validate(req: &Submit) -> Result<(), String> {
     check_name("queue", &req.queue).map_err(|e| e.to_string())?;
     if req.jobs.is_empty() || req.jobs.len() > MAX_JOBS_PER_REQUEST {
-        return Err(format!("jobs: give 1 to {MAX_JOBS_PER_REQUEST} jobs"));
+        return Err(format!(
+            "jobs: give 1 to {MAX_JOBS_PER_REQUEST} jobs per request (one etcd transaction, all or none); send more in several requests"
+        ));
     }
     let mut gangs: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
     for (i, j) in req.jobs.iter().enumerate() {
@@ -342,6 +344,10 @@ mod tests {
         assert!(validate(&req(json!({"queue": "q", "jobs": [{"spec": spec}]}))).is_ok());
         for (body, want) in [
             (json!({"queue": "q", "jobs": []}), "jobs: give 1 to"),
+            (
+                json!({"queue": "q", "jobs": vec![json!({"spec": spec}); MAX_JOBS_PER_REQUEST + 1]}),
+                "jobs: give 1 to 100 jobs per request",
+            ),
             (json!({"queue": "a/b", "jobs": [{"spec": spec}]}), "queue"),
             (
                 json!({"queue": "q", "jobs": [{"spec": {"cmd": "x", "resources": {"cpus": -1, "mem_mb": 64}}}]}),
