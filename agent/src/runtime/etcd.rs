@@ -115,6 +115,7 @@ pub(crate) async fn run(
     // endpoint keeps sending part of its requests to a dead member (each
     // fails the session), so a cluster with one member down would flap.
     let mut turn = 0usize;
+    let mut harvester = super::harvest::Harvester::new(&agent.node_id);
     loop {
         let n = link.endpoints.len().max(1);
         let member = link
@@ -131,6 +132,7 @@ pub(crate) async fn run(
             &placed,
             &mut down_since,
             &mut backoff,
+            &mut harvester,
         )
         .await;
         *link.client.lock().await = None;
@@ -160,6 +162,7 @@ async fn session(
     placed: &tokio::sync::mpsc::UnboundedSender<Event>,
     down_since: &mut Option<Instant>,
     backoff: &mut Duration,
+    harvester: &mut super::harvest::Harvester,
 ) -> String {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
@@ -254,6 +257,8 @@ async fn session(
     };
     let mut changes = agent.subscribe_changes();
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+    let mut harvest_tick = tokio::time::interval(super::harvest::SAMPLE_EVERY);
+    harvester.rewrite_soon();
     loop {
         tokio::select! {
             msg = placement_watch.message() => {
@@ -315,6 +320,14 @@ async fn session(
                 }
                 if let Err(e) = put_info(&mut client, link, agent, lease, &mut last_info, true).await {
                     return e;
+                }
+            }
+            _ = harvest_tick.tick() => {
+                if let Some(ring) = harvester.tick(agent, Instant::now()) {
+                    let key = gleaner_core::harvest::key(&link.keys, &agent.node_id);
+                    if let Err(e) = client.put(key.as_str(), ring, Some(PutOptions::new().with_lease(lease))).await {
+                        return format!("write {key}: {e}");
+                    }
                 }
             }
             ka = keepalives.message() => {

@@ -14,6 +14,7 @@ mod disk;
 mod drain;
 pub(crate) mod etcd;
 mod exec;
+mod harvest;
 pub mod hostfs;
 mod launcher;
 pub mod placements;
