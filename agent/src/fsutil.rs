@@ -94,6 +94,13 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::io("fsync", dir, e))
 }
 
+/// fsync of a file written earlier (possibly without one).
+pub fn sync_file(path: &Path) -> Result<(), FsError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| FsError::io("fsync", path, e))
+}
+
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
     write_atomic(path, &to_json(path, value)?)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::{cgroup_rel, Agent, Task, TaskRef};
+use super::{cgroup_rel, hooks, Agent, Task, TaskRef};
 use crate::cgroup::{CpuLimit, Limits};
 use crate::fsutil;
 use crate::layout::SANDBOX_IN_ROOTFS;
@@ -67,7 +67,7 @@ impl Agent {
         self.cgroup_settled(&rel).await;
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
-            if let Some(reason) = t.pending_stop.take() {
+            if let Some(reason) = t.record.pending_stop.take() {
                 // Stopped while its image was being fetched: never started.
                 let (state, reason) = crate::status::stopped(reason);
                 t.record.status.finished_at = Some(Utc::now());
@@ -82,7 +82,10 @@ impl Agent {
             )
         };
         let launched = match prepared {
-            Ok(()) => self.spawner.launch(dir.root()).await,
+            Ok(()) => {
+                hooks::pause("launch").await;
+                self.spawner.launch(dir.root()).await
+            }
             Err(msg) => Err(msg),
         };
         match launched {
@@ -104,7 +107,7 @@ impl Agent {
                     t.record.supervisor = sup;
                     t.record.boot_id = self.boot_id.clone();
                     self.counters.launches.fetch_add(1, Ordering::Relaxed);
-                    t.pending_stop.take()
+                    t.record.pending_stop.take()
                 };
                 self.touched();
                 if let Some(reason) = pending {

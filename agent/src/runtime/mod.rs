@@ -15,6 +15,7 @@ mod drain;
 pub(crate) mod etcd;
 mod exec;
 mod harvest;
+mod hooks;
 pub mod hostfs;
 mod launcher;
 pub mod placements;
@@ -106,13 +107,19 @@ pub struct TaskRecord {
     /// Its scoped API token (`api_access`), valid while it is not final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
+    /// A kill acknowledged while the task was being launched: recorded so
+    /// that a restarted agent applies it instead of launching again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_stop: Option<StopReason>,
+    /// Members of its group: recovery discards a group found with fewer
+    /// records (a crash while they were being written; never acknowledged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<usize>,
 }
 
 pub(crate) struct Task {
     record: TaskRecord,
     dir: TaskDir,
-    /// A kill that arrived while the task was being launched.
-    pending_stop: Option<StopReason>,
     /// Asked to stop; it holds its resources until it has exited.
     stopping: Option<StopReason>,
     /// Restart backoff: not admitted before this.
@@ -120,6 +127,10 @@ pub(crate) struct Task {
     /// Why the agent stopped it, when that says more than the reason
     /// (e.g. another member of its group failed): the final message.
     stop_note: Option<String>,
+    /// Generation of the last snapshot taken for disk (see [`RecordWrite`]).
+    generation: u64,
+    /// Generation of the record on disk; its lock orders the writes.
+    on_disk: Arc<Mutex<u64>>,
 }
 
 impl Task {
@@ -127,28 +138,83 @@ impl Task {
         Task {
             record,
             dir,
-            pending_stop: None,
             stopping: None,
             not_before: None,
             stop_note: None,
+            generation: 0,
+            on_disk: Arc::default(),
         }
     }
-}
 
-impl Task {
+    /// A snapshot of the record for disk, newer than every earlier one.
+    /// Taken under the task lock, so generations follow the state's order.
+    fn snapshot(&mut self, durable: bool) -> RecordWrite {
+        self.generation += 1;
+        RecordWrite {
+            path: self.dir.task_json(),
+            record: self.record.clone(),
+            generation: self.generation,
+            on_disk: self.on_disk.clone(),
+            durable,
+        }
+    }
+
     /// Durable write of task.json: what was acknowledged survives a power cut.
-    fn persist(&self) -> Result<(), FsError> {
-        fsutil::write_json_atomic(&self.dir.task_json(), &self.record)
+    fn persist(&mut self) -> Result<(), FsError> {
+        self.snapshot(true).write()
     }
 
     /// Atomic write of a state that recovery can derive again from durable
     /// facts (exit.json, supervisor.json, the boot id): no fsync needed.
-    fn persist_derived(&self) -> Result<(), FsError> {
-        fsutil::replace_json(&self.dir.task_json(), &self.record)
+    fn persist_derived(&mut self) -> Result<(), FsError> {
+        self.snapshot(false).write()
+    }
+}
+
+/// One write of task.json. Every record write goes through here: a snapshot
+/// older than the one on disk is never written over it (a slow durable
+/// write of the accepted record would otherwise replace a fast exit's state).
+pub(crate) struct RecordWrite {
+    path: PathBuf,
+    record: TaskRecord,
+    generation: u64,
+    on_disk: Arc<Mutex<u64>>,
+    durable: bool,
+}
+
+impl RecordWrite {
+    fn write(self) -> Result<(), FsError> {
+        let mut on_disk = self.on_disk.lock().unwrap_or_else(|e| e.into_inner());
+        if *on_disk >= self.generation {
+            // A newer state is there already; it includes this one, so a
+            // durable write makes that one durable instead.
+            if self.durable {
+                fsutil::sync_file(&self.path)?;
+                fsutil::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            }
+            return Ok(());
+        }
+        if self.durable {
+            fsutil::write_json_atomic(&self.path, &self.record)?;
+        } else {
+            fsutil::replace_json(&self.path, &self.record)?;
+        }
+        *on_disk = self.generation;
+        Ok(())
     }
 }
 
 type TaskRef = Arc<Mutex<Task>>;
+
+/// Runs `work` on its own tokio task and waits for it: dropping the waiter
+/// (an HTTP handler whose client went away) does not stop the work.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| AgentError::Internal(format!("request task ended abnormally: {e}")))?
+}
 type DurableWrite = tokio::task::JoinHandle<Result<(), FsError>>;
 
 #[derive(Debug, Default)]
@@ -384,9 +450,15 @@ impl Agent {
 
     /// Validates, records and launches (or queues) a task. Bad input
     /// creates nothing.
+    /// Runs on its own tokio task: a caller that goes away (a client that
+    /// disconnects drops its handler) cannot stop it half-way.
     pub async fn submit(self: &Arc<Self>, spec: TaskSpec) -> Result<TaskStatus, AgentError> {
-        let record = self.new_record(spec, None)?;
-        self.submit_record(record).await
+        let agent = self.clone();
+        detached(async move {
+            let record = agent.new_record(spec, None)?;
+            agent.submit_record(record).await
+        })
+        .await
     }
 
     async fn submit_record(self: &Arc<Self>, record: TaskRecord) -> Result<TaskStatus, AgentError> {
@@ -398,8 +470,17 @@ impl Agent {
     }
 
     /// Validates, records and launches (or queues) a task group: all of it
-    /// starts or none does.
+    /// starts or none does. Detached from the caller, like [`Self::submit`].
     pub async fn submit_group(
+        self: &Arc<Self>,
+        group: &str,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<TaskStatus>, AgentError> {
+        let (agent, group) = (self.clone(), group.to_owned());
+        detached(async move { agent.submit_group_inner(&group, specs).await }).await
+    }
+
+    async fn submit_group_inner(
         self: &Arc<Self>,
         group: &str,
         specs: Vec<TaskSpec>,
@@ -441,6 +522,10 @@ impl Agent {
                 )));
             }
             records.push(record);
+        }
+        let size = records.len();
+        for r in &mut records {
+            r.group_size = Some(size);
         }
         if self
             .tasks
@@ -540,6 +625,8 @@ impl Agent {
             group: group.map(str::to_owned),
             placed_by: None,
             api_token,
+            pending_stop: None,
+            group_size: None,
         })
     }
 
@@ -591,20 +678,27 @@ impl Agent {
         }
         let mut writes = Vec::new();
         for t in &tasks {
-            let t = t.lock().unwrap();
+            let mut t = t.lock().unwrap();
             if let Err(e) = fsutil::create_dir_all(t.dir.root()) {
                 drop(t);
                 self.abandon(&tasks);
                 return Err(e.into());
             }
-            writes.push((t.dir.task_json(), t.record.clone()));
+            writes.push(t.snapshot(true));
         }
         // The acknowledgement needs the records on disk; a launch does not,
-        // so the two run side by side and the reply waits for both.
+        // so the two run side by side and the reply waits for both. A group
+        // is whole only once its last record is written (`group_size`).
         let durable = tokio::task::spawn_blocking(move || {
-            writes
-                .iter()
-                .try_for_each(|(path, record)| fsutil::write_json_atomic(path, record))
+            let last = writes.len().saturating_sub(1);
+            for (i, write) in writes.into_iter().enumerate() {
+                hooks::pause_blocking("record_write");
+                write.write()?;
+                if i < last {
+                    hooks::pause_blocking("group_write");
+                }
+            }
+            Ok(())
         });
         Ok((tasks, durable))
     }
@@ -617,7 +711,10 @@ impl Agent {
         mine: &[TaskRef],
         durable: DurableWrite,
     ) -> Result<(), AgentError> {
+        hooks::pause("submit_pass").await;
         let (mut own_unit, mut fetching) = (None, None);
+        // Before the pass: a launch by another pass is seen below.
+        let mut changes = self.subscribe_changes();
         for unit in self.schedule_pass() {
             if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m))) {
                 // A fetch can take minutes: the reply says STAGING, and the
@@ -648,6 +745,17 @@ impl Agent {
         if let Some(unit) = fetching {
             let agent = self.clone();
             tokio::spawn(async move { agent.launch_unit(unit).await });
+        }
+        // Another pass (started by an exit, say) may have admitted ours
+        // first: the reply still waits for that launch, so a task that
+        // needs no fetch is never acknowledged STAGING.
+        while mine.iter().any(|t| {
+            let staging = t.lock().unwrap().record.status.state == TaskState::Staging;
+            staging && !self.needs_fetch(t)
+        }) {
+            if changes.changed().await.is_err() {
+                break;
+            }
         }
         Ok(())
     }
@@ -780,23 +888,43 @@ impl Agent {
         match t.record.status.state {
             s if s.is_final() => {}
             TaskState::Queued => {
+                let before = t.record.status.clone();
                 let (state, reason) = status::stopped(reason);
                 let st = &mut t.record.status;
                 st.state = state;
                 st.reason = reason;
                 st.message = None;
                 st.finished_at = Some(Utc::now());
-                t.persist()?;
+                if let Err(e) = t.persist() {
+                    t.record.status = before;
+                    return Err(e.into());
+                }
             }
-            TaskState::Staging => t.pending_stop = Some(reason),
+            TaskState::Staging => {
+                // Durable before the reply: a restarted agent must not
+                // launch what was killed.
+                let before = t.record.pending_stop.replace(reason);
+                if let Err(e) = t.persist() {
+                    t.record.pending_stop = before;
+                    return Err(e.into());
+                }
+            }
             TaskState::Running => {
-                t.stopping = Some(reason);
                 let request = StopRequest {
                     run: t.record.run,
                     reason,
                     grace_s: t.record.spec.kill_grace_s,
                 };
+                if hooks::fails("stop_json") {
+                    return Err(AgentError::Internal(format!(
+                        "write {}: test hook",
+                        t.dir.stop_json().display()
+                    )));
+                }
                 fsutil::write_json_atomic(&t.dir.stop_json(), &request)?;
+                // Only now: a task marked stopping is skipped by preemption
+                // and drains, so it must have been told to stop.
+                t.stopping = Some(reason);
                 if let Some(sup) = &t.record.supervisor {
                     if crate::procfs_util::is_same_process(
                         sup.supervisor_pid,
@@ -860,7 +988,7 @@ impl Agent {
         let _ = task;
         let restarts = t.record.status.restarts;
         t.stopping = None;
-        t.pending_stop = None;
+        t.record.pending_stop = None;
         if let Some(note) = t.stop_note.take() {
             t.record.status.message = Some(note);
         }

@@ -336,8 +336,18 @@ impl Agent {
     }
 
     /// Sets a role's reservation: the role's cgroup is written before this
-    /// returns, after preempting what no longer fits.
+    /// returns, after preempting what no longer fits. Detached from the
+    /// caller: a client that goes away cannot leave it half-applied.
     pub async fn set_reservation(
+        self: &Arc<Self>,
+        role: &str,
+        requested: Amount,
+    ) -> Result<ReservationChange, AgentError> {
+        let (agent, role) = (self.clone(), role.to_owned());
+        super::detached(async move { agent.set_reservation_inner(&role, requested).await }).await
+    }
+
+    async fn set_reservation_inner(
         self: &Arc<Self>,
         role: &str,
         requested: Amount,
@@ -378,7 +388,8 @@ impl Agent {
                 "role {role:?} has no reservation"
             )));
         }
-        self.change_reservation(role, None).await
+        let (agent, role) = (self.clone(), role.to_owned());
+        super::detached(async move { agent.change_reservation(&role, None).await }).await
     }
 
     async fn change_reservation(
@@ -465,6 +476,7 @@ impl Agent {
         self.counters
             .preemptions
             .fetch_add(preempted.len() as u64, Ordering::Relaxed);
+        super::hooks::pause("reservation_apply").await;
         let deadline = Instant::now() + Duration::from_secs_f64(grace + 5.0);
         let applied = reservations::apply(self.cgroups.as_ref(), role, target, deadline).await;
         if let Err(e) = applied {

@@ -47,7 +47,7 @@ impl Agent {
         let tasks_dir = self.data.tasks();
         let entries =
             std::fs::read_dir(&tasks_dir).map_err(|e| FsError::io("readdir", &tasks_dir, e))?;
-        let mut found = Vec::new();
+        let mut loaded = Vec::new();
         for entry in entries.flatten() {
             let dir = TaskDir::new(entry.path());
             if !dir.task_json().exists() {
@@ -57,7 +57,16 @@ impl Agent {
                 }
                 continue;
             }
-            let record = load_record(&dir)?;
+            loaded.push((load_record(&dir)?, dir));
+        }
+        let partial = partial_groups(loaded.iter().map(|(r, _)| r));
+        let mut found = Vec::new();
+        for (record, dir) in loaded {
+            if let Some(g) = record.group.as_ref().filter(|g| partial.contains(*g)) {
+                tracing::warn!(task = %record.status.id, group = %g, "member of a group whose records were not all written (never acknowledged); removed");
+                self.remove_unacknowledged(&record.status.id, &dir);
+                continue;
+            }
             let id = record.status.id.clone();
             if !record.status.state.is_final() {
                 self.register_token(&record);
@@ -114,7 +123,7 @@ impl Agent {
                     st.cgroup = Some(cgroup);
                     t.record.supervisor = Some(sup);
                     // A kill that came while we waited for the supervisor.
-                    t.pending_stop.take()
+                    t.record.pending_stop.take()
                 };
                 if let Some(reason) = pending {
                     let _ = self.stop(&id, reason);
@@ -151,6 +160,14 @@ impl Agent {
             }
             Plan::Relaunch => {
                 let mut t = task.lock().unwrap();
+                if let Some(reason) = t.record.pending_stop {
+                    // Killed (acknowledged) before it started: it never runs.
+                    self.destroy_task_cgroup(&t.record);
+                    let (state, reason) = crate::status::stopped(reason);
+                    t.record.status.finished_at = Some(chrono::Utc::now());
+                    tracing::info!(task = %id, "killed before its launch; not launched again");
+                    return self.finish_run(task, &mut t, state, reason);
+                }
                 if t.record.status.state == TaskState::Staging {
                     // Admitted but maybe half-launched: clear any trace, and
                     // take a new run number so late reports are ignored.
@@ -254,6 +271,28 @@ impl Agent {
             }
         }
     }
+}
+
+/// Groups found with fewer records than their size and no member ended: the
+/// agent died while writing them, before the group was acknowledged. (A
+/// group with an ended member was acknowledged; retention may have removed
+/// some of its records.)
+fn partial_groups<'a>(
+    records: impl Iterator<Item = &'a TaskRecord>,
+) -> std::collections::HashSet<String> {
+    let mut seen: std::collections::HashMap<&str, (usize, usize, bool)> = Default::default();
+    for r in records {
+        let (Some(g), Some(size)) = (r.group.as_deref(), r.group_size) else {
+            continue;
+        };
+        let e = seen.entry(g).or_insert((size, 0, false));
+        e.1 += 1;
+        e.2 |= r.status.state.is_final();
+    }
+    seen.into_iter()
+        .filter(|(_, (size, n, ended))| n < size && !ended)
+        .map(|(g, _)| g.to_owned())
+        .collect()
 }
 
 /// Reads task.json; a corrupt or newer one stops the agent with a message

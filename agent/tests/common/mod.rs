@@ -104,6 +104,8 @@ pub struct TestAgent {
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Set on the agent process at each (re)start (test hooks, say).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     tmp: tempfile::TempDir,
 }
@@ -115,6 +117,11 @@ impl TestAgent {
 
     /// Starts an agent; `extra` is appended to its TOML config.
     pub fn start_with(extra: &str) -> TestAgent {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Self::start_with`], with `env` set on the agent process.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> TestAgent {
         let tmp = tempfile::Builder::new()
             .prefix("gleaner-test-")
             .tempdir()
@@ -148,6 +155,10 @@ impl TestAgent {
             data_dir,
             log_path: tmp.path().join("agent.log"),
             config_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             tmp,
         };
@@ -178,6 +189,7 @@ impl TestAgent {
             .arg("--config")
             .arg(&self.config_path)
             .env("GLEANER_LOG", "info,gleaner_agent=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

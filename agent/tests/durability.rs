@@ -1,0 +1,253 @@
+//! Issue 20 points 1-3 and issue 16 point 1: work that outlives its
+//! request, ordered record writes, acknowledged means durable, and a submit
+//! reply that means "launched". Each test widens its race window with a
+//! test hook (`GLEANER_TEST_HOOKS`, debug builds only). Root only.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use gleaner_agent::status::{TaskState, TaskStatus};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// An agent whose test hooks are read from a file the test rewrites.
+fn agent_with_hooks(hooks: &str) -> (TestAgent, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("gleaner-hooks-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let file = dir.join("hooks");
+    std::fs::write(&file, hooks).unwrap();
+    let agent = TestAgent::start_with_env("", &[("GLEANER_TEST_HOOKS", file.to_str().unwrap())]);
+    (agent, file)
+}
+
+fn set_hooks(file: &Path, hooks: &str) {
+    std::fs::write(file, hooks).unwrap();
+}
+
+fn remove_hooks(file: &Path) {
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+/// Sends a whole request, waits `after`, and closes the connection without
+/// reading the reply: the client that went away.
+fn hang_up(agent: &TestAgent, method: &str, path: &str, body: &Value, after: Duration) {
+    let addr = agent.base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        agent.token,
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(after);
+    drop(s);
+}
+
+fn long_task(id: &str) -> Value {
+    json!({"id": id, "argv": ["sleep", "600"], "resources": {"cpus": 0.05, "mem_mb": 16}})
+}
+
+/// Issue 20.1: a client that disconnects while its task is being launched
+/// does not leave the task STAGING with its resources held.
+#[test]
+fn a_dropped_submit_still_launches_its_task() {
+    if !require_root("a_dropped_submit_still_launches_its_task") {
+        return;
+    }
+    let (agent, hooks) = agent_with_hooks("delay launch 1500\n");
+    hang_up(
+        &agent,
+        "POST",
+        "/v1/tasks",
+        &long_task("dropped"),
+        Duration::from_millis(400),
+    );
+    set_hooks(&hooks, "");
+    let st = agent.wait_for("dropped", Duration::from_secs(15), |s| {
+        s.state != TaskState::Staging && s.state != TaskState::Queued
+    });
+    assert_eq!(st.state, TaskState::Running, "{st:?}");
+    agent.kill("dropped");
+    remove_hooks(&hooks);
+}
+
+/// Issue 20.1: a reservation change whose client went away still reaches
+/// the role's cgroup.
+#[test]
+fn a_dropped_reservation_change_still_reaches_the_cgroup() {
+    if !require_root("a_dropped_reservation_change_still_reaches_the_cgroup") {
+        return;
+    }
+    let (agent, hooks) = agent_with_hooks("delay reservation_apply 1500\n");
+    hang_up(
+        &agent,
+        "PUT",
+        "/v1/reservations/dropped",
+        &json!({"cpus": 0.5, "mem_mb": 100}),
+        Duration::from_millis(400),
+    );
+    let want = (100u64 << 20).to_string();
+    wait_until(Duration::from_secs(15), "the memory limit", || {
+        std::fs::read_to_string(
+            agent
+                .cgroup_dir("memory", "dropped")
+                .join("memory.limit_in_bytes"),
+        )
+        .map(|v| v.trim() == want)
+        .unwrap_or(false)
+    });
+    remove_hooks(&hooks);
+}
+
+/// Issue 20.2: the accepted record's durable write, slower than the task,
+/// never replaces the final state on disk.
+#[test]
+fn a_slow_accept_write_never_overwrites_a_newer_state() {
+    if !require_root("a_slow_accept_write_never_overwrites_a_newer_state") {
+        return;
+    }
+    let (agent, hooks) = agent_with_hooks("delay record_write 1500\n");
+    let st = agent
+        .submit(json!({"id": "quick", "argv": ["true"], "resources": {"cpus": 0.05, "mem_mb": 16}}))
+        .unwrap();
+    // The reply waits for the durable write; the task ended long before.
+    assert_eq!(st.state, TaskState::Finished, "{st:?}");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(agent.task_json("quick")).unwrap()).unwrap();
+    assert_eq!(on_disk["status"]["state"], "FINISHED", "{on_disk:#}");
+    remove_hooks(&hooks);
+}
+
+/// Issue 20.3: a DELETE of a STAGING task is on disk before its reply; a
+/// restarted agent does not launch the task.
+#[test]
+fn a_kill_of_a_staging_task_survives_kill_9() {
+    if !require_root("a_kill_of_a_staging_task_survives_kill_9") {
+        return;
+    }
+    let (mut agent, hooks) = agent_with_hooks("delay launch 4000\n");
+    let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
+    let submit = std::thread::spawn(move || {
+        let _ = client.post::<_, TaskStatus>("/v1/tasks", &long_task("staged"));
+    });
+    wait_until(LONG, "STAGING", || {
+        agent
+            .client
+            .get::<TaskStatus>("/v1/tasks/staged")
+            .is_ok_and(|s| s.state == TaskState::Staging)
+    });
+    // The record is durable before the launch ends (the reply waits for both).
+    wait_until(LONG, "task.json", || agent.task_json("staged").exists());
+    let killed: TaskStatus = agent.client.delete("/v1/tasks/staged").unwrap();
+    assert_eq!(killed.state, TaskState::Staging);
+    agent.stop_agent(libc::SIGKILL);
+    let _ = submit.join();
+    set_hooks(&hooks, "");
+    agent.spawn();
+    let st = agent.wait_final("staged", LONG);
+    assert_eq!(st.state, TaskState::Killed, "{st:?}");
+    assert!(st.started_at.is_none(), "launched after its kill: {st:?}");
+    wait_until(Duration::from_secs(10), "no supervisor", || {
+        supervisor_pids(&agent.data_dir).is_empty()
+    });
+    remove_hooks(&hooks);
+}
+
+/// Issue 20.3: a group whose records were half written when the agent died
+/// was never acknowledged: it is not recovered, nothing of it runs.
+#[test]
+fn a_half_written_group_is_discarded_by_recovery() {
+    if !require_root("a_half_written_group_is_discarded_by_recovery") {
+        return;
+    }
+    let (mut agent, hooks) = agent_with_hooks("delay group_write 4000\n");
+    let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
+    let submit = std::thread::spawn(move || {
+        let body = json!({"id": "half", "tasks": [long_task("half.0"), long_task("half.1")]});
+        client.post::<_, Value>("/v1/groups", &body)
+    });
+    wait_until(LONG, "the first member's record", || {
+        agent.task_json("half.0").exists()
+    });
+    assert!(!agent.task_json("half.1").exists());
+    agent.stop_agent(libc::SIGKILL);
+    assert!(
+        submit.join().unwrap().is_err(),
+        "the group was acknowledged"
+    );
+    set_hooks(&hooks, "");
+    agent.spawn();
+    for id in ["half.0", "half.1"] {
+        let got = agent.client.get::<TaskStatus>(&format!("/v1/tasks/{id}"));
+        assert!(got.is_err(), "{id} recovered: {got:?}");
+        assert!(!agent.data_dir.join("tasks").join(id).exists());
+    }
+    wait_until(Duration::from_secs(10), "nothing left", || {
+        agent.leftover_task_cgroups().is_empty() && supervisor_pids(&agent.data_dir).is_empty()
+    });
+    remove_hooks(&hooks);
+}
+
+/// Issue 20.3: a stop whose stop.json could not be written does not mark
+/// the task stopping (preemption would skip it forever).
+#[test]
+fn a_failed_stop_does_not_mark_the_task_stopping() {
+    if !require_root("a_failed_stop_does_not_mark_the_task_stopping") {
+        return;
+    }
+    let (agent, hooks) = agent_with_hooks("");
+    agent
+        .client
+        .put::<_, Value>("/v1/reservations/r", &json!({"cpus": 1.0, "mem_mb": 256}))
+        .unwrap();
+    let st = agent
+        .submit(json!({"id": "victim", "role": "r", "argv": ["sleep", "600"], "resources": {"cpus": 0.5, "mem_mb": 64}}))
+        .unwrap();
+    assert_eq!(st.state, TaskState::Running);
+    set_hooks(&hooks, "fail stop_json\n");
+    let refused = agent.client.delete::<TaskStatus>("/v1/tasks/victim");
+    assert!(refused.is_err(), "{refused:?}");
+    set_hooks(&hooks, "");
+    let change: Value = agent
+        .client
+        .put("/v1/reservations/r", &json!({"cpus": 0.1, "mem_mb": 256}))
+        .unwrap();
+    assert_eq!(change["preempted"], json!(["victim"]), "{change}");
+    let st = agent.wait_final("victim", LONG);
+    assert_eq!(st.state, TaskState::Preempted, "{st:?}");
+    remove_hooks(&hooks);
+}
+
+/// Issue 16.1: when another pass (started by an exit) admits a new task
+/// first, the submission still replies once that launch is done.
+#[test]
+fn a_submit_replies_running_whichever_pass_launched_it() {
+    if !require_root("a_submit_replies_running_whichever_pass_launched_it") {
+        return;
+    }
+    let (agent, hooks) = agent_with_hooks("");
+    // First: a task that ends while the next submission waits before its
+    // own pass; its exit's pass admits the new task, whose launch is slow.
+    let st = agent
+        .submit(json!({"id": "ender", "argv": ["sleep", "0.5"], "resources": {"cpus": 0.05, "mem_mb": 16}}))
+        .unwrap();
+    assert_eq!(st.state, TaskState::Running);
+    set_hooks(&hooks, "delay submit_pass 1500\ndelay launch 2000\n");
+    let st = agent.submit(long_task("second")).unwrap();
+    assert_eq!(st.state, TaskState::Running, "{st:?}");
+    assert_eq!(agent.status("ender").state, TaskState::Finished);
+    set_hooks(&hooks, "");
+    agent.kill("second");
+    remove_hooks(&hooks);
+}
