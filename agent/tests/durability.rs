@@ -117,12 +117,21 @@ fn a_slow_accept_write_never_overwrites_a_newer_state() {
     if !require_root("a_slow_accept_write_never_overwrites_a_newer_state") {
         return;
     }
-    let (agent, hooks) = agent_with_hooks("delay record_write 1500\n");
-    let st = agent
-        .submit(json!({"id": "quick", "argv": ["true"], "resources": {"cpus": 0.05, "mem_mb": 16}}))
-        .unwrap();
-    // The reply waits for the durable write; the task ended long before.
-    assert_eq!(st.state, TaskState::Finished, "{st:?}");
+    // Longer than the launch and the exit report, even on a loaded host.
+    let (agent, hooks) = agent_with_hooks("delay record_write 8000\n");
+    let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
+    let submit = std::thread::spawn(move || {
+        client.post::<_, TaskStatus>(
+            "/v1/tasks",
+            &json!({"id": "quick", "argv": ["true"], "resources": {"cpus": 0.05, "mem_mb": 16}}),
+        )
+    });
+    wait_until(LONG, "the task in the map", || {
+        agent.client.get::<TaskStatus>("/v1/tasks/quick").is_ok()
+    });
+    agent.wait_final("quick", LONG);
+    // The reply waits for the accepted record's durable write.
+    submit.join().unwrap().unwrap();
     let on_disk: Value =
         serde_json::from_slice(&std::fs::read(agent.task_json("quick")).unwrap()).unwrap();
     assert_eq!(on_disk["status"]["state"], "FINISHED", "{on_disk:#}");
@@ -229,24 +238,29 @@ fn a_failed_stop_does_not_mark_the_task_stopping() {
     remove_hooks(&hooks);
 }
 
-/// Issue 16.1: when another pass (started by an exit) admits a new task
-/// first, the submission still replies once that launch is done.
+/// Issue 16.1: when another pass (here: a reservation change's) admits a
+/// new task first, the submission still replies once that launch is done.
 #[test]
 fn a_submit_replies_running_whichever_pass_launched_it() {
     if !require_root("a_submit_replies_running_whichever_pass_launched_it") {
         return;
     }
-    let (agent, hooks) = agent_with_hooks("");
-    // First: a task that ends while the next submission waits before its
-    // own pass; its exit's pass admits the new task, whose launch is slow.
-    let st = agent
-        .submit(json!({"id": "ender", "argv": ["sleep", "0.5"], "resources": {"cpus": 0.05, "mem_mb": 16}}))
+    let (agent, hooks) = agent_with_hooks("delay submit_pass 1500\ndelay launch 3000\n");
+    let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
+    let submit =
+        std::thread::spawn(move || client.post::<_, TaskStatus>("/v1/tasks", &long_task("second")));
+    // While the submission waits before its own pass, another pass admits
+    // the task and launches it (slowly).
+    std::thread::sleep(Duration::from_millis(300));
+    agent
+        .client
+        .put::<_, Value>(
+            "/v1/reservations/other",
+            &json!({"cpus": 0.1, "mem_mb": 16}),
+        )
         .unwrap();
-    assert_eq!(st.state, TaskState::Running);
-    set_hooks(&hooks, "delay submit_pass 1500\ndelay launch 2000\n");
-    let st = agent.submit(long_task("second")).unwrap();
+    let st = submit.join().unwrap().unwrap();
     assert_eq!(st.state, TaskState::Running, "{st:?}");
-    assert_eq!(agent.status("ender").state, TaskState::Finished);
     set_hooks(&hooks, "");
     agent.kill("second");
     remove_hooks(&hooks);
