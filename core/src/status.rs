@@ -82,6 +82,17 @@ pub enum StopReason {
     DiskLimit,
 }
 
+/// The reason a task keeps when it is asked to stop again: a kill wins
+/// (it is never restarted), else the first reason asked stays.
+pub fn stronger_stop(asked: Option<StopReason>, new: StopReason) -> StopReason {
+    match asked {
+        Some(StopReason::Killed) => StopReason::Killed,
+        _ if new == StopReason::Killed => StopReason::Killed,
+        Some(first) => first,
+        None => new,
+    }
+}
+
 /// Written by the supervisor when the task's init has exited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExitRecord {
@@ -188,6 +199,15 @@ pub fn restart_backoff(restarts: u32) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kill_wins_over_every_other_stop_reason() {
+        use StopReason::*;
+        assert_eq!(stronger_stop(None, Preempted), Preempted);
+        assert_eq!(stronger_stop(Some(Killed), Preempted), Killed);
+        assert_eq!(stronger_stop(Some(Preempted), Killed), Killed);
+        assert_eq!(stronger_stop(Some(Drained), Preempted), Drained);
+    }
 
     fn exit(code: Option<i32>, signal: Option<i32>) -> ExitRecord {
         ExitRecord {

@@ -903,6 +903,7 @@ impl Agent {
             TaskState::Staging => {
                 // Durable before the reply: a restarted agent must not
                 // launch what was killed.
+                let reason = status::stronger_stop(t.record.pending_stop, reason);
                 let before = t.record.pending_stop.replace(reason);
                 if let Err(e) = t.persist() {
                     t.record.pending_stop = before;
@@ -910,6 +911,14 @@ impl Agent {
                 }
             }
             TaskState::Running => {
+                // A stop already asked of this run (perhaps by an agent
+                // since restarted) keeps its reason if it is a kill: a kill
+                // must not turn into a preemption that the policy restarts.
+                let asked = fsutil::read_json::<StopRequest>(&t.dir.stop_json())
+                    .ok()
+                    .filter(|s| s.run == t.record.run)
+                    .map(|s| s.reason);
+                let reason = status::stronger_stop(asked.or(t.stopping), reason);
                 let request = StopRequest {
                     run: t.record.run,
                     reason,
@@ -1184,5 +1193,44 @@ fn host_totals() -> Amount {
         cpus,
         mem_mb: (mem_kb / 1024.0).floor(),
         disk_mb: 0.0,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A record of task `id` in `state` (a JSON state name).
+    pub(crate) fn record(id: &str, state: &str, group: Option<(&str, usize)>) -> TaskRecord {
+        serde_json::from_value(serde_json::json!({
+            "schema": TASK_SCHEMA,
+            "spec": {"id": id, "argv": ["true"], "resources": {"cpus": 0.1, "mem_mb": 16}},
+            "status": {"id": id, "role": "batch", "state": state, "reason": null,
+                "exit_code": null, "signal": null, "pid": null, "cgroup": null,
+                "sandbox": null, "resources": {"cpus": 0.1, "mem_mb": 16},
+                "submitted_at": "2026-01-01T00:00:00Z", "started_at": null,
+                "finished_at": null, "restarts": 0},
+            "run": 0,
+            "group": group.map(|g| g.0),
+            "group_size": group.map(|g| g.1),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = Task::new(record("t", "QUEUED", None), TaskDir::new(dir.path()));
+        let accepted = task.snapshot(true);
+        task.record.status.state = TaskState::Finished;
+        task.persist_derived().unwrap();
+        // The accepted record's durable write lands last: skipped.
+        accepted.write().unwrap();
+        let on_disk: TaskRecord = fsutil::read_json(&task.dir.task_json()).unwrap();
+        assert_eq!(on_disk.status.state, TaskState::Finished);
+        task.record.status.state = TaskState::Killed;
+        task.persist().unwrap();
+        let on_disk: TaskRecord = fsutil::read_json(&task.dir.task_json()).unwrap();
+        assert_eq!(on_disk.status.state, TaskState::Killed);
     }
 }

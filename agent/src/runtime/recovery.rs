@@ -122,6 +122,14 @@ impl Agent {
                     st.started_at = Some(sup.started_at);
                     st.cgroup = Some(cgroup);
                     t.record.supervisor = Some(sup);
+                    // Asked to stop before the restart: still stopping, so
+                    // preemption and drains do not count it again.
+                    let run = t.record.run;
+                    t.stopping =
+                        fsutil::read_json::<crate::supervisor::StopRequest>(&t.dir.stop_json())
+                            .ok()
+                            .filter(|s| s.run == run)
+                            .map(|s| s.reason);
                     // A kill that came while we waited for the supervisor.
                     t.record.pending_stop.take()
                 };
@@ -318,4 +326,28 @@ fn load_record(dir: &TaskDir) -> Result<TaskRecord, StartError> {
             path.display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partial_groups;
+    use crate::runtime::tests::record;
+
+    #[test]
+    fn a_group_with_missing_records_is_partial_unless_a_member_ended() {
+        let half = [record("g.0", "QUEUED", Some(("g", 2)))];
+        assert!(partial_groups(half.iter()).contains("g"));
+        let whole = [
+            record("g.0", "QUEUED", Some(("g", 2))),
+            record("g.1", "STAGING", Some(("g", 2))),
+        ];
+        assert!(partial_groups(whole.iter()).is_empty());
+        // Acknowledged long ago; a record of an ended member may be pruned.
+        let pruned = [record("g.0", "FINISHED", Some(("g", 2)))];
+        assert!(partial_groups(pruned.iter()).is_empty());
+        // Written before group_size existed: trusted.
+        let mut old = record("h.0", "QUEUED", None);
+        old.group = Some("h".into());
+        assert!(partial_groups([old].iter()).is_empty());
+    }
 }
