@@ -3,7 +3,7 @@
 //! web console's charts. The agent samples every [`SAMPLE_EVERY_S`] and
 //! rewrites the key under its lease every [`WRITE_EVERY_S`]; the ring
 //! holds at most [`MAX_SAMPLES`], so the value and the write rate are
-//! bounded (about 12 KB a minute per node).
+//! bounded (at most ~14 KB a minute per node).
 
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,19 @@ impl HarvestRing {
 
     /// Appends, dropping the oldest past [`MAX_SAMPLES`] and any sample not
     /// newer than the last (a clock step back must not fold the chart).
+    /// Numbers are rounded (time to the second, CPUs to 0.001, MB to 0.1)
+    /// so that a full ring stays under 14.5 KB.
     pub fn push(&mut self, s: Sample) {
+        // Divided, not multiplied by the step: 57.0 / 1000.0 prints "0.057".
+        let round = |x: f64, per: f64| (x * per).round() / per;
+        let mut s = s;
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = match i {
+                0 => v.round(),
+                1 | 3 | 5 => round(*v, 1000.0),
+                _ => round(*v, 10.0),
+            };
+        }
         if self.samples.last().is_some_and(|l| l[0] >= s[0]) {
             self.samples.clear();
         }
@@ -110,6 +122,25 @@ mod tests {
         // Clock stepped back: start over rather than fold.
         r.push([0.0; 7]);
         assert_eq!(r.samples.len(), 1);
+    }
+
+    #[test]
+    fn a_full_ring_stays_under_14_kb() {
+        let mut r = HarvestRing::new("node-with-a-long-name-01");
+        for t in 0..MAX_SAMPLES {
+            r.push([
+                1_795_336_919.0 + 15.0 * t as f64,
+                15.123456789,
+                64_000.123456,
+                0.056735326997,
+                1_234.567891,
+                1.947274565463,
+                28_836.773437,
+            ]);
+        }
+        let len = serde_json::to_string(&r).unwrap().len();
+        assert!(len <= 14_500, "{len} bytes");
+        assert_eq!(r.samples[0][3], 0.057);
     }
 
     #[test]

@@ -21,7 +21,7 @@ const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) =>
   ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 // Numbers as the tests compare them: at most 2 decimals.
 const num = (x) => (x == null ? '' : String(Number(Number(x).toFixed(2))));
-const pct = (x) => (x == null ? '' : (100 * x).toFixed(1) + ' %');
+const pct = (x) => (x == null ? '' : (100 * x).toFixed(1) + '\u00a0%');
 const ago = (t) => {
   if (!t) return '';
   const s = Math.max(0, (Date.now() - Date.parse(t)) / 1000);

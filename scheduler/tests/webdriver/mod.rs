@@ -205,7 +205,7 @@ impl Browser {
     }
 
     pub fn new_window(&self) -> String {
-        self.cmd("POST", "/window/new", json!({"type": "tab"}))["value"]["handle"]
+        self.cmd("POST", "/window/new", json!({"type": "window"}))["value"]["handle"]
             .as_str()
             .unwrap()
             .to_owned()
