@@ -1,7 +1,8 @@
 //! `harvest/<node>` (FLEET.md): a node's last hour of business use, the
 //! reservation the monitor left to gleaner, and what batch used, for the
 //! web console's charts. The agent samples every [`SAMPLE_EVERY_S`] and
-//! rewrites the key under its lease every [`WRITE_EVERY_S`]; the ring
+//! rewrites the key under its lease every [`WRITE_EVERY_S`] (every sample
+//! in its first minute); the ring
 //! holds at most [`MAX_SAMPLES`], so the value and the write rate are
 //! bounded (at most ~14 KB a minute per node).
 

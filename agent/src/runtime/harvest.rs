@@ -14,6 +14,8 @@ use super::Agent;
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(SAMPLE_EVERY_S);
 const WRITE_EVERY: Duration = Duration::from_secs(WRITE_EVERY_S);
+/// Samples written one by one after the agent starts.
+const EAGER_SAMPLES: usize = 4;
 
 pub struct Harvester {
     sampler: Option<Sampler>,
@@ -32,8 +34,7 @@ impl Harvester {
         }
     }
 
-    /// Takes one sample; returns the ring's JSON when a write is due (the
-    /// first sample is written at once: a new node shows up in the chart).
+    /// Takes one sample; returns the ring's JSON when a write is due.
     pub fn tick(&mut self, agent: &Agent, now: Instant) -> Option<String> {
         let sampler = self
             .sampler
@@ -67,9 +68,12 @@ impl Harvester {
                 return None;
             }
         }
-        let due = self
-            .written
-            .is_none_or(|w| now.duration_since(w) >= WRITE_EVERY);
+        // Every sample while the ring is short (a new node's chart fills in
+        // its first minute), then every WRITE_EVERY.
+        let due = self.ring.samples.len() <= EAGER_SAMPLES
+            || self
+                .written
+                .is_none_or(|w| now.duration_since(w) >= WRITE_EVERY);
         if !due {
             return None;
         }

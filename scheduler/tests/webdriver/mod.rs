@@ -91,7 +91,10 @@ impl Browser {
             .spawn()
             .unwrap();
         let driver = Driver { child, profile };
-        let http = super::sim::http_client();
+        // reqwest is unified with the agent's rustls-no-provider in a
+        // workspace build: a provider must be installed first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::blocking::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         while http.get(format!("{base}/status")).send().is_err() {
