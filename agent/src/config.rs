@@ -52,6 +52,10 @@ pub struct AgentConfig {
     pub etcd: Vec<String>,
     /// Key prefix in etcd: `<prefix>/nodes/<node-id>/...`.
     pub etcd_prefix: String,
+    /// etcd user (RBAC) and the file holding its password (root-only: a
+    /// file group or others may read or write is refused). Both or neither.
+    pub etcd_username: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
     pub attributes: BTreeMap<String, String>,
     /// File holding the bearer token every TCP request must carry.
     /// Absent: `<data_dir>/api.token`, created (0600, 256 bits) at first start.
@@ -127,6 +131,8 @@ impl Default for AgentConfig {
             node_id: None,
             etcd: Vec::new(),
             etcd_prefix: "/gleaner".into(),
+            etcd_username: None,
+            etcd_password_file: None,
             attributes: BTreeMap::new(),
             token_file: None,
             admin_uids: Vec::new(),
@@ -238,6 +244,18 @@ impl AgentConfig {
         }
         if let Some(id) = &self.node_id {
             check_name("node_id", id).map_err(|e| key("node_id", e.reason))?;
+        }
+        match (&self.etcd_username, &self.etcd_password_file) {
+            (Some(u), Some(_)) if u.trim().is_empty() => {
+                return Err(key("etcd_username", "must not be empty"));
+            }
+            (Some(_), None) => {
+                return Err(key("etcd_password_file", "etcd_username needs it"));
+            }
+            (None, Some(_)) => {
+                return Err(key("etcd_username", "etcd_password_file needs it"));
+            }
+            _ => {}
         }
         for name in self.attributes.keys() {
             check_name("attributes", name)
@@ -368,10 +386,72 @@ impl AgentConfig {
         read_token_file(&path)
     }
 
+    /// The etcd user and password, read once at start; None without
+    /// `etcd_username`.
+    pub fn etcd_credentials(&self) -> Result<Option<EtcdCredentials>, ConfigError> {
+        let (Some(user), Some(path)) = (&self.etcd_username, &self.etcd_password_file) else {
+            return Ok(None);
+        };
+        let password = read_secret_file(path).map_err(|e| key("etcd_password_file", e))?;
+        Ok(Some(EtcdCredentials {
+            user: user.clone(),
+            password,
+        }))
+    }
+
     /// Reads the admin token (for clients: never creates one).
     pub fn read_token(&self) -> Result<String, ConfigError> {
         read_token_file(&self.token_path())
     }
+}
+
+/// An etcd user and its password; Debug never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdCredentials({}, <password>)", self.user)
+    }
+}
+
+impl EtcdCredentials {
+    /// `etcd_client`'s options with the user set (the token is fetched at
+    /// connect and refreshed when etcd says it expired).
+    pub fn apply(
+        creds: Option<&EtcdCredentials>,
+        options: etcd_client::ConnectOptions,
+    ) -> etcd_client::ConnectOptions {
+        match creds {
+            Some(c) => options
+                .with_user(c.user.clone(), c.password.clone())
+                .with_auto_token_refresh(true),
+            None => options,
+        }
+    }
+}
+
+/// A secret file: not group/other-accessible, not empty; trimmed.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    // Tasks share the host: a password they could read protects nothing.
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is accessible by group or others (mode {mode:03o}): chmod 600 it",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret)
 }
 
 fn read_token_file(path: &Path) -> Result<String, ConfigError> {
@@ -458,6 +538,45 @@ mod tests {
         assert_eq!(parsed.image_cache_mb, d.image_cache_mb);
         assert_eq!(parsed.disk_check_interval_s, d.disk_check_interval_s);
         assert_eq!(parsed.data_dir, PathBuf::from("/opt/gleaner/var/lib"));
+    }
+
+    /// The etcd password: both keys or neither, and a file group or others
+    /// may read is refused at start, naming the key and the path.
+    #[test]
+    fn etcd_credentials_need_both_keys_and_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("etcd-password");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let only_user = AgentConfig {
+            etcd_username: Some("agent".into()),
+            ..Default::default()
+        };
+        assert!(only_user
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("etcd_password_file"));
+        let cfg = AgentConfig {
+            etcd_username: Some("agent".into()),
+            etcd_password_file: Some(pw.clone()),
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        let err = cfg.etcd_credentials().unwrap_err().to_string();
+        assert!(
+            err.starts_with("etcd_password_file") && err.contains("mode 640"),
+            "{err}"
+        );
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let creds = cfg.etcd_credentials().unwrap().unwrap();
+        assert_eq!(
+            (creds.user.as_str(), creds.password.as_str()),
+            ("agent", "s3cret")
+        );
+        assert!(!format!("{creds:?}").contains("s3cret"));
+        assert_eq!(AgentConfig::default().etcd_credentials().unwrap(), None);
     }
 
     #[test]

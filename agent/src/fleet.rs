@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
+use crate::config::EtcdCredentials;
+
 #[derive(Debug, Clone)]
 pub struct NodeRow {
     pub node: String,
@@ -19,15 +21,23 @@ pub struct NodeRow {
     pub attributes: String,
 }
 
-pub fn list(endpoints: &[String], prefix: &str) -> Result<Vec<NodeRow>, String> {
+pub fn list(
+    endpoints: &[String],
+    prefix: &str,
+    credentials: Option<&EtcdCredentials>,
+) -> Result<Vec<NodeRow>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(read(endpoints, prefix))
+    runtime.block_on(read(endpoints, prefix, credentials))
 }
 
-async fn read(endpoints: &[String], prefix: &str) -> Result<Vec<NodeRow>, String> {
+async fn read(
+    endpoints: &[String],
+    prefix: &str,
+    credentials: Option<&EtcdCredentials>,
+) -> Result<Vec<NodeRow>, String> {
     let endpoints: Vec<String> = endpoints
         .iter()
         .map(|e| crate::runtime::etcd::endpoint(e))
@@ -35,6 +45,7 @@ async fn read(endpoints: &[String], prefix: &str) -> Result<Vec<NodeRow>, String
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
+    let options = EtcdCredentials::apply(credentials, options);
     let mut client = Client::connect(&endpoints, Some(options))
         .await
         .map_err(|e| e.to_string())?;

@@ -52,6 +52,11 @@ impl DataDir {
     pub fn attributes_json(&self) -> PathBuf {
         self.root.join("attributes.json")
     }
+    /// The lease id of the node's last etcd registration.
+    pub fn etcd_lease(&self) -> PathBuf {
+        self.root.join("etcd-lease")
+    }
+
     pub fn reservations_json(&self) -> PathBuf {
         self.root.join("reservations.json")
     }

@@ -21,6 +21,13 @@ pub struct SchedulerConfig {
     pub etcd: Vec<String>,
     /// Key prefix of the fleet in etcd.
     pub etcd_prefix: String,
+    /// etcd user (RBAC) and the file holding its password (a file group
+    /// or others may read or write is refused). Both or neither.
+    pub etcd_username: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
+    /// Read from `etcd_password_file` at start; never in the file.
+    #[serde(skip)]
+    pub etcd_credentials: Option<crate::store::EtcdCredentials>,
     /// Address of the API (every replica serves it).
     pub listen: String,
     /// File holding the bearer token the API requires; absent: no token.
@@ -51,6 +58,9 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             etcd: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: DEFAULT_PREFIX.into(),
+            etcd_username: None,
+            etcd_password_file: None,
+            etcd_credentials: None,
             listen: "127.0.0.1:8080".into(),
             token_file: None,
             name: String::new(),
@@ -92,6 +102,14 @@ impl SchedulerConfig {
                 self.etcd_prefix
             ));
         }
+        match (&self.etcd_username, &self.etcd_password_file) {
+            (Some(u), Some(_)) if u.trim().is_empty() => {
+                return Err("etcd_username: must not be empty".into());
+            }
+            (Some(_), None) => return Err("etcd_password_file: etcd_username needs it".into()),
+            (None, Some(_)) => return Err("etcd_username: etcd_password_file needs it".into()),
+            _ => {}
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen: not an address:port: {:?}", self.listen));
         }
@@ -105,6 +123,36 @@ impl SchedulerConfig {
             return Err("max_placements_per_pass: must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The etcd user and password, read once at start.
+    pub fn read_etcd_credentials(
+        &self,
+    ) -> Result<Option<crate::store::EtcdCredentials>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let (Some(user), Some(path)) = (&self.etcd_username, &self.etcd_password_file) else {
+            return Ok(None);
+        };
+        let fail = |reason: String| ConfigError::File {
+            path: path.clone(),
+            reason: format!("etcd_password_file: {reason}"),
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(fail(format!(
+                "accessible by group or others (mode {mode:03o}): chmod 600 it"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+        let password = text.trim().to_owned();
+        if password.is_empty() {
+            return Err(fail("empty".into()));
+        }
+        Ok(Some(crate::store::EtcdCredentials {
+            user: user.clone(),
+            password,
+        }))
     }
 
     /// The token, read once at start. A `token_file` that does not exist
@@ -183,6 +231,8 @@ mod tests {
             ("etcd_prefix = \"g\"", "etcd_prefix"),
             ("fitness = \"best\"", "unknown variant"),
             ("placement_timeout_s = 0", "placement_timeout_s"),
+            ("etcd_username = \"s\"", "etcd_password_file"),
+            ("etcd_password_file = \"/p\"", "etcd_username"),
         ] {
             let e = SchedulerConfig::parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
@@ -207,12 +257,15 @@ mod tests {
         let parsed = SchedulerConfig::parse(&uncommented).unwrap();
         let want = SchedulerConfig {
             token_file: Some("/opt/gleaner/etc/scheduler-token".into()),
+            etcd_username: Some("gleaner-scheduler".into()),
+            etcd_password_file: Some("/opt/gleaner/etc/etcd-scheduler-password".into()),
             ..SchedulerConfig::default()
         };
         assert_eq!(parsed, want);
         let all = toml::Value::try_from(SchedulerConfig::default()).unwrap();
         let keys = all.as_table().unwrap().keys().cloned();
-        for key in keys.chain(["token_file".to_string()]) {
+        let optional = ["token_file", "etcd_username", "etcd_password_file"];
+        for key in keys.chain(optional.map(String::from)) {
             assert!(
                 uncommented
                     .lines()

@@ -62,11 +62,15 @@ async fn term(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let e = |e: etcd_client::Error| e.to_string();
-    let mut client = store::connect(endpoints, Some(store::REQUEST_TIMEOUT))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client = store::connect(
+        endpoints,
+        config.etcd_credentials.as_ref(),
+        Some(store::REQUEST_TIMEOUT),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     // Campaigning blocks until elected: no request timeout on that client.
-    let mut campaigner = store::connect(endpoints, None)
+    let mut campaigner = store::connect(endpoints, config.etcd_credentials.as_ref(), None)
         .await
         .map_err(|e| e.to_string())?;
     let lease = client

@@ -64,6 +64,8 @@ fn config(args: &Args) -> anyhow::Result<SchedulerConfig> {
         c.token_file = Some(t.clone());
     }
     c.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    // Read once at start: a bad or readable password file stops here.
+    c.etcd_credentials = c.read_etcd_credentials()?;
     if c.name.is_empty() {
         let host = nix::unistd::gethostname()
             .ok()
@@ -98,7 +100,7 @@ fn run() -> anyhow::Result<()> {
 async fn serve(config: Arc<SchedulerConfig>, token: Option<String>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let state = AppState {
-        store: Arc::new(Store::new(&config.etcd)),
+        store: Arc::new(Store::new(&config.etcd, config.etcd_credentials.clone())),
         keys: Arc::new(Keys::new(&config.etcd_prefix)),
         token: token.map(Into::into),
         metrics: metrics.clone(),

@@ -44,16 +44,32 @@ pub fn endpoint(url: &str) -> String {
     }
 }
 
+/// An etcd user and its password (etcd RBAC); Debug never shows the
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdCredentials({}, <password>)", self.user)
+    }
+}
+
 /// A client made on first use and remade after a failure.
 pub struct Store {
     endpoints: Vec<String>,
+    credentials: Option<EtcdCredentials>,
     client: Mutex<Option<Client>>,
 }
 
 impl Store {
-    pub fn new(endpoints: &[String]) -> Store {
+    pub fn new(endpoints: &[String], credentials: Option<EtcdCredentials>) -> Store {
         Store {
             endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
+            credentials,
             client: Mutex::new(None),
         }
     }
@@ -74,7 +90,12 @@ impl Store {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = connect(&self.endpoints, Some(REQUEST_TIMEOUT)).await?;
+        let c = connect(
+            &self.endpoints,
+            self.credentials.as_ref(),
+            Some(REQUEST_TIMEOUT),
+        )
+        .await?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -189,6 +210,7 @@ pub async fn get_prefix(
 /// and no replica could lead (the agent does the same, runtime/etcd.rs).
 pub async fn connect(
     endpoints: &[String],
+    credentials: Option<&EtcdCredentials>,
     timeout: Option<Duration>,
 ) -> Result<Client, StoreError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,6 +220,13 @@ pub async fn connect(
         .with_keep_alive(KEEPALIVE_EVERY, KEEPALIVE_TIMEOUT);
     if let Some(t) = timeout {
         options = options.with_timeout(t);
+    }
+    if let Some(c) = credentials {
+        // The token is fetched at connect and fetched again when etcd
+        // says it expired (simple tokens live 5 minutes by default).
+        options = options
+            .with_user(c.user.clone(), c.password.clone())
+            .with_auto_token_refresh(true);
     }
     let mut last = String::from("no endpoint");
     for _ in 0..endpoints.len().max(1) {

@@ -148,6 +148,12 @@ enum Cmd {
         etcd: String,
         #[arg(long, default_value = "/gleaner")]
         prefix: String,
+        /// etcd user (with auth on; the agent's user can read nodes/).
+        #[arg(long, env = "GLEANER_ETCD_USER")]
+        etcd_user: Option<String>,
+        /// File holding that user's password (0600).
+        #[arg(long, env = "GLEANER_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+        etcd_password_file: Option<std::path::PathBuf>,
     },
     /// Fleet jobs through the scheduler (`--scheduler`): submit, ls, status, cancel.
     Job {
@@ -447,13 +453,27 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{name} removed");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Nodes { etcd, prefix } => {
+        Cmd::Nodes {
+            etcd,
+            prefix,
+            etcd_user,
+            etcd_password_file,
+        } => {
+            let credentials = match (etcd_user, etcd_password_file) {
+                (Some(user), Some(path)) => Some(gleaner_agent::config::EtcdCredentials {
+                    user,
+                    password: gleaner_agent::config::read_secret_file(&path)
+                        .map_err(|e| format!("--etcd-password-file: {e}"))?,
+                }),
+                (Some(_), None) => return Err("--etcd-user needs --etcd-password-file".into()),
+                _ => None,
+            };
             let endpoints: Vec<String> = etcd
                 .split(',')
                 .map(|e| e.trim().to_owned())
                 .filter(|e| !e.is_empty())
                 .collect();
-            let nodes = gleaner_agent::fleet::list(&endpoints, &prefix)
+            let nodes = gleaner_agent::fleet::list(&endpoints, &prefix, credentials.as_ref())
                 .map_err(|e| format!("etcd {etcd}: {e}"))?;
             println!(
                 "{:<20} {:>6} {:>9} {:>8} {:>8} {:<20} ATTRIBUTES",

@@ -9,13 +9,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use tokio::sync::Mutex;
 
 use super::attributes::Source;
 use super::placements::{self, Event};
 use super::Agent;
+use crate::config::EtcdCredentials;
 use gleaner_core::fleet::{Keys, NodeInfo, RoleCapacity};
+use std::path::PathBuf;
 
 /// TTL of the node's info key: it vanishes this long after the agent dies.
 pub const INFO_TTL_S: i64 = 10;
@@ -34,6 +39,29 @@ pub struct EtcdLink {
     placements_prefix: String,
     pub(crate) keys: Keys,
     client: Mutex<Option<Client>>,
+    node: String,
+    credentials: Option<EtcdCredentials>,
+    /// Where the lease of this data dir's last registration is kept: a
+    /// restarted agent may take its own node id back at once.
+    lease_file: PathBuf,
+}
+
+/// Why the agent cannot join the fleet at start.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// Another live agent holds this node id (its info key is under a
+    /// lease that is not ours).
+    #[error("node id {node:?} is taken: {key} is held by another live agent (lease {lease:x}); stop that agent and wait {ttl} s for its lease to expire, or give this one another node_id")]
+    Taken {
+        node: String,
+        key: String,
+        lease: i64,
+        ttl: i64,
+    },
+    /// etcd refused the credentials (wrong user or password, auth off
+    /// while a user is configured, or no user while auth is on).
+    #[error("etcd {endpoints}: {reason} (check etcd_username and etcd_password_file)")]
+    Auth { endpoints: String, reason: String },
 }
 
 /// `localhost` becomes 127.0.0.1: the static binary has no NSS.
@@ -47,7 +75,13 @@ pub(crate) fn endpoint(url: &str) -> String {
 }
 
 impl EtcdLink {
-    pub fn new(endpoints: &[String], prefix: &str, node: &str) -> Self {
+    pub fn new(
+        endpoints: &[String],
+        prefix: &str,
+        node: &str,
+        credentials: Option<EtcdCredentials>,
+        lease_file: PathBuf,
+    ) -> Self {
         let prefix = prefix.trim_end_matches('/');
         let keys = Keys::new(prefix);
         EtcdLink {
@@ -57,7 +91,114 @@ impl EtcdLink {
             placements_prefix: keys.placements_prefix(node),
             keys,
             client: Mutex::new(None),
+            node: node.to_owned(),
+            credentials,
+            lease_file,
         }
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        EtcdCredentials::apply(self.credentials.as_ref(), options)
+    }
+
+    /// The lease this data dir registered under last (0: none).
+    fn own_lease(&self) -> i64 {
+        std::fs::read_to_string(&self.lease_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// At start, when etcd answers: refuses a node id another live agent
+    /// holds (a second agent with the same id would run every placement
+    /// twice), and credentials etcd rejects. etcd unreachable: Ok, the
+    /// session checks again when it is back.
+    pub async fn check_node_id(&self) -> Result<(), RegisterError> {
+        let probe = async {
+            let mut client = Client::connect(&self.endpoints, Some(self.connect_options())).await?;
+            client.get(self.info_key.as_str(), None).await
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT * 2, probe).await {
+            Ok(Ok(resp)) => match resp.kvs().first() {
+                Some(kv) => self.held_by_other(kv.lease()),
+                None => Ok(()),
+            },
+            Ok(Err(e)) if is_auth_error(&e) => Err(RegisterError::Auth {
+                endpoints: self.endpoints.join(","),
+                reason: e.to_string(),
+            }),
+            Ok(Err(e)) => {
+                tracing::warn!("etcd at start: {e}; the node id is checked once etcd answers");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn held_by_other(&self, lease: i64) -> Result<(), RegisterError> {
+        // Lease 0: written by hand, no agent keeps it alive.
+        if lease == 0 || lease == self.own_lease() {
+            return Ok(());
+        }
+        Err(RegisterError::Taken {
+            node: self.node.clone(),
+            key: self.info_key.clone(),
+            lease,
+            ttl: INFO_TTL_S,
+        })
+    }
+
+    /// Writes the info key under `lease` only if it is absent, ours, or
+    /// under no lease: one transaction, so two agents starting at once
+    /// cannot both take the id.
+    async fn claim(&self, client: &mut Client, info: String, lease: i64) -> Result<(), String> {
+        let key = self.info_key.as_str();
+        let put = || TxnOp::put(key, info.clone(), Some(PutOptions::new().with_lease(lease)));
+        for _ in 0..3 {
+            let resp = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                        .and_then([put()])
+                        .or_else([TxnOp::get(key, None)]),
+                )
+                .await
+                .map_err(|e| format!("claim {key}: {e}"))?;
+            if resp.succeeded() {
+                return self.remember_lease(lease);
+            }
+            let held = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => {
+                    g.kvs().first().map(|kv| (kv.lease(), kv.mod_revision()))
+                }
+                _ => None,
+            });
+            let Some((held, rev)) = held else { continue };
+            self.held_by_other(held).map_err(|e| e.to_string())?;
+            let resp = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+                        .and_then([put()]),
+                )
+                .await
+                .map_err(|e| format!("claim {key}: {e}"))?;
+            if resp.succeeded() {
+                return self.remember_lease(lease);
+            }
+        }
+        Err(format!(
+            "claim {key}: it keeps changing under another writer"
+        ))
+    }
+
+    fn remember_lease(&self, lease: i64) -> Result<(), String> {
+        crate::fsutil::write_atomic(&self.lease_file, lease.to_string().as_bytes())
+            .map_err(|e| format!("{}: {e}", self.lease_file.display()))
     }
 
     /// The current session's client, if etcd is reachable.
@@ -100,6 +241,20 @@ impl EtcdLink {
         .map_err(|_| "etcd did not answer in time".to_owned())?
         .map_err(|e| format!("etcd: {e}"))?;
         Ok(())
+    }
+}
+
+/// Errors that retrying cannot fix: etcd said no to who we are.
+fn is_auth_error(e: &etcd_client::Error) -> bool {
+    match e {
+        // gRPC codes 16 Unauthenticated, 7 PermissionDenied.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(i32::from(s.code()), 7 | 16)
+                || s.message().contains("authentication")
+                || s.message().contains("user name is empty")
+                || s.message().contains("permission denied")
+        }
+        _ => false,
     }
 }
 
@@ -164,14 +319,22 @@ async fn session(
     backoff: &mut Duration,
     harvester: &mut super::harvest::Harvester,
 ) -> String {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    let mut client = match Client::connect(endpoints, Some(options)).await {
+    let mut client = match Client::connect(endpoints, Some(link.connect_options())).await {
         Ok(c) => c,
         Err(e) => return format!("connect {endpoints:?}: {e}"),
     };
+    // The node id first: nothing of a node another agent holds is read.
+    let lease = match client.lease_grant(INFO_TTL_S, None).await {
+        Ok(l) => l.id(),
+        Err(e) => return format!("lease: {e}"),
+    };
+    if let Err(e) = link.claim(&mut client, info_doc(agent), lease).await {
+        // Not registered, no placements read: this agent runs nothing
+        // new until the id is free.
+        tracing::error!("{e}");
+        let _ = client.lease_revoke(lease).await;
+        return e;
+    }
     // Resync: everything under the prefix, at one revision.
     let snapshot = match client
         .get(
@@ -226,10 +389,6 @@ async fn session(
     // The outbox goes out now, not at the publisher's next sweep.
     agent.touched();
 
-    let lease = match client.lease_grant(INFO_TTL_S, None).await {
-        Ok(l) => l.id(),
-        Err(e) => return format!("lease: {e}"),
-    };
     let mut last_info = None;
     if let Err(e) = put_info(&mut client, link, agent, lease, &mut last_info, true).await {
         return e;
@@ -362,16 +521,7 @@ async fn put_info(
     }
     *last = Some(info.clone());
     info.reported_at = chrono::Utc::now();
-    // The fleet's NodeInfo over SPEC.md's `/v1/state` shape: one document
-    // that both the scheduler and `gleaner nodes` read.
-    let mut doc = serde_json::to_value(agent.node_state()).unwrap_or_default();
-    if let (Some(doc), serde_json::Value::Object(fleet)) = (
-        doc.as_object_mut(),
-        serde_json::to_value(&info).unwrap_or_default(),
-    ) {
-        doc.extend(fleet);
-    }
-    let info = doc.to_string();
+    let info = info_json(agent, &info);
     client
         .put(
             link.info_key.as_str(),
@@ -381,6 +531,23 @@ async fn put_info(
         .await
         .map(|_| ())
         .map_err(|e| format!("write {}: {e}", link.info_key))
+}
+
+/// The fleet's NodeInfo over SPEC.md's `/v1/state` shape: one document
+/// that both the scheduler and `gleaner nodes` read.
+fn info_json(agent: &Agent, info: &NodeInfo) -> String {
+    let mut doc = serde_json::to_value(agent.node_state()).unwrap_or_default();
+    if let (Some(doc), serde_json::Value::Object(fleet)) = (
+        doc.as_object_mut(),
+        serde_json::to_value(info).unwrap_or_default(),
+    ) {
+        doc.extend(fleet);
+    }
+    doc.to_string()
+}
+
+fn info_doc(agent: &Agent) -> String {
+    info_json(agent, &agent.node_info())
 }
 
 /// The attribute a key under the prefix stands for; names that are not

@@ -82,6 +82,8 @@ pub enum StartError {
     State(String),
     #[error(transparent)]
     HostFs(#[from] hostfs::HostFsError),
+    #[error(transparent)]
+    Register(#[from] etcd::RegisterError),
 }
 
 /// What task.json holds.
@@ -310,13 +312,23 @@ impl Agent {
         let data_lock = crate::datalock::DataDirLock::acquire(&cfg.data_dir)?;
         let cgroups = cgroup::detect(&cfg.cgroup_root, cfg.cgroup_version, &cfg.disable_features)?;
         let data = DataDir::new(&cfg.data_dir);
-        let etcd_link = (!cfg.etcd.is_empty()).then(|| {
-            Arc::new(etcd::EtcdLink::new(
+        let etcd_link = if cfg.etcd.is_empty() {
+            None
+        } else {
+            let credentials = cfg
+                .etcd_credentials()
+                .map_err(|e| StartError::State(e.to_string()))?;
+            let link = etcd::EtcdLink::new(
                 &cfg.etcd,
                 &cfg.etcd_prefix,
                 &cfg.node_id(),
-            ))
-        });
+                credentials,
+                data.etcd_lease(),
+            );
+            // One host per node id: refused before anything runs.
+            link.check_node_id().await?;
+            Some(Arc::new(link))
+        };
         let attribute_store =
             attributes::AttributeStore::load(&data.attributes_json(), cfg.attributes.clone())
                 .map_err(StartError::State)?;

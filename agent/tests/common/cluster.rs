@@ -107,6 +107,33 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     tmp: tempfile::TempDir,
+    /// With auth on: the password files `scripts/etcd-auth-setup.sh` made.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// etcd users made by `scripts/etcd-auth-setup.sh` (prefix /gleaner).
+#[derive(Clone)]
+pub struct EtcdAuth {
+    pub root_password: String,
+    pub agent_password_file: PathBuf,
+    pub scheduler_password_file: PathBuf,
+}
+
+impl EtcdAuth {
+    /// Agent TOML lines naming the agent's user and password file.
+    pub fn agent_toml(&self) -> String {
+        format!(
+            "etcd_username = \"gleaner-agent\"\netcd_password_file = {:?}\n",
+            self.agent_password_file.display().to_string()
+        )
+    }
+
+    pub fn scheduler_toml(&self) -> String {
+        format!(
+            "etcd_username = \"gleaner-scheduler\"\netcd_password_file = {:?}\n",
+            self.scheduler_password_file.display().to_string()
+        )
+    }
 }
 
 impl EtcdCluster {
@@ -139,10 +166,45 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { members, tmp };
+        let mut cluster = EtcdCluster {
+            members,
+            tmp,
+            auth: None,
+        };
         for i in 0..n {
             cluster.spawn(i);
         }
+        cluster.wait_healthy(Duration::from_secs(30));
+        Some(cluster)
+    }
+
+    /// As `start`, then auth on through `scripts/etcd-auth-setup.sh`: root,
+    /// gleaner-agent and gleaner-scheduler users; `ctl` acts as root.
+    pub fn start_with_auth(n: usize) -> Option<EtcdCluster> {
+        let mut cluster = Self::start(n)?;
+        let out = cluster.tmp.path().join("auth");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd-auth-setup.sh");
+        let run = Command::new("sh")
+            .arg(&script)
+            .args(["--prefix", "/gleaner", "--out"])
+            .arg(&out)
+            .env("ETCDCTL_ENDPOINTS", cluster.endpoints_csv())
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        cluster.auth = Some(EtcdAuth {
+            root_password: fs::read_to_string(out.join("etcd-root-password"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+            agent_password_file: out.join("etcd-agent-password"),
+            scheduler_password_file: out.join("etcd-scheduler-password"),
+        });
         cluster.wait_healthy(Duration::from_secs(30));
         Some(cluster)
     }
@@ -236,13 +298,14 @@ impl EtcdCluster {
 
     /// etcdctl (API v3) against the live members; stdout on success.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.live_endpoints().join(",")])
-            .args(["--command-timeout=3s", "--dial-timeout=2s"])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
+            .args(["--command-timeout=3s", "--dial-timeout=2s"]);
+        if let Some(a) = &self.auth {
+            cmd.arg(format!("--user=root:{}", a.root_password));
+        }
+        let out = cmd.args(args).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -453,6 +516,8 @@ pub struct FleetAgent {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
+    /// Set when the process exited at start.
+    pub exit_code: Option<i32>,
     _tmp: tempfile::TempDir,
 }
 
@@ -460,6 +525,39 @@ impl FleetAgent {
     /// Starts an agent in fleet mode; `extra` is appended to its TOML
     /// (e.g. `initial_reservation`).
     pub fn start(
+        node: &str,
+        etcd: &[String],
+        rootfs: &Path,
+        attributes: &[(&str, &str)],
+        extra: &str,
+    ) -> FleetAgent {
+        let mut agent = Self::prepare(node, etcd, rootfs, attributes, extra);
+        if let Err(e) = agent.try_spawn() {
+            panic!("agent {node}: {e}");
+        }
+        agent
+    }
+
+    /// As `start`, but an agent that exits at start is an Err with its
+    /// exit code and log (cleaned up on return).
+    pub fn try_start(
+        node: &str,
+        etcd: &[String],
+        rootfs: &Path,
+        attributes: &[(&str, &str)],
+        extra: &str,
+    ) -> Result<FleetAgent, (Option<i32>, String)> {
+        let mut agent = Self::prepare(node, etcd, rootfs, attributes, extra);
+        match agent.try_spawn() {
+            Ok(()) => Ok(agent),
+            Err(_) => Err((
+                agent.exit_code,
+                fs::read_to_string(&agent.log_path).unwrap_or_default(),
+            )),
+        }
+    }
+
+    fn prepare(
         node: &str,
         etcd: &[String],
         rootfs: &Path,
@@ -486,7 +584,7 @@ impl FleetAgent {
         );
         let config_path = tmp.path().join("agent.toml");
         fs::write(&config_path, config).unwrap();
-        let mut agent = FleetAgent {
+        FleetAgent {
             node: node.to_owned(),
             url: format!("http://127.0.0.1:{port}"),
             data_dir,
@@ -494,14 +592,20 @@ impl FleetAgent {
             log_path: tmp.path().join("agent.log"),
             config_path,
             child: None,
+            exit_code: None,
             _tmp: tmp,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// (Re)starts the process and waits until its API answers.
     pub fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("agent {}: {e}", self.node);
+        }
+    }
+
+    /// Starts the process; Err if it exits before its API answers.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         let log = log_file(&self.log_path);
         let child = Command::new(bin("gleaner-agent"))
             .arg("--config")
@@ -516,10 +620,12 @@ impl FleetAgent {
         let start = Instant::now();
         loop {
             if matches!(self.get("/v1/health"), Ok((200, _))) {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("agent {} exited with {st}:\n{}", self.node, self.log_tail());
+                self.child = None;
+                self.exit_code = st.code();
+                return Err(format!("exited with {st}:\n{}", self.log_tail()));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -802,25 +908,46 @@ impl Fleet {
     pub fn start(agents: &[AgentSpec]) -> Option<Fleet> {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let etcd = EtcdCluster::start(3)?;
+        Some(Self::on(etcd, serial, agents))
+    }
+
+    /// As `start`, with etcd auth on: agents and schedulers use their own
+    /// users (`scripts/etcd-auth-setup.sh`), the harness's etcdctl root.
+    pub fn start_with_auth(agents: &[AgentSpec]) -> Option<Fleet> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let etcd = EtcdCluster::start_with_auth(3)?;
+        Some(Self::on(etcd, serial, agents))
+    }
+
+    /// Agent TOML for this fleet's etcd (its user when auth is on).
+    pub fn agent_extra(&self, extra: &str) -> String {
+        let auth = self.etcd.auth.as_ref().map(|a| a.agent_toml());
+        format!("{}{extra}", auth.unwrap_or_default())
+    }
+
+    fn on(
+        etcd: EtcdCluster,
+        serial: std::sync::MutexGuard<'static, ()>,
+        agents: &[AgentSpec],
+    ) -> Fleet {
         let tmp = tempfile::Builder::new()
             .prefix("gleaner-fleet-")
             .tempdir()
             .unwrap();
         let rootfs = tmp.path().join("rootfs");
         make_busybox_rootfs(&rootfs);
-        let endpoints = etcd.endpoints();
-        let agents = agents
-            .iter()
-            .map(|a| FleetAgent::start(a.node, &endpoints, &rootfs, &a.attributes, &a.extra))
-            .collect();
-        Some(Fleet {
+        let mut fleet = Fleet {
             schedulers: Vec::new(),
-            agents,
+            agents: Vec::new(),
             etcd,
             rootfs,
             _tmp: tmp,
             _serial: serial,
-        })
+        };
+        for a in agents {
+            fleet.add_agent(a);
+        }
+        fleet
     }
 
     /// Starts one more agent.
@@ -830,14 +957,16 @@ impl Fleet {
             &self.etcd.endpoints(),
             &self.rootfs,
             &a.attributes,
-            &a.extra,
+            &self.agent_extra(&a.extra),
         );
         self.agents.push(agent);
         self.agents.last().unwrap()
     }
 
     pub fn add_scheduler(&mut self, config: &str) -> &SchedulerProc {
-        let s = SchedulerProc::start(&self.etcd.endpoints(), config);
+        let auth = self.etcd.auth.as_ref().map(|a| a.scheduler_toml());
+        let config = format!("{}{config}", auth.unwrap_or_default());
+        let s = SchedulerProc::start(&self.etcd.endpoints(), &config);
         self.schedulers.push(s);
         self.schedulers.last().unwrap()
     }

@@ -4,13 +4,16 @@
 //! placements per second, and at the end the scheduler's peak RSS and CPU
 //! time and etcd's database size. Prints one JSON object.
 
+#[path = "../auth.rs"]
+mod auth;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
-use etcd_client::{Client, WatchOptions};
+use etcd_client::WatchOptions;
 use gleaner_core::fleet::{parse_task_id, Keys, TaskRecord};
 use gleaner_core::status::TaskState;
 use serde_json::{json, Value};
@@ -21,6 +24,8 @@ struct Args {
     etcd: Vec<String>,
     #[arg(long, default_value = "/gleaner")]
     etcd_prefix: String,
+    #[command(flatten)]
+    auth: auth::EtcdAuth,
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     scheduler: String,
     /// For RSS and CPU time (from /proc).
@@ -104,7 +109,7 @@ async fn main() -> Result<()> {
     // reqwest is unified with the agent's rustls-no-provider in the workspace.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let mut client = Client::connect(&args.etcd, None).await.context("connect")?;
+    let mut client = args.auth.connect(&args.etcd).await?;
 
     for q in 0..args.queues {
         let r = http

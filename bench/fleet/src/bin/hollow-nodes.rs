@@ -5,6 +5,9 @@
 //! info's `allocated` follows, like a real agent's (batched every 200 ms).
 //! Nothing runs: this measures the scheduler and etcd, not the agents.
 
+#[path = "../auth.rs"]
+mod auth;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
@@ -23,6 +26,8 @@ struct Args {
     etcd: Vec<String>,
     #[arg(long, default_value = "/gleaner")]
     etcd_prefix: String,
+    #[command(flatten)]
+    auth: auth::EtcdAuth,
     #[arg(long, default_value_t = 5000)]
     nodes: usize,
     /// Node ids are `<name-prefix><n>`.
@@ -100,7 +105,7 @@ async fn write_batch(client: &mut Client, ops: Vec<TxnOp>) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let keys = Keys::new(&args.etcd_prefix);
-    let mut client = Client::connect(&args.etcd, None).await.context("connect")?;
+    let mut client = args.auth.connect(&args.etcd).await?;
 
     // Register: leases for groups of nodes, infos in batched transactions.
     let mut nodes: HashMap<String, Node> = HashMap::new();
