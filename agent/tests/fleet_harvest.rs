@@ -61,10 +61,16 @@ fn a_fleet_agent_publishes_its_harvest_ring_under_its_lease() {
         .map(|r| r["reserved"]["cpus"].as_f64().unwrap())
         .sum();
     assert_eq!(s[1].as_f64().unwrap(), reserved, "{s}");
-    // The task ran for part of the first interval; its cgroup's use shows.
-    assert!(s[3].as_f64().unwrap() > 0.05, "batch cpus: {s}");
+    // The burner's use shows in gleaner's root cgroup (a sample is only
+    // written when that cgroup was read). How much it got depends on the
+    // business: gleaner runs SCHED_IDLE, and a machine busy compiling
+    // leaves it little.
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    let (batch, business) = (s[3].as_f64().unwrap(), s[5].as_f64().unwrap());
+    assert!(batch > 0.0 && batch <= 0.5 + 0.05, "batch cpus: {s}");
+    assert!(business >= 0.0 && batch + business <= cores + 0.1, "{s}");
     assert!(
-        s[5].as_f64().unwrap() >= 0.0 && s[6].as_f64().unwrap() > 0.0,
+        s[4].as_f64().unwrap() > 0.0 && s[6].as_f64().unwrap() > 0.0,
         "{s}"
     );
     // Under the node's lease: it goes with the node.
