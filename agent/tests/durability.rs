@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -16,25 +16,26 @@ use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// The hooks file, removed with the test (even a failed one).
+struct Hooks {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
 /// An agent whose test hooks are read from a file the test rewrites.
-fn agent_with_hooks(hooks: &str) -> (TestAgent, PathBuf) {
+fn agent_with_hooks(hooks: &str) -> (TestAgent, Hooks) {
     let dir = tempfile::Builder::new()
         .prefix("gleaner-hooks-")
         .tempdir()
-        .unwrap()
-        .keep();
-    let file = dir.join("hooks");
+        .unwrap();
+    let file = dir.path().join("hooks");
     std::fs::write(&file, hooks).unwrap();
     let agent = TestAgent::start_with_env("", &[("GLEANER_TEST_HOOKS", file.to_str().unwrap())]);
-    (agent, file)
+    (agent, Hooks { _dir: dir, file })
 }
 
-fn set_hooks(file: &Path, hooks: &str) {
-    std::fs::write(file, hooks).unwrap();
-}
-
-fn remove_hooks(file: &Path) {
-    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+fn set_hooks(hooks: &Hooks, text: &str) {
+    std::fs::write(&hooks.file, text).unwrap();
 }
 
 /// Sends a whole request, waits `after`, and closes the connection without
@@ -79,7 +80,6 @@ fn a_dropped_submit_still_launches_its_task() {
     });
     assert_eq!(st.state, TaskState::Running, "{st:?}");
     agent.kill("dropped");
-    remove_hooks(&hooks);
 }
 
 /// Issue 20.1: a reservation change whose client went away still reaches
@@ -89,7 +89,7 @@ fn a_dropped_reservation_change_still_reaches_the_cgroup() {
     if !require_root("a_dropped_reservation_change_still_reaches_the_cgroup") {
         return;
     }
-    let (agent, hooks) = agent_with_hooks("delay reservation_apply 1500\n");
+    let (agent, _hooks) = agent_with_hooks("delay reservation_apply 1500\n");
     hang_up(
         &agent,
         "PUT",
@@ -107,7 +107,6 @@ fn a_dropped_reservation_change_still_reaches_the_cgroup() {
         .map(|v| v.trim() == want)
         .unwrap_or(false)
     });
-    remove_hooks(&hooks);
 }
 
 /// Issue 20.2: the accepted record's durable write, slower than the task,
@@ -118,7 +117,7 @@ fn a_slow_accept_write_never_overwrites_a_newer_state() {
         return;
     }
     // Longer than the launch and the exit report, even on a loaded host.
-    let (agent, hooks) = agent_with_hooks("delay record_write 8000\n");
+    let (agent, _hooks) = agent_with_hooks("delay record_write 8000\n");
     let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
     let submit = std::thread::spawn(move || {
         client.post::<_, TaskStatus>(
@@ -135,7 +134,6 @@ fn a_slow_accept_write_never_overwrites_a_newer_state() {
     let on_disk: Value =
         serde_json::from_slice(&std::fs::read(agent.task_json("quick")).unwrap()).unwrap();
     assert_eq!(on_disk["status"]["state"], "FINISHED", "{on_disk:#}");
-    remove_hooks(&hooks);
 }
 
 /// Issue 20.3: a DELETE of a STAGING task is on disk before its reply; a
@@ -170,7 +168,6 @@ fn a_kill_of_a_staging_task_survives_kill_9() {
     wait_until(Duration::from_secs(10), "no supervisor", || {
         supervisor_pids(&agent.data_dir).is_empty()
     });
-    remove_hooks(&hooks);
 }
 
 /// Issue 20.3: a group whose records were half written when the agent died
@@ -205,7 +202,6 @@ fn a_half_written_group_is_discarded_by_recovery() {
     wait_until(Duration::from_secs(10), "nothing left", || {
         agent.leftover_task_cgroups().is_empty() && supervisor_pids(&agent.data_dir).is_empty()
     });
-    remove_hooks(&hooks);
 }
 
 /// Issue 20.3: a stop whose stop.json could not be written does not mark
@@ -235,7 +231,6 @@ fn a_failed_stop_does_not_mark_the_task_stopping() {
     assert_eq!(change["preempted"], json!(["victim"]), "{change}");
     let st = agent.wait_final("victim", LONG);
     assert_eq!(st.state, TaskState::Preempted, "{st:?}");
-    remove_hooks(&hooks);
 }
 
 /// Issue 16.1: when another pass (here: a reservation change's) admits a
@@ -263,5 +258,4 @@ fn a_submit_replies_running_whichever_pass_launched_it() {
     assert_eq!(st.state, TaskState::Running, "{st:?}");
     set_hooks(&hooks, "");
     agent.kill("second");
-    remove_hooks(&hooks);
 }
