@@ -259,3 +259,56 @@ fn a_second_agent_cannot_take_a_live_node_id() {
     assert!(err.contains(r#"node id "n1" is taken"#), "{err}");
     drop(second);
 }
+
+/// Re-registration after an etcd outage: a second agent with n1's id
+/// started while etcd was down (it cannot check then) registers nothing
+/// once etcd is back: the first agent keeps the id.
+#[test]
+fn an_agent_started_during_an_etcd_outage_does_not_take_a_live_node_id() {
+    if !require_root("an_agent_started_during_an_etcd_outage_does_not_take_a_live_node_id") {
+        return;
+    }
+    let Some(mut fleet) = Fleet::start(&agents(&["n1"], 1.0, |_| vec![])) else {
+        return;
+    };
+    fleet.wait_registered();
+    let info_lease = |fleet: &Fleet| {
+        let out = fleet
+            .etcd
+            .ctl(&["get", "/gleaner/nodes/n1/info", "-w", "json"])
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["kvs"][0]["lease"].as_i64()
+    };
+    fleet.etcd.kill_all();
+    let etcd = fleet.etcd.endpoints();
+    let second = FleetAgent::try_start("n1", &etcd, &fleet.rootfs, &[], &reservation(1.0))
+        .unwrap_or_else(|(c, log)| panic!("{c:?}: {log}"));
+    fleet.etcd.restart_all();
+    wait_until(LONG, "the second agent refuses n1", || {
+        std::fs::read_to_string(&second.log_path)
+            .unwrap_or_default()
+            .contains(r#"node id "n1" is taken"#)
+    });
+    // The first agent holds the info key (under its own new lease).
+    // Read each time: the first agent re-registers under a new lease.
+    let first_lease = || {
+        std::fs::read_to_string(fleet.agent("n1").data_dir.join("etcd-lease"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    let start = std::time::Instant::now();
+    while info_lease(&fleet).is_none() || info_lease(&fleet) != first_lease() {
+        assert!(
+            start.elapsed() < LONG,
+            "n1's info is under lease {:?}, the first agent's is {:?}",
+            info_lease(&fleet),
+            first_lease()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!second.data_dir.join("etcd-lease").exists());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(info_lease(&fleet), first_lease());
+    drop(second);
+}
