@@ -20,6 +20,10 @@ pub struct Etcd {
     pub endpoint: String,
     child: Child,
     _dir: tempfile::TempDir,
+    /// With auth on: root's password (what `ctl` uses) and the scheduler
+    /// user's password file, made by `scripts/etcd-auth-setup.sh`.
+    pub root_password: Option<String>,
+    pub scheduler_password_file: Option<std::path::PathBuf>,
 }
 
 impl Etcd {
@@ -60,6 +64,8 @@ impl Etcd {
             endpoint,
             child,
             _dir: dir,
+            root_password: None,
+            scheduler_password_file: None,
         };
         let start = Instant::now();
         while etcd.ctl(&["endpoint", "health"]).is_err() {
@@ -72,13 +78,51 @@ impl Etcd {
         Some(etcd)
     }
 
-    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"])
-            .args(args)
+    /// As `start`, then auth on (root, gleaner-agent, gleaner-scheduler
+    /// users); `ctl` acts as root. `FakeAgents` do not log in: they are for
+    /// etcd without auth.
+    pub fn start_with_auth() -> Option<Etcd> {
+        let mut etcd = Self::start()?;
+        let out = etcd._dir.path().join("auth");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd-auth-setup.sh");
+        let run = Command::new("sh")
+            .arg(&script)
+            .args(["--prefix", "/gleaner", "--out"])
+            .arg(&out)
+            .env("ETCDCTL_ENDPOINTS", &etcd.endpoint)
             .output()
-            .map_err(|e| e.to_string())?;
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let root = std::fs::read_to_string(out.join("etcd-root-password")).unwrap();
+        etcd.root_password = Some(root.trim().to_owned());
+        etcd.scheduler_password_file = Some(out.join("etcd-scheduler-password"));
+        Some(etcd)
+    }
+
+    /// Scheduler TOML naming its etcd user (empty without auth).
+    pub fn scheduler_toml(&self) -> String {
+        match &self.scheduler_password_file {
+            Some(f) => format!(
+                "etcd_username = \"gleaner-scheduler\"\netcd_password_file = {:?}\n",
+                f.display().to_string()
+            ),
+            None => String::new(),
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"]);
+        if let Some(pw) = &self.root_password {
+            cmd.arg(format!("--user=root:{pw}"));
+        }
+        let out = cmd.args(args).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
