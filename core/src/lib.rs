@@ -6,12 +6,14 @@
 //! * [`status`]: task states, TaskStatus, restart and backoff rules.
 //! * [`constraints`]: Marathon-style constraints, parsed and checked.
 //! * [`auth`]: callers (admin, task-scoped token) and what each may do.
+//! * [`app_token`]: Marathon app instances' scoped tokens and their rule.
 //! * [`admission`]: one node's admission order (DRF across roles, priority
 //!   within) and preemption on shrink.
 //! * [`fleet`]: the fleet's etcd key layout and the JSON stored there.
 //! * [`placement`]: fleet placement (fair share, fit, gangs), pure.
 
 pub mod admission;
+pub mod app_token;
 pub mod auth;
 pub mod constraints;
 pub mod fleet;

@@ -51,6 +51,9 @@ pub struct SchedulerConfig {
     pub pass_interval_ms: u64,
     /// Retries of a failed or lost job when its submission does not say.
     pub default_max_retries: u32,
+    /// `MARATHON_URL` of app instances that get a scoped token; empty:
+    /// `http://<listen>`.
+    pub marathon_url: String,
 }
 
 impl Default for SchedulerConfig {
@@ -70,6 +73,7 @@ impl Default for SchedulerConfig {
             max_placements_per_pass: 1000,
             pass_interval_ms: 50,
             default_max_retries: 3,
+            marathon_url: String::new(),
         }
     }
 }
@@ -119,6 +123,15 @@ impl SchedulerConfig {
         if self.placement_timeout_s == 0 {
             return Err("placement_timeout_s: must be at least 1".into());
         }
+        if !(self.marathon_url.is_empty()
+            || self.marathon_url.starts_with("http://")
+            || self.marathon_url.starts_with("https://"))
+        {
+            return Err(format!(
+                "marathon_url: must start with http:// or https://, got {:?}",
+                self.marathon_url
+            ));
+        }
         if self.max_placements_per_pass == 0 {
             return Err("max_placements_per_pass: must be at least 1".into());
         }
@@ -153,6 +166,15 @@ impl SchedulerConfig {
             user: user.clone(),
             password,
         }))
+    }
+
+    /// What instances are told to call: `marathon_url`, else the listener.
+    pub fn advertised_url(&self) -> String {
+        if self.marathon_url.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.marathon_url.trim_end_matches('/').to_owned()
+        }
     }
 
     /// The token, read once at start. A `token_file` that does not exist
@@ -233,6 +255,7 @@ mod tests {
             ("placement_timeout_s = 0", "placement_timeout_s"),
             ("etcd_username = \"s\"", "etcd_password_file"),
             ("etcd_password_file = \"/p\"", "etcd_username"),
+            ("marathon_url = \"ftp://x\"", "marathon_url"),
         ] {
             let e = SchedulerConfig::parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

@@ -13,6 +13,7 @@ use gleaner_core::fleet::Keys;
 use tokio::sync::watch;
 
 use crate::config::SchedulerConfig;
+use crate::marathon::controller::Credentials;
 use crate::metrics::Metrics;
 use crate::pass::Pass;
 use crate::store;
@@ -25,6 +26,7 @@ pub async fn run(
     config: Arc<SchedulerConfig>,
     name: String,
     metrics: Arc<Metrics>,
+    creds: Arc<Credentials>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let keys = Keys::new(&config.etcd_prefix);
@@ -35,7 +37,16 @@ pub async fn run(
             return;
         }
         let started = Instant::now();
-        let result = term(&config, &keys, &endpoints, &name, &metrics, &mut shutdown).await;
+        let result = term(
+            &config,
+            &keys,
+            &endpoints,
+            &name,
+            &metrics,
+            &creds,
+            &mut shutdown,
+        )
+        .await;
         metrics.leader.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return,
@@ -59,6 +70,7 @@ async fn term(
     endpoints: &[String],
     name: &str,
     metrics: &Metrics,
+    creds: &Credentials,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let e = |e: etcd_client::Error| e.to_string();
@@ -101,6 +113,7 @@ async fn term(
             &mut client,
             &leader_key,
             metrics,
+            creds,
             &mut lost,
             shutdown,
         )
@@ -144,6 +157,7 @@ async fn lead(
     client: &mut Client,
     leader_key: &LeaderKey,
     metrics: &Metrics,
+    creds: &Credentials,
     lost: &mut watch::Receiver<bool>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -205,7 +219,8 @@ async fn lead(
                 dirty = true;
             }
             _ = tokio::time::sleep(wait) => {
-                crate::marathon::controller::run(client, keys, leader_key.key(), &mut view).await?;
+                crate::marathon::controller::run(client, keys, leader_key.key(), creds, &mut view)
+                    .await?;
                 pass.run(client, &mut view).await?;
                 last = Instant::now();
                 dirty = false;

@@ -12,8 +12,10 @@ use gleaner_core::fleet::Keys;
 use gleaner_scheduler::api::{self, AppState};
 use gleaner_scheduler::config::SchedulerConfig;
 use gleaner_scheduler::leader;
+use gleaner_scheduler::marathon::cache::Cache;
+use gleaner_scheduler::marathon::controller::Credentials;
 use gleaner_scheduler::metrics::Metrics;
-use gleaner_scheduler::store::Store;
+use gleaner_scheduler::store::{self, Store};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -99,13 +101,18 @@ fn run() -> anyhow::Result<()> {
 
 async fn serve(config: Arc<SchedulerConfig>, token: Option<String>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let app_key = token.as_deref().map(gleaner_core::app_token::derive_key);
+    let keys = Keys::new(&config.etcd_prefix);
+    let cache = Arc::new(Cache::default());
     let state = AppState {
         store: Arc::new(Store::new(&config.etcd, config.etcd_credentials.clone())),
-        keys: Arc::new(Keys::new(&config.etcd_prefix)),
+        keys: Arc::new(keys.clone()),
+        app_key,
         token: token.map(Into::into),
         metrics: metrics.clone(),
         name: config.name.clone().into(),
         default_max_retries: config.default_max_retries,
+        marathon: cache.clone(),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -116,6 +123,16 @@ async fn serve(config: Arc<SchedulerConfig>, token: Option<String>) -> anyhow::R
         config.clone(),
         config.name.clone(),
         metrics,
+        Arc::new(Credentials {
+            key: app_key,
+            url: config.advertised_url(),
+        }),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(cache.run(
+        config.etcd.iter().map(|e| store::endpoint(e)).collect(),
+        config.etcd_credentials.clone(),
+        keys,
         stop_rx.clone(),
     ));
     let mut term = signal(SignalKind::terminate())?;

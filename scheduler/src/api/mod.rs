@@ -17,9 +17,11 @@ use axum::{Json, Router};
 use gleaner_core::fleet::{Keys, NodeInfo, NodeKey};
 use serde_json::json;
 
+use crate::marathon::access::{self, Access};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 pub use extract::{ApiError, ApiJson, MAX_BODY_BYTES};
+use gleaner_core::app_token::AppAction;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +32,10 @@ pub struct AppState {
     /// This replica's name in the election.
     pub name: Arc<str>,
     pub default_max_retries: u32,
+    /// Signing key of app instances' tokens (derived from `token`).
+    pub app_key: Option<[u8; 32]>,
+    /// The Marathon endpoints' read cache (kept by its own watch).
+    pub marathon: Arc<crate::marathon::cache::Cache>,
 }
 
 impl From<StoreError> for ApiError {
@@ -66,20 +72,58 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // Constant-time comparison (the agent's credential model).
-        if !given.is_some_and(|g| gleaner_core::auth::tokens_equal(g, token)) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
-                .into_response();
+/// The admin token, or an app instance's scoped token (Marathon paths
+/// only; each endpoint checks what it touches). Leaves an [`Access`] in
+/// the request's extensions. Tokens are never logged.
+async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let access = match &st.token {
+        None => Access::Admin,
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            match identify(&st, token, given).await {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                        .into_response()
+                }
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    if let Access::App(_) = &access {
+        let path = req.uri().path();
+        let marathon = path == "/ping" || (path.starts_with("/v2/") && path != "/v2/events");
+        if !marathon {
+            let what = path.to_owned();
+            if let Err(e) = access.check(AppAction::Admin { what: &what }) {
+                return e.into_response();
+            }
         }
     }
+    req.extensions_mut().insert(access);
     next.run(req).await
+}
+
+async fn identify(st: &AppState, admin: &str, given: &str) -> Result<Option<Access>, ApiError> {
+    // Constant-time comparison (the agent's credential model).
+    if gleaner_core::auth::tokens_equal(given, admin) {
+        return Ok(Some(Access::Admin));
+    }
+    let Some((app, created)) = st
+        .app_key
+        .as_ref()
+        .and_then(|k| gleaner_core::app_token::verify(k, given))
+    else {
+        return Ok(None);
+    };
+    // Valid while its app lives: read at etcd's current revision.
+    let data = st.marathon.read(st).await?;
+    Ok(access::scope_of(&data, &app, created).map(Access::App))
 }
 
 async fn not_found() -> ApiError {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,10 +15,12 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use gleaner_core::fleet::{Job, JobState};
 use serde_json::{json, Value};
 
+use super::access::Access;
 use super::model::{normalize_id, timestamp, App, Violation};
 use super::render::Snapshot;
 use super::state::{appstate_key, deployment_key, uuid, Action, Deployment};
 use crate::api::AppState;
+use gleaner_core::app_token::AppAction;
 
 /// Marathon's error body.
 #[derive(Debug)]
@@ -218,17 +220,22 @@ pub async fn ping() -> Response {
         .into_response()
 }
 
-pub async fn list_apps(State(st): State<AppState>, Query(q): Params) -> Result<Response, MError> {
+pub async fn list_apps(
+    State(st): State<AppState>,
+    Extension(access): Extension<Access>,
+    Query(q): Params,
+) -> Result<Response, MError> {
     let embed = values(&q, "embed");
     let tasks = embed.contains(&"apps.tasks");
     let failure = embed.contains(&"apps.lastTaskFailure");
-    let snap = Snapshot::load(&st, tasks).await?;
+    let snap = Snapshot::load(&st).await?;
     let id_filter = q.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str());
     let cmd_filter = q.iter().find(|(k, _)| k == "cmd").map(|(_, v)| v.as_str());
     let apps: Vec<Value> = snap
         .apps
         .values()
         .map(|(a, _)| a)
+        .filter(|a| access.sees(&a.id))
         .filter(|a| id_filter.is_none_or(|f| a.id.contains(f)))
         .filter(|a| cmd_filter.is_none_or(|f| a.cmd.as_deref().is_some_and(|c| c.contains(f))))
         .map(|a| snap.app(a, tasks, failure))
@@ -238,12 +245,14 @@ pub async fn list_apps(State(st): State<AppState>, Query(q): Params) -> Result<R
 
 pub async fn create_app(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(q): Params,
     body: Bytes,
 ) -> Result<Response, MError> {
     let force = flag(&q, "force")?;
     let mut app = parse_app(json_object(&body)?)?;
-    let snap = Snapshot::load(&st, false).await?;
+    check_define(&access, &app)?;
+    let snap = Snapshot::load(&st).await?;
     if snap.apps.contains_key(&app.id) {
         return Err(MError::new(
             StatusCode::CONFLICT,
@@ -267,12 +276,14 @@ pub async fn create_app(
 /// `/v2/apps/{id}[/tasks]` (app ids contain `/`: one wildcard route).
 pub async fn get_any(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(path): Path<String>,
     Query(q): Params,
 ) -> Result<Response, MError> {
     if let Some(id) = path.strip_suffix("/tasks") {
         let id = normalize_id(id).map_err(|_| MError::no_app(id))?;
-        let snap = Snapshot::load(&st, true).await?;
+        access.check(AppAction::Read { app: &id })?;
+        let snap = Snapshot::load(&st).await?;
         if !snap.apps.contains_key(&id) {
             return Err(MError::no_app(&id));
         }
@@ -280,8 +291,9 @@ pub async fn get_any(
         return Ok(Json(json!({ "tasks": tasks })).into_response());
     }
     let id = normalize_id(&path).map_err(|_| MError::no_app(&path))?;
+    access.check(AppAction::Read { app: &id })?;
     let _ = values(&q, "embed");
-    let snap = Snapshot::load(&st, true).await?;
+    let snap = Snapshot::load(&st).await?;
     let (app, _) = snap.apps.get(&id).ok_or_else(|| MError::no_app(&id))?;
     Ok(Json(json!({ "app": snap.app(app, true, true) })).into_response())
 }
@@ -291,6 +303,7 @@ pub async fn get_any(
 /// a scale, the instances stay; anything else: a rolling restart.
 pub async fn put_app(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(path): Path<String>,
     Query(q): Params,
     body: Bytes,
@@ -304,10 +317,11 @@ pub async fn put_app(
     })?;
     let mut patch = json_object(&body)?;
     patch.insert("id".into(), json!(id));
-    let snap = Snapshot::load(&st, false).await?;
+    let snap = Snapshot::load(&st).await?;
     let now = Utc::now();
     let Some((old, rev)) = snap.apps.get(&id).cloned() else {
         let mut app = parse_app(patch)?;
+        check_define(&access, &app)?;
         app.accept(now, true);
         let d = deploy(&st, &snap, &app, 0, Action::StartApplication, None, force).await?;
         return Ok(deployment_reply(StatusCode::CREATED, &d));
@@ -324,6 +338,11 @@ pub async fn put_app(
         merged.insert(k, v);
     }
     let mut app = parse_app(merged)?;
+    if only_scale {
+        access.check(AppAction::Change { app: &id })?;
+    } else {
+        check_define(&access, &app)?;
+    }
     app.accept(now, !only_scale);
     let action = if only_scale {
         Action::ScaleApplication
@@ -336,6 +355,7 @@ pub async fn put_app(
 
 pub async fn delete_any(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(path): Path<String>,
     Query(q): Params,
 ) -> Result<Response, MError> {
@@ -343,15 +363,18 @@ pub async fn delete_any(
     let scale = flag(&q, "scale")?;
     if let Some((id, task)) = path.split_once("/tasks/") {
         let id = normalize_id(id).map_err(|_| MError::no_app(id))?;
+        access.check(AppAction::Change { app: &id })?;
         return kill_tasks(&st, &id, Some(task), None, scale, force).await;
     }
     if let Some(id) = path.strip_suffix("/tasks") {
         let id = normalize_id(id).map_err(|_| MError::no_app(id))?;
+        access.check(AppAction::Change { app: &id })?;
         let host = q.iter().find(|(k, _)| k == "host").map(|(_, v)| v.as_str());
         return kill_tasks(&st, &id, None, host, scale, force).await;
     }
     let id = normalize_id(&path).map_err(|_| MError::no_app(&path))?;
-    let snap = Snapshot::load(&st, false).await?;
+    access.check(AppAction::Change { app: &id })?;
+    let snap = Snapshot::load(&st).await?;
     let (app, rev) = snap.apps.get(&id).ok_or_else(|| MError::no_app(&id))?;
     let locks = snap.deployments_of(&id);
     if !locks.is_empty() && !force {
@@ -388,6 +411,7 @@ pub async fn delete_any(
 /// replaced within the upgrade strategy.
 pub async fn post_any(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(path): Path<String>,
     Query(q): Params,
 ) -> Result<Response, MError> {
@@ -396,7 +420,8 @@ pub async fn post_any(
         return Err(MError::new(StatusCode::NOT_FOUND, "Not Found"));
     };
     let id = normalize_id(id).map_err(|_| MError::no_app(id))?;
-    let snap = Snapshot::load(&st, false).await?;
+    access.check(AppAction::Change { app: &id })?;
+    let snap = Snapshot::load(&st).await?;
     let (old, rev) = snap
         .apps
         .get(&id)
@@ -427,7 +452,7 @@ async fn kill_tasks(
     scale: bool,
     force: bool,
 ) -> Result<Response, MError> {
-    let snap = Snapshot::load(st, true).await?;
+    let snap = Snapshot::load(st).await?;
     let Some((app, rev)) = snap.apps.get(id).cloned() else {
         return Err(MError::no_app(id));
     };
@@ -435,7 +460,7 @@ async fn kill_tasks(
         .jobs
         .get(id)
         .into_iter()
-        .flatten()
+        .flat_map(|m| m.values())
         .filter(|(j, _)| matches!(j.state, JobState::Placed | JobState::Running))
         .filter(|(j, _)| task.is_none_or(|t| j.current_task().as_deref() == Some(t)))
         .filter(|(j, _)| host.is_none_or(|h| j.node.as_deref() == Some(h)))
@@ -519,12 +544,17 @@ fn cancel_ops(st: &AppState, jobs: &[(Job, i64)]) -> (Vec<Compare>, Vec<TxnOp>) 
     (compares, ops)
 }
 
-pub async fn list_tasks(State(st): State<AppState>, Query(q): Params) -> Result<Response, MError> {
+pub async fn list_tasks(
+    State(st): State<AppState>,
+    Extension(access): Extension<Access>,
+    Query(q): Params,
+) -> Result<Response, MError> {
     let status = values(&q, "status");
-    let snap = Snapshot::load(&st, true).await?;
+    let snap = Snapshot::load(&st).await?;
     let tasks: Vec<Value> = snap
         .apps
         .keys()
+        .filter(|id| access.sees(id))
         .flat_map(|id| snap.tasks_of(id))
         .map(|j| snap.task(j))
         .filter(|t| {
@@ -544,6 +574,7 @@ pub async fn list_tasks(State(st): State<AppState>, Query(q): Params) -> Result<
 /// `POST /v2/tasks/delete {"ids": [...]}`.
 pub async fn delete_tasks(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Query(q): Params,
     body: Bytes,
 ) -> Result<Response, MError> {
@@ -562,11 +593,11 @@ pub async fn delete_tasks(
             })
         }
     };
-    let snap = Snapshot::load(&st, false).await?;
+    let snap = Snapshot::load(&st).await?;
     let mut by_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for t in &ids {
         let app = snap.jobs.iter().find_map(|(app, jobs)| {
-            jobs.iter()
+            jobs.values()
                 .any(|(j, _)| j.current_task().as_deref() == Some(t.as_str()))
                 .then(|| app.clone())
         });
@@ -579,6 +610,10 @@ pub async fn delete_tasks(
                 ))
             }
         }
+    }
+    // All or nothing: every task's app must be in scope.
+    for app in by_app.keys() {
+        access.check(AppAction::Change { app })?;
     }
     let mut last = None;
     for (app, tasks) in by_app {
@@ -593,9 +628,17 @@ pub async fn delete_tasks(
     }
 }
 
-pub async fn list_deployments(State(st): State<AppState>) -> Result<Response, MError> {
-    let snap = Snapshot::load(&st, false).await?;
-    let out: Vec<Value> = snap.deployments.iter().map(|(d, _)| d.render()).collect();
+pub async fn list_deployments(
+    State(st): State<AppState>,
+    Extension(access): Extension<Access>,
+) -> Result<Response, MError> {
+    let snap = Snapshot::load(&st).await?;
+    let out: Vec<Value> = snap
+        .deployments
+        .values()
+        .filter(|(d, _)| access.sees(&d.app))
+        .map(|(d, _)| d.render())
+        .collect();
     Ok(Json(out).into_response())
 }
 
@@ -603,17 +646,19 @@ pub async fn list_deployments(State(st): State<AppState>) -> Result<Response, ME
 /// (`202`); otherwise a rollback deployment restores the app as it was.
 pub async fn delete_deployment(
     State(st): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     Query(q): Params,
 ) -> Result<Response, MError> {
     let force = flag(&q, "force")?;
-    let snap = Snapshot::load(&st, false).await?;
-    let Some((d, drev)) = snap.deployments.iter().find(|(d, _)| d.id == id).cloned() else {
+    let snap = Snapshot::load(&st).await?;
+    let Some((d, drev)) = snap.deployments.values().find(|(d, _)| d.id == id).cloned() else {
         return Err(MError::new(
             StatusCode::NOT_FOUND,
             format!("DeploymentPlan {id} does not exist"),
         ));
     };
+    access.check(AppAction::Change { app: &d.app })?;
     let dkey = deployment_key(&st.keys, &d.id);
     if force {
         let cmp = vec![Compare::mod_revision(dkey.as_str(), CompareOp::Equal, drev)];
@@ -667,9 +712,25 @@ pub async fn delete_deployment(
     Ok(deployment_reply(StatusCode::OK, &rollback))
 }
 
-pub async fn queue(State(st): State<AppState>) -> Result<Response, MError> {
-    let snap = Snapshot::load(&st, false).await?;
-    Ok(Json(snap.queue()).into_response())
+pub async fn queue(
+    State(st): State<AppState>,
+    Extension(access): Extension<Access>,
+) -> Result<Response, MError> {
+    let snap = Snapshot::load(&st).await?;
+    let mut q = snap.queue();
+    if let Some(items) = q["queue"].as_array_mut() {
+        items.retain(|i| i["app"]["id"].as_str().is_some_and(|id| access.sees(id)));
+    }
+    Ok(Json(q).into_response())
+}
+
+/// A definition a scoped caller may write: in its group, role and queue.
+fn check_define(access: &Access, app: &App) -> Result<(), MError> {
+    access.check(AppAction::Define {
+        app: &app.id,
+        role: &app.role(),
+        queue: &app.queue(),
+    })
 }
 
 /// `GET /v2/info`: Marathon's keys that have a meaning here.

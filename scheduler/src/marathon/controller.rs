@@ -16,17 +16,65 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::decide::{self, Instance, Target};
-use super::model::{instance_of, timestamp, App};
+use super::model::{instance_of, timestamp, App, ENV_MARATHON_URL, ENV_TOKEN, LABEL_API_ACCESS};
 use super::state::{
     appstate_key, appstate_prefix, deployment_key, deployments_prefix, instance_job_id, Action,
     AppStatus, Deployment,
 };
 use crate::view::View;
+use gleaner_core::app_token;
 
 /// Finished instances consumed per app per pass (a transaction's size).
 const MAX_CONSUMED: usize = 30;
 /// New instances per transaction.
 const MAX_STARTS_PER_TXN: usize = 100;
+
+/// What the leader gives instances of apps labelled
+/// `GLEANER_API_ACCESS=own-group`: the URL to call and the key their
+/// token is signed with (none without an admin token: the API is open).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub key: Option<[u8; 32]>,
+    pub url: String,
+}
+
+impl Credentials {
+    /// `MARATHON_URL` and `GLEANER_TOKEN` into an instance's env (over the
+    /// app's own values of those names).
+    pub fn inject(&self, app: &App, created: i64, spec: &mut gleaner_core::spec::TaskSpec) {
+        if app.labels.get(LABEL_API_ACCESS).map(String::as_str) != Some(app_token::OWN_GROUP) {
+            return;
+        }
+        spec.env.insert(ENV_MARATHON_URL.into(), self.url.clone());
+        match &self.key {
+            Some(k) => spec
+                .env
+                .insert(ENV_TOKEN.into(), app_token::mint(k, &app.id, created)),
+            None => spec.env.remove(ENV_TOKEN),
+        };
+    }
+}
+
+/// Values under `prefix` with their mod and create revisions.
+async fn list_created<T: DeserializeOwned>(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<Vec<(T, i64, i64)>, String> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for kv in resp.kvs() {
+        match serde_json::from_slice(kv.value()) {
+            Ok(v) => out.push((v, kv.mod_revision(), kv.create_revision())),
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring undecodable value")
+            }
+        }
+    }
+    Ok(out)
+}
 
 async fn list<T: DeserializeOwned>(
     client: &mut Client,
@@ -94,17 +142,19 @@ pub async fn run(
     client: &mut Client,
     keys: &Keys,
     guard: &[u8],
+    creds: &Credentials,
     view: &mut View,
 ) -> Result<(), String> {
-    let apps: Vec<(String, App, i64)> = list(client, &keys.apps_prefix()).await?;
+    let apps: Vec<(App, i64, i64)> = list_created(client, &keys.apps_prefix()).await?;
     let deployments: Vec<(String, Deployment, i64)> =
         list(client, &deployments_prefix(keys)).await?;
     let states: Vec<(String, AppStatus, i64)> = list(client, &appstate_prefix(keys)).await?;
     let now = Utc::now();
 
+    let created: HashMap<String, i64> = apps.iter().map(|(a, _, c)| (a.id.clone(), *c)).collect();
     let apps: BTreeMap<String, (App, i64)> = apps
         .into_iter()
-        .map(|(_, a, rev)| (a.id.clone(), (a, rev)))
+        .map(|(a, rev, _)| (a.id.clone(), (a, rev)))
         .collect();
     let mut states: HashMap<String, (AppStatus, i64)> = states
         .into_iter()
@@ -253,7 +303,9 @@ pub async fn run(
             }
         }
         if step.start > 0 {
-            start(&mut w, keys, view, app, step.start, now).await?;
+            let mut spec = app.task_spec();
+            creds.inject(app, created.get(app_id).copied().unwrap_or(0), &mut spec);
+            start(&mut w, keys, view, app, spec, step.start, now).await?;
         }
         if step.done {
             done_apps.push(app_id.clone());
@@ -324,10 +376,10 @@ async fn start(
     keys: &Keys,
     view: &mut View,
     app: &App,
+    spec: gleaner_core::spec::TaskSpec,
     n: u32,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
-    let spec = app.task_spec();
     let queue = app.queue();
     let mut remaining = n as usize;
     while remaining > 0 {

@@ -5,10 +5,14 @@
 //! * [`decide`]: pure: backoff, scale, kill selection, rolling steps.
 //! * [`controller`]: the leader keeps apps at their target (a hook before
 //!   each placement pass); instances are fleet jobs in queue `marathon`.
+//! * [`access`]: admin or an app instance's scoped token, checked by
+//!   each endpoint.
 //! * [`api`], [`render`], [`events`]: the endpoints, served by every
-//!   replica from etcd.
+//!   replica from its [`cache`] of etcd (kept by a watch).
 
+pub mod access;
 pub mod api;
+pub mod cache;
 pub mod controller;
 pub mod decide;
 pub mod events;

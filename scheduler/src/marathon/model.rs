@@ -21,6 +21,12 @@ pub const LABEL_ROOTFS_URI: &str = "GLEANER_ROOTFS_URI";
 pub const LABEL_ROOTFS_SHA256: &str = "GLEANER_ROOTFS_SHA256";
 pub const LABEL_CPU_LIMIT: &str = "GLEANER_CPU_LIMIT";
 pub const LABEL_QUEUE: &str = "GLEANER_QUEUE";
+/// Label `own-group`: instances get `MARATHON_URL` and a `GLEANER_TOKEN`
+/// scoped to the app's group ([`gleaner_core::app_token`]).
+pub const LABEL_API_ACCESS: &str = "GLEANER_API_ACCESS";
+/// What instances of such an app find in their environment.
+pub const ENV_MARATHON_URL: &str = "MARATHON_URL";
+pub const ENV_TOKEN: &str = "GLEANER_TOKEN";
 /// The fleet queue app instances wait in unless a label says otherwise.
 pub const APP_QUEUE: &str = "marathon";
 /// Env marking a job as an app instance (Marathon sets it too).
@@ -434,6 +440,14 @@ impl App {
                 )),
             }
         }
+        if let Some(a) = self.labels.get(LABEL_API_ACCESS) {
+            if a != gleaner_core::app_token::OWN_GROUP {
+                v.push(violation(
+                    &format!("/labels/{LABEL_API_ACCESS}"),
+                    format!("{a:?}: expected own-group"),
+                ));
+            }
+        }
         if let Some(CpuLimitParse::Bad(s)) = self.cpu_limit_label() {
             v.push(violation(
                 &format!("/labels/{LABEL_CPU_LIMIT}"),
@@ -611,6 +625,13 @@ mod tests {
         a.validate().unwrap();
         let a = app(json!({"id": "/a", "cmd": "x", "instances": MAX_INSTANCES + 1}));
         assert_eq!(a.validate().unwrap_err()[0].path, "/instances");
+        let a = app(json!({"id": "/a", "cmd": "x", "labels": {"GLEANER_API_ACCESS": "all"}}));
+        assert_eq!(
+            a.validate().unwrap_err()[0].path,
+            "/labels/GLEANER_API_ACCESS"
+        );
+        let a = app(json!({"id": "/a", "cmd": "x", "labels": {"GLEANER_API_ACCESS": "own-group"}}));
+        a.validate().unwrap();
     }
 
     #[test]

@@ -1,71 +1,42 @@
-//! Marathon's JSON shapes built from what etcd holds: one read of the
-//! apps, deployments, app states, instance jobs and task records
-//! ([`Snapshot`]), rendered as Marathon renders apps, tasks and the queue.
+//! Marathon's JSON shapes built from what etcd holds (apps, deployments,
+//! app states, instance jobs and task records, as the replica's cache has
+//! them: [`Snapshot`]), rendered as Marathon renders apps, tasks and the
+//! queue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::Utc;
 use gleaner_core::fleet::{Job, JobState, TaskRecord};
 use gleaner_core::status::TaskState;
 use serde_json::{json, Value};
 
+pub use super::cache::Data;
 use super::decide;
 use super::model::{instance_of, timestamp, App};
-use super::state::{appstate_prefix, deployments_prefix, AppStatus, Deployment};
+use super::state::Deployment;
 use crate::api::{ApiError, AppState};
 
-pub struct Snapshot {
-    pub apps: BTreeMap<String, (App, i64)>,
-    pub deployments: Vec<(Deployment, i64)>,
-    pub states: HashMap<String, AppStatus>,
-    /// Instance jobs by app id, with their mod revisions.
-    pub jobs: BTreeMap<String, Vec<(Job, i64)>>,
-    pub tasks: HashMap<String, TaskRecord>,
+/// What one request renders from: the replica's cache at (at least)
+/// etcd's revision when the request came ([`super::cache`]).
+pub struct Snapshot(Arc<Data>);
+
+impl std::ops::Deref for Snapshot {
+    type Target = Data;
+    fn deref(&self) -> &Data {
+        &self.0
+    }
 }
 
 impl Snapshot {
-    /// `with_tasks`: also read `tasks/` (task lists need start times).
-    pub async fn load(st: &AppState, with_tasks: bool) -> Result<Snapshot, ApiError> {
-        let apps: Vec<(String, App, i64)> = st.store.list(&st.keys.apps_prefix()).await?;
-        let deps: Vec<(String, Deployment, i64)> =
-            st.store.list(&deployments_prefix(&st.keys)).await?;
-        let states: Vec<(String, AppStatus, i64)> =
-            st.store.list(&appstate_prefix(&st.keys)).await?;
-        let jobs: Vec<(String, Job, i64)> = st.store.list(&st.keys.jobs_prefix()).await?;
-        let tasks: Vec<(String, TaskRecord, i64)> = if with_tasks {
-            st.store.list(&st.keys.tasks_prefix()).await?
-        } else {
-            Vec::new()
-        };
-        let mut by_app: BTreeMap<String, Vec<(Job, i64)>> = BTreeMap::new();
-        for (_, j, rev) in jobs {
-            if let Some((a, _)) = instance_of(&j.spec) {
-                let a = a.to_owned();
-                by_app.entry(a).or_default().push((j, rev));
-            }
-        }
-        let prefix = appstate_prefix(&st.keys);
-        Ok(Snapshot {
-            apps: apps
-                .into_iter()
-                .map(|(_, a, rev)| (a.id.clone(), (a, rev)))
-                .collect(),
-            deployments: deps.into_iter().map(|(_, d, rev)| (d, rev)).collect(),
-            states: states
-                .into_iter()
-                .map(|(k, s, _)| (format!("/{}", k.trim_start_matches(&prefix)), s))
-                .collect(),
-            jobs: by_app,
-            tasks: tasks
-                .into_iter()
-                .map(|(_, t, _)| (t.status.id.clone(), t))
-                .collect(),
-        })
+    pub async fn load(st: &AppState) -> Result<Snapshot, ApiError> {
+        Ok(Snapshot(st.marathon.read(st).await?))
     }
+}
 
+impl Data {
     pub fn deployments_of(&self, app: &str) -> Vec<&Deployment> {
         self.deployments
-            .iter()
+            .values()
             .map(|(d, _)| d)
             .filter(|d| d.app == app)
             .collect()
@@ -76,7 +47,7 @@ impl Snapshot {
         self.jobs
             .get(app)
             .into_iter()
-            .flatten()
+            .flat_map(|m| m.values())
             .map(|(j, _)| j)
             .filter(|j| matches!(j.state, JobState::Placed | JobState::Running))
             .collect()
@@ -86,7 +57,7 @@ impl Snapshot {
         self.jobs
             .get(app)
             .into_iter()
-            .flatten()
+            .flat_map(|m| m.values())
             .map(|(j, _)| j)
             .filter(|j| j.state == JobState::Queued)
             .collect()

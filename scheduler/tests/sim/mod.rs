@@ -170,6 +170,16 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn start(etcd: &Etcd, name: &str, extra_config: &str) -> Scheduler {
+        Self::start_bin(
+            env!("CARGO_BIN_EXE_gleaner-scheduler"),
+            etcd,
+            name,
+            extra_config,
+        )
+    }
+
+    /// A replica from another build of the binary (before/after figures).
+    pub fn start_bin(bin: &str, etcd: &Etcd, name: &str, extra_config: &str) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         let token = format!("t-{name}-secret");
         std::fs::write(dir.path().join("token"), &token).unwrap();
@@ -187,7 +197,7 @@ impl Scheduler {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gleaner-scheduler"))
+        let child = Command::new(bin)
             .args([
                 "--etcd",
                 &etcd.endpoint,

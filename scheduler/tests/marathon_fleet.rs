@@ -1,0 +1,341 @@
+//! Issue 14 against real agents: a 3-member etcd, two scheduler replicas
+//! with an admin token, three `gleaner-agent` processes running the
+//! instances for real. Root only.
+//!
+//! The strangler test is a team's deploy script, unchanged but for the
+//! host name: the same Marathon calls with the same JSON (POST the app,
+//! wait until its deployment is gone, read its tasks' hosts and ports,
+//! scale, PUT a new version and wait for the rolling restart, DELETE).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "fleet-admin-secret";
+
+struct Marathon<'a> {
+    fleet: &'a Fleet,
+}
+
+impl Marathon<'_> {
+    /// One call as `curl -H "Authorization: Bearer $TOKEN"` makes it, to
+    /// any replica (a 503 while etcd elects is retried, as a script would).
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(TOKEN, method, path, body)
+    }
+
+    fn call_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let start = Instant::now();
+        loop {
+            let s = self.fleet.any_scheduler();
+            let (code, text) = http(
+                method,
+                &format!("{}{path}", s.url),
+                body.as_ref(),
+                Some(token),
+            )
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            if code != 503 || start.elapsed() > Duration::from_secs(15) {
+                return (
+                    code,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `until [ "$(curl /v2/deployments)" = "[]" ]; do sleep 1; done`
+    fn wait_deployments_gone(&self, what: &str) -> Duration {
+        wait_until(LONG, what, || {
+            self.call("GET", "/v2/deployments", None).1 == json!([])
+        })
+    }
+
+    fn tasks(&self, app: &str) -> Vec<Value> {
+        let (code, v) = self.call("GET", &format!("/v2/apps{app}/tasks"), None);
+        assert_eq!(code, 200, "{v}");
+        v["tasks"].as_array().unwrap().clone()
+    }
+}
+
+/// Task id → node, for tasks RUNNING on the agents now (ground truth).
+fn running_on_agents(fleet: &Fleet) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for a in fleet.agents.iter().filter(|a| a.is_running()) {
+        for t in a.running() {
+            out.push((t["id"].as_str().unwrap().to_owned(), a.node.clone()));
+        }
+    }
+    out
+}
+
+/// Every Marathon task of `app` is RUNNING on the agent its `host` names,
+/// with one host port each; returns the task ids.
+fn check_tasks_run_where_marathon_says(fleet: &Fleet, tasks: &[Value]) -> BTreeSet<String> {
+    let truth = running_on_agents(fleet);
+    let mut ids = BTreeSet::new();
+    for t in tasks {
+        let id = t["id"].as_str().unwrap();
+        let host = t["host"].as_str().unwrap();
+        assert_eq!(t["state"], "TASK_RUNNING", "{t}");
+        assert_eq!(t["slaveId"], t["host"], "{t}");
+        assert!(
+            truth.contains(&(id.to_owned(), host.to_owned())),
+            "{id} is not RUNNING on {host}: {truth:?}"
+        );
+        let ports = t["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1, "{t}");
+        let p = ports[0].as_u64().unwrap();
+        assert!((31000..=32000).contains(&p), "{t}");
+        ids.insert(id.to_owned());
+    }
+    ids
+}
+
+fn fleet_with_token(names: &[&str]) -> Option<(Fleet, tempfile::TempDir)> {
+    let mut f = Fleet::start(&agents(names, 2.0, |_| vec![("ssd", "true")]))?;
+    f.wait_registered();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    // A token file others may read is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = format!("token_file = {:?}\n", token_file.display().to_string());
+    f.add_scheduler(&config);
+    f.add_scheduler(&config);
+    wait_until(LONG, "a leader", || {
+        f.schedulers.iter().any(|s| {
+            http("GET", &format!("{}/v1/leader", s.url), None, Some(TOKEN))
+                .ok()
+                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                .is_some_and(|v| v["self"] == true)
+        })
+    });
+    Some((f, dir))
+}
+
+#[test]
+fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
+    if !require_root("strangler_deploy_script_scoped_token_and_drain_on_real_agents") {
+        return;
+    }
+    let names = ["n1", "n2", "n3"];
+    let Some((fleet, _token_dir)) = fleet_with_token(&names) else {
+        return;
+    };
+    let m = Marathon { fleet: &fleet };
+
+    // 1. The deploy script: POST the app.
+    let app = json!({
+        "id": "/team/web", "cmd": "sleep 1000", "cpus": 0.2, "mem": 32,
+        "instances": 3, "portDefinitions": [{"port": 0, "protocol": "tcp"}],
+        "taskKillGracePeriodSeconds": 1,
+        "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.0}
+    });
+    let (code, v) = m.call("POST", "/v2/apps", Some(app));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["deployments"].as_array().unwrap().len(), 1, "{v}");
+    let took = m.wait_deployments_gone("the start deployment gone");
+    eprintln!("POST /v2/apps (3 instances) -> deployment gone: {took:?}");
+    let tasks = m.tasks("/team/web");
+    assert_eq!(tasks.len(), 3);
+    let first = check_tasks_run_where_marathon_says(&fleet, &tasks);
+    let (_, v) = m.call("GET", "/v2/apps/team/web", None);
+    assert_eq!(
+        (
+            v["app"]["tasksRunning"].as_u64(),
+            v["app"]["instances"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{v}"
+    );
+
+    // Scale to 5: the 3 stay, 2 more.
+    let (code, v) = m.call("PUT", "/v2/apps/team/web", Some(json!({"instances": 5})));
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["deploymentId"].is_string() && v["version"].is_string(),
+        "{v}"
+    );
+    m.wait_deployments_gone("the scale deployment gone");
+    let tasks = m.tasks("/team/web");
+    assert_eq!(tasks.len(), 5);
+    let scaled = check_tasks_run_where_marathon_says(&fleet, &tasks);
+    assert!(first.is_subset(&scaled), "a scale replaced instances");
+
+    // A new version: a rolling restart, every instance replaced.
+    let (code, v) = m.call(
+        "PUT",
+        "/v2/apps/team/web",
+        Some(json!({"cmd": "sleep 2000"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let version = v["version"].as_str().unwrap().to_owned();
+    let took = m.wait_deployments_gone("the restart deployment gone");
+    eprintln!("PUT new version (5 instances) -> deployment gone: {took:?}");
+    let tasks = m.tasks("/team/web");
+    assert_eq!(tasks.len(), 5);
+    assert!(
+        tasks.iter().all(|t| t["version"] == version.as_str()),
+        "{tasks:?}"
+    );
+    let rolled = check_tasks_run_where_marathon_says(&fleet, &tasks);
+    assert!(
+        rolled.is_disjoint(&scaled),
+        "old instances survived the restart"
+    );
+    wait_until(LONG, "old instances gone from the agents", || {
+        running_on_agents(&fleet)
+            .iter()
+            .all(|(id, _)| !scaled.contains(id))
+    });
+
+    // 2. A drain: an ssd-only app of 2 on distinct hosts; the ssd
+    // attribute deleted on one of them moves that instance to the third.
+    let db = json!({
+        "id": "/team/db", "cmd": "sleep 1000", "cpus": 0.2, "mem": 32, "instances": 2,
+        "constraints": [["ssd", "IS", "true"], ["hostname", "UNIQUE"]],
+        "taskKillGracePeriodSeconds": 1
+    });
+    let (code, v) = m.call("POST", "/v2/apps", Some(db));
+    assert_eq!(code, 201, "{v}");
+    m.wait_deployments_gone("the db deployment gone");
+    let tasks = m.tasks("/team/db");
+    let hosts: BTreeSet<String> = tasks
+        .iter()
+        .map(|t| t["host"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(hosts.len(), 2, "{tasks:?}");
+    let drained = hosts.iter().next().unwrap().clone();
+    let third = names
+        .iter()
+        .find(|n| !hosts.contains(**n))
+        .unwrap()
+        .to_string();
+    let t0 = Instant::now();
+    fleet
+        .etcd
+        .del(&format!("/gleaner/nodes/{drained}/attributes/ssd"));
+    let mut below = Duration::ZERO;
+    let mut last = Instant::now();
+    wait_until(
+        LONG,
+        "the drained instance replaced on the third node",
+        || {
+            let running: Vec<String> = running_on_agents(&fleet)
+                .into_iter()
+                .filter(|(id, _)| id.starts_with("team_db_"))
+                .map(|(_, n)| n)
+                .collect();
+            if running.len() < 2 {
+                below += last.elapsed();
+            }
+            last = Instant::now();
+            running.len() == 2 && running.contains(&third) && !running.contains(&drained)
+        },
+    );
+    eprintln!(
+        "drain of {drained}: replaced on {third} after {:?} (below 2 running for ~{below:?})",
+        t0.elapsed()
+    );
+    let tasks = m.tasks("/team/db");
+    assert_eq!(tasks.len(), 2, "{tasks:?}");
+    check_tasks_run_where_marathon_says(&fleet, &tasks);
+
+    // 3. A task that calls Marathon from inside with what it was given:
+    // busybox wget POSTs a worker app of 3 into its own group.
+    let worker =
+        r#"{"id": "/team/workers", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 3}"#;
+    let script = format!(
+        "busybox wget -q -O /dev/null --header \"Authorization: Bearer $GLEANER_TOKEN\" \
+         --header 'Content-Type: application/json' --post-data '{worker}' \"$MARATHON_URL/v2/apps\" \
+         && exec sleep 1000"
+    );
+    let sched = json!({
+        "id": "/team/sched", "cmd": script, "cpus": 0.1, "mem": 16,
+        "labels": {"GLEANER_API_ACCESS": "own-group"}, "taskKillGracePeriodSeconds": 1
+    });
+    let (code, v) = m.call("POST", "/v2/apps", Some(sched));
+    assert_eq!(code, 201, "{v}");
+    assert!(
+        v.get("env")
+            .is_some_and(|e| e.get("GLEANER_TOKEN").is_none()),
+        "token rendered: {v}"
+    );
+    wait_until(LONG, "the workers started by the task running", || {
+        let (code, v) = m.call("GET", "/v2/apps/team/workers", None);
+        code == 200 && v["app"]["tasksRunning"] == 3
+    });
+    let tasks = m.tasks("/team/workers");
+    let truth = running_on_agents(&fleet);
+    for t in &tasks {
+        let pair = (
+            t["id"].as_str().unwrap().to_owned(),
+            t["host"].as_str().unwrap().to_owned(),
+        );
+        assert!(truth.contains(&pair), "{pair:?} not running: {truth:?}");
+    }
+    // The same token, as the task holds it (read from its job in etcd).
+    let token = fleet
+        .etcd
+        .get_prefix("/gleaner/jobs/")
+        .into_iter()
+        .find_map(|(_, j)| {
+            (j["spec"]["env"]["MARATHON_APP_ID"] == "/team/sched")
+                .then(|| {
+                    j["spec"]["env"]["GLEANER_TOKEN"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        })
+        .expect("the instance's token");
+    assert_ne!(token, TOKEN);
+    let (code, v) = m.call_as(&token, "GET", "/v2/apps", None);
+    assert_eq!(code, 200);
+    let ids: BTreeSet<&str> = v["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["/team/db", "/team/sched", "/team/web", "/team/workers"])
+    );
+    let outside = json!({"id": "/other/x", "cmd": "sleep 1", "cpus": 0.1, "mem": 16});
+    let (code, v) = m.call_as(&token, "POST", "/v2/apps", Some(outside));
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("outside the scope"),
+        "{v}"
+    );
+    let (code, _) = m.call_as(&token, "GET", "/v1/jobs", None);
+    assert_eq!(code, 403);
+    let (code, _) = m.call_as(
+        &token,
+        "PUT",
+        "/v2/apps/team/workers",
+        Some(json!({"instances": 1})),
+    );
+    assert_eq!(code, 200);
+    assert!(fleet.etcd.get_prefix("/gleaner/apps/other").is_empty());
+
+    // DELETE: instances gone from the agents; the token ends with its app.
+    for app in ["/team/workers", "/team/db", "/team/web", "/team/sched"] {
+        let (code, v) = m.call("DELETE", &format!("/v2/apps{app}"), None);
+        assert_eq!(code, 200, "{v}");
+    }
+    m.wait_deployments_gone("the stop deployments gone");
+    wait_until(LONG, "no instance left on the agents", || {
+        running_on_agents(&fleet).is_empty()
+    });
+    let (code, _) = m.call_as(&token, "GET", "/v2/apps", None);
+    assert_eq!(code, 401, "a deleted app's token still works");
+}
