@@ -76,7 +76,11 @@ fn running_on_agents(fleet: &Fleet) -> Vec<(String, String)> {
 
 /// Every Marathon task of `app` is RUNNING on the agent its `host` names,
 /// with one host port each; returns the task ids.
-fn check_tasks_run_where_marathon_says(fleet: &Fleet, tasks: &[Value]) -> BTreeSet<String> {
+fn check_tasks_run_where_marathon_says(
+    fleet: &Fleet,
+    tasks: &[Value],
+    ports: usize,
+) -> BTreeSet<String> {
     let truth = running_on_agents(fleet);
     let mut ids = BTreeSet::new();
     for t in tasks {
@@ -88,17 +92,18 @@ fn check_tasks_run_where_marathon_says(fleet: &Fleet, tasks: &[Value]) -> BTreeS
             truth.contains(&(id.to_owned(), host.to_owned())),
             "{id} is not RUNNING on {host}: {truth:?}"
         );
-        let ports = t["ports"].as_array().unwrap();
-        assert_eq!(ports.len(), 1, "{t}");
-        let p = ports[0].as_u64().unwrap();
-        assert!((31000..=32000).contains(&p), "{t}");
+        let given = t["ports"].as_array().unwrap();
+        assert_eq!(given.len(), ports, "{t}");
+        for p in given {
+            assert!((31000..=32000).contains(&p.as_u64().unwrap()), "{t}");
+        }
         ids.insert(id.to_owned());
     }
     ids
 }
 
 fn fleet_with_token(names: &[&str]) -> Option<(Fleet, tempfile::TempDir)> {
-    let mut f = Fleet::start(&agents(names, 2.0, |_| vec![("ssd", "true")]))?;
+    let mut f = Fleet::start(&agents(names, 2.0, |_| vec![]))?;
     f.wait_registered();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
@@ -145,7 +150,7 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
     eprintln!("POST /v2/apps (3 instances) -> deployment gone: {took:?}");
     let tasks = m.tasks("/team/web");
     assert_eq!(tasks.len(), 3);
-    let first = check_tasks_run_where_marathon_says(&fleet, &tasks);
+    let first = check_tasks_run_where_marathon_says(&fleet, &tasks, 1);
     let (_, v) = m.call("GET", "/v2/apps/team/web", None);
     assert_eq!(
         (
@@ -166,7 +171,7 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
     m.wait_deployments_gone("the scale deployment gone");
     let tasks = m.tasks("/team/web");
     assert_eq!(tasks.len(), 5);
-    let scaled = check_tasks_run_where_marathon_says(&fleet, &tasks);
+    let scaled = check_tasks_run_where_marathon_says(&fleet, &tasks, 1);
     assert!(first.is_subset(&scaled), "a scale replaced instances");
 
     // A new version: a rolling restart, every instance replaced.
@@ -185,7 +190,7 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
         tasks.iter().all(|t| t["version"] == version.as_str()),
         "{tasks:?}"
     );
-    let rolled = check_tasks_run_where_marathon_says(&fleet, &tasks);
+    let rolled = check_tasks_run_where_marathon_says(&fleet, &tasks, 1);
     assert!(
         rolled.is_disjoint(&scaled),
         "old instances survived the restart"
@@ -202,6 +207,20 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
         "id": "/team/db", "cmd": "sleep 1000", "cpus": 0.2, "mem": 32, "instances": 2,
         "constraints": [["ssd", "IS", "true"], ["hostname", "UNIQUE"]],
         "taskKillGracePeriodSeconds": 1
+    });
+    // Attributes through etcd (what an operator deletes to drain).
+    for n in names {
+        fleet
+            .etcd
+            .put(&format!("/gleaner/nodes/{n}/attributes/ssd"), "true");
+    }
+    wait_until(LONG, "ssd in every node's info", || {
+        names.iter().all(|n| {
+            fleet
+                .etcd
+                .get_json(&format!("/gleaner/nodes/{n}/info"))
+                .is_some_and(|i| i["attributes"]["ssd"] == "true")
+        })
     });
     let (code, v) = m.call("POST", "/v2/apps", Some(db));
     assert_eq!(code, 201, "{v}");
@@ -244,9 +263,17 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
         "drain of {drained}: replaced on {third} after {:?} (below 2 running for ~{below:?})",
         t0.elapsed()
     );
+    // Marathon's view follows the agents' records through etcd.
+    wait_until(
+        Duration::from_secs(10),
+        "both db tasks TASK_RUNNING",
+        || {
+            let t = m.tasks("/team/db");
+            t.len() == 2 && t.iter().all(|t| t["state"] == "TASK_RUNNING")
+        },
+    );
     let tasks = m.tasks("/team/db");
-    assert_eq!(tasks.len(), 2, "{tasks:?}");
-    check_tasks_run_where_marathon_says(&fleet, &tasks);
+    check_tasks_run_where_marathon_says(&fleet, &tasks, 0);
 
     // 3. A task that calls Marathon from inside with what it was given:
     // busybox wget POSTs a worker app of 3 into its own group.
@@ -318,6 +345,8 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
     );
     let (code, _) = m.call_as(&token, "GET", "/v1/jobs", None);
     assert_eq!(code, 403);
+    m.wait_deployments_gone("the workers' deployment gone");
+    // Scaling its own workers: allowed.
     let (code, _) = m.call_as(
         &token,
         "PUT",
@@ -329,7 +358,7 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
 
     // DELETE: instances gone from the agents; the token ends with its app.
     for app in ["/team/workers", "/team/db", "/team/web", "/team/sched"] {
-        let (code, v) = m.call("DELETE", &format!("/v2/apps{app}"), None);
+        let (code, v) = m.call("DELETE", &format!("/v2/apps{app}?force=true"), None);
         assert_eq!(code, 200, "{v}");
     }
     m.wait_deployments_gone("the stop deployments gone");

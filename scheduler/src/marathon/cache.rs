@@ -5,7 +5,13 @@
 //! transactions, and a read first asks etcd for its current revision and
 //! waits until the cache has applied it (so a client reads its own writes,
 //! on any replica). A cache that cannot catch up in time (watch broken,
-//! etcd reconnecting) is bypassed: that request reads etcd directly.
+//! etcd reconnecting, or writes outside the prefix moved the revision) is
+//! bypassed: that request reads etcd directly.
+//!
+//! Only events move the cache's revision (their own mod revisions).
+//! Progress reports do not: etcd before 3.4.26 / 3.5.8 may send one ahead of events it has not
+//! delivered yet (etcd issue 15220; Debian ships 3.4.23), and trusting
+//! them served reads that missed the client's own write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +21,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use gleaner_core::fleet::{parse_task_id, Job, Keys, TaskRecord};
 use serde::de::DeserializeOwned;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use super::model::{instance_of, App};
 use super::state::{appstate_prefix, deployments_prefix, AppStatus, Deployment};
@@ -24,7 +30,7 @@ use crate::store::{self, StoreError};
 
 /// How long a read waits for the watch to reach etcd's revision before it
 /// reads etcd itself.
-const CATCH_UP: Duration = Duration::from_millis(1500);
+const CATCH_UP: Duration = Duration::from_millis(1000);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the Marathon endpoints read, at one etcd revision.
@@ -159,9 +165,6 @@ pub struct Cache {
     revision: watch::Sender<i64>,
     /// Set while the watch runs; unset while it reconnects.
     live: AtomicBool,
-    /// A reader behind etcd's revision asks the watch for a progress
-    /// report (writes outside the prefix move the revision without events).
-    progress: Notify,
 }
 
 impl Default for Cache {
@@ -170,7 +173,6 @@ impl Default for Cache {
             data: RwLock::new(Arc::new(Data::default())),
             revision: watch::channel(0).0,
             live: AtomicBool::new(false),
-            progress: Notify::new(),
         }
     }
 }
@@ -193,7 +195,6 @@ impl Cache {
             if *self.revision.borrow() >= want {
                 return Ok(self.current());
             }
-            self.progress.notify_one();
             let mut rx = self.revision.subscribe();
             if let Ok(Ok(_)) = tokio::time::timeout(CATCH_UP, rx.wait_for(|r| *r >= want)).await {
                 return Ok(self.current());
@@ -258,29 +259,29 @@ impl Cache {
         let mut stream = watch_client
             .watch(
                 root.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(start)
-                        .with_progress_notify(),
-                ),
+                Some(WatchOptions::new().with_prefix().with_start_revision(start)),
             )
             .await
             .map_err(e)?;
         self.live.store(true, Ordering::Relaxed);
         loop {
-            let resp = tokio::select! {
-                m = stream.message() => m.map_err(e)?.ok_or("watch ended")?,
-                _ = self.progress.notified() => {
-                    stream.request_progress().await.map_err(e)?;
-                    continue;
-                }
-            };
+            let resp = stream.message().await.map_err(e)?.ok_or("watch ended")?;
             if resp.canceled() {
                 return Err(format!("watch cancelled: {}", resp.cancel_reason()));
             }
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if !resp.events().is_empty() {
+            if resp.events().is_empty() {
+                continue;
+            }
+            // The events' own revision, not the header's: a watch catching
+            // up sends at most 1,000 revisions a response, each headed with
+            // the current revision.
+            let rev = resp
+                .events()
+                .iter()
+                .filter_map(|ev| ev.kv().map(|kv| kv.mod_revision()))
+                .max()
+                .unwrap_or(0);
+            {
                 let mut guard = self.data.write().expect("cache lock");
                 // Copies only when a reader still holds the old data.
                 let d = Arc::make_mut(&mut guard);
@@ -300,14 +301,7 @@ impl Cache {
                 }
                 d.revision = d.revision.max(rev);
             }
-            // A progress report (no events) moves the revision too.
             if rev > *self.revision.borrow() {
-                if resp.events().is_empty() {
-                    let mut guard = self.data.write().expect("cache lock");
-                    if guard.revision < rev {
-                        Arc::make_mut(&mut guard).revision = rev;
-                    }
-                }
                 self.revision.send_replace(rev);
             }
         }

@@ -145,9 +145,13 @@ pub async fn run(
     creds: &Credentials,
     view: &mut View,
 ) -> Result<(), String> {
-    let apps: Vec<(App, i64, i64)> = list_created(client, &keys.apps_prefix()).await?;
+    // Deployments before apps: an app and its deployment are written in
+    // one transaction, so a deployment read here has its app in the read
+    // after. The other order saw a new app's deployment without the app
+    // and ended it at once (found by tests/marathon_fleet.rs).
     let deployments: Vec<(String, Deployment, i64)> =
         list(client, &deployments_prefix(keys)).await?;
+    let apps: Vec<(App, i64, i64)> = list_created(client, &keys.apps_prefix()).await?;
     let states: Vec<(String, AppStatus, i64)> = list(client, &appstate_prefix(keys)).await?;
     let now = Utc::now();
 
