@@ -299,15 +299,23 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
         let (code, v) = m.call("GET", "/v2/apps/team/workers", None);
         code == 200 && v["app"]["tasksRunning"] == 3
     });
-    let tasks = m.tasks("/team/workers");
-    let truth = running_on_agents(&fleet);
-    for t in &tasks {
-        let pair = (
-            t["id"].as_str().unwrap().to_owned(),
-            t["host"].as_str().unwrap().to_owned(),
-        );
-        assert!(truth.contains(&pair), "{pair:?} not running: {truth:?}");
-    }
+    // Marathon's tasks and the agents' agree (the records reach etcd a
+    // moment after the agents' own state).
+    wait_until(
+        Duration::from_secs(10),
+        "workers running where Marathon says",
+        || {
+            let truth = running_on_agents(&fleet);
+            let tasks = m.tasks("/team/workers");
+            tasks.len() == 3
+                && tasks.iter().all(|t| {
+                    truth.contains(&(
+                        t["id"].as_str().unwrap_or_default().to_owned(),
+                        t["host"].as_str().unwrap_or_default().to_owned(),
+                    ))
+                })
+        },
+    );
     // The same token, as the task holds it (read from its job in etcd).
     let token = fleet
         .etcd
