@@ -1,9 +1,18 @@
-//! Launch latency, side by side with runc; then 1000 long tasks: total time,
-//! agent RSS, agent idle CPU. Needs root. Run: `cargo bench --bench launch`
-//! (or `bench/launch`). Prints figures; asserts nothing.
+//! Launch latency, interleaved with runc (or with a second agent config);
+//! then 1000 long tasks: total time, agent RSS, agent idle CPU. Needs root.
+//! Run: `cargo bench --bench launch` (or `bench/launch`). Prints figures;
+//! asserts nothing but that every reply is RUNNING or FINISHED.
+//!
+//! This VM drifts by +-20 % between runs, so A and B take turns: ROUNDS
+//! rounds (default 20) of PER_ROUND launches each (default 10), A then B.
+//! Each round's median is one sample; the figures are the median of the
+//! round medians with a distribution-free 95 % interval (stats.rs), and
+//! the same for B/A computed round by round (drift cancels within a round).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "stats.rs"]
+mod stats;
 
 use std::fs;
 use std::path::Path;
@@ -12,73 +21,126 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gleaner_agent::status::TaskState;
-use serde_json::json;
+use serde_json::{json, Value};
+use stats::{fmt_interval, median_interval};
 
-fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let (p50, p99) = (percentile(&ms, 0.50), percentile(&ms, 0.99));
-    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+fn summary(name: &str, rounds: &[Vec<f64>]) -> Vec<f64> {
+    let mut all: Vec<f64> = rounds.iter().flatten().copied().collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&all, 0.50), percentile(&all, 0.99));
+    let medians: Vec<f64> = rounds.iter().map(|r| median(r)).collect();
     println!(
-        "{name:<34} n={:<5} p50={p50:>7.2} ms  p99={p99:>7.2} ms  mean={mean:>7.2} ms",
-        ms.len()
+        "{name:<36} median of round medians {} ms; all n={}: p50 {p50:.2} p99 {p99:.2} ms",
+        fmt_interval(median_interval(&medians), 2),
+        all.len()
     );
-    (p50, p99)
+    medians
+}
+
+fn median(xs: &[f64]) -> f64 {
+    median_interval(xs).0
+}
+
+/// One side of the comparison: launches one `/bin/true`, returns ms.
+enum Side {
+    Agent(TestAgent, Value),
+    Runc(Runc),
+}
+
+impl Side {
+    fn launch(&mut self) -> f64 {
+        match self {
+            Side::Agent(agent, spec) => {
+                let t = Instant::now();
+                let st = agent.submit(spec.clone()).unwrap();
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                assert!(
+                    matches!(st.state, TaskState::Running | TaskState::Finished),
+                    "{st:?}"
+                );
+                ms
+            }
+            Side::Runc(r) => r.run(),
+        }
+    }
 }
 
 fn main() {
     if !require_root("bench launch") {
         return;
     }
-    let n: usize = env_usize("LAUNCHES", 200);
+    let rounds: usize = env_usize("ROUNDS", 20).max(1);
+    let per_round: usize = env_usize("PER_ROUND", 10).max(1);
     let long: usize = env_usize("LONG_TASKS", 1000);
     // AGENT_EXTRA: more agent config (e.g. `disable_features = ["seccomp"]`
-    // to price the filter); NETWORK=none: tasks in their own network ns.
+    // to price the filter); AGENT_EXTRA_B: B is a second agent with this
+    // config instead of runc (an A/B of a config switch); NETWORK=none:
+    // tasks in their own network ns.
     let extra = std::env::var("AGENT_EXTRA").unwrap_or_default();
+    let extra_b = std::env::var("AGENT_EXTRA_B").ok();
     let agent = TestAgent::start_with(&format!("liveness_interval_s = 5\n{extra}"));
     let network = std::env::var("NETWORK").unwrap_or_else(|_| "host".into());
     let spec = json!({"argv": ["/bin/true"], "network": network, "resources": {"cpus": 0.5, "mem_mb": 64}});
-
-    // Warm the page cache and the agent.
-    for _ in 0..5 {
-        agent.submit(spec.clone()).unwrap();
-    }
-    let mut gleaner = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let st = agent.submit(spec.clone()).unwrap();
-        gleaner.push(t.elapsed().as_secs_f64() * 1e3);
-        assert!(
-            matches!(st.state, TaskState::Running | TaskState::Finished),
-            "{st:?}"
-        );
-    }
-    let runc = if std::env::var("RUNC").as_deref() == Ok("0") {
-        None
-    } else {
-        runc_launches(&agent.rootfs, n)
+    let mut a = Side::Agent(agent, spec.clone());
+    let (mut b, b_name) = match &extra_b {
+        Some(e) => {
+            let b = TestAgent::start_with(&format!("liveness_interval_s = 5\n{e}"));
+            (
+                Some(Side::Agent(b, spec.clone())),
+                format!("gleaner with {e:?}"),
+            )
+        }
+        None if std::env::var("RUNC").as_deref() == Ok("0") => (None, String::new()),
+        None => {
+            let Side::Agent(agent, _) = &a else {
+                unreachable!()
+            };
+            (
+                Runc::new(&agent.rootfs).map(Side::Runc),
+                "runc run (create+start+wait+delete)".to_owned(),
+            )
+        }
     };
 
-    println!("\n== submit-to-RUNNING, /bin/true, busybox rootfs, 0.5 cpu (CFS) + 64 MB");
+    // Warm the page cache, the agent and runc.
+    for _ in 0..5 {
+        a.launch();
+        if let Some(b) = b.as_mut() {
+            b.launch();
+        }
+    }
+    let (mut ra, mut rb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        ra.push((0..per_round).map(|_| a.launch()).collect::<Vec<_>>());
+        if let Some(b) = b.as_mut() {
+            rb.push((0..per_round).map(|_| b.launch()).collect::<Vec<_>>());
+        }
+    }
+
+    println!(
+        "\n== submit-to-RUNNING, /bin/true, busybox rootfs, 0.5 cpu (CFS) + 64 MB; \
+         {rounds} interleaved rounds of {per_round} launches, 95 % intervals"
+    );
     if std::env::var("DRIFT").is_ok() {
-        for (i, chunk) in gleaner.chunks(50).enumerate() {
-            let mut c = chunk.to_vec();
-            c.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            println!(
-                "launches {}..{}: p50 {:.2} ms",
-                i * 50,
-                i * 50 + c.len(),
-                c[c.len() / 2]
-            );
-        }
+        let m: Vec<String> = ra.iter().map(|r| format!("{:.2}", median(r))).collect();
+        println!("round medians (gleaner): {}", m.join(" "));
     }
-    let (g50, _) = summary("gleaner (POST /v1/tasks -> RUNNING)", gleaner);
-    match runc {
-        Some(r) => {
-            let (r50, _) = summary("runc run (create+start+wait+delete)", r);
-            println!("{:<34} {:.1}x", "gleaner speed-up at p50", r50 / g50);
-        }
-        None => println!("runc: skipped (RUNC=0) or not installed (apt-get install runc)"),
+    let ma = summary("gleaner (POST /v1/tasks -> RUNNING)", &ra);
+    if b.is_some() {
+        let mb = summary(&b_name, &rb);
+        let ratios: Vec<f64> = mb.iter().zip(&ma).map(|(b, a)| b / a).collect();
+        println!(
+            "{:<36} {}x (B / gleaner, round by round)",
+            "ratio at the median",
+            fmt_interval(median_interval(&ratios), 2)
+        );
+    } else {
+        println!("runc: skipped (RUNC=0) or not installed (apt-get install runc)");
     }
+    let Side::Agent(agent, _) = a else {
+        unreachable!()
+    };
+    drop(b);
 
     if long == 0 {
         return;
@@ -176,52 +238,61 @@ fn supervisor_pss_kb(data_dir: &Path) -> Option<(usize, f64)> {
     (n > 0).then(|| (n, total as f64 / n as f64))
 }
 
-/// `runc run` of the same rootfs with the same limits, n times.
-fn runc_launches(rootfs: &Path, n: usize) -> Option<Vec<f64>> {
-    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())?;
-    let bundle = tempfile::tempdir().ok()?;
-    let status = Command::new(runc)
-        .args(["spec", "--bundle"])
-        .arg(bundle.path())
-        .status()
-        .ok()?;
-    if !status.success() {
-        return None;
-    }
-    let cfg_path = bundle.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&cfg_path).ok()?).ok()?;
-    cfg["root"] = json!({"path": rootfs, "readonly": true});
-    cfg["process"]["terminal"] = json!(false);
-    cfg["process"]["args"] = json!(["/bin/true"]);
-    cfg["process"]["user"] = json!({"uid": 65534, "gid": 65534});
-    cfg["linux"]["resources"] = json!({
-        "cpu": {"quota": 50000, "period": 100000},
-        "memory": {"limit": 64u64 << 20},
-        "pids": {"limit": 1024}
-    });
-    fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).ok()?).ok()?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 5 {
-        let t = Instant::now();
-        let st = Command::new(runc)
-            .args(["run", "--bundle"])
+/// `runc run` of the same rootfs with the same limits.
+struct Runc {
+    bin: &'static str,
+    bundle: tempfile::TempDir,
+    n: usize,
+}
+
+impl Runc {
+    fn new(rootfs: &Path) -> Option<Runc> {
+        let bin = ["/usr/sbin/runc", "/usr/bin/runc"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let bundle = tempfile::tempdir().ok()?;
+        let status = Command::new(bin)
+            .args(["spec", "--bundle"])
             .arg(bundle.path())
-            .arg(format!("gleaner-bench-{}-{i}", std::process::id()))
+            .status()
+            .ok()?;
+        if !status.success() {
+            return None;
+        }
+        let cfg_path = bundle.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&cfg_path).ok()?).ok()?;
+        cfg["root"] = json!({"path": rootfs, "readonly": true});
+        cfg["process"]["terminal"] = json!(false);
+        cfg["process"]["args"] = json!(["/bin/true"]);
+        cfg["process"]["user"] = json!({"uid": 65534, "gid": 65534});
+        cfg["linux"]["resources"] = json!({
+            "cpu": {"quota": 50000, "period": 100000},
+            "memory": {"limit": 64u64 << 20},
+            "pids": {"limit": 1024}
+        });
+        fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).ok()?).ok()?;
+        Some(Runc { bin, bundle, n: 0 })
+    }
+
+    fn run(&mut self) -> f64 {
+        self.n += 1;
+        let t = Instant::now();
+        let st = Command::new(self.bin)
+            .args(["run", "--bundle"])
+            .arg(self.bundle.path())
+            .arg(format!("gleaner-bench-{}-{}", std::process::id(), self.n))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .ok()?;
-        if !st.status.success() {
-            eprintln!("runc run failed: {}", String::from_utf8_lossy(&st.stderr));
-            return None;
-        }
-        if i >= 5 {
-            out.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+            .expect("runc");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(
+            st.status.success(),
+            "runc run failed: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        ms
     }
-    Some(out)
 }
