@@ -54,6 +54,25 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
+/// Why an unpack failed; a budget overrun names the config key that sets
+/// it, so the operator knows what to raise if the image is genuine.
+fn unpack_reason(e: &gleaner_rootfs::UnpackError, budget: gleaner_rootfs::Budget) -> String {
+    use gleaner_rootfs::UnpackError::OverBudget;
+    match e {
+        OverBudget { what: "bytes", .. } => format!(
+            "{e}: the cap is image_unpack_max_mb = {}",
+            budget.max_bytes >> 20
+        ),
+        OverBudget {
+            what: "entries", ..
+        } => format!(
+            "{e}: the cap is image_unpack_max_entries = {}",
+            budget.max_entries
+        ),
+        _ => e.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct FetchLimits {
     pub max_bytes: u64,
@@ -189,7 +208,7 @@ impl ImageCache {
             let stats = gleaner_rootfs::unpack_with(&archive2, &rootfs2, budget).map_err(|e| {
                 ImageError::Unpack {
                     uri: uri_owned.clone(),
-                    reason: e.to_string(),
+                    reason: unpack_reason(&e, budget),
                 }
             })?;
             crate::supervisor::ensure_mount_points(&rootfs2, true).map_err(|e| {
