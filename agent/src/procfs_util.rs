@@ -30,6 +30,27 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Processes with a descriptor open on `path` (a scan of every
+/// /proc/<pid>/fd: slow, for rare recovery decisions only). The caller's
+/// own process is left out.
+pub fn holders_of(path: &std::path::Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p == path))
+            })
+        })
+        .collect()
+}
+
 /// Children of `pid` (needs CONFIG_PROC_CHILDREN; empty otherwise).
 pub fn children(pid: i32) -> Vec<i32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -65,5 +86,28 @@ mod tests {
         let t = start_ticks(me).unwrap();
         assert!(is_same_process(me, t));
         assert!(!is_same_process(me, t + 1));
+    }
+
+    #[test]
+    fn holders_of_finds_a_child_with_the_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held");
+        std::fs::write(&path, "").unwrap();
+        assert!(holders_of(&path).is_empty());
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<\"$0\"; exec sleep 30")
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let t0 = std::time::Instant::now();
+        while !holders_of(&path).contains(&pid) && t0.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let found = holders_of(&path);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, vec![pid]);
     }
 }

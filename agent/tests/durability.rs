@@ -259,3 +259,83 @@ fn a_submit_replies_running_whichever_pass_launched_it() {
     set_hooks(&hooks, "");
     agent.kill("second");
 }
+
+/// Issue 20 follow-up: the exit is reported before the task's cgroup is
+/// removed. A removal that takes seconds (held here by a hook; on a busy
+/// host the task's last processes, SCHED_IDLE, are slow to die) does not
+/// hold back the final state, and a restart, which must wait for the
+/// previous supervisor to finish that removal, launches cleanly.
+#[test]
+fn a_slow_cgroup_removal_does_not_delay_the_exit() {
+    if !require_root("a_slow_cgroup_removal_does_not_delay_the_exit") {
+        return;
+    }
+    let (agent, _hooks) = agent_with_hooks("delay cgroup_remove 8000\n");
+    let res = json!({"cpus": 0.05, "mem_mb": 16});
+    let st = agent
+        .submit(json!({"id": "quick", "argv": ["sleep", "0.2"], "resources": res}))
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(st.state, TaskState::Running, "{st:?}");
+    let st = agent.wait_final("quick", LONG);
+    let took = started.elapsed();
+    assert_eq!(st.state, TaskState::Finished, "{st:?}");
+    // The old code reported after the removal: 8 s and more.
+    assert!(
+        took < Duration::from_secs(6),
+        "exit reported {took:?} after the launch"
+    );
+    agent
+        .submit(json!({"id": "again", "argv": ["false"], "resources": res,
+                       "restart": {"policy": "on-failure", "max_retries": 1}}))
+        .unwrap();
+    let st = agent.wait_for("again", Duration::from_secs(60), |s| {
+        s.state.is_final() && s.restarts == 1
+    });
+    assert_eq!(st.state, TaskState::Failed, "{st:?}");
+    assert_eq!(st.exit_code, Some(1), "the second run ran: {st:?}");
+    wait_until(LONG, "cgroups removed", || {
+        agent.leftover_task_cgroups().is_empty()
+    });
+}
+
+/// Issue 20 follow-up: recovery does not wait forever for a supervisor
+/// that never writes its record (hung between starting the command and
+/// the record; a hook here). After the bound (shortened by a hook from
+/// 30 s) the supervisor and its init are killed with the task's cgroup,
+/// and the task, never reported running, is queued again and runs once.
+#[test]
+fn recovery_does_not_wait_forever_for_a_supervisor_without_a_record() {
+    if !require_root("recovery_does_not_wait_forever_for_a_supervisor_without_a_record") {
+        return;
+    }
+    let limit = "limit starting_supervisor_wait 2000\n";
+    let (mut agent, hooks) = agent_with_hooks(&format!("delay supervisor_record 600000\n{limit}"));
+    let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
+    let submit = std::thread::spawn(move || {
+        let _ = client.post::<_, TaskStatus>("/v1/tasks", &long_task("hung"));
+    });
+    // The command runs in its cgroup; its supervisor sleeps before its record.
+    wait_until(LONG, "the command in its cgroup", || {
+        std::fs::read_to_string(agent.cgroup_dir("memory", "batch/hung").join("cgroup.procs"))
+            .is_ok_and(|p| !p.trim().is_empty())
+    });
+    let hung = supervisor_pids(&agent.data_dir);
+    assert!(!hung.is_empty());
+    assert_eq!(agent.status("hung").state, TaskState::Staging);
+    agent.stop_agent(libc::SIGKILL);
+    let _ = submit.join();
+    set_hooks(&hooks, limit);
+    agent.spawn();
+    let st = agent.wait_state("hung", TaskState::Running, Duration::from_secs(60));
+    assert_eq!(st.restarts, 0, "{st:?}");
+    let now = supervisor_pids(&agent.data_dir);
+    assert!(
+        hung.iter().all(|p| !now.contains(p)),
+        "the hung supervisor lives on: {hung:?} in {now:?}"
+    );
+    // One run: the cgroup holds the new run's init and command only.
+    let procs = agent.read_cgroup("memory", "batch/hung", "cgroup.procs");
+    assert!(procs.split_whitespace().count() <= 2, "{procs:?}");
+    agent.kill("hung");
+}

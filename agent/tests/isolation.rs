@@ -73,11 +73,10 @@ fn limits_files_hold_the_requested_numbers() {
     for id in ["cfs", "shares"] {
         assert_eq!(agent.kill(id).state, TaskState::Killed);
     }
-    assert!(
-        agent.leftover_task_cgroups().is_empty(),
-        "{:?}",
-        agent.leftover_task_cgroups()
-    );
+    // Removed by the supervisor right after it reported the exit.
+    wait_until(LONG, "task cgroups removed", || {
+        agent.leftover_task_cgroups().is_empty()
+    });
 }
 
 #[test]
@@ -170,7 +169,9 @@ fn memory_hog_is_reported_as_memory_limit() {
         (TaskState::Failed, Some(Reason::MemoryLimit)),
         "{done:?}"
     );
-    assert!(agent.leftover_task_cgroups().is_empty());
+    wait_until(LONG, "task cgroups removed", || {
+        agent.leftover_task_cgroups().is_empty()
+    });
 }
 
 #[test]
@@ -190,7 +191,9 @@ fn fork_bomb_stays_within_the_pids_limit() {
         "the bomb should have filled its limit, pids.current = {current}"
     );
     assert_eq!(agent.kill("bomb").state, TaskState::Killed);
-    assert!(agent.leftover_task_cgroups().is_empty());
+    wait_until(LONG, "task cgroups removed", || {
+        agent.leftover_task_cgroups().is_empty()
+    });
 }
 
 /// Forks sleepers until fork fails, then keeps the task alive without forking.

@@ -265,6 +265,18 @@ impl CgroupHandle {
         self.memory_dir.is_dir()
     }
 
+    /// v1: no CPU quota on this cgroup any more, so that while it is being
+    /// removed it never bounds its parent's quota from below (v1 refuses a
+    /// parent quota under a child's). v2 has no such rule (nor the file).
+    pub fn lift_cpu_quota(&self) {
+        for dir in &self.dirs {
+            let quota = dir.join("cpu.cfs_quota_us");
+            if quota.exists() {
+                let _ = fs::write(&quota, "-1");
+            }
+        }
+    }
+
     /// Processes in the cgroup (host pids).
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let path = self.memory_dir.join("cgroup.procs");

@@ -2,7 +2,8 @@
 //!
 //! Honoured only in debug builds, and only when `GLEANER_TEST_HOOKS` names a
 //! file; the file is read at every hook, so a test can change it while the
-//! agent runs. One hook a line: `delay <point> <ms>` or `fail <point>`.
+//! agent runs. One hook a line: `delay <point> <ms>`, `fail <point>`, or
+//! `limit <bound> <ms>` (a bound shortened so a test need not wait it out).
 //! Release builds compile every hook to nothing.
 
 use std::time::Duration;
@@ -24,12 +25,21 @@ fn lines(point: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn delay(point: &str) -> Option<Duration> {
+fn millis(kind: &str, point: &str) -> Option<Duration> {
     lines(point)
         .iter()
-        .find(|w| w[0] == "delay")
+        .find(|w| w[0] == kind)
         .and_then(|w| w.get(2)?.parse().ok())
         .map(Duration::from_millis)
+}
+
+fn delay(point: &str) -> Option<Duration> {
+    millis("delay", point)
+}
+
+/// `bound`, unless a test shortened it.
+pub(crate) fn limit(bound: &str, default: Duration) -> Duration {
+    millis("limit", bound).unwrap_or(default)
 }
 
 /// Sleeps if a test asked for a delay at `point`.

@@ -27,6 +27,23 @@ pub(super) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Re
     f.write_all(bytes)
 }
 
+/// Longest wait for the previous run's supervisor to exit.
+const PREVIOUS_SUPERVISOR_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the previous run's supervisor has exited: it reports the
+/// exit before it removes the cgroup (up to 5 s when the host is busy) and
+/// holds the task's lock until it is done, so a new run is never created
+/// in a cgroup about to be removed. After the bound the zygote refuses the
+/// launch (the lock is still held): a launch failure, not a race.
+async fn previous_supervisor_gone(dir: &crate::layout::TaskDir) {
+    let start = std::time::Instant::now();
+    while crate::supervisor::zygote::supervisor_alive(dir)
+        && start.elapsed() < PREVIOUS_SUPERVISOR_WAIT
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 impl Agent {
     /// The URL a task reaches the API at (the TCP listener; a wildcard
     /// address is reached on loopback).
@@ -63,8 +80,12 @@ impl Agent {
                 return self.run_failed(task, Reason::RootfsInvalid, e.to_string());
             }
         }
-        let rel = cgroup_rel(&task.lock().unwrap().record);
+        let (rel, dir) = {
+            let t = task.lock().unwrap();
+            (cgroup_rel(&t.record), t.dir.clone())
+        };
         self.cgroup_settled(&rel).await;
+        previous_supervisor_gone(&dir).await;
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
             if let Some(reason) = t.record.pending_stop.take() {

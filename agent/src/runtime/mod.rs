@@ -15,7 +15,7 @@ mod drain;
 pub(crate) mod etcd;
 mod exec;
 mod harvest;
-mod hooks;
+pub(crate) mod hooks;
 pub mod hostfs;
 mod launcher;
 pub mod placements;

@@ -6,7 +6,11 @@
 //!   then the restart policy.
 //! * a live supervisor (same pid and start time): adopted, RUNNING.
 //! * a supervisor still starting (its lock is held, no record yet): waited
-//!   for, then adopted or applied.
+//!   for (30 s), then adopted or applied; if it has still written nothing,
+//!   every process holding its lock (the supervisor, its init) is killed
+//!   with the task's cgroup, and the task goes back to the queue (a new run
+//!   number) or, if the lock cannot be freed, is `LOST`. Never waited for
+//!   again.
 //! * STAGING or QUEUED, no supervisor: launched (again), with a new run
 //!   number so a late report of an earlier attempt is ignored.
 //! * RUNNING, supervisor gone, no exit record, or the host rebooted: LOST
@@ -18,7 +22,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{cgroup_rel, Agent, StartError, Task, TaskRecord, TaskRef, TASK_SCHEMA};
+use super::{cgroup_rel, hooks, Agent, StartError, Task, TaskRecord, TaskRef, TASK_SCHEMA};
 use crate::fsutil::{self, FsError};
 use crate::layout::TaskDir;
 use crate::procfs_util::is_same_process;
@@ -29,6 +33,10 @@ use crate::supervisor::SupervisorRecord;
 /// How long a supervisor that was starting when the agent died may take to
 /// write its record.
 const STARTING_SUPERVISOR_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the killed holders of a stuck supervisor's lock may take to
+/// let go of it (their exit needs CPU, scarce for SCHED_IDLE on a busy host).
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// What to do with a task found on disk.
 enum Plan {
@@ -109,6 +117,10 @@ impl Agent {
                 t.record.run,
             )
         };
+        self.apply_plan(task, plan, id, run);
+    }
+
+    fn apply_plan(self: &Arc<Self>, task: &TaskRef, plan: Plan, id: String, run: u32) {
         match plan {
             Plan::Keep => {}
             Plan::Adopt(sup) => {
@@ -151,6 +163,7 @@ impl Agent {
                 task.lock().unwrap().record.status.state = TaskState::Staging;
                 let agent = self.clone();
                 let task = task.clone();
+                let bound = hooks::limit("starting_supervisor_wait", STARTING_SUPERVISOR_WAIT);
                 tokio::spawn(async move {
                     let start = Instant::now();
                     loop {
@@ -159,11 +172,12 @@ impl Agent {
                             let t = task.lock().unwrap();
                             matches!(agent.plan(&t.record, &t.dir), Plan::AwaitSupervisor)
                         };
-                        if !waiting || start.elapsed() > STARTING_SUPERVISOR_WAIT {
+                        if !waiting || start.elapsed() > bound {
                             break;
                         }
                     }
-                    agent.resolve_or_kill(&task);
+                    // Scans /proc and sleeps: off the runtime's workers.
+                    let _ = tokio::task::spawn_blocking(move || agent.resolve_or_kill(&task)).await;
                 });
             }
             Plan::Relaunch => {
@@ -191,18 +205,46 @@ impl Agent {
     }
 
     /// After waiting for a starting supervisor: apply what it left, or, if
-    /// it is still not done, kill its cgroup and decide again.
+    /// it is still not done, kill it (every holder of its lock: the
+    /// supervisor, its init) and the task's cgroup, and decide again, once:
+    /// requeued if the lock is free now, else `LOST`. Blocking.
     fn resolve_or_kill(self: &Arc<Self>, task: &TaskRef) {
-        let stuck = {
+        let (stuck, lock, id, run) = {
             let t = task.lock().unwrap();
-            matches!(self.plan(&t.record, &t.dir), Plan::AwaitSupervisor)
+            (
+                matches!(self.plan(&t.record, &t.dir), Plan::AwaitSupervisor),
+                t.dir.supervisor_lock(),
+                t.record.status.id.clone(),
+                t.record.run,
+            )
         };
         if stuck {
-            let t = task.lock().unwrap();
-            tracing::warn!(task = %t.record.status.id, "supervisor did not finish starting; killing its task");
-            self.destroy_task_cgroup(&t.record);
+            let holders = crate::procfs_util::holders_of(&lock);
+            tracing::warn!(task = %id, ?holders, "supervisor did not write its record in time; killing it and its task");
+            for &pid in &holders {
+                // SAFETY: kill(2) has no memory-safety preconditions. These
+                // hold the task's lock file open: its supervisor and init.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let cgroup = self.cgroups.handle(&cgroup_rel(&task.lock().unwrap().record));
+            if let Err(e) = cgroup.destroy(Duration::from_secs(2)) {
+                tracing::warn!("{e}");
+            }
+            let start = Instant::now();
+            while supervisor_alive(&task.lock().unwrap().dir) && start.elapsed() < LOCK_RELEASE_WAIT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        self.resolve(task);
+        let plan = {
+            let t = task.lock().unwrap();
+            match self.plan(&t.record, &t.dir) {
+                Plan::AwaitSupervisor => {
+                    Plan::Lost("supervisor did not write its record and could not be killed")
+                }
+                other => other,
+            }
+        };
+        self.apply_plan(task, plan, id, run);
     }
 
     fn plan(&self, record: &TaskRecord, dir: &TaskDir) -> Plan {

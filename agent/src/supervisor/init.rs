@@ -31,6 +31,18 @@ const FORWARDED: [Signal; 6] = [
 
 extern "C" fn noop(_: libc::c_int) {}
 
+/// Whether every read end of the pipe `w` writes to is closed.
+fn reader_gone(w: &impl std::os::fd::AsRawFd) -> bool {
+    let mut fd = libc::pollfd {
+        fd: w.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & libc::POLLERR != 0
+}
+
 /// Runs in the init; returns its exit code.
 pub(super) fn run(
     cfg: &LaunchConfig,
@@ -43,6 +55,13 @@ pub(super) fn run(
     // The init dies with its supervisor: a task is never left unsupervised.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // A supervisor killed before that line sends no death signal: then
+    // nothing would ever stop this init. Its read end of the error pipe,
+    // the only one, is closed exactly then (getppid says 0 in a new pid
+    // namespace, so it cannot tell).
+    if reader_gone(&err_w) {
+        return 1;
+    }
     super::set_process_name(c"gleaner-init");
     // Inherited by the command; raising it needs no privilege, lowering would.
     let _ = std::fs::write("/proc/self/oom_score_adj", cfg.oom_score_adj.to_string());

@@ -302,6 +302,7 @@ impl Supervisor {
             started_at: Utc::now(),
             boot_id: crate::procfs_util::boot_id(),
         };
+        crate::runtime::hooks::pause_blocking("supervisor_record");
         // Pids mean nothing after a reboot: atomic, not durable.
         if let Err(e) = crate::fsutil::replace_json(&self.dir.supervisor_json(), &record) {
             let _ = kill(init, Signal::SIGKILL);
@@ -376,9 +377,13 @@ impl Supervisor {
         let oom_killed = launch_error.is_none()
             && stop.is_none()
             && self.cfg.cgroup.oom_killed(signal == Some(libc::SIGKILL));
-        if let Err(e) = self.cfg.cgroup.destroy(Duration::from_secs(5)) {
-            eprintln!("warning: {e}");
-        }
+        // Reported first, removed after: the exit must not wait for the
+        // cgroup to empty (seconds when the host is busy: the task's last
+        // processes are SCHED_IDLE and slow to die). The agent launches no
+        // other run of this task while this process lives (it holds the
+        // task's lock), and a cgroup still being removed must not bound its
+        // role's quota from below (v1).
+        self.cfg.cgroup.lift_cpu_quota();
         let record = ExitRecord {
             run: self.cfg.run,
             exit_code,
@@ -394,6 +399,10 @@ impl Supervisor {
         if let Ok(sock) = UnixDatagram::unbound() {
             let msg = format!("exit {} {}", self.cfg.task_id, self.cfg.run);
             let _ = sock.send_to(msg.as_bytes(), &self.cfg.notify_socket);
+        }
+        crate::runtime::hooks::pause_blocking("cgroup_remove");
+        if let Err(e) = self.cfg.cgroup.destroy(Duration::from_secs(5)) {
+            eprintln!("warning: {e}");
         }
     }
 }
