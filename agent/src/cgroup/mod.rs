@@ -205,6 +205,11 @@ pub struct CgroupHandle {
     /// v2: `cgroup.kill` is usable.
     #[serde(default)]
     pub v2_kill: bool,
+    /// v1: the task's directory in the cpu hierarchy, and the agent's own
+    /// cgroup there (outside the SCHED_IDLE root), where dying processes
+    /// go to get the CPU their exit needs ([`escape_dying`](Self::escape_dying)).
+    #[serde(default)]
+    pub cpu_escape: Option<(PathBuf, PathBuf)>,
 }
 
 /// Thaws a cgroup when dropped: a signal path never leaves it frozen.
@@ -263,6 +268,31 @@ impl CgroupHandle {
 
     pub fn exists(&self) -> bool {
         self.memory_dir.is_dir()
+    }
+
+    /// Moves this cgroup's dying processes (SIGKILL pending, or already in
+    /// their exit), and `also` (the task's init: our code, which must
+    /// forward a stop promptly), out of the SCHED_IDLE root in the cpu
+    /// hierarchy, into the agent's own cgroup there. On a busy host an
+    /// idle-class process waits seconds for the CPU its exit needs; a dying
+    /// process runs no code of its own again, so it takes nothing from the
+    /// business. Memory and the rest stay charged where they were. v1 only
+    /// (v2 is one hierarchy: leaving the cgroup would leave its memory
+    /// limit). Returns how many moved.
+    pub fn escape_dying(&self, also: Option<i32>) -> usize {
+        let Some((cpu_dir, escape)) = &self.cpu_escape else {
+            return 0;
+        };
+        let Ok(procs) = fs::read_to_string(cpu_dir.join("cgroup.procs")) else {
+            return 0;
+        };
+        let target = escape.join("cgroup.procs");
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|&pid| Some(pid) == also || dying(pid))
+            .filter(|pid| fs::write(&target, pid.to_string()).is_ok())
+            .count()
     }
 
     /// v1: no CPU quota on this cgroup any more, so that while it is being
@@ -417,6 +447,33 @@ impl CgroupHandle {
         }
         Ok(())
     }
+}
+
+/// Whether `pid` is dying: SIGKILL pending (sent, or a fatal signal's
+/// default action turned into one), or in its exit (`PF_EXITING`).
+fn dying(pid: i32) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    const PF_EXITING: u64 = 0x4;
+    let pending = fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines().any(|l| {
+            let Some((k, v)) = l.split_once(':') else {
+                return false;
+            };
+            matches!(k, "SigPnd" | "ShdPnd")
+                && u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+        })
+    });
+    pending
+        || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            // Fields after the command: state is the 1st, flags the 7th.
+            s.rfind(')').is_some_and(|i| {
+                s[i + 1..]
+                    .split_whitespace()
+                    .nth(6)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .is_some_and(|f| f & PF_EXITING != 0)
+            })
+        })
 }
 
 /// rmdir of a cgroup and its descendants, deepest first.

@@ -16,6 +16,9 @@ pub struct V1Manager {
     memory: PathBuf,
     pids: Option<PathBuf>,
     freezer: Option<PathBuf>,
+    /// The agent's own cgroup in the cpu hierarchy when it is outside the
+    /// root: where dying task processes are moved (`escape_dying`).
+    escape: Option<PathBuf>,
     /// Distinct mount points the agent creates its cgroups in.
     hierarchies: Vec<PathBuf>,
     features: Features,
@@ -86,8 +89,14 @@ impl V1Manager {
                 &super::MIN_SHARES.to_string(),
             )?;
         }
+        let escape = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|text| own_cpu_cgroup(&text))
+            .map(|rel| cpu.join(rel.trim_start_matches('/')))
+            .filter(|d| d.is_dir() && !d.starts_with(cpu.join(root)));
         Ok(V1Manager {
             root: root.to_owned(),
+            escape,
             cpu,
             memory,
             pids,
@@ -108,6 +117,19 @@ impl V1Manager {
             format!("{}/{rel}", self.root)
         }
     }
+}
+
+/// This process's cgroup in the v1 cpu hierarchy, from /proc/self/cgroup
+/// (`N:cpu,cpuacct:/path`).
+fn own_cpu_cgroup(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "cpu")
+            .then(|| path.to_owned())
+    })
 }
 
 /// Lowers every quota under `dir` above `cpus` CPUs to `cpus`, deepest
@@ -224,6 +246,10 @@ impl CgroupManager for V1Manager {
             freezer_dir: self.freezer.as_ref().map(|f| self.dir(f, rel)),
             v2_freeze: false,
             v2_kill: false,
+            cpu_escape: self
+                .escape
+                .as_ref()
+                .map(|e| (self.dir(&self.cpu, rel), e.clone())),
         }
     }
 
@@ -235,6 +261,85 @@ impl CgroupManager for V1Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cpu_cgroup_finds_the_cpu_line() {
+        let text = "12:pids:/a\n4:cpu,cpuacct:/system.slice/x.service\n1:name=systemd:/s\n";
+        assert_eq!(own_cpu_cgroup(text).as_deref(), Some("/system.slice/x.service"));
+        assert_eq!(own_cpu_cgroup("3:cpuacct:/a\n2:cpuset:/b\n0::/c\n"), None);
+    }
+
+    /// A SIGKILLed process that has not run its exit yet (held frozen here,
+    /// as the idle class holds it on a busy host) leaves the idle root in
+    /// the cpu hierarchy; a live one stays.
+    #[test]
+    fn escape_dying_moves_only_dying_processes() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
+            return;
+        };
+        if find(&mounts, "freezer").is_none() {
+            eprintln!("skipped: no v1 freezer hierarchy");
+            return;
+        }
+        let root = format!("gleaner-unit-v1escape-{}", std::process::id());
+        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
+            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+            return;
+        };
+        m.create("t").unwrap();
+        let h = m.handle("t");
+        let (task_cpu, escape) = h.cpu_escape.clone().expect("the test runs outside the root");
+        let spawn = || {
+            let join: Vec<String> = h
+                .dirs
+                .iter()
+                .map(|d| d.join("cgroup.procs").display().to_string())
+                .collect();
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(r#"for f in "$@"; do echo $$ > "$f"; done; exec sleep 60"#)
+                .arg("sh")
+                .args(&join)
+                .spawn()
+                .unwrap()
+        };
+        let (mut live, mut doomed) = (spawn(), spawn());
+        let in_cpu = |dir: &Path, pid: u32| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.trim() == pid.to_string())
+        };
+        let t0 = std::time::Instant::now();
+        while !(in_cpu(&task_cpu, live.id()) && in_cpu(&task_cpu, doomed.id()))
+            && t0.elapsed().as_secs() < 20
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let freezer = h.freezer_dir.clone().unwrap().join("freezer.state");
+        std::fs::write(&freezer, "FROZEN").unwrap();
+        while std::fs::read_to_string(&freezer).unwrap().trim() != "FROZEN"
+            && t0.elapsed().as_secs() < 30
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        unsafe { libc::kill(doomed.id() as i32, libc::SIGKILL) };
+        let moved = h.escape_dying(None);
+        let result = (
+            moved,
+            in_cpu(&escape, doomed.id()),
+            in_cpu(&task_cpu, live.id()),
+        );
+        std::fs::write(&freezer, "THAWED").unwrap();
+        let _ = live.kill();
+        let _ = (live.wait(), doomed.wait());
+        m.handle("").destroy(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(result, (1, true, true));
+    }
 
     /// Real v1 hierarchies (root only): the kernel refuses a parent's quota
     /// below a child's; set_limits brings the child down first. CI's 6.1

@@ -217,6 +217,7 @@ impl CgroupManager for V2Manager {
             freezer_dir: None,
             v2_freeze: self.features.freezer,
             v2_kill: self.features.cgroup_kill,
+            cpu_escape: None,
         }
     }
 

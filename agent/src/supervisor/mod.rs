@@ -159,6 +159,10 @@ pub struct StopRequest {
     pub grace_s: f64,
 }
 
+/// How often, while a task is stopping, its dying processes are looked
+/// for (`CgroupHandle::escape_dying`).
+const ESCAPE_POLL: Duration = Duration::from_millis(20);
+
 /// Signals the supervisor waits for; blocked before the init is forked.
 fn supervisor_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -319,13 +323,26 @@ impl Supervisor {
         let sigfd = signal_fd(&signals);
         let mut deadline: Option<Instant> = None;
         let mut sent_kill = false;
+        // While stopping, the task's dying processes leave the idle class
+        // as soon as they are dying (see `escape_dying`).
+        let escape = !crate::runtime::hooks::fails("idle_escape");
         let init_status = loop {
             match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {}
                 Ok(status) => break status,
                 Err(_) => break WaitStatus::StillAlive,
             }
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if deadline.is_some() && escape {
+                self.cfg.cgroup.escape_dying(None);
+            }
+            let timeout = deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                if escape {
+                    left.min(ESCAPE_POLL)
+                } else {
+                    left
+                }
+            });
             let got = match &sigfd {
                 Some(fd) => poll_signal_or_output(fd, streams, timeout),
                 // No signalfd: output is copied once the init is gone.
@@ -337,6 +354,10 @@ impl Supervisor {
                         .stop_request()
                         .map(|s| s.grace_s)
                         .unwrap_or(self.cfg.kill_grace_s);
+                    if escape {
+                        // The init forwards the stop: it must run now.
+                        self.cfg.cgroup.escape_dying(Some(init.as_raw()));
+                    }
                     let _ = kill(init, Signal::SIGTERM);
                     deadline = Some(Instant::now() + Duration::from_secs_f64(grace.max(0.0)));
                 }
@@ -348,6 +369,12 @@ impl Supervisor {
                 _ => {}
             }
         };
+        // The init is gone: the kernel has killed the rest of its pid
+        // namespace, whose exits (and so the end of the output) must not
+        // starve either.
+        if escape {
+            self.cfg.cgroup.escape_dying(None);
+        }
         let mut reported = String::new();
         let _ = status_r.read_to_string(&mut reported);
         match parse_outcome(&reported) {
