@@ -253,3 +253,174 @@ fn heavy_constraints_do_not_stall_placement() {
     assert!(v["error"].as_str().unwrap().contains("constraints"), "{v}");
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+/// A scheduler without a token (the default configuration, on loopback)
+/// took a job from any web page its operator's browser had open: a form
+/// posted with `enctype="text/plain"` needs no CORS preflight, and its body
+/// (`name=value`, the `=` hidden inside a string) was read as JSON. The
+/// job ran the page's command on the fleet. Browser requests that say they
+/// come from elsewhere (`Sec-Fetch-Site`, else `Origin`) are refused now,
+/// and without a token a browser reaches the API by address only (DNS
+/// rebinding makes a page's own name point at the scheduler).
+#[test]
+fn cross_site_browser_requests_are_refused() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start_without_token(&etcd, "a");
+    assert_eq!(
+        s.call_raw("PUT", "/v1/queues/q", Some("{}".into()), None).0,
+        201
+    );
+    // What the browser sends for the page's form (`\r\n` ends a text/plain
+    // form body).
+    let body = concat!(
+        r#"{"queue":"q","jobs":[{"spec":{"cmd":"echo pwned #="#,
+        r#"","resources":{"cpus":0.1,"mem_mb":16}}}]}"#,
+        "\r\n"
+    );
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    let own = format!("http://127.0.0.1:{port}");
+    let post = |host: Option<&str>, headers: &[(&str, &str)]| {
+        let mut r = http_client()
+            .post(format!("{}/v1/jobs", s.url))
+            .header("content-type", "text/plain")
+            .body(body);
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().unwrap();
+        let code = r.status().as_u16();
+        (code, r.text().unwrap_or_default())
+    };
+    let refused: [&[(&str, &str)]; 4] = [
+        // A current browser: fetch metadata and the page's origin.
+        &[
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+        // Another port of the same host is another origin, the same site.
+        &[
+            ("origin", "http://127.0.0.1:1"),
+            ("sec-fetch-site", "same-site"),
+        ],
+        // An older browser: Origin only; a sandboxed frame's opaque origin.
+        &[("origin", "http://evil.example")],
+        &[("origin", "null")],
+    ];
+    for headers in refused {
+        let (code, text) = post(None, headers);
+        if code == 201 {
+            std::thread::sleep(Duration::from_secs(1));
+            panic!(
+                "{headers:?}: accepted ({text}); jobs now: {:?}",
+                etcd.keys("/gleaner/jobs/")
+            );
+        }
+        assert_eq!(code, 403, "{headers:?}: {text}");
+        assert!(text.contains("refused"), "{text}");
+    }
+    // DNS rebinding: the page's name resolves to the scheduler, so the
+    // browser calls it same-origin.
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("http://{rebound}");
+    let (code, text) = post(
+        Some(&rebound),
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+    );
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("token_file"), "{text}");
+    assert!(etcd.keys("/gleaner/jobs/").is_empty());
+    // The console itself (same origin), and clients that are no browser.
+    let (code, text) = post(None, &[("origin", &own), ("sec-fetch-site", "same-origin")]);
+    assert_eq!(code, 201, "{text}");
+    let (code, text) = post(Some(&format!("sched.example:{port}")), &[]);
+    assert_eq!(code, 201, "{text}");
+    // Marathon's endpoints are behind the same door.
+    let app = json!({"id": "/x", "cmd": "sleep 1", "instances": 0}).to_string();
+    let r = http_client()
+        .post(format!("{}/v2/apps", s.url))
+        .header("content-type", "text/plain")
+        .header("origin", "http://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .body(app)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}
+
+/// Successful etcd reads so far (`Range` calls, from etcd's own metrics).
+fn etcd_ranges(etcd: &Etcd) -> u64 {
+    let text = http_client()
+        .get(format!("{}/metrics", etcd.endpoint))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total")
+                && l.contains("grpc_method=\"Range\"")
+                && l.contains("grpc_code=\"OK\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `/ui/api/harvest` read every node's ring from etcd for each call: every
+/// open console asks every 15 s, so etcd's reads grew with the consoles
+/// (10,000 consoles on 100 nodes: ~1 GB/s). The rings are now read once per
+/// 5 s for every caller (agents rewrite them every 60 s), as the overview
+/// is. A ring under another node's key (an agent's credential may write any
+/// `harvest/` key) is not shown as that node's.
+#[test]
+fn harvest_reads_are_shared_by_every_console() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "a", "");
+    let ring = |node: &str| json!({"node": node, "every_s": 15, "columns": [], "samples": [[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [16.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]});
+    etcd.put("/gleaner/harvest/n1", &ring("n1"));
+    etcd.put("/gleaner/harvest/n2", &ring("n1"));
+    // What the leader reads on its own meanwhile.
+    let (r0, t0) = (etcd_ranges(&etcd), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_per_s = (etcd_ranges(&etcd) - r0) as f64 / t0.elapsed().as_secs_f64();
+    let before = etcd_ranges(&etcd);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, token) = (s.url.clone(), s.token.clone());
+            std::thread::spawn(move || {
+                let c = http_client();
+                for _ in 0..25 {
+                    let r = c
+                        .get(format!("{url}/ui/api/harvest?points=60"))
+                        .bearer_auth(&token)
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let reads = etcd_ranges(&etcd) - before;
+    let extra = reads as f64 - idle_per_s * t.elapsed().as_secs_f64();
+    assert!(
+        extra < 20.0,
+        "100 harvest calls made {reads} etcd reads in {:?} ({idle_per_s:.1}/s without them)",
+        t.elapsed()
+    );
+    let (code, v) = s.call("GET", "/ui/api/harvest", None);
+    assert_eq!(code, 200, "{v}");
+    let nodes: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["n1"], "{v}");
+}

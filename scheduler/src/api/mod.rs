@@ -4,6 +4,7 @@
 
 mod extract;
 mod jobs;
+pub mod origin;
 mod queues;
 
 use std::sync::Arc;
@@ -72,10 +73,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The admin token, or an app instance's scoped token (Marathon paths
-/// only; each endpoint checks what it touches). Leaves an [`Access`] in
-/// the request's extensions. Tokens are never logged.
+/// Cross-site browser requests refused first ([`origin`]), then the admin
+/// token, or an app instance's scoped token (Marathon paths only; each
+/// endpoint checks what it touches). Leaves an [`Access`] in the request's
+/// extensions. Tokens are never logged.
 async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(why) = origin::refusal(req.headers(), st.token.is_some()) {
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+    }
     let access = match &st.token {
         None => Access::Admin,
         Some(token) => {

@@ -10,6 +10,7 @@ pub mod overview;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -24,6 +25,10 @@ use crate::api::{ApiError, AppState};
 const INDEX: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
 const APP_CSS: &str = include_str!("../../ui/app.css");
+
+/// How long every console shares one read of the rings (agents rewrite
+/// theirs every 60 s; each console asks every 15 s).
+const HARVEST_TTL: Duration = Duration::from_secs(5);
 
 /// Points per node when the harvest is asked without `points`.
 pub const DEFAULT_POINTS: usize = 60;
@@ -93,6 +98,32 @@ async fn overview_handler(State(st): State<AppState>) -> Result<Response, ApiErr
         .into_response())
 }
 
+/// The `harvest/<node>` rings, read from etcd at most once per
+/// [`HARVEST_TTL`] for every caller (the lock is held across the read, so
+/// consoles asking together cause one). A ring whose `node` is not its
+/// key's is left out: it would be drawn as another node's.
+async fn shared_rings(st: &AppState) -> Result<Arc<Vec<HarvestRing>>, ApiError> {
+    type Slot = tokio::sync::Mutex<Option<(Instant, Arc<Vec<HarvestRing>>)>>;
+    static SLOT: OnceLock<Slot> = OnceLock::new();
+    let mut slot = SLOT.get_or_init(Slot::default).lock().await;
+    if let Some((at, rings)) = slot.as_ref() {
+        if at.elapsed() < HARVEST_TTL {
+            return Ok(rings.clone());
+        }
+    }
+    let prefix = harvest::prefix(&st.keys);
+    let listed: Vec<(String, HarvestRing, i64)> = st.store.list(&prefix).await?;
+    let rings: Arc<Vec<HarvestRing>> = Arc::new(
+        listed
+            .into_iter()
+            .filter(|(k, r, _)| k.strip_prefix(&prefix) == Some(r.node.as_str()))
+            .map(|(_, r, _)| r)
+            .collect(),
+    );
+    *slot = Some((Instant::now(), rings.clone()));
+    Ok(rings)
+}
+
 async fn harvest_handler(
     State(st): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -122,10 +153,9 @@ async fn harvest_handler(
             }
         }
     }
-    let rings: Vec<(String, HarvestRing, i64)> = st.store.list(&harvest::prefix(&st.keys)).await?;
+    let rings = shared_rings(&st).await?;
     let out: Vec<_> = rings
-        .into_iter()
-        .map(|(_, r, _)| r)
+        .iter()
         .filter(|r| node.as_ref().is_none_or(|n| &r.node == n))
         .map(|r| {
             json!({

@@ -180,6 +180,29 @@ impl Scheduler {
 
     /// A replica from another build of the binary (before/after figures).
     pub fn start_bin(bin: &str, etcd: &Etcd, name: &str, extra_config: &str) -> Scheduler {
+        Self::start_opts(bin, etcd, name, extra_config, true)
+    }
+
+    /// A replica without `--token-file`: its API takes any request (the
+    /// default configuration). `token` stays empty.
+    #[allow(dead_code)]
+    pub fn start_without_token(etcd: &Etcd, name: &str) -> Scheduler {
+        Self::start_opts(
+            env!("CARGO_BIN_EXE_gleaner-scheduler"),
+            etcd,
+            name,
+            "",
+            false,
+        )
+    }
+
+    fn start_opts(
+        bin: &str,
+        etcd: &Etcd,
+        name: &str,
+        extra_config: &str,
+        with_token: bool,
+    ) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         let token = format!("t-{name}-secret");
         std::fs::write(dir.path().join("token"), &token).unwrap();
@@ -197,15 +220,17 @@ impl Scheduler {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "--etcd",
-                &etcd.endpoint,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--token-file")
-            .arg(dir.path().join("token"))
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--etcd",
+            &etcd.endpoint,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        if with_token {
+            cmd.arg("--token-file").arg(dir.path().join("token"));
+        }
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
@@ -216,7 +241,7 @@ impl Scheduler {
         let s = Scheduler {
             url: format!("http://127.0.0.1:{port}"),
             child: Some(child),
-            token,
+            token: if with_token { token } else { String::new() },
             _dir: dir,
         };
         wait_for(Duration::from_secs(10), "scheduler answers", || {
