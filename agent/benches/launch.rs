@@ -141,6 +141,7 @@ fn main() {
         unreachable!()
     };
     drop(b);
+    stage_breakdown(&agent.log_path);
 
     if long == 0 {
         return;
@@ -196,6 +197,72 @@ fn main() {
         "agent RSS after recovery: {:.1} MB",
         rss_kb(agent.agent_pid()) as f64 / 1024.0
     );
+}
+
+/// Medians of the agent's `launch stages` debug lines (runtime/stages.rs):
+/// wall and thread CPU per step of the agent's side of a launch.
+fn stage_breakdown(log: &Path) {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let mut steps: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    for line in text.lines().filter(|l| l.contains("launch stages")) {
+        let line = strip_ansi(line);
+        let Some(rest) = line.split("stages=").nth(1) else {
+            continue;
+        };
+        for part in rest.split_whitespace().next().unwrap_or("").split(',') {
+            let Some((step, times)) = part.split_once('=') else {
+                continue;
+            };
+            let (wall, cpu) = times.split_once('/').unwrap_or((times, "-"));
+            let i = match steps.iter().position(|s| s.0 == step) {
+                Some(i) => i,
+                None => {
+                    steps.push((step.to_owned(), Vec::new(), Vec::new()));
+                    steps.len() - 1
+                }
+            };
+            if let Ok(w) = wall.parse::<f64>() {
+                steps[i].1.push(w / 1e3);
+            }
+            if let Ok(c) = cpu.parse::<f64>() {
+                steps[i].2.push(c / 1e3);
+            }
+        }
+    }
+    if steps.is_empty() {
+        println!("(no `launch stages` lines in the agent's log)");
+        return;
+    }
+    println!(
+        "agent side of a launch, medians over {} launches (wall / thread CPU, ms):",
+        steps[0].1.len()
+    );
+    for (step, wall, cpu) in &steps {
+        let cpu = if cpu.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.3}", median(cpu))
+        };
+        println!("  {step:<12} {:>8.3} / {cpu}", median(wall));
+    }
+}
+
+/// The log's field names come wrapped in terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
+use super::stages::Stages;
 use super::{cgroup_rel, hooks, Agent, Task, TaskRef};
 use crate::cgroup::{CpuLimit, Limits};
 use crate::fsutil;
@@ -86,6 +87,7 @@ impl Agent {
         };
         self.cgroup_settled(&rel).await;
         previous_supervisor_gone(&dir).await;
+        let mut stages = Stages::start();
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
             if let Some(reason) = t.record.pending_stop.take() {
@@ -94,7 +96,7 @@ impl Agent {
                 t.record.status.finished_at = Some(Utc::now());
                 return self.finish_run(task, &mut t, state, reason);
             }
-            let prepared = self.prepare(&mut t);
+            let prepared = self.prepare(&mut t, &mut stages);
             (
                 t.record.status.id.clone(),
                 t.record.run,
@@ -105,7 +107,11 @@ impl Agent {
         let launched = match prepared {
             Ok(()) => {
                 hooks::pause("launch").await;
-                self.spawner.launch(dir.root()).await
+                stages.mark_wall("to_zygote");
+                let r = self.spawner.launch(dir.root()).await;
+                // Zygote fork, supervisor, init, mounts, pivot, exec, report.
+                stages.mark_wall("supervisor");
+                r
             }
             Err(msg) => Err(msg),
         };
@@ -130,6 +136,8 @@ impl Agent {
                     self.counters.launches.fetch_add(1, Ordering::Relaxed);
                     t.record.pending_stop.take()
                 };
+                stages.mark("running");
+                tracing::debug!(task = %id, %stages, "launch stages");
                 self.touched();
                 if let Some(reason) = pending {
                     let _ = self.stop(&id, reason);
@@ -165,7 +173,7 @@ impl Agent {
     }
 
     /// Everything before the supervisor: sandbox, cgroup, launch.json.
-    fn prepare(&self, t: &mut Task) -> Result<(), String> {
+    fn prepare(&self, t: &mut Task, stages: &mut Stages) -> Result<(), String> {
         let spec = &t.record.spec;
         let rootfs = match spec.rootfs.as_ref() {
             Some(RootfsSpec {
@@ -188,6 +196,7 @@ impl Agent {
             .map_err(|e| format!("user {user:?} is root in the image: {e}"))?;
         let sys = self.cfg.sys_roles.iter().any(|r| r == &spec.role);
         ensure_mount_points(&rootfs, sys).map_err(|e| e.to_string())?;
+        stages.mark("user_rootfs");
 
         let dir = &t.dir;
         for stale in [dir.exit_json(), dir.supervisor_json(), dir.stop_json()] {
@@ -199,6 +208,7 @@ impl Agent {
         fsutil::create_dir_all(&dir.tmp()).map_err(|e| e.to_string())?;
         std::fs::set_permissions(dir.tmp(), std::fs::Permissions::from_mode(0o1777))
             .map_err(|e| format!("chmod {}: {e}", dir.tmp().display()))?;
+        stages.mark("dirs");
 
         let rel = cgroup_rel(&t.record);
         let features = self.cgroups.features();
@@ -221,6 +231,7 @@ impl Agent {
             self.destroy_cgroup(rel);
             return Err(e.to_string());
         }
+        stages.mark("cgroup");
 
         let id = t.record.status.id.clone();
         let mut env = vec![
@@ -278,6 +289,7 @@ impl Agent {
         write_private(&dir.launch_json(), &json)
             .map_err(|e| format!("write {}: {e}", dir.launch_json().display()))?;
         t.record.status.cgroup = Some(handle.path);
+        stages.mark("launch_json");
         Ok(())
     }
 }

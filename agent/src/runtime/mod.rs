@@ -24,6 +24,7 @@ mod recovery;
 mod reservations;
 mod retention;
 mod spawner;
+mod stages;
 mod task_ports;
 mod task_publisher;
 mod watcher;
