@@ -243,7 +243,7 @@ fn stage_breakdown(log: &Path) {
         } else {
             format!("{:.3}", median(cpu))
         };
-        println!("  {step:<12} {:>8.3} / {cpu}", median(wall));
+        println!("  {step:<16} {:>9.3} / {cpu}", median(wall));
     }
 }
 

@@ -119,8 +119,11 @@ impl Agent {
             Ok(task_pid) => {
                 let pending = {
                     let mut t = task.lock().unwrap();
-                    let sup: Option<SupervisorRecord> =
+                    let mut sup: Option<SupervisorRecord> =
                         fsutil::read_json(&dir.supervisor_json()).ok();
+                    if let Some(s) = sup.as_mut() {
+                        stages.supervisor_steps = std::mem::take(&mut s.launch_steps);
+                    }
                     let st = &mut t.record.status;
                     st.state = TaskState::Running;
                     st.pid = Some(task_pid);

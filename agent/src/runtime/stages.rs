@@ -12,6 +12,9 @@ pub(crate) struct Stages {
     cpu: Duration,
     /// (step, wall µs, thread CPU µs or None).
     parts: Vec<(&'static str, u64, Option<u64>)>,
+    /// The supervisor's own split of its round trip (`step=µs,...`, wall),
+    /// from its record.
+    pub(crate) supervisor_steps: String,
 }
 
 fn thread_cpu() -> Duration {
@@ -32,6 +35,7 @@ impl Stages {
             wall: Instant::now(),
             cpu: thread_cpu(),
             parts: Vec::new(),
+            supervisor_steps: String::new(),
         }
     }
 
@@ -70,6 +74,9 @@ impl fmt::Display for Stages {
                 None => write!(f, "{sep}{step}={wall}/-")?,
             }
         }
+        for part in self.supervisor_steps.split(',').filter(|p| !p.is_empty()) {
+            write!(f, ",{part}/-")?;
+        }
         Ok(())
     }
 }
@@ -96,5 +103,10 @@ mod tests {
         assert!(s.parts[1].1 >= 5000 && s.parts[1].2.is_none(), "{s}");
         let text = s.to_string();
         assert!(text.starts_with("busy=") && text.contains(",sleep=") && text.ends_with("/-"));
+        s.supervisor_steps = "sup_prepare=10,sup_record=3".into();
+        assert!(
+            s.to_string().ends_with(",sup_prepare=10/-,sup_record=3/-"),
+            "{s}"
+        );
     }
 }

@@ -149,6 +149,11 @@ pub struct SupervisorRecord {
     /// describes processes that are gone.
     #[serde(default)]
     pub boot_id: String,
+    /// Where the supervisor's side of the launch went, `step=µs,...`
+    /// (issue 16.2): logged by the agent with its own steps, then dropped
+    /// (never kept in task.json).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub launch_steps: String,
 }
 
 /// Written by the agent before it signals the supervisor.
@@ -182,6 +187,7 @@ fn supervisor_signals() -> SigSet {
 /// child of the zygote); `report` takes the launch result. Returns the
 /// process's exit code.
 pub(crate) fn supervise(task_dir: &Path, report: Reporter) -> i32 {
+    let start = Instant::now();
     let dir = TaskDir::new(task_dir);
     let cfg: LaunchConfig = match read_json(&dir.launch_json()) {
         Ok(c) => c,
@@ -192,12 +198,14 @@ pub(crate) fn supervise(task_dir: &Path, report: Reporter) -> i32 {
     };
     let _ = nix::unistd::setsid();
     set_process_name(c"gleaner-sup");
-    Supervisor::new(cfg, dir).run(report)
+    Supervisor::new(cfg, dir, start).run(report)
 }
 
 struct Supervisor {
     cfg: LaunchConfig,
     dir: TaskDir,
+    /// When this process began supervising (right after the zygote's fork).
+    start: Instant,
 }
 
 /// How the task's command ended, as the init saw it.
@@ -208,8 +216,8 @@ pub(crate) enum Outcome {
 }
 
 impl Supervisor {
-    fn new(cfg: LaunchConfig, dir: TaskDir) -> Self {
-        Supervisor { cfg, dir }
+    fn new(cfg: LaunchConfig, dir: TaskDir, start: Instant) -> Self {
+        Supervisor { cfg, dir, start }
     }
 
     fn run(self, report: Reporter) -> i32 {
@@ -253,6 +261,7 @@ impl Supervisor {
         let (stdout, stderr) = (File::from(stdout), File::from(stderr));
         let (mut err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
+        let prepared = self.start.elapsed();
 
         let signals = supervisor_signals();
         signals
@@ -292,6 +301,9 @@ impl Supervisor {
             let _ = waitpid(init, None);
             return Err(failure.trim().to_owned());
         }
+        // The init joined the cgroup, built the mounts, pivoted and forked
+        // the command, whose exec closed the error pipe.
+        let executed = self.start.elapsed();
         let task_pid = crate::procfs_util::children(init.as_raw())
             .first()
             .copied()
@@ -305,6 +317,12 @@ impl Supervisor {
             task_pid,
             started_at: Utc::now(),
             boot_id: crate::procfs_util::boot_id(),
+            launch_steps: format!(
+                "sup_prepare={},sup_init_to_exec={},sup_record={}",
+                prepared.as_micros(),
+                (executed - prepared).as_micros(),
+                (self.start.elapsed() - executed).as_micros()
+            ),
         };
         crate::runtime::hooks::pause_blocking("supervisor_record");
         // Pids mean nothing after a reboot: atomic, not durable.
