@@ -449,12 +449,38 @@ impl CgroupHandle {
     }
 }
 
-/// Whether `pid` is dying: SIGKILL pending (sent, or a fatal signal's
-/// default action turned into one), or in its exit (`PF_EXITING`).
+/// Whether process `pid` is dying: every one of its threads is (see
+/// [`thread_dying`]), its thread list read again after the check and
+/// unchanged (a thread born meanwhile came from a live one). The leader
+/// alone says nothing: a main thread that called exit(2), not
+/// exit_group(2), is a zombie in its exit while the other threads run on,
+/// and writing the pid to `cgroup.procs` moves all of them.
 fn dying(pid: i32) -> bool {
+    let threads = |pid: i32| -> Option<Vec<i32>> {
+        let mut t: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        t.sort_unstable();
+        Some(t)
+    };
+    let Some(before) = threads(pid) else {
+        return false;
+    };
+    !before.is_empty()
+        && before.iter().all(|&tid| thread_dying(pid, tid))
+        && threads(pid).is_some_and(|after| after == before)
+}
+
+/// Whether one thread runs no code of its own again: SIGKILL pending (sent
+/// to the process or a fatal signal's default turned into one: always the
+/// whole group's exit), or in its exit (`PF_EXITING`).
+fn thread_dying(pid: i32, tid: i32) -> bool {
     const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
     const PF_EXITING: u64 = 0x4;
-    let pending = fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+    let base = format!("/proc/{pid}/task/{tid}");
+    let pending = fs::read_to_string(format!("{base}/status")).is_ok_and(|s| {
         s.lines().any(|l| {
             let Some((k, v)) = l.split_once(':') else {
                 return false;
@@ -464,7 +490,7 @@ fn dying(pid: i32) -> bool {
         })
     });
     pending
-        || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        || fs::read_to_string(format!("{base}/stat")).is_ok_and(|s| {
             // Fields after the command: state is the 1st, flags the 7th.
             s.rfind(')').is_some_and(|i| {
                 s[i + 1..]

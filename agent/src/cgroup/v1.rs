@@ -341,6 +341,95 @@ mod tests {
         assert_eq!(result, (1, true, true));
     }
 
+    /// A task cannot pass for dying: a process whose main thread exited
+    /// (its leader a zombie, PF_EXITING) while another thread still runs
+    /// code is live; moving it would take every live thread out of the
+    /// idle root and its CPU limit for the whole grace of a stop.
+    #[test]
+    fn a_process_whose_main_thread_exited_is_not_dying() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
+            return;
+        };
+        let root = format!("gleaner-unit-v1zombie-{}", std::process::id());
+        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
+            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+            return;
+        };
+        m.create("t").unwrap();
+        let h = m.handle("t");
+        let (task_cpu, escape) = h.cpu_escape.clone().expect("the test runs outside the root");
+        extern "C" fn live_thread(_: *mut libc::c_void) -> libc::c_int {
+            loop {
+                // SAFETY: pause(2) has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        let mut stack = vec![0u8; 64 * 1024];
+        let mut go = [0i32; 2];
+        // SAFETY: pipe(2) into a 2-int array.
+        assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+        // SAFETY: the child makes only raw system calls (no allocation) until
+        // its main thread exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let mut b = 0u8;
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                let top = stack.as_mut_ptr().add(stack.len() - 64).cast();
+                let flags = libc::CLONE_VM
+                    | libc::CLONE_FS
+                    | libc::CLONE_FILES
+                    | libc::CLONE_SIGHAND
+                    | libc::CLONE_THREAD
+                    | libc::CLONE_SYSVSEM;
+                libc::clone(live_thread, top, flags, std::ptr::null_mut());
+                // The main thread alone exits (not exit_group).
+                libc::syscall(libc::SYS_exit, 0);
+            }
+            unreachable!();
+        }
+        for d in &h.dirs {
+            std::fs::write(d.join("cgroup.procs"), pid.to_string()).unwrap();
+        }
+        unsafe { libc::write(go[1], b"x".as_ptr().cast(), 1) };
+        // Wait for the leader to be a zombie with a second thread alive.
+        let t0 = std::time::Instant::now();
+        let ready = || {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')));
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            zombie && threads == 2
+        };
+        while !ready() && t0.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let was_ready = ready();
+        let moved = h.escape_dying(None);
+        let escaped = std::fs::read_to_string(escape.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() == pid.to_string());
+        let stayed = std::fs::read_to_string(task_cpu.join("tasks"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() != pid.to_string());
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            libc::close(go[0]);
+            libc::close(go[1]);
+        }
+        m.handle("").destroy(std::time::Duration::from_secs(10)).unwrap();
+        assert!(was_ready, "the test process never reached its state");
+        assert_eq!((moved, escaped, stayed), (0, false, true));
+    }
+
     /// Real v1 hierarchies (root only): the kernel refuses a parent's quota
     /// below a child's; set_limits brings the child down first. CI's 6.1
     /// guests hit this while a preempted task's cgroup was still there.
