@@ -58,6 +58,12 @@ impl Side {
                     matches!(st.state, TaskState::Running | TaskState::Finished),
                     "{st:?}"
                 );
+                // One launch at a time: on a busy host the earlier `true`s
+                // exit slowly in the SCHED_IDLE root, and four of them fill
+                // the default reservation (0.5 cpu each); the next reply
+                // would then rightly say QUEUED, timing the queue, not a
+                // launch (run 1 of session 5 stopped on it at load 20).
+                agent.wait_final(&st.id, Duration::from_secs(120));
                 ms
             }
             Side::Runc(r) => r.run(),
