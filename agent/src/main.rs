@@ -97,7 +97,7 @@ fn init_tracing() {
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     use gleaner_agent::api::serve;
     let addr = cfg.listen_addr()?;
-    raise_fd_limit(cfg.max_connections as u64 + 1024);
+    gleaner_core::serve::raise_fd_limit(cfg.max_connections as u64 + 1024);
     let limits = serve::Limits {
         max_connections: cfg.max_connections,
         read_timeout: std::time::Duration::from_secs_f64(cfg.request_read_timeout_s),
@@ -132,18 +132,6 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         "agent stopped; tasks keep running under their supervisors"
     );
     Ok(())
-}
-
-/// Every connection is a descriptor: the soft limit (often 1024) is raised
-/// towards the hard one so the connection cap, not EMFILE, is what binds.
-fn raise_fd_limit(want: u64) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let target = want.min(hard).max(soft);
-        if target > soft {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, target, hard);
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,9 @@
 //!   within) and preemption on shrink.
 //! * [`fleet`]: the fleet's etcd key layout and the JSON stored there.
 //! * [`placement`]: fleet placement (fair share, fit, gangs), pure.
+//! * `serve` (feature `serve`, the one module with I/O): the HTTP/1
+//!   listener of the agent and the scheduler, with its limits against
+//!   hostile clients.
 
 pub mod admission;
 pub mod app_token;
@@ -19,5 +22,7 @@ pub mod constraints;
 pub mod fleet;
 pub mod harvest;
 pub mod placement;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod spec;
 pub mod status;

@@ -54,6 +54,14 @@ pub struct SchedulerConfig {
     /// `MARATHON_URL` of app instances that get a scoped token; empty:
     /// `http://<listen>`.
     pub marathon_url: String,
+    /// API connections served at once; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// A request's head, and then its body, must arrive within this (s):
+    /// idle or trickling clients (slowloris) are dropped.
+    pub request_read_timeout_s: f64,
+    /// `GET /v2/events` subscribers at once (each holds an etcd watch);
+    /// past it 503.
+    pub max_event_streams: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -74,6 +82,9 @@ impl Default for SchedulerConfig {
             pass_interval_ms: 50,
             default_max_retries: 3,
             marathon_url: String::new(),
+            max_connections: 4096,
+            request_read_timeout_s: 10.0,
+            max_event_streams: 64,
         }
     }
 }
@@ -135,6 +146,14 @@ impl SchedulerConfig {
         if self.max_placements_per_pass == 0 {
             return Err("max_placements_per_pass: must be at least 1".into());
         }
+        if self.max_connections == 0 {
+            return Err("max_connections: must be at least 1".into());
+        }
+        if !(self.request_read_timeout_s.is_finite()
+            && (0.1..=3600.0).contains(&self.request_read_timeout_s))
+        {
+            return Err("request_read_timeout_s: must be 0.1 to 3600".into());
+        }
         Ok(())
     }
 
@@ -169,6 +188,13 @@ impl SchedulerConfig {
     }
 
     /// What instances are told to call: `marathon_url`, else the listener.
+    pub fn http_limits(&self) -> gleaner_core::serve::Limits {
+        gleaner_core::serve::Limits {
+            max_connections: self.max_connections,
+            read_timeout: std::time::Duration::from_secs_f64(self.request_read_timeout_s),
+        }
+    }
+
     pub fn advertised_url(&self) -> String {
         if self.marathon_url.is_empty() {
             format!("http://{}", self.listen)
@@ -256,6 +282,9 @@ mod tests {
             ("etcd_username = \"s\"", "etcd_password_file"),
             ("etcd_password_file = \"/p\"", "etcd_username"),
             ("marathon_url = \"ftp://x\"", "marathon_url"),
+            ("max_connections = 0", "max_connections"),
+            ("request_read_timeout_s = 0.0", "request_read_timeout_s"),
+            ("request_read_timeout_s = -1.0", "request_read_timeout_s"),
         ] {
             let e = SchedulerConfig::parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

@@ -113,7 +113,11 @@ async fn serve(config: Arc<SchedulerConfig>, token: Option<String>) -> anyhow::R
         name: config.name.clone().into(),
         default_max_retries: config.default_max_retries,
         marathon: cache.clone(),
+        read_timeout: config.http_limits().read_timeout,
+        event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+        max_event_streams: config.max_event_streams,
     };
+    gleaner_core::serve::raise_fd_limit(config.max_connections as u64 + 1024);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listen {}", config.listen))?;
@@ -137,17 +141,25 @@ async fn serve(config: Arc<SchedulerConfig>, token: Option<String>) -> anyhow::R
     ));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let shutdown = async move {
+    let signalled = async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("stopping");
-        let _ = stop_tx.send(true);
     };
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // The agent's listener (core's `serve`): head and body deadlines and a
+    // connection cap against idle or trickling clients.
+    tokio::join!(
+        gleaner_core::serve::serve_tcp(
+            listener,
+            api::router(state),
+            config.http_limits(),
+            (),
+            gleaner_core::serve::Shutdown(stop_rx.clone()),
+        ),
+        gleaner_core::serve::stop_on(signalled, stop_tx),
+    );
     // The leader resigns before the process ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), elector).await;
     Ok(())

@@ -1,27 +1,21 @@
 //! The two doors of the API and their limits against hostile clients: a
 //! TCP listener (bearer token) and a Unix socket (peer credentials).
 //!
-//! Each connection is served by hyper's HTTP/1 server with a cap on the
-//! request head (`MAX_HEAD_BYTES`, 431 past it), a deadline for the head
-//! (slow or idle clients are dropped), and a cap on open connections per
-//! door: past it a new connection is closed at once, so a flood of idle
-//! TCP connections never locks the socket's admins out.
+//! Each connection is served by `gleaner_core::serve` (shared with the
+//! scheduler): hyper's HTTP/1 server with a cap on the request head, a
+//! deadline for the head (slow or idle clients are dropped), and a cap on
+//! open connections per door: past it a new connection is closed at once,
+//! so a flood of idle TCP connections never locks the socket's admins out.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use gleaner_core::serve::{accept_failed, serve_conn};
+pub use gleaner_core::serve::{shutdown_channel, stop_on, Limits, Shutdown, MAX_HEAD_BYTES};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt;
+use tokio::sync::Semaphore;
 
-/// Largest request head (request line and headers) read.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Connections on the Unix socket served at once.
 pub const SOCKET_MAX_CONNECTIONS: usize = 64;
 
@@ -38,40 +32,9 @@ pub enum Door {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    /// For the request head here; the body's is `extract::read_timeout`.
-    pub read_timeout: Duration,
-}
-
 /// Serves `app` on TCP until `shutdown` turns true.
 pub async fn serve_tcp(listener: TcpListener, app: Router, limits: Limits, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut shutdown = shutdown.0;
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.changed() => return,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                accept_failed(&e).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("connection cap reached: closing a new connection");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        tokio::spawn(async move {
-            serve_conn(stream, app, Door::Tcp, limits.read_timeout).await;
-            drop(slot);
-        });
-    }
+    gleaner_core::serve::serve_tcp(listener, app, limits, Door::Tcp, shutdown).await
 }
 
 /// Connections of non-admin peers on the socket served at once (each only
@@ -137,32 +100,6 @@ pub async fn serve_unix(
     }
 }
 
-/// EMFILE and friends: wait a little instead of spinning on accept.
-async fn accept_failed(e: &std::io::Error) {
-    tracing::warn!("accept: {e}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-async fn serve_conn<I>(io: I, app: Router, door: Door, read_timeout: Duration)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(door.clone());
-        app.clone().oneshot(req)
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(io), svc)
-        // `gleaner exec` upgrades its connection.
-        .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!("connection: {e}");
-    }
-}
-
 /// Supplementary groups of a process (`Groups:` of /proc/<pid>/status).
 fn groups_of(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -192,19 +129,4 @@ pub fn bind_unix(path: &Path, open_to_all: bool) -> std::io::Result<UnixListener
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     nix::unistd::chown(path, Some(0.into()), Some(0.into())).map_err(std::io::Error::from)?;
     Ok(listener)
-}
-
-/// Tells the accept loops to stop.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-pub fn shutdown_channel() -> (watch::Sender<bool>, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (tx, Shutdown(rx))
-}
-
-/// Waits for `fut`, then tells the loops to stop.
-pub async fn stop_on(fut: impl Future<Output = ()>, tx: watch::Sender<bool>) {
-    fut.await;
-    let _ = tx.send(true);
 }

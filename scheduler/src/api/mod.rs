@@ -37,6 +37,12 @@ pub struct AppState {
     pub app_key: Option<[u8; 32]>,
     /// The Marathon endpoints' read cache (kept by its own watch).
     pub marathon: Arc<crate::marathon::cache::Cache>,
+    /// A request body must arrive within this (config
+    /// `request_read_timeout_s`).
+    pub read_timeout: std::time::Duration,
+    /// One permit per `GET /v2/events` subscriber (`max_event_streams`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
+    pub max_event_streams: usize,
 }
 
 impl From<StoreError> for ApiError {
@@ -66,6 +72,9 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ui::data())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read whole, within the deadline, once the caller is
+        // known (a 401 never waits for a body).
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         // The console's assets hold no data: a browser needs them to log in.
         .merge(crate::ui::assets())
@@ -112,6 +121,34 @@ async fn require_token(State(st): State<AppState>, mut req: Request, next: Next)
     }
     req.extensions_mut().insert(access);
     next.run(req).await
+}
+
+/// The whole body within `read_timeout` and [`MAX_BODY_BYTES`]: a client
+/// that sends a head and then trickles its body is dropped like one that
+/// trickles its head. Errors in the shape of the API the path belongs to.
+async fn read_body(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match gleaner_core::serve::read_body(body, MAX_BODY_BYTES, st.read_timeout).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Err(e) => {
+            let status = match e {
+                gleaner_core::serve::BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                gleaner_core::serve::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                gleaner_core::serve::BodyError::Broken(_) => StatusCode::BAD_REQUEST,
+            };
+            let mut r = if parts.uri.path().starts_with("/v2/") {
+                (status, Json(json!({"message": e.to_string()}))).into_response()
+            } else {
+                ApiError::new(status, e.to_string()).into_response()
+            };
+            // The rest of the body is not read: the connection ends.
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            r
+        }
+    }
 }
 
 async fn identify(st: &AppState, admin: &str, given: &str) -> Result<Option<Access>, ApiError> {

@@ -214,6 +214,23 @@ pub async fn events(
     Query(q): Query<Vec<(String, String)>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, MError> {
+    // Each subscriber holds an etcd watch and a pump: their number is
+    // capped (`max_event_streams`); the permit lives as long as the stream.
+    let Ok(permit) = st.event_streams.clone().try_acquire_owned() else {
+        let mut r = MError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many event stream subscribers (max_event_streams = {}); retry later",
+                st.max_event_streams
+            ),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return Ok(r);
+    };
     let wanted: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "event_type")
@@ -257,10 +274,11 @@ pub async fn events(
     // Dropped with the response: the pump (and its watch) ends.
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
     tokio::spawn(feed.pump(out.clone(), gone_rx));
-    let stream = futures_util::stream::unfold((out, gone_tx), |(out, gone)| async move {
-        let e = out.next().await?;
-        Some((Ok::<_, Infallible>(e), (out, gone)))
-    });
+    let stream =
+        futures_util::stream::unfold((out, gone_tx, permit), |(out, gone, permit)| async move {
+            let e = out.next().await?;
+            Some((Ok::<_, Infallible>(e), (out, gone, permit)))
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
