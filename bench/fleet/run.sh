@@ -4,6 +4,7 @@
 # submits JOBS jobs over QUEUES queues and prints one JSON line: sustained
 # placements/s, submit->RUNNING p50/p99, scheduler peak RSS and CPU, etcd
 # db size. Sizes: NODES JOBS QUEUES RUN_MS RATE (0 = burst) BATCH.
+# SCHEDULER_BIN=path runs another build of the scheduler (A/B figures).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NODES=${NODES:-5000} JOBS=${JOBS:-50000} QUEUES=${QUEUES:-10}
@@ -31,7 +32,7 @@ pids+=($!)
 until ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint health >/dev/null 2>&1; do sleep 0.1; done
 "$bin/hollow-nodes" --etcd "$ETCD" --nodes "$NODES" --run-ms "$RUN_MS" 2>"$tmp/hollow.log" &
 pids+=($!)
-GLEANER_LOG=${GLEANER_LOG:-warn} "$bin/gleaner-scheduler" --etcd "$ETCD" --listen "$API" 2>"$tmp/scheduler.log" &
+GLEANER_LOG=${GLEANER_LOG:-warn} "${SCHEDULER_BIN:-$bin/gleaner-scheduler}" --etcd "$ETCD" --listen "$API" 2>"$tmp/scheduler.log" &
 sched=$!
 pids+=($sched)
 until curl -sf "http://$API/v1/leader" >/dev/null; do sleep 0.1; done

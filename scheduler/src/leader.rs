@@ -163,20 +163,20 @@ async fn lead(
 ) -> Result<(), String> {
     let e = |e: etcd_client::Error| e.to_string();
     let root = format!("{}/", keys.prefix);
-    let (kvs, rev) = store::get_prefix(client, &root).await.map_err(e)?;
     let mut view = View::default();
-    for kv in &kvs {
+    let rev = store::for_each_in_prefix(client, &root, |kv| {
         if let Ok(key) = kv.key_str() {
             view.put(keys, key, kv.value(), kv.mod_revision());
         }
-    }
+    })
+    .await
+    .map_err(e)?;
     tracing::info!(
         revision = rev,
         nodes = view.nodes.len(),
         jobs = view.jobs.len(),
         "view rebuilt from etcd"
     );
-    drop(kvs);
     // Fragmented: a leader that fell behind gets its backlog in pieces of
     // at most etcd's request size, not one message over the client's limit.
     let mut watcher = client

@@ -15,8 +15,9 @@ use gleaner_core::fleet::{task_id, Fitness, Job, JobState, Keys, Placement};
 use gleaner_core::placement::{self, Options};
 
 use crate::config::SchedulerConfig;
+use crate::marathon::model::instance_of;
 use crate::metrics::Metrics;
-use crate::reconcile::{reconcile, stale_placement, World};
+use crate::reconcile::{reconcile, replace_drained_instance, stale_placement, World};
 use crate::view::View;
 
 /// etcd refuses transactions of more than 128 operations by default.
@@ -126,6 +127,7 @@ impl<'a> Pass<'a> {
     async fn reconcile(&self, client: &mut Client, view: &mut View) -> Result<(), String> {
         let now = Utc::now();
         let mut changes = Vec::new();
+        let changed_nodes = view.take_changed_nodes();
         for (job, rev) in view.jobs.values() {
             if !matches!(job.state, JobState::Placed | JobState::Running) {
                 continue;
@@ -142,6 +144,17 @@ impl<'a> Pass<'a> {
             };
             if let Some(c) = reconcile(&world) {
                 changes.push((c, *rev));
+                continue;
+            }
+            // An attribute change on its node: an app instance moves now.
+            let Some(node) = job.node.as_ref().filter(|n| changed_nodes.contains(*n)) else {
+                continue;
+            };
+            if let Some(attrs) = view.node_attributes(node) {
+                let instance = instance_of(&job.spec).is_some();
+                if let Some(c) = replace_drained_instance(job, instance, &attrs) {
+                    changes.push((c, *rev));
+                }
             }
         }
         if changes.is_empty() {
@@ -171,7 +184,7 @@ impl<'a> Pass<'a> {
             if let Some(p) = &c.delete_placement {
                 view.placements.remove(p);
             }
-            view.jobs.insert(c.job.id.clone(), (c.job, rev));
+            view.set_job(c.job, rev);
         }
         Ok(())
     }
@@ -277,7 +290,7 @@ impl<'a> Pass<'a> {
             for (job, node, task) in jobs {
                 placed += 1;
                 view.placements.insert((node, task), rev);
-                view.jobs.insert(job.id.clone(), (job, rev));
+                view.set_job(job, rev);
             }
         }
         self.metrics.placements.fetch_add(placed, Ordering::Relaxed);
@@ -309,7 +322,7 @@ impl<'a> Pass<'a> {
         let done = self.commit(client, writes).await?;
         for (job, rev) in noted.into_iter().zip(done) {
             if let Some(rev) = rev {
-                view.jobs.insert(job.id.clone(), (job, rev));
+                view.set_job(job, rev);
             }
         }
         Ok(())

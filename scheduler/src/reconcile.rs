@@ -20,9 +20,11 @@
 //! Every change away from the node deletes the attempt's placement key, so
 //! a node that comes back kills the old attempt: a job never runs twice.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use gleaner_core::constraints;
 use gleaner_core::fleet::{parse_task_id, Job, JobState, TaskRecord};
 use gleaner_core::status::TaskState;
 
@@ -181,6 +183,45 @@ fn retry_or_fail(job: &mut Job, what: String, now: DateTime<Utc>) {
         job.finished_at = Some(now);
         job.message = Some(format!("{what}; no retries left"));
     }
+}
+
+/// An app instance whose node no longer satisfies its constraints (an
+/// attribute changed in etcd, or the node reported a change) is replaced
+/// at once: its placement key goes (its agent kills it, if its own drain
+/// has not) and it is placed again elsewhere, no retry counted. Marathon
+/// replaces instances so; the old one may still be ending while the new
+/// one starts. A job is never replaced early: it waits for its attempt's
+/// end (DRAINED), so it never runs twice. Only the attributes count here
+/// (`MAX_PER`/`UNIQUE` were settled at placement), as on the agent.
+pub fn replace_drained_instance(
+    job: &Job,
+    is_instance: bool,
+    attributes: &BTreeMap<String, String>,
+) -> Option<Change> {
+    if !is_instance
+        || job.withdrawing
+        || job.spec.constraints.is_empty()
+        || !matches!(job.state, JobState::Placed | JobState::Running)
+    {
+        return None;
+    }
+    let node = job.node.clone()?;
+    let task = job.current_task()?;
+    let parsed = constraints::parse(&job.spec.constraints).ok()?;
+    let why = constraints::check(&parsed, attributes, 0).err()?;
+    let mut next = job.clone();
+    requeue(
+        &mut next,
+        format!(
+            "attempt {} on {node}: {why}; replaced before it ended",
+            job.attempt
+        ),
+    );
+    next.avoid = vec![node.clone()];
+    Some(Change {
+        job: next,
+        delete_placement: Some((node, task)),
+    })
 }
 
 /// A placement key that must go: its job is gone or done, or it is not the
@@ -346,6 +387,50 @@ mod tests {
         assert_eq!(reconcile(&world(&w, Some(&running), true)), None);
         // No report at all: a slow agent, not a refusal.
         assert_eq!(reconcile(&world(&j, None, true)), None);
+    }
+
+    #[test]
+    fn drained_instances_are_replaced_at_once_and_jobs_are_not() {
+        let mut j = job(JobState::Running);
+        j.spec.constraints = vec![vec!["ssd".into(), "IS".into(), "true".into()]];
+        let attrs = |ssd: Option<&str>| -> BTreeMap<String, String> {
+            let mut a = BTreeMap::from([("hostname".to_string(), "n1".to_string())]);
+            if let Some(v) = ssd {
+                a.insert("ssd".into(), v.into());
+            }
+            a
+        };
+        // Still holds: nothing.
+        assert_eq!(
+            replace_drained_instance(&j, true, &attrs(Some("true"))),
+            None
+        );
+        // Gone: an instance moves now, its key deleted, the node avoided.
+        let c = replace_drained_instance(&j, true, &attrs(None)).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
+        assert_eq!(c.job.avoid, vec!["n1".to_string()]);
+        assert_eq!(c.delete_placement, Some(("n1".into(), "j.1".into())));
+        assert!(c.job.message.unwrap().contains("ssd"));
+        let c = replace_drained_instance(&j, true, &attrs(Some("false"))).unwrap();
+        assert_eq!(c.job.state, JobState::Queued);
+        // A job waits for its attempt's end (it must never run twice).
+        assert_eq!(replace_drained_instance(&j, false, &attrs(None)), None);
+        // Placed counts too; queued, finished or withdrawing do not.
+        let mut p = j.clone();
+        p.state = JobState::Placed;
+        assert!(replace_drained_instance(&p, true, &attrs(None)).is_some());
+        for st in [JobState::Queued, JobState::Succeeded, JobState::Cancelled] {
+            let mut q = j.clone();
+            q.state = st;
+            assert_eq!(replace_drained_instance(&q, true, &attrs(None)), None);
+        }
+        let mut w = j.clone();
+        w.withdrawing = true;
+        assert_eq!(replace_drained_instance(&w, true, &attrs(None)), None);
+        // Counting constraints were settled at placement.
+        let mut u = j.clone();
+        u.spec.constraints = vec![vec!["hostname".into(), "UNIQUE".into()]];
+        assert_eq!(replace_drained_instance(&u, true, &attrs(None)), None);
     }
 
     #[test]

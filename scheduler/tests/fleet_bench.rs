@@ -37,7 +37,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 async fn next_put(
     watch: &mut WatchStream,
     limit: Duration,
-    pred: impl Fn(&str, &Value) -> bool,
+    mut pred: impl FnMut(&str, &Value) -> bool,
 ) -> Instant {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -121,52 +121,42 @@ fn fleet_bench_real_agents() {
     rt.block_on(next_put(&mut tasks, LONG, |k, v| {
         job_of(k) == id && v["state"] == "RUNNING"
     }));
-    let mut drains = Vec::new();
-    // Where a drain's time goes: each step's first sight on a watch of the
-    // whole prefix, in ms since the `etcdctl del`.
-    let mut steps: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
-    for _ in 0..n("FLEET_BENCH_DRAINS", 20) {
-        let node = wait_node(&fleet, &id);
-        let other = if node == "n1" { "n2" } else { "n1" };
-        fleet
-            .etcd
-            .put(&format!("/gleaner/nodes/{other}/attributes/ssd"), "true");
-        // The other node must have reported the attribute first.
-        wait_until(LONG, "the attribute in the other node's info", || {
-            fleet
-                .etcd
-                .get_json(&format!("/gleaner/nodes/{other}/info"))
-                .is_some_and(|i| i["attributes"]["ssd"] == "true")
-        });
-        let mut all = rt.block_on(watch(&mut client, "/gleaner/"));
-        let t0 = Utc::now();
-        fleet
-            .etcd
-            .del(&format!("/gleaner/nodes/{node}/attributes/ssd"));
-        let seen = rt.block_on(drain_steps(&mut all, &id, &node, other));
-        let ms = |t: &DateTime<Utc>| (*t - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-        for (i, t) in seen.iter().enumerate() {
-            if let Some(t) = t {
-                steps[i].push(ms(t));
-            }
-        }
-        // The drain ends when the agent marks the new attempt RUNNING.
-        drains.push(ms(seen[4].as_ref().expect("started_at")));
-    }
-    let (d50, d99) = (pct(&mut drains, 0.5), pct(&mut drains, 0.99));
-    eprintln!(
-        "drain -> replacement RUNNING ({} drains): p50 {d50:.1} ms, p99 {d99:.1} ms",
-        drains.len()
+    let (d50, d99, n_drains, breakdown) = drains(
+        &fleet,
+        &rt,
+        &mut client,
+        &id,
+        n("FLEET_BENCH_DRAINS", 20),
+        "job",
     );
-    let mut breakdown = serde_json::Map::new();
-    for (name, v) in STEPS.iter().zip(steps.iter_mut()) {
-        if v.is_empty() {
-            continue;
-        }
-        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
-        eprintln!("  {name:<50} p50 {p50:7.1} ms  p99 {p99:7.1} ms (since the del)");
-        breakdown.insert(name.to_string(), json!({"p50": p50, "p99": p99}));
-    }
+
+    // The same for an app instance: it is replaced as soon as the leader
+    // sees the attribute go, not after the old instance ended.
+    let app = json!({"id": "/bench/drain", "cmd": "sleep 3600", "cpus": 0.1, "mem": 16,
+        "instances": 1, "taskKillGracePeriodSeconds": 1,
+        "constraints": [["ssd", "IS", "true"]]});
+    let (code, reply) = fleet.schedulers[0].request("POST", "/v2/apps", Some(&app));
+    assert_eq!(code, 201, "{reply}");
+    let app_job = rt.block_on(async {
+        let mut job = String::new();
+        next_put(&mut tasks, LONG, |k, v| {
+            let hit = v["state"] == "RUNNING" && k.contains("bench_drain");
+            if hit {
+                job = job_of(k).to_owned();
+            }
+            hit
+        })
+        .await;
+        job
+    });
+    let (a50, a99, n_app_drains, app_breakdown) = drains(
+        &fleet,
+        &rt,
+        &mut client,
+        &app_job,
+        n("FLEET_BENCH_DRAINS", 20),
+        "app instance",
+    );
 
     // Leader kill -9 -> the first placement by the new leader.
     let mut failovers = Vec::new();
@@ -195,10 +185,73 @@ fn fleet_bench_real_agents() {
     println!(
         "{}",
         json!({"submit_to_running_ms": {"p50": p50, "p99": p99, "n": lat.len()},
-               "drain_to_replacement_running_ms": {"p50": d50, "p99": d99, "n": drains.len()},
+               "drain_to_replacement_running_ms": {"p50": d50, "p99": d99, "n": n_drains},
                "drain_steps_ms": breakdown,
+               "app_drain_to_replacement_running_ms": {"p50": a50, "p99": a99, "n": n_app_drains},
+               "app_drain_steps_ms": app_breakdown,
                "leader_failover_to_first_placement_ms": failovers})
     );
+}
+
+/// `count` drains of `id` (an `etcdctl del` of the attribute its
+/// constraint needs, on its node): p50, p99, how many, and each step's
+/// p50/p99 since the del.
+fn drains(
+    fleet: &Fleet,
+    rt: &tokio::runtime::Runtime,
+    client: &mut Client,
+    id: &str,
+    count: usize,
+    what: &str,
+) -> (f64, f64, usize, serde_json::Map<String, Value>) {
+    let mut drains = Vec::new();
+    // Where a drain's time goes: each step's first sight on a watch of the
+    // whole prefix, in ms since the `etcdctl del`.
+    let mut steps: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
+    for _ in 0..count {
+        let node = wait_node(fleet, id);
+        let other = if node == "n1" { "n2" } else { "n1" };
+        fleet
+            .etcd
+            .put(&format!("/gleaner/nodes/{other}/attributes/ssd"), "true");
+        // The other node must have reported the attribute first.
+        wait_until(LONG, "the attribute in the other node's info", || {
+            fleet
+                .etcd
+                .get_json(&format!("/gleaner/nodes/{other}/info"))
+                .is_some_and(|i| i["attributes"]["ssd"] == "true")
+        });
+        let mut all = rt.block_on(watch(client, "/gleaner/"));
+        let t0 = Utc::now();
+        fleet
+            .etcd
+            .del(&format!("/gleaner/nodes/{node}/attributes/ssd"));
+        let seen = rt.block_on(drain_steps(&mut all, id, &node, other));
+        let ms = |t: &DateTime<Utc>| (*t - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        for (i, t) in seen.iter().enumerate() {
+            if let Some(t) = t {
+                steps[i].push(ms(t));
+            }
+        }
+        // The drain ends when the agent marks the new attempt RUNNING.
+        drains.push(ms(seen[4].as_ref().expect("started_at")));
+    }
+    let (d50, d99) = (pct(&mut drains, 0.5), pct(&mut drains, 0.99));
+    eprintln!(
+        "{what}: drain -> replacement RUNNING ({} drains): p50 {d50:.1} ms, p99 {d99:.1} ms",
+        drains.len()
+    );
+    let mut breakdown = serde_json::Map::new();
+    for (name, v) in STEPS.iter().zip(steps.iter_mut()) {
+        if v.is_empty() {
+            continue;
+        }
+        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        eprintln!("  {name:<50} p50 {p50:7.1} ms  p99 {p99:7.1} ms (since the del)");
+        breakdown.insert(name.to_string(), json!({"p50": p50, "p99": p99}));
+    }
+
+    (d50, d99, drains.len(), breakdown)
 }
 
 /// The steps of a drain, from the records' own timestamps (one host
@@ -241,7 +294,7 @@ async fn drain_steps(
             let key = kv.key_str().unwrap_or_default();
             let v: Value = serde_json::from_slice(kv.value()).unwrap_or(Value::Null);
             if key.starts_with("/gleaner/tasks/") && job_of(key) == job {
-                if v["node"] == old && v["state"] == "DRAINED" {
+                if v["node"] == old && (v["state"] == "DRAINED" || v["state"] == "KILLED") {
                     seen[0] = at(&v, "finished_at");
                     seen[1].get_or_insert(now);
                 } else if v["node"] == other && v["state"] == "RUNNING" {

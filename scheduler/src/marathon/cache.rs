@@ -54,6 +54,10 @@ pub struct Data {
     pub revision: i64,
 }
 
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
     match serde_json::from_slice(value) {
         Ok(v) => Some(v),
@@ -83,6 +87,12 @@ impl Data {
                 self.states.insert(format!("/{rest}"), s);
             }
         } else if let Some(id) = keys.leaf(key, &keys.jobs_prefix()) {
+            // Most jobs are not instances: not decoded at all (a job's
+            // env holds `MARATHON_APP_ID` as a JSON key when it is one).
+            if !contains(value, br#""MARATHON_APP_ID""#) {
+                self.delete(keys, key);
+                return;
+            }
             let Some(job) = decode::<Job>(key, value) else {
                 return;
             };
@@ -132,18 +142,12 @@ impl Data {
         self.created.remove(id);
     }
 
-    /// One read of the whole prefix at one revision.
+    /// One read of the whole prefix at one revision, in pages.
     pub async fn load(client: &mut Client, keys: &Keys) -> Result<Data, etcd_client::Error> {
         let root = format!("{}/", keys.prefix);
-        let resp = client
-            .get(root.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut d = Data {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            ..Data::default()
-        };
+        let mut d = Data::default();
         // Keys come sorted: `jobs/` before `tasks/`, as `put` needs.
-        for kv in resp.kvs() {
+        d.revision = store::for_each_in_prefix(client, &root, |kv| {
             if let Ok(key) = kv.key_str() {
                 d.put(
                     keys,
@@ -153,7 +157,8 @@ impl Data {
                     kv.create_revision(),
                 );
             }
-        }
+        })
+        .await?;
         Ok(d)
     }
 }
@@ -253,13 +258,23 @@ impl Cache {
         self.replace(data);
         let root = format!("{}/", keys.prefix);
         // The watch's client has no request timeout: it lives for ever.
-        let mut watch_client = store::connect(endpoints, credentials, None)
+        let watch_client = store::connect(endpoints, credentials, None)
             .await
             .map_err(|e: StoreError| e.to_string())?;
-        let mut stream = watch_client
+        // Fragmented, as the leader's: a backlog after a burst comes in
+        // pieces, not one message over the client's limit.
+        let mut watcher = watch_client
+            .watch_client()
+            .max_decoding_message_size(store::MAX_MESSAGE);
+        let mut stream = watcher
             .watch(
                 root.as_str(),
-                Some(WatchOptions::new().with_prefix().with_start_revision(start)),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_fragment()
+                        .with_start_revision(start),
+                ),
             )
             .await
             .map_err(e)?;

@@ -238,10 +238,7 @@ pub async fn run(
                 // This pass's launch decisions see the new count.
                 states.insert(app_id.clone(), (st, rev));
                 for (job, _) in &finished {
-                    view.jobs.remove(&job.id);
-                    if let Some(t) = job.current_task() {
-                        view.tasks.remove(&t);
-                    }
+                    view.remove_job(&job.id);
                 }
             }
         }
@@ -370,7 +367,7 @@ async fn kill(
         if let Some(p) = gone {
             view.placements.remove(&p);
         }
-        view.jobs.insert(next.id.clone(), (next, r));
+        view.set_job(next, r);
     }
     Ok(())
 }
@@ -424,7 +421,7 @@ async fn start(
         }
         if let Some(rev) = w.txn(compares, ops).await? {
             for j in jobs {
-                view.jobs.insert(j.id.clone(), (j, rev));
+                view.set_job(j, rev);
             }
         }
     }
