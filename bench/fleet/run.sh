@@ -4,13 +4,14 @@
 # submits JOBS jobs over QUEUES queues and prints one JSON line: sustained
 # placements/s, submit->RUNNING p50/p99, scheduler peak RSS and CPU, etcd
 # db size. Sizes: NODES JOBS QUEUES RUN_MS RATE (0 = burst) BATCH.
-# SCHEDULER_BIN=path runs another build of the scheduler (A/B figures).
+# SCHEDULER_BIN=path runs another build of the scheduler (A/B figures);
+# SKIP_BUILD=1 uses the binaries as they are.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NODES=${NODES:-5000} JOBS=${JOBS:-50000} QUEUES=${QUEUES:-10}
 RUN_MS=${RUN_MS:-5000} RATE=${RATE:-0} BATCH=${BATCH:-100}
 PROFILE=${PROFILE:-release}
-cargo build -q --profile "$PROFILE" -p gleaner-scheduler -p gleaner-bench-fleet
+[ -n "${SKIP_BUILD:-}" ] || cargo build -q --profile "$PROFILE" -p gleaner-scheduler -p gleaner-bench-fleet
 bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 tmp=$(mktemp -d /tmp/gleaner-bench-fleet.XXXXXX)
 etcd_dir=$(mktemp -d /dev/shm/gleaner-bench-etcd.XXXXXX 2>/dev/null || mktemp -d "$tmp/etcd.XXXXXX")
