@@ -24,13 +24,17 @@ struct Hooks {
 
 /// An agent whose test hooks are read from a file the test rewrites.
 fn agent_with_hooks(hooks: &str) -> (TestAgent, Hooks) {
+    agent_with_hooks_cfg("", hooks)
+}
+
+fn agent_with_hooks_cfg(config: &str, hooks: &str) -> (TestAgent, Hooks) {
     let dir = tempfile::Builder::new()
         .prefix("gleaner-hooks-")
         .tempdir()
         .unwrap();
     let file = dir.path().join("hooks");
     std::fs::write(&file, hooks).unwrap();
-    let agent = TestAgent::start_with_env("", &[("GLEANER_TEST_HOOKS", file.to_str().unwrap())]);
+    let agent = TestAgent::start_with_env(config, &[("GLEANER_TEST_HOOKS", file.to_str().unwrap())]);
     (agent, Hooks { _dir: dir, file })
 }
 
@@ -338,4 +342,34 @@ fn recovery_does_not_wait_forever_for_a_supervisor_without_a_record() {
     let procs = agent.read_cgroup("memory", "batch/hung", "cgroup.procs");
     assert!(procs.split_whitespace().count() <= 2, "{procs:?}");
     agent.kill("hung");
+}
+
+/// Review of issue 20 (retention x exit before removal): a finished task
+/// whose supervisor still holds its lock (it reports the exit, then
+/// removes the cgroup: held here by a hook) is not removed by retention.
+/// Removing its dir took the lock file with it: the id, free again, could
+/// be submitted anew, and the new run's supervisor took a new lock instead
+/// of waiting for the old one, whose removal of `<role>/<id>` raced it.
+#[test]
+fn retention_keeps_a_task_whose_supervisor_still_removes_its_cgroup() {
+    if !require_root("retention_keeps_a_task_whose_supervisor_still_removes_its_cgroup") {
+        return;
+    }
+    // Swept every 0.9 s; no finished task is kept past its supervisor.
+    let (agent, _hooks) = agent_with_hooks_cfg(
+        "finished_max = 0\nfinished_retention_h = 0.001",
+        "delay cgroup_remove 8000\n",
+    );
+    let res = json!({"cpus": 0.05, "mem_mb": 16});
+    let task = json!({"id": "slow", "argv": ["true"], "resources": res});
+    agent.submit(task.clone()).unwrap();
+    agent.wait_final("slow", LONG);
+    let dir = agent.data_dir.join("tasks").join("slow");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(dir.exists(), "removed while its supervisor still runs");
+    assert!(
+        agent.submit(task).is_err(),
+        "the id was free again while its old supervisor still ran"
+    );
+    wait_until(LONG, "removed once its supervisor is done", || !dir.exists());
 }

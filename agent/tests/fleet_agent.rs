@@ -173,3 +173,43 @@ fn placements_run_once_publish_states_and_die_with_their_key() {
         wait_task_key(&etcd, id, "KILLED", state_is("KILLED"));
     }
 }
+
+/// Review of issue 20 point 8: retention keeps a finished placed task while
+/// its placement key exists (the scheduler owns it), and removes it like
+/// any other once the key is gone. Before, a placed task was never
+/// removed: on a fleet node (every task placed) finished tasks piled up in
+/// memory, on disk and in every pass and publisher sweep.
+#[test]
+fn finished_placed_tasks_are_removed_once_their_key_is_gone() {
+    if !require_root("finished_placed_tasks_are_removed_once_their_key_is_gone") {
+        return;
+    }
+    let Some(etcd) = Etcd::start() else { return };
+    // 0.001 h = 3.6 s, swept every 0.9 s.
+    let agent = TestAgent::start_with(&format!(
+        "node_id = \"n1\"\netcd = [{:?}]\nfinished_retention_h = 0.001",
+        etcd.endpoint
+    ));
+    for id in ["r1.0", "r2.0"] {
+        etcd.put(&format!("/gleaner/placements/n1/{id}"), &placement("echo hi", "r"));
+    }
+    for id in ["r1.0", "r2.0"] {
+        wait_task_key(&etcd, id, "FINISHED", state_is("FINISHED"));
+    }
+    let dir = |id: &str| agent.data_dir.join("tasks").join(id);
+    // Past the retention, both keys there: both kept.
+    std::thread::sleep(Duration::from_secs(6));
+    for id in ["r1.0", "r2.0"] {
+        assert_eq!(agent.status(id).state, TaskState::Finished, "{id}");
+        assert!(dir(id).exists(), "{id}");
+    }
+    etcd.del("/gleaner/placements/n1/r1.0");
+    let start = Instant::now();
+    while agent.client.get::<Value>("/v1/tasks/r1.0").is_ok() || dir("r1.0").exists() {
+        assert!(start.elapsed() < LONG, "r1.0 kept after its key was deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.status("r2.0").state, TaskState::Finished);
+    assert!(dir("r2.0").exists());
+}

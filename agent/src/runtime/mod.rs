@@ -134,6 +134,11 @@ pub(crate) struct Task {
     generation: u64,
     /// Generation of the record on disk; its lock orders the writes.
     on_disk: Arc<Mutex<u64>>,
+    /// Placed, and its placement key is gone (deleted, or missing from a
+    /// full read): the scheduler no longer owns it, retention may remove it
+    /// once final. In memory only: after a restart the first full read
+    /// says it again.
+    placement_gone: bool,
 }
 
 impl Task {
@@ -146,6 +151,7 @@ impl Task {
             stop_note: None,
             generation: 0,
             on_disk: Arc::default(),
+            placement_gone: false,
         }
     }
 

@@ -86,6 +86,7 @@ pub(crate) fn spawn(agent: Arc<Agent>) -> mpsc::UnboundedSender<Event> {
             match ev {
                 Event::Snapshot(all) => {
                     let present: BTreeSet<String> = all.iter().map(|(id, _)| id.clone()).collect();
+                    agent.placements_present(&present);
                     let (known, placed) = agent.fleet_task_ids();
                     let (submit, kill) = reconcile(&present, &known, &placed);
                     for id in kill {
@@ -104,14 +105,17 @@ pub(crate) fn spawn(agent: Arc<Agent>) -> mpsc::UnboundedSender<Event> {
                         agent.place(&id, placement).await;
                     }
                 }
-                Event::Delete(id) => match agent.stop(&id, StopReason::Killed) {
-                    Ok(s) => {
-                        tracing::info!(task = %id, state = ?s.state, "placement deleted: killing")
+                Event::Delete(id) => {
+                    agent.placement_gone(&id);
+                    match agent.stop(&id, StopReason::Killed) {
+                        Ok(s) => {
+                            tracing::info!(task = %id, state = ?s.state, "placement deleted: killing")
+                        }
+                        Err(_) => {
+                            agent.rejected.0.lock().unwrap().remove(&id);
+                        }
                     }
-                    Err(_) => {
-                        agent.rejected.0.lock().unwrap().remove(&id);
-                    }
-                },
+                }
             }
             agent.touched();
         }
@@ -135,6 +139,26 @@ impl Agent {
         }
         known.extend(self.rejected.0.lock().unwrap().keys().cloned());
         (known, placed)
+    }
+
+    /// A full read: placed tasks whose key is missing are no longer the
+    /// scheduler's (retention may remove them once final).
+    fn placements_present(&self, present: &BTreeSet<String>) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().values().cloned().collect();
+        for t in tasks {
+            let mut t = t.lock().unwrap();
+            if t.record.placed_by.is_some() {
+                t.placement_gone = !present.contains(&t.record.status.id);
+            }
+        }
+    }
+
+    /// Its placement key was deleted (see [`Self::placements_present`]).
+    fn placement_gone(&self, id: &str) {
+        let task = self.tasks.lock().unwrap().get(id).cloned();
+        if let Some(t) = task {
+            t.lock().unwrap().placement_gone = true;
+        }
     }
 
     fn knows(&self, id: &str) -> bool {

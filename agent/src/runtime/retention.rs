@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Agent;
+use crate::supervisor::zygote::supervisor_alive;
 
 /// What the decision needs to know of one task.
 #[derive(Debug, Clone)]
@@ -18,8 +19,10 @@ pub(crate) struct Entry {
     /// When it ended; `None` while it has not.
     pub finished_at: Option<DateTime<Utc>>,
     pub group: Option<String>,
-    /// Placed by the fleet scheduler: it owns the record (a placement seen
-    /// again must find the id known, or the task would run twice).
+    /// Placed by the fleet scheduler and its placement key still there: it
+    /// owns the record (a placement seen again must find the id known, or
+    /// the task would run twice). Once the key is gone it is kept like any
+    /// other task.
     pub placed: bool,
 }
 
@@ -99,7 +102,7 @@ impl Agent {
                         .is_final()
                         .then(|| st.finished_at.unwrap_or(st.submitted_at)),
                     group: t.record.group.clone(),
-                    placed: t.record.placed_by.is_some(),
+                    placed: t.record.placed_by.is_some() && !t.placement_gone,
                 }
             })
             .collect();
@@ -110,6 +113,14 @@ impl Agent {
             Duration::from_secs_f64(self.cfg.finished_retention_h * 3600.0),
             self.cfg.finished_max,
         );
+        // A final task's supervisor may still be removing its cgroup (the
+        // exit is reported first) and holds the lock file in the task dir:
+        // the dir, and with it the id, stays until it is done, or a new run
+        // of the id would take a new lock instead of waiting for it.
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !supervisor_alive(&self.data.task(id)))
+            .collect();
         if ids.is_empty() {
             return 0;
         }
