@@ -8,6 +8,12 @@
 //! Each round's median is one sample; the figures are the median of the
 //! round medians with a distribution-free 95 % interval (stats.rs), and
 //! the same for B/A computed round by round (drift cancels within a round).
+//!
+//! `FOUR_WAY=1`: the price of the seccomp filter and of `network: none`
+//! instead: two agents (filter on, filter off) and each of the four
+//! (filter, network) arms PER_ROUND times a round, the arms taking turns
+//! launch by launch (the first arm rotates each round); the per-round
+//! differences of the arms' medians, with 95 % intervals.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gleaner_agent::status::TaskState;
 use serde_json::{json, Value};
-use stats::{fmt_interval, median_interval};
+use stats::{fmt_interval, mean_interval, median_interval};
 
 fn summary(name: &str, rounds: &[Vec<f64>]) -> Vec<f64> {
     let mut all: Vec<f64> = rounds.iter().flatten().copied().collect();
@@ -77,6 +83,10 @@ fn main() {
     }
     let rounds: usize = env_usize("ROUNDS", 20).max(1);
     let per_round: usize = env_usize("PER_ROUND", 10).max(1);
+    if std::env::var("FOUR_WAY").as_deref() == Ok("1") {
+        four_way(rounds, per_round);
+        return;
+    }
     let long: usize = env_usize("LONG_TASKS", 1000);
     // AGENT_EXTRA: more agent config (e.g. `disable_features = ["seccomp"]`
     // to price the filter); AGENT_EXTRA_B: B is a second agent with this
@@ -269,6 +279,91 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// Submit-to-RUNNING with the filter on and off, network host and none,
+/// interleaved launch by launch: drift hits the four alike, and each round
+/// gives a paired difference of medians.
+fn four_way(rounds: usize, per_round: usize) {
+    let on = TestAgent::start_with("liveness_interval_s = 5\n");
+    let off =
+        TestAgent::start_with("liveness_interval_s = 5\ndisable_features = [\"seccomp\"]\n");
+    let arms = [
+        ("filter on, network host", &on, "host"),
+        ("filter off, network host", &off, "host"),
+        ("filter on, network none", &on, "none"),
+        ("filter off, network none", &off, "none"),
+    ];
+    let launch = |(_, agent, network): (&str, &TestAgent, &str)| -> f64 {
+        let spec = json!({"argv": ["/bin/true"], "network": network, "resources": {"cpus": 0.5, "mem_mb": 64}});
+        let t = Instant::now();
+        let st = agent.submit(spec).unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(
+            matches!(st.state, TaskState::Running | TaskState::Finished),
+            "{st:?}"
+        );
+        ms
+    };
+    let load = || fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    for _ in 0..5 {
+        arms.iter().for_each(|&a| {
+            launch(a);
+        });
+    }
+    println!("load before: {}", load().trim());
+    // medians[arm][round]
+    let mut medians = vec![Vec::with_capacity(rounds); arms.len()];
+    let mut all = vec![Vec::new(); arms.len()];
+    for round in 0..rounds {
+        let mut ms = vec![Vec::with_capacity(per_round); arms.len()];
+        for _ in 0..per_round {
+            for k in 0..arms.len() {
+                let i = (round + k) % arms.len();
+                ms[i].push(launch(arms[i]));
+            }
+        }
+        for (i, m) in ms.into_iter().enumerate() {
+            medians[i].push(median(&m));
+            all[i].extend(m);
+        }
+    }
+    println!("load after: {}", load().trim());
+    println!(
+        "\n== submit-to-RUNNING, /bin/true; {rounds} rounds of {per_round} launches of each arm, \
+         interleaved; ms, 95 % intervals"
+    );
+    println!("| arm | median of round medians | p50 of all | p90 of all |");
+    println!("| --- | --- | --- | --- |");
+    for (i, (name, _, _)) in arms.iter().enumerate() {
+        let mut s = all[i].clone();
+        s.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {} | {:.2} | {:.2} |",
+            fmt_interval(median_interval(&medians[i]), 2),
+            percentile(&s, 0.5),
+            percentile(&s, 0.9)
+        );
+    }
+    println!("\n| paired difference of round medians | median | mean |");
+    println!("| --- | --- | --- |");
+    for (name, a, b) in [
+        ("filter on - off, network host", 0, 1),
+        ("filter on - off, network none", 2, 3),
+        ("network none - host, filter on", 2, 0),
+        ("network none - host, filter off", 3, 1),
+    ] {
+        let d: Vec<f64> = medians[a]
+            .iter()
+            .zip(&medians[b])
+            .map(|(x, y)| x - y)
+            .collect();
+        println!(
+            "| {name} | {} | {} |",
+            fmt_interval(median_interval(&d), 3),
+            fmt_interval(mean_interval(&d), 3)
+        );
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {

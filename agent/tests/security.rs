@@ -365,7 +365,9 @@ fn without_network_namespaces_none_is_refused() {
 const SYSCALL_PROBE: &str = r#"
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -374,6 +376,7 @@ const SYSCALL_PROBE: &str = r#"
 static void report(const char *name, long rc) {
     printf("%s %s\n", name, rc == -1 ? strerrorname_np(errno) : "OK");
 }
+static void *thread(void *arg) { return arg; }
 int main(void) {
     report("unshare", unshare(CLONE_NEWUSER));
     report("unshare-net", unshare(CLONE_NEWNET));
@@ -381,6 +384,16 @@ int main(void) {
     report("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0));
     report("add_key", syscall(SYS_add_key, "user", "k", "v", 1, -3));
     report("bpf", syscall(SYS_bpf, 0, 0, 0));
+    report("io_uring_setup", syscall(SYS_io_uring_setup, 1, NULL));
+    /* clone3's flags are out of the filter's sight: ENOSYS. */
+    report("clone3", syscall(SYS_clone3, NULL, 0));
+    long c = syscall(SYS_clone, CLONE_NEWNS | SIGCHLD, 0, 0, 0, 0);
+    if (c == 0) _exit(0);
+    report("clone-newns", c);
+    /* No namespace flag: allowed. */
+    report("unshare-files", unshare(CLONE_FILES));
+    pthread_t t;
+    report("thread", pthread_create(&t, NULL, thread, NULL) == 0 && pthread_join(t, NULL) == 0 ? 0 : -1);
     /* An ordinary fork and a thread-like clone still work. */
     pid_t p = fork();
     if (p == 0) _exit(0);
@@ -429,16 +442,22 @@ fn seccomp_refuses_host_administration_with_eperm() {
             "keyctl",
             "add_key",
             "bpf",
+            "io_uring_setup",
+            "clone-newns",
         ] {
             assert!(
                 out.contains(&format!("{name} EPERM\n")),
                 "{user}: {name}: {out}"
             );
         }
-        assert!(
-            out.contains("fork OK") && out.contains("alive"),
-            "{user}: {out}"
-        );
+        assert!(out.contains("clone3 ENOSYS\n"), "{user}: {out}");
+        for name in ["unshare-files", "thread", "fork", "getpid"] {
+            assert!(
+                out.contains(&format!("{name} OK\n")),
+                "{user}: {name}: {out}"
+            );
+        }
+        assert!(out.contains("alive"), "{user}: {out}");
     }
     // Busybox is unaffected: a pipeline, a subshell, files, sleep.
     agent

@@ -359,7 +359,7 @@ fn exec_command(cfg: &NsExecConfig, slave: Option<&OwnedFd>) -> String {
     let env: Vec<CString> = cfg.env.iter().map(|a| cstr(a)).collect();
     if cfg.seccomp {
         if let Err(e) = crate::supervisor::seccomp::install() {
-            return e;
+            return e.to_string();
         }
     }
     let err = nix::unistd::execve(&cstr(&program), &argv, &env).unwrap_err();

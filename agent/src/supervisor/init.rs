@@ -209,7 +209,7 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
     // Last, after no_new_privs: nothing of the set-up above is filtered.
     if cfg.seccomp {
         if let Err(e) = super::seccomp::install() {
-            return e;
+            return e.to_string();
         }
     }
     let err = nix::unistd::execve(&cstr(&program), &argv, &env).unwrap_err();
