@@ -1,11 +1,13 @@
 //! Rootfs images named by URI: fetched (file, http, https), verified
 //! against their sha256, unpacked once into a content-addressed cache and
 //! shared read-only by every task that names them; evicted least recently
-//! used past a size.
+//! used past a size. Files of a task's `fetch` with `cache` and a digest
+//! are kept here too, as they were downloaded, in the same LRU.
 //!
 //! ```text
 //! <data-dir>/images/<sha256>/rootfs/     the unpacked image (never written after the rename)
 //! <data-dir>/images/<sha256>/image.json  uri, size; its mtime is the last use
+//! <data-dir>/images/file-<sha256>/file   a fetched file (copied into each sandbox)
 //! <data-dir>/images/.tmp/                downloads and unpacks in progress
 //! ```
 //!
@@ -20,27 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+
+use crate::download::{DownloadError, DownloadLimits, Downloader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("fetch {uri}: {reason}")]
-    Fetch {
-        uri: String,
-        reason: String,
-        /// Worth another attempt (network trouble, 5xx), as opposed to a
-        /// definite answer (404, a missing file).
-        transient: bool,
-    },
-    #[error("{uri}: larger than the {limit_mb} MB limit (image_max_mb)")]
-    TooLarge { uri: String, limit_mb: u64 },
-    #[error("{uri}: sha256 mismatch: expected {expected}, got {got}")]
-    Checksum {
-        uri: String,
-        expected: String,
-        got: String,
-    },
+    #[error(transparent)]
+    Download(#[from] DownloadError),
     #[error("unpack {uri}: {reason}")]
     Unpack { uri: String, reason: String },
     #[error("{path}: {err}")]
@@ -81,31 +69,30 @@ pub struct FetchLimits {
     /// Attempts after the first, for transient failures.
     pub retries: u32,
     pub cache_bytes: u64,
-    /// What one image may unpack to.
+    /// What one image (or one fetched archive) may unpack to.
     pub unpack: gleaner_rootfs::Budget,
 }
-
-/// The HTTPS client, made at the first https:// fetch (see `tls`), with
-/// the description of its trust roots for error messages.
-type HttpsClient = Result<(reqwest::Client, String), String>;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ImageMeta {
     uri: String,
     sha256: String,
-    /// Unpacked size, what the cache limit counts.
+    /// Unpacked size (a fetched file: its size), what the cache limit counts.
     bytes: u64,
     archive_bytes: u64,
+}
+
+/// Where a fetched file with this digest is kept: beside the images, in
+/// the same LRU and under the same per-entry locks.
+fn file_entry(sha256: &str) -> String {
+    format!("file-{sha256}")
 }
 
 pub struct ImageCache {
     dir: PathBuf,
     limits: FetchLimits,
-    /// http:// only: no trust roots are loaded for it.
-    client: reqwest::Client,
-    https: std::sync::OnceLock<HttpsClient>,
-    ca_file: Option<PathBuf>,
-    /// One lock per image: concurrent tasks naming it wait for one fetch.
+    downloader: Downloader,
+    /// One lock per entry: concurrent tasks naming it wait for one fetch.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     seq: AtomicU64,
     pub fetches: AtomicU64,
@@ -124,27 +111,33 @@ impl ImageCache {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        crate::client::install_tls_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
-            .tls_certs_only(Vec::new())
-            .build()
-            .map_err(|e| ImageError::Fetch {
-                uri: String::new(),
-                reason: format!("http client: {e}"),
-                transient: false,
-            })?;
+        let downloader = Downloader::new(
+            DownloadLimits {
+                max_bytes: limits.max_bytes,
+                timeout: limits.timeout,
+                retries: limits.retries,
+            },
+            ca_file,
+        )?;
         Ok(ImageCache {
             dir,
             limits,
-            client,
-            https: std::sync::OnceLock::new(),
-            ca_file,
+            downloader,
             locks: Mutex::default(),
             seq: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         })
+    }
+
+    /// The downloader images use, for other downloads (a task's `fetch`).
+    pub fn downloader(&self) -> &Downloader {
+        &self.downloader
+    }
+
+    /// What one archive may unpack to.
+    pub fn unpack_budget(&self) -> gleaner_rootfs::Budget {
+        self.limits.unpack
     }
 
     /// Where the image with this digest is (or will be) unpacked.
@@ -156,13 +149,42 @@ impl ImageCache {
         self.rootfs(sha256).is_dir()
     }
 
-    fn lock_for(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_for(&self, entry: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap()
-            .entry(sha256.to_owned())
+            .entry(entry.to_owned())
             .or_default()
             .clone()
+    }
+
+    fn work_dir(&self, entry: &str) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(".tmp")
+            .join(format!("{entry}.{}.{n}", std::process::id()))
+    }
+
+    /// Moves a complete `work` dir into place as `home` (or removes it).
+    fn place(
+        &self,
+        built: Result<(), ImageError>,
+        work: &Path,
+        home: &Path,
+    ) -> Result<(), ImageError> {
+        let placed = built.and_then(|()| {
+            // A copy without its content (damaged by hand) may stand there.
+            if home.exists() {
+                std::fs::remove_dir_all(home).map_err(io_err(home))?;
+            }
+            std::fs::rename(work, home).map_err(io_err(home))
+        });
+        if placed.is_err() {
+            let _ = std::fs::remove_dir_all(work);
+        }
+        placed?;
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The unpacked image, fetched first unless cached. Marks it used.
@@ -174,33 +196,61 @@ impl ImageCache {
             touch(&home.join("image.json"));
             return Ok(self.rootfs(sha256));
         }
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let work = self
-            .dir
-            .join(".tmp")
-            .join(format!("{sha256}.{}.{n}", std::process::id()));
+        let work = self.work_dir(sha256);
         let built = self.build(uri, sha256, &work).await;
-        let placed = built.and_then(|()| {
-            // A copy without its rootfs (damaged by hand) may stand there.
-            if home.exists() {
-                std::fs::remove_dir_all(&home).map_err(io_err(&home))?;
-            }
-            std::fs::rename(&work, &home).map_err(io_err(&home))
-        });
-        if placed.is_err() {
-            let _ = std::fs::remove_dir_all(&work);
-        }
-        placed?;
-        self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.place(built, &work, &home)?;
         tracing::info!(uri, sha256, "image cached");
         Ok(self.rootfs(sha256))
+    }
+
+    /// A copy of the file with this digest at `dest` (a new file, mode
+    /// 0600, root's), downloaded into the cache first unless there. The
+    /// copy is made under the entry's lock: eviction never races it.
+    pub async fn copy_file(&self, uri: &str, sha256: &str, dest: &Path) -> Result<(), ImageError> {
+        let sha256 = sha256.to_ascii_lowercase();
+        let entry = file_entry(&sha256);
+        let lock = self.lock_for(&entry);
+        let _one_fetch = lock.lock().await;
+        let home = self.dir.join(&entry);
+        let cached = home.join("file");
+        if cached.is_file() {
+            touch(&home.join("image.json"));
+        } else {
+            let work = self.work_dir(&entry);
+            let built = self.build_file(uri, &sha256, &work).await;
+            self.place(built, &work, &home)?;
+            tracing::info!(uri, sha256, "fetched file cached");
+        }
+        let (from, to) = (cached, dest.to_owned());
+        tokio::task::spawn_blocking(move || copy_new(&from, &to))
+            .await
+            .map_err(|e| io_err(dest)(std::io::Error::other(e)))?
+    }
+
+    async fn build_file(&self, uri: &str, sha256: &str, work: &Path) -> Result<(), ImageError> {
+        std::fs::create_dir_all(work).map_err(io_err(work))?;
+        let file = work.join("file");
+        let got = self.downloader.download(uri, Some(sha256), &file).await?;
+        write_meta(
+            work,
+            &ImageMeta {
+                uri: uri.to_owned(),
+                sha256: sha256.to_owned(),
+                bytes: got.bytes,
+                archive_bytes: got.bytes,
+            },
+        )
     }
 
     /// Fetch, verify, unpack into `work`.
     async fn build(&self, uri: &str, sha256: &str, work: &Path) -> Result<(), ImageError> {
         std::fs::create_dir_all(work).map_err(io_err(work))?;
         let archive = work.join("image.tar.gz");
-        let archive_bytes = self.fetch(uri, sha256, &archive).await?;
+        let archive_bytes = self
+            .downloader
+            .download(uri, Some(sha256), &archive)
+            .await?
+            .bytes;
         let rootfs = work.join("rootfs");
         let (uri_owned, archive2, rootfs2) = (uri.to_owned(), archive.clone(), rootfs.clone());
         let budget = self.limits.unpack;
@@ -232,145 +282,15 @@ impl ImageCache {
             );
         }
         std::fs::remove_file(&archive).map_err(io_err(&archive))?;
-        let meta = ImageMeta {
-            uri: uri.to_owned(),
-            sha256: sha256.to_owned(),
-            bytes,
-            archive_bytes,
-        };
-        let json = serde_json::to_vec_pretty(&meta).expect("image meta serialises");
-        let path = work.join("image.json");
-        std::fs::write(&path, json).map_err(io_err(&path))
-    }
-
-    /// Downloads with retries; returns the archive size.
-    async fn fetch(&self, uri: &str, sha256: &str, dest: &Path) -> Result<u64, ImageError> {
-        let mut attempt = 0;
-        loop {
-            let result = tokio::time::timeout(self.limits.timeout, self.fetch_once(uri, dest))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ImageError::Fetch {
-                        uri: uri.to_owned(),
-                        reason: format!("timed out after {:?}", self.limits.timeout),
-                        transient: true,
-                    })
-                });
-            match result {
-                Ok((got, bytes)) if got == sha256 => return Ok(bytes),
-                Ok((got, _)) => {
-                    return Err(ImageError::Checksum {
-                        uri: uri.to_owned(),
-                        expected: sha256.to_owned(),
-                        got,
-                    })
-                }
-                Err(ImageError::Fetch {
-                    transient: true,
-                    reason,
-                    ..
-                }) if attempt < self.limits.retries => {
-                    attempt += 1;
-                    let pause = Duration::from_millis(250 << attempt.min(5));
-                    tracing::warn!(
-                        uri,
-                        attempt,
-                        "fetch failed ({reason}); retrying in {pause:?}"
-                    );
-                    tokio::time::sleep(pause).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One attempt: streams into `dest`, hashing; returns (sha256, bytes).
-    async fn fetch_once(&self, uri: &str, dest: &Path) -> Result<(String, u64), ImageError> {
-        let fail = |reason: String, transient: bool| ImageError::Fetch {
-            uri: uri.to_owned(),
-            reason,
-            transient,
-        };
-        let mut sink = Sink {
-            out: tokio::fs::File::create(dest).await.map_err(io_err(dest))?,
-            dest,
-            hash: Sha256::new(),
-            total: 0,
-            limit: self.limits.max_bytes,
-            uri,
-        };
-        if let Some(path) = uri.strip_prefix("file://") {
-            use tokio::io::AsyncReadExt;
-            let mut file = tokio::fs::File::open(path)
-                .await
-                .map_err(|e| fail(format!("{path}: {e}"), false))?;
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| fail(format!("{path}: {e}"), true))?;
-                if n == 0 {
-                    break;
-                }
-                sink.put(&buf[..n]).await?;
-            }
-        } else {
-            let (client, roots) = if uri.starts_with("https://") {
-                match self.https_client() {
-                    Ok((c, roots)) => (c, Some(roots)),
-                    Err(e) => return Err(fail(e.clone(), false)),
-                }
-            } else {
-                (&self.client, None)
-            };
-            let mut resp = client.get(uri).send().await.map_err(|e| {
-                let chain = error_chain(&e);
-                match roots {
-                    // Not worth a retry: the same roots will not trust it.
-                    Some(roots)
-                        if chain.contains("certificate") || chain.contains("Certificate") =>
-                    {
-                        fail(format!("{chain} ({roots})"), false)
-                    }
-                    _ => fail(chain, true),
-                }
-            })?;
-            let status = resp.status();
-            if !status.is_success() {
-                return Err(fail(format!("HTTP {status}"), status.is_server_error()));
-            }
-            if resp.content_length().is_some_and(|n| n > sink.limit) {
-                return Err(sink.too_large());
-            }
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| fail(error_chain(&e), true))?
-            {
-                sink.put(&chunk).await?;
-            }
-        }
-        sink.out.flush().await.map_err(io_err(dest))?;
-        Ok((hex(&sink.hash.finalize()), sink.total))
-    }
-
-    /// The HTTPS client: trust roots are looked for on the first use only.
-    fn https_client(&self) -> Result<(&reqwest::Client, &String), &String> {
-        let made = self.https.get_or_init(|| {
-            let (certs, source) =
-                crate::tls::host_roots(self.ca_file.as_deref()).map_err(|e| e.to_string())?;
-            let client = reqwest::Client::builder()
-                .connect_timeout(self.limits.timeout.min(Duration::from_secs(30)))
-                .tls_certs_only(certs)
-                .build()
-                .map_err(|e| format!("https client: {}", error_chain(&e)))?;
-            Ok((client, source.to_string()))
-        });
-        match made {
-            Ok((c, roots)) => Ok((c, roots)),
-            Err(e) => Err(e),
-        }
+        write_meta(
+            work,
+            &ImageMeta {
+                uri: uri.to_owned(),
+                sha256: sha256.to_owned(),
+                bytes,
+                archive_bytes,
+            },
+        )
     }
 
     /// Removes least recently used images not in `in_use` until the cache
@@ -427,55 +347,31 @@ impl ImageCache {
     }
 }
 
-/// Where a download goes: a file, a running hash, and the size limit.
-struct Sink<'a> {
-    out: tokio::fs::File,
-    dest: &'a Path,
-    hash: Sha256,
-    total: u64,
-    limit: u64,
-    uri: &'a str,
-}
-
-impl Sink<'_> {
-    async fn put(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
-        self.total += bytes.len() as u64;
-        if self.total > self.limit {
-            return Err(self.too_large());
-        }
-        self.hash.update(bytes);
-        self.out.write_all(bytes).await.map_err(io_err(self.dest))
-    }
-
-    fn too_large(&self) -> ImageError {
-        ImageError::TooLarge {
-            uri: self.uri.to_owned(),
-            limit_mb: self.limit >> 20,
-        }
-    }
-}
-
 fn touch(path: &Path) {
     if let Ok(f) = std::fs::File::options().append(true).open(path) {
         let _ = f.set_modified(SystemTime::now());
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn write_meta(work: &Path, meta: &ImageMeta) -> Result<(), ImageError> {
+    let json = serde_json::to_vec_pretty(meta).expect("image meta serialises");
+    let path = work.join("image.json");
+    std::fs::write(&path, json).map_err(io_err(&path))
 }
 
-/// reqwest's errors say little at the top level ("error sending request");
-/// the cause is below.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// Copies `from` to a new file `to` (never through what stands there).
+fn copy_new(from: &Path, to: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = std::fs::File::open(from).map_err(io_err(from))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(to)
+        .map_err(io_err(to))?;
+    std::io::copy(&mut src, &mut out).map_err(io_err(to))?;
+    Ok(())
 }
 
 /// Disk space used under `root`, like `du`: allocated blocks, hard links
@@ -624,10 +520,5 @@ mod tests {
             worst < 1 << 20,
             "du counted the link's target: {worst} bytes"
         );
-    }
-
-    #[test]
-    fn hex_is_lower_case() {
-        assert_eq!(hex(&[0xab, 0x01]), "ab01");
     }
 }

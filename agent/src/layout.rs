@@ -113,6 +113,11 @@ impl TaskDir {
     pub fn sandbox(&self) -> PathBuf {
         self.root.join("sandbox")
     }
+    /// Root-only staging of the task's `fetch` downloads, on the sandbox's
+    /// file system (moved in by rename), outside anything the task sees.
+    pub fn fetch_staging(&self) -> PathBuf {
+        self.root.join("fetch.tmp")
+    }
     /// The task's captured output, outside what the task can write.
     pub fn stdout(&self) -> PathBuf {
         self.root.join("stdout")

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod datalock;
+pub mod download;
 pub mod exec;
 pub mod fleet;
 pub mod fsutil;

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Marathon figures against a running scheduler (see run.sh): prints one
-JSON line. Usage: client.py URL INSTANCES SUBSCRIBERS"""
-import json, sys, threading, time, urllib.request
+JSON line. Usage: client.py URL INSTANCES SUBSCRIBERS
+(env APP_CPUS, APP_MEM: each instance's size; real agents need small ones)"""
+import json, os, sys, threading, time, urllib.request
 
 url, n, subs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -37,7 +38,9 @@ def subscriber(i):
             if line.startswith(b"event:") and b"event_stream_attached" not in line:
                 counts[i] += 1
 
-app = {"id": "/bench/big", "cmd": "sleep 100000", "cpus": 0.05, "mem": 16,
+app = {"id": "/bench/big", "cmd": "sleep 100000",
+       "cpus": float(os.environ.get("APP_CPUS", "0.05")),
+       "mem": float(os.environ.get("APP_MEM", "16")),
        "instances": n, "upgradeStrategy": {"minimumHealthCapacity": 0.5,
                                            "maximumOverCapacity": 0.2}}
 t0 = time.time()

@@ -3,6 +3,7 @@
 //! everything here is unit-tested without root, etcd or a network.
 //!
 //! * [`spec`]: TaskSpec and its validation.
+//! * [`fetch`]: a TaskSpec's downloads into the sandbox, named and checked.
 //! * [`status`]: task states, TaskStatus, restart and backoff rules.
 //! * [`constraints`]: Marathon-style constraints, parsed and checked.
 //! * [`auth`]: callers (admin, task-scoped token) and what each may do.
@@ -19,6 +20,7 @@ pub mod admission;
 pub mod app_token;
 pub mod auth;
 pub mod constraints;
+pub mod fetch;
 pub mod fleet;
 pub mod harvest;
 pub mod placement;

@@ -54,6 +54,9 @@ pub struct TaskSpec {
     /// one, else that port. Given as `PORT0..n`, `PORTS`, `PORT`, `HOST`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Files downloaded into the sandbox before the command starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetch: Vec<crate::fetch::FetchSpec>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -240,6 +243,7 @@ impl TaskSpec {
         if let Some(r) = &self.rootfs {
             r.validate()?;
         }
+        crate::fetch::validate_all(&self.fetch)?;
         self.resources.validate()?;
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -312,25 +316,13 @@ impl RootfsSpec {
                 Ok(())
             }
             (None, Some(uri)) => {
-                let path = uri.strip_prefix("file://");
-                if !(path.is_some() || uri.starts_with("http://") || uri.starts_with("https://")) {
-                    return Err(bad(
-                        "rootfs.uri",
-                        format!("{uri:?}: use file://, http:// or https://"),
-                    ));
-                }
-                if path.is_some_and(|p| !p.starts_with('/')) {
-                    return Err(bad("rootfs.uri", "a file:// uri needs an absolute path"));
-                }
+                crate::fetch::check_uri("rootfs.uri", uri)?;
                 match &self.sha256 {
                     None => Err(bad(
                         "rootfs.sha256",
                         "required with uri (images are verified and cached by digest)",
                     )),
-                    Some(h) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                        Err(bad("rootfs.sha256", "must be 64 hex digits"))
-                    }
-                    Some(_) => Ok(()),
+                    Some(h) => crate::fetch::check_sha256("rootfs.sha256", h),
                 }
             }
         }

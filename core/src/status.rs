@@ -68,6 +68,8 @@ pub enum Reason {
     Drained,
     LaunchFailed,
     RootfsInvalid,
+    /// A download of the spec's `fetch` failed (cause in `message`).
+    FetchFailed,
     AgentLost,
 }
 

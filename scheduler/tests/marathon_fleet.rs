@@ -376,3 +376,147 @@ fn strangler_deploy_script_scoped_token_and_drain_on_real_agents() {
     let (code, _) = m.call_as(&token, "GET", "/v2/apps", None);
     assert_eq!(code, 401, "a deleted app's token still works");
 }
+
+/// Marathon's `fetch` (and the old `uris`) on real agents: the instances'
+/// files come from the test's own HTTP server into each sandbox before the
+/// command starts; an app whose fetch fails gets FAILED `fetch_failed`
+/// records and is retried with its backoff, never running.
+#[test]
+fn marathon_fetch_on_real_agents() {
+    if !require_root("marathon_fetch_on_real_agents") {
+        return;
+    }
+    let Some((fleet, token_dir)) = fleet_with_token(&["n1", "n2", "n3"]) else {
+        return;
+    };
+    let m = Marathon { fleet: &fleet };
+    let server = common::files::Server::start();
+    let hello = server.serve_bytes("hello.sh", b"#!/bin/sh\necho fetched-and-run > ran.txt\n");
+    let src = token_dir.path().join("src");
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    std::fs::write(src.join("conf/app.conf"), "answer=42\n").unwrap();
+    let tgz = token_dir.path().join("conf.tgz");
+    let st = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&src)
+        .arg("conf")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let conf = server.serve("conf.tgz", &tgz);
+    let app = json!({
+        "id": "/fetch/app", "cmd": "./hello.sh && grep -q answer=42 conf/app.conf && exec sleep 1000",
+        "cpus": 0.1, "mem": 16, "instances": 3, "taskKillGracePeriodSeconds": 1,
+        "fetch": [{"uri": hello, "executable": true}],
+        "uris": [conf]
+    });
+    let (code, v) = m.call("POST", "/v2/apps", Some(app));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["fetch"].as_array().map(Vec::len), Some(2), "{v}");
+    m.wait_deployments_gone("the fetch app deployed");
+    let tasks = m.tasks("/fetch/app");
+    assert_eq!(tasks.len(), 3);
+    check_tasks_run_where_marathon_says(&fleet, &tasks, 0);
+    for t in &tasks {
+        let (id, host) = (t["id"].as_str().unwrap(), t["host"].as_str().unwrap());
+        let agent = fleet.agents.iter().find(|a| a.node == host).unwrap();
+        let sandbox = agent.data_dir.join("tasks").join(id).join("sandbox");
+        let ran = std::fs::read_to_string(sandbox.join("ran.txt")).unwrap();
+        assert_eq!(ran, "fetched-and-run\n", "{id}");
+        assert!(sandbox.join("conf.tgz").is_file(), "{id}: the archive kept");
+    }
+    assert_eq!(server.hits("hello.sh"), 3);
+
+    // A fetch that fails: the instance never runs; its records say why.
+    let broken = json!({
+        "id": "/fetch/broken", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16,
+        "fetch": [{"uri": format!("http://127.0.0.1:{}/missing.sh", server.port)}],
+        "backoffSeconds": 1
+    });
+    let (code, v) = m.call("POST", "/v2/apps", Some(broken));
+    assert_eq!(code, 201, "{v}");
+    wait_until(LONG, "a broken instance failed with fetch_failed", || {
+        server.hits("missing.sh") >= 1
+            && fleet.agents.iter().any(|a| {
+                a.tasks().iter().any(|t| {
+                    t["id"]
+                        .as_str()
+                        .is_some_and(|i| i.starts_with("fetch_broken"))
+                        && t["state"] == "FAILED"
+                        && t["reason"] == "fetch_failed"
+                        && t["message"].as_str().is_some_and(|m| m.contains("404"))
+                })
+            })
+    });
+    let (_, v) = m.call("GET", "/v2/apps/fetch/broken", None);
+    assert_eq!(v["app"]["tasksRunning"], 0, "{v}");
+    // A zip to extract is refused with Marathon's 422.
+    let zip = json!({"id": "/fetch/zip", "cmd": "true", "uris": ["http://127.0.0.1/a.zip"]});
+    let (code, v) = m.call("POST", "/v2/apps", Some(zip));
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["details"][0]["path"], "/fetch", "{v}");
+    for app in ["/fetch/app", "/fetch/broken"] {
+        let (code, v) = m.call("DELETE", &format!("/v2/apps{app}"), None);
+        assert_eq!(code, 200, "{v}");
+    }
+}
+
+/// Issue 14's figures on real agents (bench/marathon does them on hollow
+/// nodes): 3 agents, one scheduler, `bench/marathon/client.py` (an app of
+/// INSTANCES to all running, its rolling restart, SSE events delivered to
+/// SUBSCRIBERS clients during it). Run with
+/// `cargo test -p gleaner-scheduler --test marathon_fleet -- --ignored bench_marathon_on_real_agents --nocapture`.
+#[test]
+#[ignore]
+fn bench_marathon_on_real_agents() {
+    if !require_root("bench_marathon_on_real_agents") {
+        return;
+    }
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, subs) = (env("INSTANCES", 100), env("SUBSCRIBERS", 10));
+    let Some(mut fleet) = Fleet::start(&agents(&["n1", "n2", "n3"], 2.0, |_| vec![])) else {
+        return;
+    };
+    fleet.wait_registered();
+    fleet.add_scheduler("");
+    let url = fleet.schedulers[0].url.clone();
+    wait_until(LONG, "a leader", || {
+        http("GET", &format!("{url}/v1/leader"), None, None)
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .is_some_and(|v| v["self"] == true)
+    });
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/marathon/client.py");
+    let out = std::process::Command::new("python3")
+        .args([client, &url, &n.to_string(), &subs.to_string()])
+        .env("APP_CPUS", "0.01")
+        .env("APP_MEM", "8")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("real agents: {}", text.trim());
+    // The figure counts only if the agents really run them all.
+    wait_until(
+        Duration::from_secs(30),
+        "all instances running on the agents",
+        || {
+            running_on_agents(&fleet)
+                .iter()
+                .filter(|(id, _)| id.starts_with("bench_big_"))
+                .count()
+                == n
+        },
+    );
+}

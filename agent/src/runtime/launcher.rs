@@ -87,6 +87,13 @@ impl Agent {
         };
         self.cgroup_settled(&rel).await;
         previous_supervisor_gone(&dir).await;
+        // After the previous run is gone: nothing of it sees the sandbox change.
+        let fetch = task.lock().unwrap().record.spec.fetch.clone();
+        if !fetch.is_empty() {
+            if let Err(msg) = self.fetch_files(task, &fetch).await {
+                return self.run_failed(task, Reason::FetchFailed, msg);
+            }
+        }
         let mut stages = Stages::start();
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
@@ -154,6 +161,54 @@ impl Agent {
         }
     }
 
+    /// The spec's `fetch` into the sandbox, owned by the task's user.
+    async fn fetch_files(
+        self: &Arc<Self>,
+        task: &TaskRef,
+        fetch: &[gleaner_core::fetch::FetchSpec],
+    ) -> Result<(), String> {
+        let (dir, user) = {
+            let t = task.lock().unwrap();
+            (t.dir.clone(), self.task_user(&t.record.spec))
+        };
+        let (_, _, uid, gid) = user?;
+        let owner = super::fetch::Owner { uid, gid };
+        let result = super::fetch::fetch_all(&self.images, fetch, &dir, owner).await;
+        if fetch.iter().any(|f| f.cached_digest().is_some()) {
+            let (agent, in_use) = (self.clone(), self.images_in_use());
+            let _ = tokio::task::spawn_blocking(move || agent.images.evict(&in_use)).await;
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    /// The task's rootfs, user name, uid and gid; root only for roles
+    /// allowed it.
+    fn task_user(
+        &self,
+        spec: &crate::spec::TaskSpec,
+    ) -> Result<(std::path::PathBuf, String, u32, u32), String> {
+        let rootfs = match spec.rootfs.as_ref() {
+            Some(RootfsSpec {
+                path: Some(path), ..
+            }) => path.clone(),
+            Some(RootfsSpec {
+                sha256: Some(sha256),
+                ..
+            }) => self.images.rootfs(sha256),
+            _ => return Err("task has no rootfs".into()),
+        };
+        let user = spec
+            .user
+            .clone()
+            .unwrap_or_else(|| self.cfg.default_user.clone());
+        let (uid, gid) = crate::userdb::resolve(&rootfs, &user).map_err(|e| e.to_string())?;
+        // Checked at submission for a rootfs by path; an image's users are
+        // known only once it is unpacked.
+        self.check_root(uid, &spec.role)
+            .map_err(|e| format!("user {user:?} is root in the image: {e}"))?;
+        Ok((rootfs, user, uid, gid))
+    }
+
     pub(crate) fn launch_failed(self: &Arc<Self>, task: &TaskRef, msg: String) {
         self.run_failed(task, Reason::LaunchFailed, msg)
     }
@@ -178,25 +233,7 @@ impl Agent {
     /// Everything before the supervisor: sandbox, cgroup, launch.json.
     fn prepare(&self, t: &mut Task, stages: &mut Stages) -> Result<(), String> {
         let spec = &t.record.spec;
-        let rootfs = match spec.rootfs.as_ref() {
-            Some(RootfsSpec {
-                path: Some(path), ..
-            }) => path.clone(),
-            Some(RootfsSpec {
-                sha256: Some(sha256),
-                ..
-            }) => self.images.rootfs(sha256),
-            _ => return Err("task has no rootfs".into()),
-        };
-        let user = spec
-            .user
-            .clone()
-            .unwrap_or_else(|| self.cfg.default_user.clone());
-        let (uid, gid) = crate::userdb::resolve(&rootfs, &user).map_err(|e| e.to_string())?;
-        // Checked at submission for a rootfs by path; an image's users are
-        // known only once it is unpacked.
-        self.check_root(uid, &spec.role)
-            .map_err(|e| format!("user {user:?} is root in the image: {e}"))?;
+        let (rootfs, user, uid, gid) = self.task_user(spec)?;
         let sys = self.cfg.sys_roles.iter().any(|r| r == &spec.role);
         ensure_mount_points(&rootfs, sys).map_err(|e| e.to_string())?;
         stages.mark("user_rootfs");

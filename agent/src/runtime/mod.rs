@@ -14,6 +14,7 @@ mod disk;
 mod drain;
 pub(crate) mod etcd;
 mod exec;
+mod fetch;
 mod harvest;
 pub(crate) mod hooks;
 pub mod hostfs;
@@ -813,6 +814,7 @@ impl Agent {
             .as_ref()
             .and_then(|r| r.sha256.as_deref())
             .is_some_and(|sha| !self.images.is_cached(sha))
+            || !t.record.spec.fetch.is_empty()
     }
 
     /// Digests of the images that unfinished tasks name: never evicted.

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod files;
 
 use std::fs;
 use std::path::{Path, PathBuf};

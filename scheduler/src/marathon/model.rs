@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use gleaner_core::constraints;
+use gleaner_core::fetch::FetchSpec;
 use gleaner_core::spec::{
     CpuLimitKind, Resources, RestartSpec, RootfsSpec, TaskSpec, DEFAULT_ROLE,
 };
@@ -113,6 +114,37 @@ pub struct PortDefinition {
     pub name: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+impl Fetch {
+    /// An entry of the old `uris` form: archives by name are extracted.
+    pub fn from_uri(uri: String) -> Fetch {
+        let extract = [
+            ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz", ".zip",
+        ]
+        .iter()
+        .any(|s| uri.ends_with(s));
+        Fetch {
+            uri,
+            extract,
+            executable: false,
+            cache: false,
+            output_file: None,
+        }
+    }
+
+    /// What the agent downloads. Marathon's fetch has no digest, so
+    /// `cache` has no effect (the agent caches by sha256 only).
+    fn task_fetch(&self) -> FetchSpec {
+        FetchSpec {
+            uri: self.uri.clone(),
+            extract: self.extract,
+            executable: self.executable,
+            cache: self.cache,
+            output_file: self.output_file.clone(),
+            sha256: None,
+        }
+    }
 }
 
 fn d_tcp() -> String {
@@ -326,18 +358,7 @@ impl App {
     /// `fetch`, version and version info.
     pub fn accept(&mut self, version: DateTime<Utc>, config_change: bool) {
         for uri in std::mem::take(&mut self.uris) {
-            let extract = [
-                ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz", ".zip",
-            ]
-            .iter()
-            .any(|s| uri.ends_with(s));
-            self.fetch.push(Fetch {
-                uri,
-                extract,
-                executable: false,
-                cache: false,
-                output_file: None,
-            });
+            self.fetch.push(Fetch::from_uri(uri));
         }
         let v = timestamp(version);
         let last_config = match (&self.version_info, config_change) {
@@ -467,6 +488,7 @@ impl App {
                     "role" => "/acceptedResourceRoles",
                     "rootfs" | "rootfs.uri" | "rootfs.sha256" => "/labels",
                     "kill_grace_s" => "/taskKillGracePeriodSeconds",
+                    "fetch" | "fetch.uri" | "fetch.extract" | "fetch.output_file" => "/fetch",
                     _ => "/",
                 };
                 v.push(violation(path, e.to_string()));
@@ -531,6 +553,18 @@ impl App {
                 .port_definitions
                 .iter()
                 .map(|p| if self.require_ports { p.port } else { 0 })
+                .collect(),
+            // `uris` are folded into `fetch` on acceptance; validation
+            // runs before it.
+            fetch: self
+                .fetch
+                .iter()
+                .map(Fetch::task_fetch)
+                .chain(
+                    self.uris
+                        .iter()
+                        .map(|u| Fetch::from_uri(u.clone()).task_fetch()),
+                )
                 .collect(),
         }
     }
@@ -665,5 +699,30 @@ mod tests {
         let text = serde_json::to_value(&a).unwrap();
         assert!(text.get("uris").is_none());
         assert!(text["version"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn fetch_and_uris_reach_the_task_spec_and_bad_ones_are_422() {
+        let a = app(json!({
+            "id": "/f", "cmd": "./run.sh",
+            "fetch": [{"uri": "http://h/run.sh", "executable": true},
+                      {"uri": "http://h/data.tgz", "outputFile": "d.tar.gz"}],
+            "uris": ["http://h/b.tar.gz"]
+        }));
+        // Before acceptance: `uris` still apart, mapped all the same.
+        a.validate().unwrap();
+        let s = a.task_spec();
+        let uris: Vec<_> = s.fetch.iter().map(|f| f.uri.as_str()).collect();
+        assert_eq!(
+            uris,
+            ["http://h/run.sh", "http://h/data.tgz", "http://h/b.tar.gz"]
+        );
+        assert!(s.fetch[0].executable && s.fetch[1].extract && s.fetch[2].extract);
+        assert_eq!(s.fetch[1].output_file.as_deref(), Some("d.tar.gz"));
+        let zip = app(json!({"id": "/z", "cmd": "x", "uris": ["http://h/a.zip"]}));
+        assert_eq!(zip.validate().unwrap_err()[0].path, "/fetch");
+        let escape = app(json!({"id": "/e", "cmd": "x",
+            "fetch": [{"uri": "http://h/a", "outputFile": "../a"}]}));
+        assert_eq!(escape.validate().unwrap_err()[0].path, "/fetch");
     }
 }

@@ -4,6 +4,8 @@
 
 #[path = "../../../agent/tests/common/cluster.rs"]
 pub mod cluster;
+#[path = "../../../agent/tests/common/files.rs"]
+pub mod files;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

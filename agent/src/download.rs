@@ -1,0 +1,332 @@
+//! Downloads by URI (file://, http://, https://) into a file: streamed,
+//! hashed on the way, size-limited, timed out per attempt, retried on
+//! transient errors. Shared by rootfs images (`images.rs`) and a task's
+//! `fetch` list (`runtime/fetch.rs`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("fetch {uri}: {reason}")]
+    Fetch {
+        uri: String,
+        reason: String,
+        /// Worth another attempt (network trouble, 5xx), as opposed to a
+        /// definite answer (404, a missing file).
+        transient: bool,
+    },
+    #[error("{uri}: larger than the {limit_mb} MB limit (image_max_mb)")]
+    TooLarge { uri: String, limit_mb: u64 },
+    #[error("{uri}: sha256 mismatch: expected {expected}, got {got}")]
+    Checksum {
+        uri: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
+    move |err| DownloadError::Io {
+        path: path.to_owned(),
+        err,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadLimits {
+    pub max_bytes: u64,
+    /// Per attempt, connection to last byte.
+    pub timeout: Duration,
+    /// Attempts after the first, for transient failures.
+    pub retries: u32,
+}
+
+/// The HTTPS client, made at the first https:// fetch (see `tls`), with
+/// the description of its trust roots for error messages.
+type HttpsClient = Result<(reqwest::Client, String), String>;
+
+/// What a finished download was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Lower-case hex.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+pub struct Downloader {
+    limits: DownloadLimits,
+    /// http:// only: no trust roots are loaded for it.
+    client: reqwest::Client,
+    https: std::sync::OnceLock<HttpsClient>,
+    ca_file: Option<PathBuf>,
+}
+
+impl Downloader {
+    pub fn new(limits: DownloadLimits, ca_file: Option<PathBuf>) -> Result<Self, DownloadError> {
+        crate::client::install_tls_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
+            .tls_certs_only(Vec::new())
+            .build()
+            .map_err(|e| DownloadError::Fetch {
+                uri: String::new(),
+                reason: format!("http client: {e}"),
+                transient: false,
+            })?;
+        Ok(Downloader {
+            limits,
+            client,
+            https: std::sync::OnceLock::new(),
+            ca_file,
+        })
+    }
+
+    /// Downloads `uri` into `dest` (created or truncated) with retries; with
+    /// `sha256`, the content must match it (any case).
+    pub async fn download(
+        &self,
+        uri: &str,
+        sha256: Option<&str>,
+        dest: &Path,
+    ) -> Result<Downloaded, DownloadError> {
+        let mut attempt = 0;
+        loop {
+            let result = tokio::time::timeout(self.limits.timeout, self.fetch_once(uri, dest))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DownloadError::Fetch {
+                        uri: uri.to_owned(),
+                        reason: format!("timed out after {:?}", self.limits.timeout),
+                        transient: true,
+                    })
+                });
+            match result {
+                Ok(got) => match sha256 {
+                    Some(want) if !want.eq_ignore_ascii_case(&got.sha256) => {
+                        return Err(DownloadError::Checksum {
+                            uri: uri.to_owned(),
+                            expected: want.to_owned(),
+                            got: got.sha256,
+                        })
+                    }
+                    _ => return Ok(got),
+                },
+                Err(DownloadError::Fetch {
+                    transient: true,
+                    reason,
+                    ..
+                }) if attempt < self.limits.retries => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(250 << attempt.min(5));
+                    tracing::warn!(
+                        uri,
+                        attempt,
+                        "fetch failed ({reason}); retrying in {pause:?}"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt: streams into `dest`, hashing.
+    async fn fetch_once(&self, uri: &str, dest: &Path) -> Result<Downloaded, DownloadError> {
+        let fail = |reason: String, transient: bool| DownloadError::Fetch {
+            uri: uri.to_owned(),
+            reason,
+            transient,
+        };
+        let mut sink = Sink {
+            out: tokio::fs::File::create(dest).await.map_err(io_err(dest))?,
+            dest,
+            hash: Sha256::new(),
+            total: 0,
+            limit: self.limits.max_bytes,
+            uri,
+        };
+        if let Some(path) = uri.strip_prefix("file://") {
+            use tokio::io::AsyncReadExt;
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| fail(format!("{path}: {e}"), false))?;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| fail(format!("{path}: {e}"), true))?;
+                if n == 0 {
+                    break;
+                }
+                sink.put(&buf[..n]).await?;
+            }
+        } else {
+            let (client, roots) = if uri.starts_with("https://") {
+                match self.https_client() {
+                    Ok((c, roots)) => (c, Some(roots)),
+                    Err(e) => return Err(fail(e.clone(), false)),
+                }
+            } else {
+                (&self.client, None)
+            };
+            let mut resp = client.get(uri).send().await.map_err(|e| {
+                let chain = error_chain(&e);
+                match roots {
+                    // Not worth a retry: the same roots will not trust it.
+                    Some(roots)
+                        if chain.contains("certificate") || chain.contains("Certificate") =>
+                    {
+                        fail(format!("{chain} ({roots})"), false)
+                    }
+                    _ => fail(chain, true),
+                }
+            })?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(fail(format!("HTTP {status}"), status.is_server_error()));
+            }
+            if resp.content_length().is_some_and(|n| n > sink.limit) {
+                return Err(sink.too_large());
+            }
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| fail(error_chain(&e), true))?
+            {
+                sink.put(&chunk).await?;
+            }
+        }
+        sink.out.flush().await.map_err(io_err(dest))?;
+        Ok(Downloaded {
+            sha256: hex(&sink.hash.finalize()),
+            bytes: sink.total,
+        })
+    }
+
+    /// The HTTPS client: trust roots are looked for on the first use only.
+    fn https_client(&self) -> Result<(&reqwest::Client, &String), &String> {
+        let made = self.https.get_or_init(|| {
+            let (certs, source) =
+                crate::tls::host_roots(self.ca_file.as_deref()).map_err(|e| e.to_string())?;
+            let client = reqwest::Client::builder()
+                .connect_timeout(self.limits.timeout.min(Duration::from_secs(30)))
+                .tls_certs_only(certs)
+                .build()
+                .map_err(|e| format!("https client: {}", error_chain(&e)))?;
+            Ok((client, source.to_string()))
+        });
+        match made {
+            Ok((c, roots)) => Ok((c, roots)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Where a download goes: a file, a running hash, and the size limit.
+struct Sink<'a> {
+    out: tokio::fs::File,
+    dest: &'a Path,
+    hash: Sha256,
+    total: u64,
+    limit: u64,
+    uri: &'a str,
+}
+
+impl Sink<'_> {
+    async fn put(&mut self, bytes: &[u8]) -> Result<(), DownloadError> {
+        self.total += bytes.len() as u64;
+        if self.total > self.limit {
+            return Err(self.too_large());
+        }
+        self.hash.update(bytes);
+        self.out.write_all(bytes).await.map_err(io_err(self.dest))
+    }
+
+    fn too_large(&self) -> DownloadError {
+        DownloadError::TooLarge {
+            uri: self.uri.to_owned(),
+            limit_mb: self.limit >> 20,
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// reqwest's errors say little at the top level ("error sending request");
+/// the cause is below.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_bytes: u64) -> DownloadLimits {
+        DownloadLimits {
+            max_bytes,
+            timeout: Duration::from_secs(5),
+            retries: 0,
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0xab, 0x01]), "ab01");
+    }
+
+    #[tokio::test]
+    async fn file_downloads_are_hashed_checked_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"abc").unwrap();
+        let uri = format!("file://{}", src.display());
+        let dest = dir.path().join("dest");
+        let d = Downloader::new(limits(3), None).unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let got = d
+            .download(&uri, Some(&abc.to_uppercase()), &dest)
+            .await
+            .unwrap();
+        assert_eq!((got.sha256.as_str(), got.bytes), (abc, 3));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
+        let wrong = d.download(&uri, Some(&"0".repeat(64)), &dest).await;
+        assert!(
+            matches!(wrong, Err(DownloadError::Checksum { .. })),
+            "{wrong:?}"
+        );
+        let small = Downloader::new(limits(2), None).unwrap();
+        let big = small.download(&uri, None, &dest).await;
+        assert!(
+            matches!(big, Err(DownloadError::TooLarge { .. })),
+            "{big:?}"
+        );
+        let missing = d.download("file:///nonexistent/x", None, &dest).await;
+        assert!(
+            matches!(
+                missing,
+                Err(DownloadError::Fetch {
+                    transient: false,
+                    ..
+                })
+            ),
+            "{missing:?}"
+        );
+    }
+}

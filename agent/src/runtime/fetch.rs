@@ -1,0 +1,245 @@
+//! A task's `fetch` list, downloaded into its sandbox while it is STAGING,
+//! before every run (Mesos's fetcher). Downloads go through the image
+//! cache's downloader (limits, timeout, retries, trust roots), and through
+//! its digest store when `cache` and `sha256` are given.
+//!
+//! Nothing is written through what the task left in its sandbox: each
+//! entry is downloaded (and unpacked, with the same safe unpacker as
+//! images) into `<task>/fetch.tmp`, root's alone, chowned there without
+//! following links, then renamed into the sandbox over whatever stood at
+//! its name. Names are one path component (`gleaner_core::fetch`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use gleaner_core::fetch::{Archive, FetchSpec};
+
+use crate::download::DownloadError;
+use crate::images::{ImageCache, ImageError};
+use crate::layout::TaskDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Spec(#[from] gleaner_core::spec::SpecError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error(transparent)]
+    Cache(#[from] ImageError),
+    #[error("extract {uri}: {reason}")]
+    Extract { uri: String, reason: String },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |err| FetchError::Io {
+        path: path.to_owned(),
+        err,
+    }
+}
+
+/// Who owns what is fetched: the task's user.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Downloads every entry of `fetch` into the task's sandbox, in order (a
+/// later entry replaces an earlier one's extracted file of the same name).
+pub async fn fetch_all(
+    images: &ImageCache,
+    fetch: &[FetchSpec],
+    dir: &TaskDir,
+    owner: Owner,
+) -> Result<(), FetchError> {
+    let staging = dir.fetch_staging();
+    let sandbox = dir.sandbox();
+    {
+        let (staging, sandbox) = (staging.clone(), sandbox.clone());
+        blocking(move || fresh_dirs(&staging, &sandbox, owner)).await?;
+    }
+    let result = fetch_each(images, fetch, &staging, &sandbox, owner).await;
+    let s = staging.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(s)).await;
+    result
+}
+
+async fn fetch_each(
+    images: &ImageCache,
+    fetch: &[FetchSpec],
+    staging: &Path,
+    sandbox: &Path,
+    owner: Owner,
+) -> Result<(), FetchError> {
+    for (i, f) in fetch.iter().enumerate() {
+        let name = f.file_name()?;
+        let archive = f.archive()?;
+        let item = staging.join(i.to_string());
+        std::fs::create_dir(&item).map_err(io_err(&item))?;
+        let file = item.join(&name);
+        match f.cached_digest() {
+            Some(sha) => images.copy_file(&f.uri, &sha, &file).await?,
+            None => {
+                images
+                    .downloader()
+                    .download(&f.uri, f.sha256.as_deref(), &file)
+                    .await?;
+            }
+        }
+        let (uri, sandbox, name2) = (f.uri.clone(), sandbox.to_owned(), name.clone());
+        let (budget, executable) = (images.unpack_budget(), f.executable);
+        blocking(move || {
+            let mode = if executable { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                .map_err(io_err(&file))?;
+            let unpacked = item.join(".unpacked");
+            if let Some(kind) = archive {
+                unpack(kind, &file, &unpacked, budget).map_err(|reason| FetchError::Extract {
+                    uri: uri.clone(),
+                    reason,
+                })?;
+            }
+            chown_tree(&item, owner)?;
+            if archive.is_some() {
+                for entry in std::fs::read_dir(&unpacked).map_err(io_err(&unpacked))? {
+                    let entry = entry.map_err(io_err(&unpacked))?;
+                    replace_in(&sandbox, &entry.file_name(), &entry.path())?;
+                }
+            }
+            // Mesos kept the archive next to what it unpacked.
+            replace_in(&sandbox, std::ffi::OsStr::new(&name2), &file)
+        })
+        .await?;
+        tracing::info!(uri = %f.uri, name, extracted = archive.is_some(), "fetched");
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
+) -> Result<T, FetchError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FetchError::Io {
+            path: PathBuf::new(),
+            err: std::io::Error::other(e),
+        })?
+}
+
+/// An empty root-only staging dir; the sandbox, the task's.
+fn fresh_dirs(staging: &Path, sandbox: &Path, owner: Owner) -> Result<(), FetchError> {
+    if std::fs::symlink_metadata(staging).is_ok() {
+        std::fs::remove_dir_all(staging).map_err(io_err(staging))?;
+    }
+    std::fs::create_dir(staging).map_err(io_err(staging))?;
+    std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(staging))?;
+    std::fs::create_dir_all(sandbox).map_err(io_err(sandbox))?;
+    std::os::unix::fs::chown(sandbox, Some(owner.uid), Some(owner.gid)).map_err(io_err(sandbox))
+}
+
+fn unpack(
+    kind: Archive,
+    file: &Path,
+    dest: &Path,
+    budget: gleaner_rootfs::Budget,
+) -> Result<gleaner_rootfs::unpack::Unpacked, String> {
+    let stats = match kind {
+        Archive::TarGz => gleaner_rootfs::unpack_with(file, dest, budget),
+        Archive::Tar => {
+            let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            gleaner_rootfs::unpack_tar_with(f, dest, budget)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    if stats.stripped > 0 {
+        tracing::warn!(file = %file.display(), files = stats.stripped, "setuid/setgid bits stripped");
+    }
+    Ok(stats)
+}
+
+/// `lchown` of `root` and everything below it; links are changed, never
+/// followed. Only for the root-only staging dir (nothing races it).
+fn chown_tree(root: &Path, owner: Owner) -> Result<(), FetchError> {
+    let mut stack = vec![root.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid))
+            .map_err(io_err(&path))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io_err(&path))? {
+                stack.push(entry.map_err(io_err(&path))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renames `from` to `dir/name`, first removing what stands there (a
+/// file, a link, a whole directory: never followed). `dir` is the sandbox,
+/// whose own path only root can change.
+fn replace_in(dir: &Path, name: &std::ffi::OsStr, from: &Path) -> Result<(), FetchError> {
+    let to = dir.join(name);
+    match std::fs::symlink_metadata(&to) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&to).map_err(io_err(&to))?,
+        Ok(_) => std::fs::remove_file(&to).map_err(io_err(&to))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&to)(e)),
+    }
+    std::fs::rename(from, &to).map_err(io_err(&to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_in_replaces_a_link_and_a_directory_without_following() {
+        let d = tempfile::tempdir().unwrap();
+        let (sandbox, outside) = (d.path().join("sandbox"), d.path().join("outside"));
+        std::fs::create_dir_all(sandbox.join("dir/sub")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"host").unwrap();
+        std::os::unix::fs::symlink(outside.join("keep"), sandbox.join("f")).unwrap();
+        std::os::unix::fs::symlink(&outside, sandbox.join("l")).unwrap();
+        for name in ["f", "l", "dir"] {
+            let src = d.path().join(format!("new-{name}"));
+            std::fs::write(&src, name).unwrap();
+            replace_in(&sandbox, std::ffi::OsStr::new(name), &src).unwrap();
+            let m = std::fs::symlink_metadata(sandbox.join(name)).unwrap();
+            assert!(m.is_file(), "{name}");
+            assert_eq!(std::fs::read(sandbox.join(name)).unwrap(), name.as_bytes());
+        }
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"host");
+    }
+
+    #[test]
+    fn chown_tree_changes_links_not_their_targets() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("a")).unwrap();
+        std::fs::write(tree.join("a/f"), b"y").unwrap();
+        std::os::unix::fs::symlink(&target, tree.join("a/l")).unwrap();
+        chown_tree(
+            &tree,
+            Owner {
+                uid: 65534,
+                gid: 65534,
+            },
+        )
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        for p in ["", "a", "a/f", "a/l"] {
+            let m = std::fs::symlink_metadata(tree.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+        }
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0);
+    }
+}

@@ -1,0 +1,311 @@
+//! Issue 14: a TaskSpec's `fetch` list on a real agent (root only). Files
+//! come from an HTTP server of the test's own (it counts requests); what
+//! lands in the sandbox is checked on the host and by the task's command.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::files::Server;
+use common::*;
+use gleaner_agent::status::{Reason, TaskState};
+use gleaner_rootfs::raw::{write_raw_archive, EntryType as T};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn fetch_spec(id: &str, cmd: &str, fetch: Value) -> Value {
+    json!({"id": id, "cmd": cmd, "fetch": fetch,
+           "resources": {"cpus": 0.2, "mem_mb": 32}})
+}
+
+/// `tar` of `dir`'s entries `names` (compressed with `z`).
+fn tar(dir: &Path, out: &Path, z: bool, names: &[&str]) {
+    let st = Command::new("tar")
+        .arg(if z { "-czf" } else { "-cf" })
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .args(names)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn nobody(agent: &TestAgent) -> (u32, u32) {
+    let passwd = std::fs::read_to_string(agent.rootfs.join("etc/passwd")).unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .expect("nobody in the busybox rootfs");
+    let f: Vec<&str> = line.split(':').collect();
+    (f[2].parse().unwrap(), f[3].parse().unwrap())
+}
+
+#[test]
+fn files_scripts_and_archives_land_in_the_sandbox_owned_by_the_task_user() {
+    if !require_root("files_scripts_and_archives_land_in_the_sandbox_owned_by_the_task_user") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let server = Server::start();
+    let dir = agent.tmp().to_owned();
+    let run = server.serve_bytes(
+        "run.sh",
+        b"#!/bin/sh\necho script ran as $(id -u)\ncat data/hello.txt\n./bin/tool\n",
+    );
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(src.join("data/hello.txt"), "hello from the tarball\n").unwrap();
+    std::fs::write(
+        src.join("bin/tool"),
+        "#!/bin/sh\necho tool from the plain tar\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(src.join("bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tar(&src, &dir.join("data.tar.gz"), true, &["data"]);
+    tar(&src, &dir.join("tools.tar"), false, &["bin"]);
+    let data = server.serve("data.tar.gz", &dir.join("data.tar.gz"));
+    let tools = server.serve("v1/tools.tar?token=x", &dir.join("tools.tar"));
+    let plain = server.serve_bytes("notes.txt", b"plain file\n");
+    let s = agent
+        .submit(fetch_spec(
+            "f",
+            "./run.sh && cat renamed.txt",
+            json!([
+                {"uri": run, "executable": true},
+                {"uri": data, "extract": true},
+                {"uri": tools, "extract": true},
+                {"uri": plain, "output_file": "renamed.txt"},
+            ]),
+        ))
+        .unwrap();
+    assert!(
+        matches!(
+            s.state,
+            TaskState::Staging | TaskState::Running | TaskState::Finished
+        ),
+        "{s:?}"
+    );
+    let s = agent.wait_final("f", LONG);
+    let out = agent.logs("f", "stdout");
+    assert_eq!(
+        s.state,
+        TaskState::Finished,
+        "{s:?} {out} {}",
+        agent.logs("f", "stderr")
+    );
+    let (uid, gid) = nobody(&agent);
+    for line in [
+        &format!("script ran as {uid}"),
+        "hello from the tarball",
+        "tool from the plain tar",
+        "plain file",
+    ] {
+        assert!(out.contains(line), "{line:?} not in {out:?}");
+    }
+    let sandbox = agent.data_dir.join("tasks/f/sandbox");
+    for (name, mode) in [
+        ("run.sh", 0o755),
+        ("renamed.txt", 0o644),
+        ("data.tar.gz", 0o644),
+        ("tools.tar", 0o644),
+        ("data", 0),
+        ("data/hello.txt", 0),
+        ("bin/tool", 0o755),
+    ] {
+        let m = std::fs::symlink_metadata(sandbox.join(name)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
+        if mode != 0 {
+            assert_eq!(m.mode() & 0o7777, mode, "{name}");
+        }
+    }
+    assert!(!agent.data_dir.join("tasks/f/fetch.tmp").exists());
+    assert_eq!(server.hits("run.sh"), 1);
+}
+
+#[test]
+fn failed_and_hostile_fetches_fail_the_task_with_fetch_failed() {
+    if !require_root("failed_and_hostile_fetches_fail_the_task_with_fetch_failed") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let server = Server::start();
+    let dir = agent.tmp().to_owned();
+    let host = dir.join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("secret.txt"), b"root only").unwrap();
+    let hostile: Vec<(&str, Vec<gleaner_rootfs::raw::RawEntry>, &str)> = vec![
+        (
+            "link",
+            vec![
+                ("x", T::Symlink, host.to_str().unwrap(), b"", 0o777),
+                ("h", T::Link, "x/secret.txt", b"", 0o644),
+            ],
+            "through real directories only",
+        ),
+        (
+            "dotdot",
+            vec![("a/../../evil", T::Regular, "", b"x", 0o644)],
+            "'..'",
+        ),
+        (
+            "up",
+            vec![("up", T::Symlink, "../../..", b"", 0o777)],
+            "escapes",
+        ),
+    ];
+    let mut cases: Vec<(String, Value, String)> = Vec::new();
+    for (name, entries, needle) in &hostile {
+        let path = dir.join(format!("{name}.tar.gz"));
+        write_raw_archive(&path, entries).unwrap();
+        let uri = server.serve(&format!("{name}.tar.gz"), &path);
+        cases.push((
+            name.to_string(),
+            json!([{"uri": uri, "extract": true}]),
+            needle.to_string(),
+        ));
+    }
+    let ok = server.serve_bytes("ok.txt", b"fine");
+    cases.push((
+        "missing".into(),
+        json!([{"uri": ok}, {"uri": format!("http://127.0.0.1:{}/nope.sh", server.port)}]),
+        "404".into(),
+    ));
+    cases.push((
+        "digest".into(),
+        json!([{"uri": ok, "sha256": "0".repeat(64)}]),
+        "sha256 mismatch".into(),
+    ));
+    cases.push((
+        "nothing".into(),
+        json!([{"uri": format!("http://127.0.0.1:{}/x", free_port())}]),
+        "fetch".into(),
+    ));
+    for (id, fetch, _) in &cases {
+        agent
+            .submit(fetch_spec(id, "touch started", fetch.clone()))
+            .unwrap();
+    }
+    for (id, _, needle) in &cases {
+        let s = agent.wait_final(id, LONG);
+        assert_eq!(s.state, TaskState::Failed, "{id}: {s:?}");
+        assert_eq!(s.reason, Some(Reason::FetchFailed), "{id}: {s:?}");
+        let msg = s.message.clone().unwrap_or_default();
+        assert!(
+            msg.contains(needle.as_str()),
+            "{id}: {msg:?} lacks {needle:?}"
+        );
+        let task = agent.data_dir.join(format!("tasks/{id}"));
+        assert!(
+            !task.join("sandbox/started").exists(),
+            "{id}: the command ran"
+        );
+        assert!(!task.join("fetch.tmp").exists(), "{id}: staging left");
+        assert!(!task.join("sandbox/h").exists() && !task.join("sandbox/x").exists());
+    }
+    let json = serde_json::to_value(agent.status("missing")).unwrap();
+    assert_eq!(json["reason"], "fetch_failed");
+    assert_eq!(
+        std::fs::read(host.join("secret.txt")).unwrap(),
+        b"root only"
+    );
+    assert!(!dir.join("evil").exists() && !agent.data_dir.join("tasks/evil").exists());
+
+    // Bad input at submission: 400 naming the field, nothing created.
+    for (id, fetch, needle) in [
+        (
+            "escape",
+            json!([{"uri": ok, "output_file": "../x"}]),
+            "fetch.output_file",
+        ),
+        (
+            "noname",
+            json!([{"uri": "http://127.0.0.1/dir/"}]),
+            "fetch.uri",
+        ),
+        (
+            "zip",
+            json!([{"uri": "http://127.0.0.1/a.zip", "extract": true}]),
+            ".zip",
+        ),
+        ("scheme", json!([{"uri": "ftp://h/a"}]), "fetch.uri"),
+        ("twice", json!([{"uri": ok}, {"uri": ok}]), "ok.txt"),
+    ] {
+        let e = agent.submit(fetch_spec(id, "true", fetch)).unwrap_err();
+        assert!(e.to_string().contains(needle), "{id}: {e}");
+        assert!(!agent.data_dir.join(format!("tasks/{id}")).exists(), "{id}");
+    }
+}
+
+/// A task leaves a link to a host file at a fetched file's name; its
+/// restart fetches again: the link is replaced, the host file untouched.
+#[test]
+fn a_refetch_replaces_a_link_the_task_left_without_following_it() {
+    if !require_root("a_refetch_replaces_a_link_the_task_left_without_following_it") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let server = Server::start();
+    let victim = agent.tmp().join("victim");
+    std::fs::write(&victim, b"host data").unwrap();
+    let uri = server.serve_bytes("data.txt", b"fetched");
+    let cmd = format!(
+        "if [ -e second ]; then cat data.txt; exit 0; fi; touch second; rm data.txt; \
+         ln -s {} data.txt; mkdir -p d; exit 3",
+        victim.display()
+    );
+    let mut spec = fetch_spec("r", &cmd, json!([{"uri": uri}]));
+    spec["restart"] = json!({"policy": "on-failure", "max_retries": 1});
+    agent.submit(spec).unwrap();
+    let s = agent.wait_final("r", LONG);
+    assert_eq!(s.state, TaskState::Finished, "{s:?}");
+    assert_eq!(s.restarts, 1, "{s:?}");
+    assert_eq!(server.hits("data.txt"), 2, "fetched before each run");
+    assert!(agent.logs("r", "stdout").contains("fetched"));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"host data");
+    let m = std::fs::symlink_metadata(agent.data_dir.join("tasks/r/sandbox/data.txt")).unwrap();
+    assert!(m.is_file());
+}
+
+#[test]
+fn a_cached_fetch_with_sha256_downloads_once_for_two_tasks() {
+    if !require_root("a_cached_fetch_with_sha256_downloads_once_for_two_tasks") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let server = Server::start();
+    let body = b"#!/bin/sh\necho cached tool\n";
+    let uri = server.serve_bytes("tool.sh", body);
+    let path = agent.tmp().join("tool.sh");
+    std::fs::write(&path, body).unwrap();
+    let sha = gleaner_rootfs::sha256_file(&path).unwrap();
+    let fetch = json!([{"uri": uri, "sha256": sha, "cache": true, "executable": true}]);
+    for id in ["a", "b"] {
+        agent
+            .submit(fetch_spec(
+                id,
+                "./tool.sh && echo x >> tool.sh",
+                fetch.clone(),
+            ))
+            .unwrap();
+    }
+    for id in ["a", "b"] {
+        let s = agent.wait_final(id, LONG);
+        assert_eq!(s.state, TaskState::Finished, "{id}: {s:?}");
+        assert!(agent.logs(id, "stdout").contains("cached tool"), "{id}");
+    }
+    assert_eq!(server.hits("tool.sh"), 1, "one download for two tasks");
+    // Each task got its own copy: a task's write does not reach the cache.
+    let cached = agent.data_dir.join(format!("images/file-{sha}/file"));
+    assert_eq!(std::fs::read(&cached).unwrap(), body);
+    // Without `cache` it is downloaded again.
+    let plain = json!([{"uri": uri, "sha256": sha, "executable": true}]);
+    agent.submit(fetch_spec("c", "./tool.sh", plain)).unwrap();
+    assert_eq!(agent.wait_final("c", LONG).state, TaskState::Finished);
+    assert_eq!(server.hits("tool.sh"), 2);
+}
