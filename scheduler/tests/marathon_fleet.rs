@@ -422,9 +422,12 @@ fn marathon_fetch_on_real_agents() {
     for t in &tasks {
         let (id, host) = (t["id"].as_str().unwrap(), t["host"].as_str().unwrap());
         let agent = fleet.agents.iter().find(|a| a.node == host).unwrap();
-        let sandbox = agent.data_dir.join("tasks").join(id).join("sandbox");
-        let ran = std::fs::read_to_string(sandbox.join("ran.txt")).unwrap();
-        assert_eq!(ran, "fetched-and-run\n", "{id}");
+        let status = agent.get_json(&format!("/v1/tasks/{id}"));
+        let sandbox = std::path::PathBuf::from(status["sandbox"].as_str().unwrap());
+        // RUNNING is the exec of the command: the script runs a moment later.
+        wait_until(LONG, "the fetched script ran", || {
+            std::fs::read_to_string(sandbox.join("ran.txt")).is_ok_and(|r| r == "fetched-and-run\n")
+        });
         assert!(sandbox.join("conf.tgz").is_file(), "{id}: the archive kept");
     }
     assert_eq!(server.hits("hello.sh"), 3);
