@@ -460,8 +460,9 @@ fn marathon_fetch_on_real_agents() {
     let (code, v) = m.call("POST", "/v2/apps", Some(zip));
     assert_eq!(code, 422, "{v}");
     assert_eq!(v["details"][0]["path"], "/fetch", "{v}");
+    // The broken app's start deployment never ends: force.
     for app in ["/fetch/app", "/fetch/broken"] {
-        let (code, v) = m.call("DELETE", &format!("/v2/apps{app}"), None);
+        let (code, v) = m.call("DELETE", &format!("/v2/apps{app}?force=true"), None);
         assert_eq!(code, 200, "{v}");
     }
 }
