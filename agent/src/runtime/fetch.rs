@@ -133,6 +133,9 @@ fn fresh_dirs(staging: &Path, sandbox: &Path, owner: Owner) -> Result<(), FetchE
     if std::fs::symlink_metadata(staging).is_ok() {
         std::fs::remove_dir_all(staging).map_err(io_err(staging))?;
     }
+    // The task dir may not be there yet: a pass of another submission can
+    // launch a task between its registration and its dir's creation.
+    std::fs::create_dir_all(staging.parent().unwrap_or(staging)).map_err(io_err(staging))?;
     std::fs::create_dir(staging).map_err(io_err(staging))?;
     std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(staging))?;
