@@ -565,6 +565,7 @@ mod tests {
             finished_at: None,
             restarts: 0,
             ports: Vec::new(),
+            health: None,
         };
         let rec = TaskRecord {
             status,

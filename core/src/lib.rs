@@ -5,6 +5,7 @@
 //! * [`spec`]: TaskSpec and its validation.
 //! * [`fetch`]: a TaskSpec's downloads into the sandbox, named and checked.
 //! * [`status`]: task states, TaskStatus, restart and backoff rules.
+//! * [`health`]: health checks asked and their results, Marathon's rules.
 //! * [`constraints`]: Marathon-style constraints, parsed and checked.
 //! * [`auth`]: callers (admin, task-scoped token) and what each may do.
 //! * [`app_token`]: Marathon app instances' scoped tokens and their rule.
@@ -23,6 +24,7 @@ pub mod constraints;
 pub mod fetch;
 pub mod fleet;
 pub mod harvest;
+pub mod health;
 pub mod placement;
 #[cfg(feature = "serve")]
 pub mod serve;

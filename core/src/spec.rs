@@ -57,6 +57,10 @@ pub struct TaskSpec {
     /// Files downloaded into the sandbox before the command starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fetch: Vec<crate::fetch::FetchSpec>,
+    /// Run by the agent next to the task (`crate::health`); results in
+    /// the status's `health`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<crate::health::HealthCheck>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -275,6 +279,7 @@ impl TaskSpec {
                 "needs network \"host\": the agent is reached over TCP",
             ));
         }
+        crate::health::validate_all(&self.health_checks, self.ports.len(), self.network)?;
         Ok(())
     }
 

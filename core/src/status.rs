@@ -71,6 +71,8 @@ pub enum Reason {
     /// A download of the spec's `fetch` failed (cause in `message`).
     FetchFailed,
     AgentLost,
+    /// Killed after `max_consecutive_failures` failed health checks.
+    HealthCheckFailed,
 }
 
 /// Why the agent asked a task to stop; recorded durably in the task dir so a
@@ -82,6 +84,7 @@ pub enum StopReason {
     Preempted,
     Drained,
     DiskLimit,
+    HealthCheckFailed,
 }
 
 /// The reason a task keeps when it is asked to stop again: a kill wins
@@ -137,6 +140,10 @@ pub struct TaskStatus {
     /// Host ports given to the task (TaskSpec `ports`), held until it ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Health check results (TaskSpec `health_checks`), while it runs and
+    /// as they last were once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::TaskHealth>,
 }
 
 /// The end state of a task the agent stopped on purpose.
@@ -146,6 +153,7 @@ pub fn stopped(stop: StopReason) -> (TaskState, Option<Reason>) {
         StopReason::Preempted => (TaskState::Preempted, Some(Reason::Preempted)),
         StopReason::Drained => (TaskState::Drained, Some(Reason::Drained)),
         StopReason::DiskLimit => (TaskState::Failed, Some(Reason::DiskLimit)),
+        StopReason::HealthCheckFailed => (TaskState::Failed, Some(Reason::HealthCheckFailed)),
     }
 }
 

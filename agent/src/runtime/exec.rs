@@ -255,6 +255,34 @@ impl ExecSession {
         &self.task_id
     }
 
+    /// Runs the command to its end without a client (a COMMAND health
+    /// check): its exit code, or `timeout` passed (it is killed). Output is
+    /// drained so the command never blocks on a full pipe; the last bytes
+    /// are returned for the check's message. The exec cgroup is removed
+    /// either way.
+    pub(super) async fn run_detached(mut self, timeout: Duration) -> (Option<i32>, String) {
+        drop(self.child.stdin.take());
+        let out = self.child.stdout.take();
+        let err = self.child.stderr.take();
+        let tail = async {
+            let (mut a, b) = tokio::join!(drain_tail(out), drain_tail(err));
+            a.extend_from_slice(&b);
+            a
+        };
+        let run = async {
+            let (status, tail) = tokio::join!(self.child.wait(), tail);
+            (status.ok().map(exit_code), tail)
+        };
+        let result = tokio::time::timeout(timeout, run).await;
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.kill_cgroup().await;
+        match result {
+            Ok((code, tail)) => (code, String::from_utf8_lossy(&tail).trim().to_owned()),
+            Err(_) => (None, String::new()),
+        }
+    }
+
     /// Ends a session whose client never connected.
     pub async fn abort(mut self) {
         let _ = self.child.start_kill();
@@ -266,6 +294,23 @@ impl ExecSession {
         let cgroup = self.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || cgroup.destroy(Duration::from_secs(5))).await;
     }
+}
+
+/// Reads `r` to its end, keeping the last 256 bytes.
+async fn drain_tail<R: AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    let Some(mut r) = r else { return Vec::new() };
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 256 {
+            tail.drain(..tail.len() - 256);
+        }
+    }
+    tail
 }
 
 fn exit_code(s: std::process::ExitStatus) -> i32 {

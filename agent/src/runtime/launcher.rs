@@ -149,6 +149,7 @@ impl Agent {
                 stages.mark("running");
                 tracing::debug!(task = %id, %stages, "launch stages");
                 self.touched();
+                self.start_health_checks(task);
                 if let Some(reason) = pending {
                     let _ = self.stop(&id, reason);
                 }

@@ -16,6 +16,7 @@ pub(crate) mod etcd;
 mod exec;
 mod fetch;
 mod harvest;
+mod health;
 pub(crate) mod hooks;
 pub mod hostfs;
 mod launcher;
@@ -140,6 +141,8 @@ pub(crate) struct Task {
     /// once final. In memory only: after a restart the first full read
     /// says it again.
     placement_gone: bool,
+    /// The current run's health check loops, aborted when it ends.
+    checks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Task {
@@ -153,6 +156,7 @@ impl Task {
             generation: 0,
             on_disk: Arc::default(),
             placement_gone: false,
+            checks: Vec::new(),
         }
     }
 
@@ -637,6 +641,7 @@ impl Agent {
                 finished_at: None,
                 restarts: 0,
                 ports: Vec::new(),
+                health: None,
             },
             spec,
             run: 0,
@@ -1016,6 +1021,10 @@ impl Agent {
         reason: Option<Reason>,
     ) {
         let _ = task;
+        // No check outlives its run.
+        for h in t.checks.drain(..) {
+            h.abort();
+        }
         let restarts = t.record.status.restarts;
         t.stopping = None;
         t.record.pending_stop = None;

@@ -215,6 +215,7 @@ impl Agent {
                     finished_at: Some(now),
                     restarts: 0,
                     ports: Vec::new(),
+                    health: None,
                 };
                 self.rejected
                     .0

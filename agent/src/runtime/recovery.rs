@@ -145,6 +145,7 @@ impl Agent {
                     // A kill that came while we waited for the supervisor.
                     t.record.pending_stop.take()
                 };
+                self.start_health_checks(task);
                 if let Some(reason) = pending {
                     let _ = self.stop(&id, reason);
                 }

@@ -82,6 +82,7 @@ fn status(id: &str, role: &str, resources: Resources, state: TaskState) -> TaskS
         finished_at: state.is_final().then_some(now),
         restarts: 0,
         ports: Vec::new(),
+        health: None,
     }
 }
 
