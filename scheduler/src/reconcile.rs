@@ -290,6 +290,7 @@ mod tests {
                 finished_at: None,
                 restarts: 0,
                 ports: Vec::new(),
+                health: None,
             },
             node: node.into(),
         }

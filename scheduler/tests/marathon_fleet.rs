@@ -523,4 +523,193 @@ fn bench_marathon_on_real_agents() {
                 == n
         },
     );
+/// `(event name, data)` of `/v2/events{query}`, read on a thread.
+fn subscribe(fleet: &Fleet, query: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap()
+        .get(format!("{}/v2/events{query}", fleet.any_scheduler().url))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/event-stream")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    std::thread::spawn(move || {
+        let mut name = String::new();
+        for line in std::io::BufReader::new(resp).lines() {
+            let Ok(line) = line else { return };
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                let v: Value = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                if tx.send((name.clone(), v)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// `(tasksRunning, tasksHealthy, tasksUnhealthy)` of an app.
+fn health_counts(m: &Marathon, app: &str) -> (u64, u64, u64) {
+    let (code, v) = m.call("GET", &format!("/v2/apps{app}"), None);
+    assert_eq!(code, 200, "{v}");
+    let n = |k: &str| v["app"][k].as_u64().unwrap();
+    (n("tasksRunning"), n("tasksHealthy"), n("tasksUnhealthy"))
+}
+
+#[test]
+fn health_checked_app_failing_instance_replaced_and_rolling_restart_keeps_half_healthy() {
+    if !require_root(
+        "health_checked_app_failing_instance_replaced_and_rolling_restart_keeps_half_healthy",
+    ) {
+        return;
+    }
+    let names = ["n1", "n2", "n3"];
+    let Some((fleet, _token_dir)) = fleet_with_token(&names) else {
+        return;
+    };
+    let m = Marathon { fleet: &fleet };
+    let events = subscribe(&fleet, "?event_type=health_status_changed_event");
+
+    // busybox httpd on $PORT0; the check GETs /ok from the task's sandbox.
+    let app = json!({
+        "id": "/hc/web",
+        "cmd": "mkdir -p /sandbox/www && echo ok > /sandbox/www/ok && exec httpd -f -p $PORT0 -h /sandbox/www",
+        "cpus": 0.1, "mem": 16, "instances": 6,
+        "portDefinitions": [{"port": 0, "protocol": "tcp"}],
+        "taskKillGracePeriodSeconds": 1,
+        "healthChecks": [{
+            "protocol": "MESOS_HTTP", "path": "/ok", "portIndex": 0,
+            "gracePeriodSeconds": 30, "intervalSeconds": 1, "timeoutSeconds": 1,
+            "maxConsecutiveFailures": 2
+        }],
+        "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.0}
+    });
+    let (code, v) = m.call("POST", "/v2/apps", Some(app));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["healthChecks"][0]["protocol"], "MESOS_HTTP", "{v}");
+    // The start deployment ends once all 6 are healthy, not just running.
+    m.wait_deployments_gone("the start deployment gone");
+    assert_eq!(health_counts(&m, "/hc/web"), (6, 6, 0));
+    let tasks = m.tasks("/hc/web");
+    check_tasks_run_where_marathon_says(&fleet, &tasks, 1);
+    for t in &tasks {
+        let r = &t["healthCheckResults"][0];
+        assert_eq!(r["alive"], true, "{t}");
+        assert_eq!(r["consecutiveFailures"], 0, "{t}");
+        assert!(r["lastSuccess"].as_str().unwrap().ends_with('Z'), "{t}");
+        assert_eq!(r["taskId"], t["id"], "{t}");
+    }
+
+    // One instance's page goes away: unhealthy, killed, replaced.
+    let victim = tasks[0]["id"].as_str().unwrap().to_owned();
+    let host = tasks[0]["host"].as_str().unwrap().to_owned();
+    let agent = fleet.agents.iter().find(|a| a.node == host).unwrap();
+    let sandbox = agent
+        .tasks()
+        .into_iter()
+        .find(|t| t["id"] == victim.as_str())
+        .and_then(|t| t["sandbox"].as_str().map(str::to_owned))
+        .unwrap();
+    std::fs::remove_file(format!("{sandbox}/www/ok")).unwrap();
+    let mut seen_unhealthy = false;
+    wait_until(
+        LONG,
+        "the failing instance replaced and all healthy",
+        || {
+            let (running, healthy, unhealthy) = health_counts(&m, "/hc/web");
+            assert!(
+                healthy + unhealthy <= running,
+                "{running} {healthy} {unhealthy}"
+            );
+            assert!(
+                healthy >= 5,
+                "a healthy instance counted unhealthy: {healthy}"
+            );
+            assert!(unhealthy <= 1, "{unhealthy} unhealthy");
+            seen_unhealthy |= unhealthy == 1;
+            std::thread::sleep(Duration::from_millis(100));
+            let ids: BTreeSet<String> = m
+                .tasks("/hc/web")
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned())
+                .collect();
+            healthy == 6 && !ids.contains(&victim)
+        },
+    );
+    assert!(seen_unhealthy, "the unhealthy instance was never counted");
+    let end = agent
+        .tasks()
+        .into_iter()
+        .find(|t| t["id"] == victim.as_str())
+        .unwrap();
+    assert_eq!(end["reason"], "health_check_failed", "{end}");
+    assert_eq!(
+        end["health"]["checks"][0]["last_message"],
+        "HTTP status 404"
+    );
+    let (_, v) = m.call("GET", "/v2/apps/hc/web?embed=apps.lastTaskFailure", None);
+    assert_eq!(v["app"]["tasksHealthy"], 6, "{v}");
+    // Events: the victim went unhealthy (and every instance healthy once).
+    let mut alive_false = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !alive_false && Instant::now() < deadline {
+        if let Ok((name, e)) = events.recv_timeout(Duration::from_millis(500)) {
+            assert_eq!(name, "health_status_changed_event", "{e}");
+            assert_eq!(e["appId"], "/hc/web", "{e}");
+            alive_false |= e["taskId"] == victim.as_str() && e["alive"] == false;
+        }
+    }
+    assert!(
+        alive_false,
+        "no health_status_changed_event alive=false for {victim}"
+    );
+
+    // A rolling restart of 6 with minimumHealthCapacity 0.5: sampled every
+    // 100 ms, never fewer than 3 healthy.
+    let before: BTreeSet<String> = m
+        .tasks("/hc/web")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    let (code, v) = m.call("POST", "/v2/apps/hc/web/restart", None);
+    assert_eq!(code, 200, "{v}");
+    let mut lowest = u64::MAX;
+    let mut samples = 0;
+    let t0 = Instant::now();
+    loop {
+        let (_, healthy, _) = health_counts(&m, "/hc/web");
+        lowest = lowest.min(healthy);
+        samples += 1;
+        assert!(healthy >= 3, "{healthy} healthy during the restart");
+        if m.call("GET", "/v2/deployments", None).1 == json!([]) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "restart not done");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "rolling restart of 6 health-checked instances: {:?}, {samples} samples, lowest healthy {lowest}",
+        t0.elapsed()
+    );
+    assert_eq!(health_counts(&m, "/hc/web"), (6, 6, 0));
+    let after: BTreeSet<String> = m
+        .tasks("/hc/web")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(after.is_disjoint(&before), "instances survived the restart");
+
+    let (code, _) = m.call("DELETE", "/v2/apps/hc/web?force=true", None);
+    assert_eq!(code, 200);
+    m.wait_deployments_gone("the stop deployment gone");
+    wait_until(LONG, "no instance left on the agents", || {
+        running_on_agents(&fleet).is_empty()
+    });
 }

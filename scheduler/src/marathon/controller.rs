@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use gleaner_core::fleet::{Job, JobState, Keys};
+use gleaner_core::health::HealthState;
 use gleaner_core::status::TaskState;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -265,15 +266,19 @@ pub async fn run(
         let live: Vec<Instance> = jobs
             .iter()
             .map(|(j, _)| {
+                let rec = j.current_task().and_then(|t| view.tasks.get(&t));
                 let running = j.state == JobState::Running
-                    && j.current_task()
-                        .and_then(|t| view.tasks.get(&t))
-                        .is_some_and(|t| t.status.state == TaskState::Running);
+                    && rec.is_some_and(|t| t.status.state == TaskState::Running);
+                // Marathon: with health checks an instance counts toward
+                // minimumHealthCapacity once healthy.
+                let ready = running
+                    && (app.health_checks.is_empty()
+                        || super::render::task_health(rec) == Some(HealthState::Healthy));
                 Instance {
                     id: j.id.clone(),
                     current: instance_of(&j.spec).is_some_and(|(_, v)| v == cfg),
                     placed: matches!(j.state, JobState::Placed | JobState::Running),
-                    ready: running,
+                    ready,
                     since_ms: j.submitted_at.timestamp_millis(),
                 }
             })

@@ -21,9 +21,10 @@ use tokio::sync::{oneshot, Notify};
 
 use super::api::MError;
 use super::model::{instance_of, timestamp, App};
-use super::render::render_task;
+use super::render::{render_task, task_health};
 use super::state::{deployments_prefix, Deployment};
 use crate::api::AppState;
+use gleaner_core::health::HealthState;
 
 struct Feed {
     st: AppState,
@@ -58,15 +59,36 @@ impl Feed {
                 return;
             };
             let t = render_task(job, Some(&rec));
-            self.pending.push(ev(
-                "status_update_event",
-                json!({
-                    "slaveId": rec.node, "taskId": rec.status.id, "taskStatus": t["state"],
-                    "message": rec.status.message.clone().unwrap_or_default(),
-                    "appId": t["appId"], "host": rec.node, "ipAddresses": [], "ports": [],
-                    "version": t["version"],
-                }),
-            ));
+            let before = prev.and_then(|p| serde_json::from_slice::<TaskRecord>(p).ok());
+            // A record rewritten for its health alone is no status update.
+            if before.as_ref().map(|b| b.status.state) != Some(rec.status.state) {
+                self.pending.push(ev(
+                    "status_update_event",
+                    json!({
+                        "slaveId": rec.node, "taskId": rec.status.id, "taskStatus": t["state"],
+                        "message": rec.status.message.clone().unwrap_or_default(),
+                        "appId": t["appId"], "host": rec.node, "ipAddresses": [], "ports": [],
+                        "version": t["version"],
+                    }),
+                ));
+            }
+            let alive = |r: Option<&TaskRecord>| match task_health(r) {
+                Some(HealthState::Healthy) => Some(true),
+                Some(HealthState::Unhealthy) => Some(false),
+                _ => None,
+            };
+            if let Some(now) = alive(Some(&rec)) {
+                if alive(before.as_ref()) != Some(now) {
+                    self.pending.push(ev(
+                        "health_status_changed_event",
+                        json!({
+                            "appId": t["appId"], "taskId": rec.status.id,
+                            "instanceId": rec.status.id, "version": t["version"],
+                            "alive": now,
+                        }),
+                    ));
+                }
+            }
         } else if key.starts_with(&deployments_prefix(k)) {
             if prev.is_none() {
                 if let Ok(d) = serde_json::from_slice::<Deployment>(value) {

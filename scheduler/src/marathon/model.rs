@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use gleaner_core::constraints;
 use gleaner_core::fetch::FetchSpec;
+use gleaner_core::health::{HealthCheck as AgentCheck, Protocol};
 use gleaner_core::spec::{
-    CpuLimitKind, Resources, RestartSpec, RootfsSpec, TaskSpec, DEFAULT_ROLE,
+    CpuLimitKind, Network, Resources, RestartSpec, RootfsSpec, TaskSpec, DEFAULT_ROLE,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -449,16 +450,20 @@ impl App {
         }
         for (i, h) in self.health_checks.iter().enumerate() {
             let p = format!("/healthChecks({i})");
-            match h.protocol.as_str() {
-                "COMMAND" | "MESOS_COMMAND" if h.command.is_none() => {
-                    v.push(violation(&p, "command must be set for COMMAND checks"))
+            if matches!(h.protocol.as_str(), "COMMAND" | "MESOS_COMMAND") && h.command.is_none() {
+                v.push(violation(&p, "command must be set for COMMAND checks"));
+                continue;
+            }
+            // The agent's own rules (port index within portDefinitions,
+            // timeout within interval, ...): a 422 here, never a refused
+            // placement later.
+            match h.agent_check() {
+                Err(e) => v.push(violation(&format!("{p}/protocol"), e)),
+                Ok(c) => {
+                    if let Err(e) = c.validate(0, self.port_definitions.len(), Network::Host) {
+                        v.push(violation(&p, e.reason.trim_start_matches("[0]: ")));
+                    }
                 }
-                "HTTP" | "HTTPS" | "MESOS_HTTP" | "MESOS_HTTPS" | "TCP" | "MESOS_TCP"
-                | "COMMAND" | "MESOS_COMMAND" => {}
-                other => v.push(violation(
-                    &format!("{p}/protocol"),
-                    format!("unknown protocol {other}"),
-                )),
             }
         }
         if let Some(a) = self.labels.get(LABEL_API_ACCESS) {
@@ -566,7 +571,43 @@ impl App {
                         .map(|u| Fetch::from_uri(u.clone()).task_fetch()),
                 )
                 .collect(),
+            health_checks: self
+                .health_checks
+                .iter()
+                .filter_map(|h| h.agent_check().ok())
+                .collect(),
         }
+    }
+}
+
+impl HealthCheck {
+    /// The agent's check for this one (protocols `MESOS_*` as the plain
+    /// ones; the agent probes either way), or why there is none.
+    pub fn agent_check(&self) -> Result<AgentCheck, String> {
+        let protocol = match self.protocol.as_str() {
+            "HTTP" | "MESOS_HTTP" => Protocol::Http,
+            "TCP" | "MESOS_TCP" => Protocol::Tcp,
+            "COMMAND" | "MESOS_COMMAND" => Protocol::Command,
+            "HTTPS" | "MESOS_HTTPS" => return Err("HTTPS checks are not supported".into()),
+            other => return Err(format!("unknown protocol {other}")),
+        };
+        let probes_port = protocol != Protocol::Command;
+        Ok(AgentCheck {
+            protocol,
+            port_index: match (probes_port, self.port) {
+                (true, None) => Some(self.port_index.unwrap_or(0) as usize),
+                _ => None,
+            },
+            port: self.port.filter(|_| probes_port),
+            path: (protocol == Protocol::Http)
+                .then(|| self.path.clone().unwrap_or_else(|| "/".into())),
+            command: self.command.as_ref().map(|c| c.value.clone()),
+            grace_period_s: self.grace_period_seconds as f64,
+            interval_s: self.interval_seconds as f64,
+            timeout_s: self.timeout_seconds as f64,
+            max_consecutive_failures: self.max_consecutive_failures,
+            ignore_http_1xx: self.ignore_http1xx,
+        })
     }
 }
 
@@ -621,6 +662,89 @@ mod tests {
             ),
             (300, 60, 20, 3)
         );
+    }
+
+    #[test]
+    fn health_checks_map_to_the_agent_and_bad_ones_are_422() {
+        let a = app(json!({
+            "id": "/web", "cmd": "httpd", "portDefinitions": [{"port": 0}, {"port": 0}],
+            "healthChecks": [
+                {"protocol": "MESOS_HTTP", "portIndex": 1, "intervalSeconds": 5,
+                 "timeoutSeconds": 2, "gracePeriodSeconds": 10, "maxConsecutiveFailures": 0,
+                 "ignoreHttp1xx": true},
+                {"protocol": "TCP", "port": 8080},
+                {"protocol": "COMMAND", "command": {"value": "test -f /ok"}}
+            ]
+        }));
+        a.validate().unwrap();
+        let spec = a.task_spec();
+        spec.validate().unwrap();
+        let c = &spec.health_checks;
+        assert_eq!(c.len(), 3);
+        assert_eq!(
+            (c[0].protocol, c[0].port_index, c[0].path.as_deref()),
+            (Protocol::Http, Some(1), Some("/"))
+        );
+        assert_eq!(
+            (c[0].interval_s, c[0].timeout_s, c[0].grace_period_s),
+            (5.0, 2.0, 10.0)
+        );
+        assert_eq!(c[0].max_consecutive_failures, 0);
+        assert!(c[0].ignore_http_1xx);
+        assert_eq!(
+            (c[1].protocol, c[1].port, c[1].port_index),
+            (Protocol::Tcp, Some(8080), None)
+        );
+        assert_eq!(c[2].protocol, Protocol::Command);
+        assert_eq!(c[2].command.as_deref(), Some("test -f /ok"));
+        assert_eq!((c[2].port_index, c[2].path.as_deref()), (None, None));
+        // Marathon's defaults reach the agent.
+        let d = app(
+            json!({"id": "/d", "cmd": "x", "portDefinitions": [{"port": 0}],
+                           "healthChecks": [{}]}),
+        )
+        .task_spec();
+        assert_eq!(
+            (
+                d.health_checks[0].grace_period_s,
+                d.health_checks[0].interval_s,
+                d.health_checks[0].timeout_s,
+                d.health_checks[0].max_consecutive_failures
+            ),
+            (300.0, 60.0, 20.0, 3)
+        );
+        for (hc, path, want) in [
+            (
+                json!({"protocol": "HTTP"}),
+                "/healthChecks(0)",
+                "port_index 0",
+            ),
+            (
+                json!({"protocol": "HTTPS", "portIndex": 0}),
+                "/healthChecks(0)/protocol",
+                "HTTPS",
+            ),
+            (
+                json!({"protocol": "UDP"}),
+                "/healthChecks(0)/protocol",
+                "unknown protocol",
+            ),
+            (
+                json!({"protocol": "COMMAND"}),
+                "/healthChecks(0)",
+                "command must be set",
+            ),
+            (
+                json!({"protocol": "TCP", "port": 80, "intervalSeconds": 5, "timeoutSeconds": 9}),
+                "/healthChecks(0)",
+                "exceed",
+            ),
+        ] {
+            let a = app(json!({"id": "/x", "cmd": "x", "healthChecks": [hc]}));
+            let v = a.validate().unwrap_err();
+            assert_eq!(v[0].path, path, "{hc}");
+            assert!(format!("{:?}", v[0]).contains(want), "{hc}: {v:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use gleaner_core::fleet::{Job, JobState, TaskRecord};
+use gleaner_core::health::HealthState;
 use gleaner_core::status::TaskState;
 use serde_json::{json, Value};
 
@@ -74,15 +75,28 @@ impl Data {
         let t = self.tasks_of(&app.id);
         let staged = t.iter().filter(|j| j.state == JobState::Placed).count();
         let running = t.iter().filter(|j| j.state == JobState::Running).count();
-        let healthy = if app.health_checks.is_empty() {
-            0
+        // Marathon counts neither before a task's first result.
+        let health_of = |want: HealthState| {
+            t.iter()
+                .filter(|j| j.state == JobState::Running)
+                .filter(|j| {
+                    let rec = j.current_task().and_then(|id| self.tasks.get(&id));
+                    task_health(rec) == Some(want)
+                })
+                .count()
+        };
+        let (healthy, unhealthy) = if app.health_checks.is_empty() {
+            (0, 0)
         } else {
-            running
+            (
+                health_of(HealthState::Healthy),
+                health_of(HealthState::Unhealthy),
+            )
         };
         v["tasksStaged"] = json!(staged);
         v["tasksRunning"] = json!(running);
         v["tasksHealthy"] = json!(healthy);
-        v["tasksUnhealthy"] = json!(0);
+        v["tasksUnhealthy"] = json!(unhealthy);
         v["deployments"] = json!(self
             .deployments_of(&app.id)
             .iter()
@@ -171,7 +185,41 @@ pub fn render_task(job: &Job, rec: Option<&TaskRecord>) -> Value {
         "servicePorts": [],
         "ipAddresses": [],
         "version": version,
-        "healthCheckResults": [],
+        "healthCheckResults": health_check_results(rec),
         "localVolumes": [],
     })
+}
+
+/// A running task's overall health as its agent last reported it.
+pub fn task_health(rec: Option<&TaskRecord>) -> Option<HealthState> {
+    let rec = rec?;
+    if rec.status.state != TaskState::Running {
+        return None;
+    }
+    rec.status.health.as_ref().map(|h| h.state)
+}
+
+/// Marathon's `healthCheckResults`: one entry per check that has a result
+/// (failures ignored in the grace period are none).
+pub fn health_check_results(rec: Option<&TaskRecord>) -> Vec<Value> {
+    let Some(rec) = rec else { return Vec::new() };
+    let Some(h) = &rec.status.health else {
+        return Vec::new();
+    };
+    h.checks
+        .iter()
+        .filter(|c| c.state != HealthState::Unknown)
+        .map(|c| {
+            json!({
+                "alive": c.state == HealthState::Healthy,
+                "consecutiveFailures": c.consecutive_failures,
+                "firstSuccess": c.first_success.map(timestamp),
+                "lastFailure": c.last_failure.map(timestamp),
+                "lastSuccess": c.last_success.map(timestamp),
+                "lastFailureCause": c.last_failure.and(c.last_message.clone()),
+                "taskId": rec.status.id,
+                "instanceId": rec.status.id,
+            })
+        })
+        .collect()
 }
