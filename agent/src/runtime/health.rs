@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::{Agent, TaskRef};
 use crate::exec::ExecRequest;
@@ -63,6 +64,8 @@ impl Agent {
     ) {
         let interval = Duration::from_secs_f64(check.interval_s);
         let timeout = Duration::from_secs_f64(check.timeout_s);
+        // A COMMAND probe past its timeout may still be cleaning up.
+        let mut inflight: Option<JoinHandle<Outcome>> = None;
         loop {
             let (ports, started) = {
                 let t = task.lock().unwrap();
@@ -73,7 +76,9 @@ impl Agent {
                 (t.record.status.ports.clone(), started)
             };
             let began = tokio::time::Instant::now();
-            let outcome = self.probe(&id, &check, &ports, timeout).await;
+            let outcome = self
+                .probe(&id, &check, &ports, timeout, &mut inflight)
+                .await;
             let kill = {
                 let mut t = task.lock().unwrap();
                 if t.record.run != run || t.record.status.state != TaskState::Running {
@@ -105,18 +110,29 @@ impl Agent {
         check: &HealthCheck,
         ports: &[u16],
         timeout: Duration,
+        inflight: &mut Option<JoinHandle<Outcome>>,
     ) -> Outcome {
         let timed_out = || Outcome::Fail(format!("no answer within {:.1}s", timeout.as_secs_f64()));
         match check.protocol {
             Protocol::Command => {
+                if inflight.as_ref().is_some_and(|h| !h.is_finished()) {
+                    return Outcome::Fail("the previous check is still running".into());
+                }
                 let cmd = check.command.clone().unwrap_or_default();
-                // Its own tokio task: an abort of the loop (the task ended)
-                // never leaves the exec's cgroup behind.
+                // Its own tokio task: neither this timeout nor an abort of
+                // the loop (the task ended) leaves the exec's cgroup behind;
+                // it ends within the exec's own start bound plus `timeout`.
                 let agent = self.clone();
                 let id = id.to_owned();
-                let run = tokio::spawn(async move { agent.command_probe(&id, cmd, timeout).await });
-                run.await
-                    .unwrap_or_else(|e| Outcome::Fail(format!("check ended: {e}")))
+                let mut run =
+                    tokio::spawn(async move { agent.command_probe(&id, cmd, timeout).await });
+                match tokio::time::timeout(timeout, &mut run).await {
+                    Ok(done) => done.unwrap_or_else(|e| Outcome::Fail(format!("check ended: {e}"))),
+                    Err(_) => {
+                        *inflight = Some(run);
+                        timed_out()
+                    }
+                }
             }
             Protocol::Tcp | Protocol::Http => {
                 let Some(port) = check.target_port(ports) else {
