@@ -555,6 +555,9 @@ fn subscribe(fleet: &Fleet, query: &str) -> std::sync::mpsc::Receiver<(String, V
     rx
 }
 
+/// Health-checked instances on a loaded machine.
+const SLOW: Duration = Duration::from_secs(240);
+
 /// `(tasksRunning, tasksHealthy, tasksUnhealthy)` of an app.
 fn health_counts(m: &Marathon, app: &str) -> (u64, u64, u64) {
     let (code, v) = m.call("GET", &format!("/v2/apps{app}"), None);
@@ -586,7 +589,7 @@ fn health_checked_app_failing_instance_replaced_and_rolling_restart_keeps_half_h
         "taskKillGracePeriodSeconds": 1,
         "healthChecks": [{
             "protocol": "MESOS_HTTP", "path": "/ok", "portIndex": 0,
-            "gracePeriodSeconds": 30, "intervalSeconds": 1, "timeoutSeconds": 1,
+            "gracePeriodSeconds": 120, "intervalSeconds": 2, "timeoutSeconds": 2,
             "maxConsecutiveFailures": 2
         }],
         "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.0}
@@ -594,8 +597,11 @@ fn health_checked_app_failing_instance_replaced_and_rolling_restart_keeps_half_h
     let (code, v) = m.call("POST", "/v2/apps", Some(app));
     assert_eq!(code, 201, "{v}");
     assert_eq!(v["healthChecks"][0]["protocol"], "MESOS_HTTP", "{v}");
-    // The start deployment ends once all 6 are healthy, not just running.
-    m.wait_deployments_gone("the start deployment gone");
+    // The start deployment ends once all 6 are healthy, not just running
+    // (tasks are SCHED_IDLE: slow to answer on a loaded machine).
+    wait_until(SLOW, "the start deployment gone", || {
+        m.call("GET", "/v2/deployments", None).1 == json!([])
+    });
     assert_eq!(health_counts(&m, "/hc/web"), (6, 6, 0));
     let tasks = m.tasks("/hc/web");
     check_tasks_run_where_marathon_says(&fleet, &tasks, 1);
@@ -620,7 +626,7 @@ fn health_checked_app_failing_instance_replaced_and_rolling_restart_keeps_half_h
     std::fs::remove_file(format!("{sandbox}/www/ok")).unwrap();
     let mut seen_unhealthy = false;
     wait_until(
-        LONG,
+        SLOW,
         "the failing instance replaced and all healthy",
         || {
             let (running, healthy, unhealthy) = health_counts(&m, "/hc/web");
@@ -691,7 +697,7 @@ fn health_checked_app_failing_instance_replaced_and_rolling_restart_keeps_half_h
         if m.call("GET", "/v2/deployments", None).1 == json!([]) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(180), "restart not done");
+        assert!(t0.elapsed() < SLOW, "restart not done");
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
