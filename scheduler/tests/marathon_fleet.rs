@@ -523,6 +523,8 @@ fn bench_marathon_on_real_agents() {
                 == n
         },
     );
+}
+
 /// `(event name, data)` of `/v2/events{query}`, read on a thread.
 fn subscribe(fleet: &Fleet, query: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
     use std::io::BufRead;
