@@ -7,6 +7,8 @@
 //!   reservations.json        per-role reservations           (agent writes)
 //!   attributes.json          last dynamic attributes seen    (agent writes)
 //!   run/notify.sock          supervisors report exits here (datagram)
+//!   run/netns/<home>         a task group's network namespace, held by a
+//!                            bind mount (`<home>`: the group's first member)
 //!   images/<sha256>/rootfs/  a fetched image, shared read-only (see `images`)
 //!   tasks/<id>/task.json     spec + agent-side status        (agent writes)
 //!   tasks/<id>/launch.json   what the supervisor executes    (agent writes)
@@ -18,6 +20,8 @@
 //!   tasks/<id>/stdout, stderr  the task's output, capped   (supervisor writes)
 //!   tasks/<id>/tmp/          the task's private /tmp         (task writes)
 //!   tasks/<id>/sandbox/      working dir (/sandbox)          (task writes)
+//!   tasks/<home>/shared/     a task group's shared volume, in its first
+//!                            member's dir                    (members write)
 //! ```
 //!
 //! A task can write only below `sandbox/` and `tmp/` (bind-mounted into its
@@ -66,6 +70,14 @@ impl DataDir {
     }
     pub fn notify_socket(&self) -> PathBuf {
         self.run().join("notify.sock")
+    }
+    /// Where the network namespaces of task groups are held.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.run().join("netns")
+    }
+    /// The network namespace of the group whose first member is `home`.
+    pub fn netns(&self, home: &str) -> PathBuf {
+        self.netns_dir().join(home)
     }
     pub fn task(&self, id: &str) -> TaskDir {
         TaskDir::new(self.tasks().join(id))
@@ -117,6 +129,10 @@ impl TaskDir {
     /// file system (moved in by rename), outside anything the task sees.
     pub fn fetch_staging(&self) -> PathBuf {
         self.root.join("fetch.tmp")
+    }
+    /// The shared volume of the group this task is the first member of.
+    pub fn shared(&self) -> PathBuf {
+        self.root.join("shared")
     }
     /// The task's captured output, outside what the task can write.
     pub fn stdout(&self) -> PathBuf {

@@ -11,6 +11,7 @@
 //! * [`app_token`]: Marathon app instances' scoped tokens and their rule.
 //! * [`admission`]: one node's admission order (DRF across roles, priority
 //!   within) and preemption on shrink.
+//! * [`group`]: task groups as pods: shared path, group network, sidecars.
 //! * [`fleet`]: the fleet's etcd key layout and the JSON stored there.
 //! * [`placement`]: fleet placement (fair share, fit, gangs), pure.
 //! * `serve` (feature `serve`, the one module with I/O): the HTTP/1
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod constraints;
 pub mod fetch;
 pub mod fleet;
+pub mod group;
 pub mod harvest;
 pub mod health;
 pub mod placement;

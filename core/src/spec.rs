@@ -61,6 +61,14 @@ pub struct TaskSpec {
     /// the status's `health`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<crate::health::HealthCheck>,
+    /// A group member that helps the main ones: stopped (TERM, grace,
+    /// KILL) once the group's last main member has ended.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sidecar: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -63,6 +63,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .route("/v1/tasks/{id}/exec", post(exec::exec_task))
         .route("/v1/groups", post(submit_group))
+        .route("/v1/groups/{id}", get(get_group))
         .route("/v1/reservations", get(list_reservations))
         .route(
             "/v1/reservations/{role}",
@@ -336,6 +337,13 @@ async fn kill_task(
 struct GroupSpec {
     id: String,
     tasks: Vec<TaskSpec>,
+    /// Where every member sees the group's shared volume (default `/shared`).
+    #[serde(default)]
+    shared_path: Option<String>,
+    /// `host` (default: each member's own) or `group`: one network
+    /// namespace for all members, only `lo` up.
+    #[serde(default)]
+    network: gleaner_core::group::GroupNetwork,
 }
 
 #[utoipa::path(post, path = "/v1/groups", tag = "tasks", request_body = GroupSpec, responses((status = 201, description = "all members accepted", body = GroupReply), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 408, description = "body too slow", body = ErrorBody), (status = 409, description = "the group or an id exists", body = ErrorBody), (status = 413, description = "body over 1 MiB", body = ErrorBody), (status = 503, description = "etcd unavailable", body = ErrorBody)))]
@@ -346,12 +354,32 @@ async fn submit_group(
 ) -> Result<Response, ApiError> {
     let id = group.id.clone();
     allow_submit(&st.agent, &caller, Some(&id), &mut group.tasks)?;
-    let tasks = st.agent.submit_group(&group.id, group.tasks).await?;
+    let options = crate::runtime::GroupOptions {
+        shared_path: group.shared_path,
+        network: group.network,
+    };
+    let tasks = st.agent.submit_group(&group.id, group.tasks, options).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": group.id, "tasks": tasks})),
     )
         .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/groups/{id}", tag = "tasks", params(("id" = String, Path, description = "group id")), responses((status = 200, description = "the group: state of its main members, shared path, network, members", body = crate::runtime::GroupStatus), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody), (status = 404, description = "unknown group", body = ErrorBody)))]
+async fn get_group(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&caller, Action::ListTasks)?;
+    let mut group = st.agent.group_status(&id)?;
+    // A scoped caller sees a group only if it sees every member.
+    if !group.tasks.iter().all(|t| auth::visible(&caller, &t.id, &t.role)) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("group {id:?} not found")));
+    }
+    group.tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(group).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/reservations", tag = "reservations", responses((status = 200, description = "per role: reserved, allocated, free, running, queued", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no valid credential", body = ErrorBody), (status = 403, description = "outside the caller's scope", body = ErrorBody)))]

@@ -16,7 +16,7 @@ use super::*;
     ),
     paths(
         health, node_state, list_tasks, submit_task, get_task, kill_task, task_logs, exec::exec_task,
-        submit_group, list_reservations, set_reservation, remove_reservation,
+        submit_group, get_group, list_reservations, set_reservation, remove_reservation,
         list_attributes, set_attribute, remove_attribute, metrics, openapi_json,
     ),
     components(schemas(ErrorBody, GroupReply, crate::exec::ExecRequest)),

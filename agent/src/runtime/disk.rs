@@ -1,6 +1,8 @@
 //! Disk quota: every `disk_check_interval_s`, each running task's writable
 //! space (its sandbox and private /tmp; the rootfs is read-only) is
-//! measured, and a task over its `disk_mb` is stopped with `disk_limit`.
+//! measured, and a task over its `disk_mb` is stopped with `disk_limit`. A
+//! task group with a shared volume is measured whole too (`pod.rs`): over
+//! the sum of its members' `disk_mb`, every running member is stopped.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,9 +19,13 @@ pub(super) fn spawn(agent: Arc<Agent>) {
         loop {
             tick.tick().await;
             let a = agent.clone();
-            let over = tokio::task::spawn_blocking(move || a.measure_disk())
-                .await
-                .unwrap_or_default();
+            let over = tokio::task::spawn_blocking(move || {
+                let mut over = a.measure_disk();
+                over.extend(a.measure_group_disk());
+                over
+            })
+            .await
+            .unwrap_or_default();
             for (id, used) in over {
                 tracing::warn!(task = %id, used_mb = used >> 20, "over its disk_mb: stopping");
                 let _ = agent.stop(&id, StopReason::DiskLimit);

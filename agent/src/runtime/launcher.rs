@@ -13,7 +13,9 @@ use crate::fsutil;
 use crate::layout::SANDBOX_IN_ROOTFS;
 use crate::spec::{CpuLimitKind, RootfsSpec};
 use crate::status::{Reason, TaskState};
-use crate::supervisor::{ensure_mount_points, LaunchConfig, SupervisorRecord};
+use crate::supervisor::{
+    ensure_mount_points, shared_mount_point, LaunchConfig, SharedMount, SupervisorRecord,
+};
 
 /// Replaces `path` with `bytes`, readable by root alone.
 pub(super) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -237,6 +239,20 @@ impl Agent {
         let (rootfs, user, uid, gid) = self.task_user(spec)?;
         let sys = self.cfg.sys_roles.iter().any(|r| r == &spec.role);
         ensure_mount_points(&rootfs, sys).map_err(|e| e.to_string())?;
+        let pod = t.record.pod.clone();
+        let shared = match &pod {
+            Some(p) => {
+                shared_mount_point(&rootfs, &p.shared_path, true).map_err(|e| e.to_string())?;
+                Some(SharedMount {
+                    source: self.data.task(&p.home).shared(),
+                    path: p.shared_path.clone(),
+                })
+            }
+            None => None,
+        };
+        let group_netns = pod
+            .filter(|p| p.network == gleaner_core::group::GroupNetwork::Group)
+            .map(|p| self.data.netns(&p.home));
         stages.mark("user_rootfs");
 
         let dir = &t.dir;
@@ -322,6 +338,8 @@ impl Agent {
             oom_score_adj: self.cfg.task_oom_score_adj,
             seccomp: self.security.seccomp,
             network_none: spec.network == crate::spec::Network::None,
+            group_netns,
+            shared,
         };
         // Input of one supervisor start: no fsync needed, it is rewritten on
         // every launch and never read during recovery. 0600: it may hold the

@@ -20,6 +20,7 @@ mod health;
 pub(crate) mod hooks;
 pub mod hostfs;
 mod launcher;
+pub mod pod;
 pub mod placements;
 mod queue;
 mod recovery;
@@ -31,6 +32,7 @@ mod task_ports;
 mod task_publisher;
 mod watcher;
 pub use exec::ExecSession;
+pub use pod::{GroupOptions, GroupStatus, PodRecord};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,6 +122,10 @@ pub struct TaskRecord {
     /// records (a crash while they were being written; never acknowledged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_size: Option<usize>,
+    /// Its group's shared volume and network (`runtime::pod`); absent in
+    /// records written before groups had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRecord>,
 }
 
 pub(crate) struct Task {
@@ -499,15 +505,17 @@ impl Agent {
         self: &Arc<Self>,
         group: &str,
         specs: Vec<TaskSpec>,
+        options: GroupOptions,
     ) -> Result<Vec<TaskStatus>, AgentError> {
         let (agent, group) = (self.clone(), group.to_owned());
-        detached(async move { agent.submit_group_inner(&group, specs).await }).await
+        detached(async move { agent.submit_group_inner(&group, specs, options).await }).await
     }
 
     async fn submit_group_inner(
         self: &Arc<Self>,
         group: &str,
         specs: Vec<TaskSpec>,
+        options: GroupOptions,
     ) -> Result<Vec<TaskStatus>, AgentError> {
         check_name("id", group).map_err(|e| AgentError::Invalid(e.to_string()))?;
         if specs.is_empty() {
@@ -515,6 +523,7 @@ impl Agent {
                 "tasks: a group needs at least one task".into(),
             ));
         }
+        let shared_path = options.check(&specs, self.security.net_namespace)?;
         let role = specs[0].role.clone();
         let mut records = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
@@ -548,8 +557,14 @@ impl Agent {
             records.push(record);
         }
         let size = records.len();
+        let pod = PodRecord {
+            home: records[0].status.id.clone(),
+            shared_path,
+            network: options.network,
+        };
         for r in &mut records {
             r.group_size = Some(size);
+            r.pod = Some(pod.clone());
         }
         if self
             .tasks
@@ -615,6 +630,11 @@ impl Agent {
                 "network: \"none\" needs network namespaces, which this host does not offer".into(),
             ));
         }
+        if spec.sidecar && group.is_none() {
+            return Err(AgentError::Invalid(
+                "sidecar: only a member of a task group can be a sidecar".into(),
+            ));
+        }
         let id = spec.id.clone().unwrap_or_else(|| self.generate_id());
         spec.id = Some(id.clone());
         let api_token = spec.api_access.map(|_| {
@@ -652,6 +672,7 @@ impl Agent {
             api_token,
             pending_stop: None,
             group_size: None,
+            pod: None,
         })
     }
 
@@ -1066,7 +1087,7 @@ impl Agent {
             st.reason = reason;
             if let Some(group) = t.record.group.clone() {
                 let (agent, role) = (self.clone(), t.record.spec.role.clone());
-                tokio::spawn(async move { agent.release_group(&role, &group) });
+                tokio::spawn(async move { agent.group_member_ended(&role, &group) });
             }
         }
         // Atomic, not durable: the durable facts are the supervisor's

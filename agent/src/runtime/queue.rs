@@ -266,6 +266,13 @@ impl Agent {
             }
             return;
         }
+        let pod = unit[0].lock().unwrap().record.pod.clone();
+        if let Some(Err(e)) = pod.map(|p| self.prepare_pod(&p)) {
+            for m in &unit {
+                self.launch_failed(m, format!("group {group_rel}: {e}"));
+            }
+            return;
+        }
         futures_util::future::join_all(unit.iter().map(|m| self.launch(m))).await;
         let failed: Vec<String> = unit
             .iter()
@@ -288,7 +295,8 @@ impl Agent {
         }
     }
 
-    /// Removes a group's cgroup once none of its members is left running.
+    /// Removes a group's cgroup, shared volume and network once none of
+    /// its members is left unfinished.
     pub(crate) fn release_group(&self, role: &str, group: &str) {
         let members_alive = self.tasks.lock().unwrap().values().any(|t| {
             let t = t.lock().unwrap();
@@ -296,6 +304,9 @@ impl Agent {
         });
         if !members_alive {
             self.destroy_cgroup(format!("{role}/{group}"));
+            if let Some(pod) = self.pod_of(group) {
+                self.release_pod(&pod);
+            }
         }
     }
 

@@ -87,6 +87,7 @@ impl Agent {
         for task in found {
             self.resolve(&task);
         }
+        self.recover_pods();
         Ok(())
     }
 

@@ -146,7 +146,9 @@ fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> 
         .cgroup
         .open_procs()
         .map_err(|e| format!("join cgroup: {e}"))?;
-    if cfg.network_none {
+    if let Some(path) = &cfg.group_netns {
+        super::netns::join(path)?;
+    } else if cfg.network_none {
         super::netns::enter_empty()?;
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
@@ -158,6 +160,7 @@ fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> 
         switch: cfg.root_switch,
         sys: cfg.sys,
         mount_setattr: cfg.mount_setattr,
+        shared: cfg.shared.as_ref().map(|s| (s.source.as_path(), s.path.as_str())),
     })
     .map_err(|e| e.to_string())?;
     Ok(procs)

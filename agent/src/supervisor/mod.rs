@@ -43,7 +43,7 @@ use crate::fsutil::{read_json, write_json_atomic};
 use crate::layout::TaskDir;
 use crate::status::{ExitRecord, StopReason};
 
-pub use mounts::{ensure_mount_points, mount_setattr_available};
+pub use mounts::{ensure_mount_points, mount_setattr_available, shared_mount_point};
 use zygote::Reporter;
 
 /// Everything the supervisor needs, written by the agent into `launch.json`.
@@ -75,6 +75,13 @@ pub struct LaunchConfig {
     /// A network namespace of its own with only `lo`.
     #[serde(default)]
     pub network_none: bool,
+    /// The group's network namespace (`"network": "group"`), held by a
+    /// bind mount at this path: joined instead of making one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_netns: Option<PathBuf>,
+    /// The group's shared volume: this host dir bind-mounted at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedMount>,
     /// Cap of each captured stream (the oldest half is dropped past it).
     #[serde(default = "default_log_max_bytes")]
     pub log_max_bytes: u64,
@@ -88,6 +95,15 @@ pub struct LaunchConfig {
     /// `mount_setattr(AT_RECURSIVE)` (5.12+) instead of one remount each.
     #[serde(default)]
     pub mount_setattr: bool,
+}
+
+/// A task group's shared volume in one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedMount {
+    /// The directory on the host.
+    pub source: PathBuf,
+    /// Where the member sees it (absolute, checked by `group::check_shared_path`).
+    pub path: String,
 }
 
 /// Task sandboxing that depends on the kernel: detected once by the agent,

@@ -1,8 +1,15 @@
 //! `"network": "none"`: the task's init enters a new network namespace,
 //! where only the loopback interface exists; it is brought up so that the
 //! task's own processes can still talk to each other over 127.0.0.1.
+//!
+//! A task group's `"network": "group"`: the agent makes one such namespace
+//! per group and holds it by a bind mount of its nsfs file under the data
+//! dir's `run/netns/` (not by a holder process: a mount needs no
+//! supervision, survives an agent restart and a member's exit, and goes
+//! with one unmount). Each member's init joins it with `setns`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 /// Does the kernel offer network namespaces?
 pub fn available() -> bool {
@@ -14,6 +21,100 @@ pub fn enter_empty() -> Result<(), String> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("network namespace: {e}"))?;
     loopback_up().map_err(|e| format!("network namespace: lo up: {e}"))
+}
+
+/// nsfs (4.0+) or proc (older kernels): what a held namespace file is on.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+#[derive(Debug, thiserror::Error)]
+#[error("network namespace {path}: {what}: {err}")]
+pub struct NetnsError {
+    pub path: std::path::PathBuf,
+    pub what: &'static str,
+    pub err: String,
+}
+
+fn ns_err(path: &Path, what: &'static str, err: impl std::fmt::Display) -> NetnsError {
+    NetnsError {
+        path: path.to_owned(),
+        what,
+        err: err.to_string(),
+    }
+}
+
+/// Is a namespace mounted at `path`?
+pub fn is_held(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| {
+            let t = s.filesystem_type().0 as i64;
+            t == NSFS_MAGIC || t == PROC_SUPER_MAGIC
+        })
+        .unwrap_or(false)
+}
+
+/// Makes a network namespace with only `lo` up and holds it by a bind mount
+/// at `path` (kept if one is held there already). A thread of its own
+/// enters it and ends: the agent's other threads stay in the host's.
+pub fn create_held(path: &Path) -> Result<(), NetnsError> {
+    if is_held(path) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ns_err(path, "create dir", e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| ns_err(path, "create mount point", e))?;
+    let target = path.to_owned();
+    let made = std::thread::spawn(move || -> Result<(), NetnsError> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ns_err(&target, "unshare", e))?;
+        loopback_up().map_err(|e| ns_err(&target, "lo up", e))?;
+        let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        nix::mount::mount(
+            Some(own.as_str()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| ns_err(&target, "bind", e))
+    })
+    .join()
+    .map_err(|_| ns_err(path, "create", "thread panicked"))?;
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Unmounts and removes a held namespace (gone once no process is in it);
+/// a missing one is fine.
+pub fn release(path: &Path) -> Result<(), NetnsError> {
+    if is_held(path) {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| ns_err(path, "unmount", e))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ns_err(path, "remove", e)),
+        _ => Ok(()),
+    }
+}
+
+/// In a member's init: joins the group's namespace. Refused unless a
+/// namespace is held there (a bare file would leave the task on the host's
+/// network).
+pub fn join(path: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("group network {}: {e}", path.display()))?;
+    if !is_held(path) {
+        return Err(format!("group network {}: no namespace held there", path.display()));
+    }
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("group network {}: setns: {e}", path.display()))
 }
 
 fn loopback_up() -> std::io::Result<()> {

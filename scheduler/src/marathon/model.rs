@@ -576,6 +576,7 @@ impl App {
                 .iter()
                 .filter_map(|h| h.agent_check().ok())
                 .collect(),
+            sidecar: false,
         }
     }
 }
