@@ -233,3 +233,41 @@ fn a_group_survives_an_agent_kill_and_is_cleaned_up_after() {
     );
     assert_gone(&agent, "pod4-main");
 }
+
+#[test]
+fn the_shared_volume_counts_against_the_groups_disk_limit() {
+    if !require_root("the_shared_volume_counts_against_the_groups_disk_limit") {
+        return;
+    }
+    let agent = TestAgent::start_with("disk_check_interval_s = 0.5");
+    let sized = |id: &str, cmd: &str, sidecar: bool| {
+        let mut m = member(id, cmd, sidecar);
+        m["resources"]["disk_mb"] = json!(2);
+        m
+    };
+    // 2 + 2 MB for the group; 3 MB in /shared is within it, 5 MB is not
+    // (and no member's own sandbox is over its 2 MB).
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "pod5", "tasks": [
+                sized("pod5-main", "dd if=/dev/zero of=/shared/a bs=1M count=3 2>/dev/null; \
+                                    while [ ! -f /shared/go ]; do sleep 0.1; done; \
+                                    dd if=/dev/zero of=/shared/b bs=1M count=2 2>/dev/null; sleep 1000", false),
+                sized("pod5-side", "sleep 1000", true)]}),
+        )
+        .unwrap();
+    let shared = shared_dir(&agent, "pod5-main");
+    wait_until(LONG, "3 MB written", || {
+        std::fs::metadata(shared.join("a")).is_ok_and(|m| m.len() == 3 << 20)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.status("pod5-main").state, TaskState::Running, "within the limit");
+    std::fs::write(shared.join("go"), "").unwrap();
+    let st = agent.wait_final("pod5-main", LONG);
+    assert_eq!(st.reason, Some(gleaner_agent::status::Reason::DiskLimit), "{st:?}");
+    let side = agent.wait_final("pod5-side", LONG);
+    assert!(side.state.is_final(), "{side:?}");
+    assert_gone(&agent, "pod5-main");
+}
