@@ -59,12 +59,13 @@ fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
     host.set_nonblocking(true).unwrap();
     let host_port = host.local_addr().unwrap().port();
     let main = format!(
-        "echo hello > /shared/msg; nc -l -p 7000 > /sandbox/got; cat /sandbox/got; \
+        "echo hello > /shared/msg; until [ -s /sandbox/got ]; do nc -l -p 7000 > /sandbox/got; done; \
+         touch /shared/ack; cat /sandbox/got; \
          cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; \
          nc -w 2 127.0.0.1 {host_port} </dev/null && echo REACHED-HOST; echo DONE"
     );
     let side = "while [ ! -f /shared/msg ]; do sleep 0.1; done; cat /shared/msg; \
-                until echo from-sidecar | nc -w 1 127.0.0.1 7000; do sleep 0.2; done; \
+                until [ -f /shared/ack ]; do echo from-sidecar | nc -w 1 127.0.0.1 7000; sleep 0.2; done; \
                 echo SENT; sleep 1000";
     let reply: Value = agent
         .client
