@@ -101,7 +101,8 @@ fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
         "{side_st:?}"
     );
     let side_out = agent.logs("pod1-side", "stdout");
-    assert!(side_out.contains("hello") && side_out.contains("SENT"), "{side_out}");
+    // (It may be stopped before it sees the main's acknowledgement.)
+    assert!(side_out.contains("hello"), "{side_out}");
     let g = group_state(&agent, "pod1");
     assert_eq!(g["state"], "FINISHED", "{g}");
     assert_gone(&agent, "pod1-main");
