@@ -15,6 +15,9 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// Tests that need the CPU (a memory hog, a race to catch) run one at a time.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn req(argv: &[&str]) -> ExecRequest {
     ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -166,6 +169,7 @@ fn an_execd_memory_hog_meets_the_tasks_limit() {
     if !require_root("an_execd_memory_hog_meets_the_tasks_limit") {
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let agent = TestAgent::start();
     sleeper(&agent, "t3", 32.0);
     let (code, _, err) = exec(&agent.socket_client(), "t3", &["tail", "/dev/zero"], b"");
@@ -258,4 +262,121 @@ fn the_cli_execs_with_the_commands_exit_code() {
         "{out:?}"
     );
     agent.kill("t5");
+}
+
+// ---- found in review (each failed on the code before its fix) -------------
+
+/// The agent killed (-9, or stopped for an upgrade) mid-exec left the
+/// exec'd command running, attached to nothing: the helper only waited for
+/// it, and nothing tied it to the agent. The helper now ends its command's
+/// process group when the agent's end of its pipes is gone, and a
+/// restarted agent removes what is left in `exec-*` cgroups.
+#[test]
+fn an_exec_ends_when_the_agent_dies() {
+    if !require_root("an_exec_ends_when_the_agent_dies") {
+        return;
+    }
+    let mut agent = TestAgent::start();
+    sleeper(&agent, "t6", 64.0);
+    for tty in [false, true] {
+        let mut r = req(&["sh", "-c", "sleep 984 & sleep 985"]);
+        r.tty = tty;
+        let conn = agent.socket_client().exec("t6", &r).unwrap();
+        wait_until(Duration::from_secs(10), "the exec'd sleeps running", || {
+            pids_running("sleep 985").len() == 1 && pids_running("sleep 984").len() == 1
+        });
+        agent.stop_agent(libc::SIGKILL);
+        wait_until(
+            Duration::from_secs(10),
+            &format!("the exec'd command and its child ended with the agent (tty {tty})"),
+            || pids_running("sleep 985").is_empty() && pids_running("sleep 984").is_empty(),
+        );
+        drop(conn);
+        agent.spawn();
+        assert_eq!(agent.status("t6").state, TaskState::Running);
+        let task_dir = agent.cgroup_dir("memory", "batch/t6");
+        wait_until(Duration::from_secs(10), "exec cgroups removed", || {
+            std::fs::read_dir(&task_dir)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with("exec-"))
+        });
+    }
+    agent.kill("t6");
+}
+
+/// A task running as root (a `root_roles` role: uid 0, no capabilities,
+/// filtered) could open `/proc/<pid>/mem` of the exec'd process between
+/// the helper dropping its capabilities and installing the task's filter:
+/// same uid, nothing left to protect, still dumpable. Writing there runs
+/// code in a process without the seccomp filter (user namespaces,
+/// io_uring, bpf: what the filter keeps from tasks), and its environment
+/// was the agent's. The helper is not dumpable now until the exec, so the
+/// kernel refuses that access to anyone without CAP_SYS_PTRACE.
+///
+/// The task widens the window as any submitter could: its `PATH` starts
+/// with 1,000 entries through a symlink loop, each costing the helper's
+/// program lookup a 40-link walk (the exec shares the task's CPU limit).
+/// On a saturated machine gleaner's SCHED_IDLE tasks may starve past the
+/// helper's 20 s start limit: such an exec (500) is tried again.
+#[test]
+fn a_root_task_cannot_reach_the_exec_before_its_filter() {
+    if !require_root("a_root_task_cannot_reach_the_exec_before_its_filter") {
+        return;
+    }
+    let agent = TestAgent::start_with("root_roles = [\"batch\"]");
+    let slow_path = format!("{}/bin", "/tmp/l/a:".repeat(1_000));
+    let watcher = r#"PATH=/bin
+ln -s l /tmp/l
+echo ready
+while :; do
+  for d in /proc/[0-9]*; do
+    case ${d#/proc/} in 1|$$) continue;; esac
+    grep -q 'Seccomp:.0$' $d/status 2>/dev/null || continue
+    if (exec 3<>$d/mem) 2>/dev/null && grep -q 'Seccomp:.0$' $d/status 2>/dev/null; then
+      echo "HIT $d"
+    fi
+  done
+done"#;
+    agent
+        .submit(json!({"id": "t7", "user": "root", "cmd": watcher,
+                       "env": {"PATH": slow_path},
+                       "resources": {"cpus": 1.0, "mem_mb": 64}}))
+        .unwrap();
+    agent.wait_output("t7", "ready");
+    let client = agent.socket_client();
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut done, mut starved) = (0, 0);
+    while done < 15 && starved < 10 {
+        match client.exec("t7", &req(&["true"])) {
+            Ok(mut conn) => {
+                let code = conn.copy_output(&mut Vec::new(), &mut Vec::new()).unwrap();
+                assert_eq!(code, 0);
+                done += 1;
+            }
+            Err(ClientError::Api {
+                status: 500,
+                message,
+            }) if message.contains("no report") => starved += 1,
+            Err(e) => panic!("exec: {e}"),
+        }
+        if agent.logs("t7", "stdout").contains("HIT") {
+            break;
+        }
+    }
+    assert!(done > 0, "no exec ran: the machine starved every one");
+    let out = agent.logs("t7", "stdout");
+    assert!(
+        !out.contains("HIT"),
+        "the task opened an unfiltered exec process's memory:\n{out}"
+    );
+    // The exec'd command itself is as the task's: filtered.
+    let (_, out, _) = exec(
+        &client,
+        "t7",
+        &["/bin/grep", "Seccomp:", "/proc/self/status"],
+        b"",
+    );
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    agent.kill("t7");
 }

@@ -29,6 +29,14 @@ pub fn main(config: &Path) -> i32 {
     // The status pipe must not reach the command.
     // SAFETY: fcntl on a descriptor number.
     unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Not dumpable until the command is executed (execve makes it dumpable
+    // again): between dropping its capabilities and installing the task's
+    // filter, the command's process is in the task's pid namespace with the
+    // task's uid and nothing left to protect, and a task running as root
+    // could otherwise open its /proc/<pid>/mem (or ptrace it) and run code
+    // there unfiltered. Non-dumpable, that takes CAP_SYS_PTRACE.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the agent passed fd 3; this process owns it from here.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
     crate::supervisor::set_process_name(c"gleaner-exec");
@@ -148,6 +156,12 @@ fn run(cfg: &NsExecConfig, status: File) -> Result<i32, (File, String)> {
         // Compiled here, not between the fork and the exec.
         crate::supervisor::seccomp::precompile();
     }
+    // The command's exit is read from a signalfd (blocked first, so none is
+    // lost); the command unblocks every signal before it executes.
+    let sigchld = match sigchld_fd() {
+        Ok(fd) => fd,
+        Err(e) => return fail(status, e),
+    };
     // SAFETY: this process is single-threaded.
     let child = match unsafe { fork() } {
         Err(e) => return fail(status, format!("fork: {e}")),
@@ -167,9 +181,77 @@ fn run(cfg: &NsExecConfig, status: File) -> Result<i32, (File, String)> {
             drop(slave);
             relay_pty(child, master)
         }
-        None => wait_code(child, None),
+        None => wait_command(child, &sigchld),
     };
     Ok(code)
+}
+
+/// A signalfd for SIGCHLD, which is blocked from here on.
+fn sigchld_fd() -> Result<OwnedFd, String> {
+    // SAFETY: a sigset on the stack, initialised by sigemptyset before use;
+    // signalfd returns a fresh descriptor that is owned right away.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "block SIGCHLD: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Whether the agent's end of our stdout is gone (the agent died or was
+/// stopped): a pipe's write end polls POLLERR once it has no reader.
+fn agent_gone(revents: libc::c_short) -> bool {
+    revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Ends the session without the agent: the command and its process group
+/// (it called setsid; background jobs of a shell stay in it). What moved
+/// elsewhere is left in the exec cgroup, which a restarted agent removes.
+fn end_without_agent(child: Pid) -> i32 {
+    let _ = nix::sys::signal::kill(Pid::from_raw(-child.as_raw()), Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    wait_code(child, None)
+}
+
+/// Waits for the command without a terminal; ends it if the agent goes.
+fn wait_command(child: Pid, sigchld: &OwnedFd) -> i32 {
+    loop {
+        let code = wait_code(child, Some(WaitPidFlag::WNOHANG));
+        if code >= 0 {
+            return code;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: 1,
+                events: 0,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll over a valid array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 && agent_gone(fds[0].revents) {
+            return end_without_agent(child);
+        }
+        if n > 0 && fds[1].revents != 0 {
+            let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            let _ = read_fd(sigchld.as_raw_fd(), &mut info);
+        }
+    }
 }
 
 fn wait_code(child: Pid, flags: Option<WaitPidFlag>) -> i32 {
@@ -222,7 +304,7 @@ fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 /// Copies stdin to the terminal and the terminal to stdout until the
-/// command exits; returns its exit code.
+/// command exits (returns its exit code) or the agent goes (ends it).
 fn relay_pty(child: Pid, master: OwnedFd) -> i32 {
     let m = master.as_raw_fd();
     let mut stdin_open = true;
@@ -239,9 +321,17 @@ fn relay_pty(child: Pid, master: OwnedFd) -> i32 {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: 1,
+                events: 0,
+                revents: 0,
+            },
         ];
         // SAFETY: poll over a valid array.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, 100) };
+        if n > 0 && agent_gone(fds[2].revents) {
+            return end_without_agent(child);
+        }
         if n > 0 {
             if fds[0].revents != 0 {
                 match read_fd(0, &mut buf) {

@@ -304,6 +304,21 @@ impl Agent {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // No exec session outlives its agent: what an earlier agent's
+        // sessions left (the helper ends its command when the agent goes;
+        // a command's children may have left its process group) is killed.
+        for rel in &live {
+            for name in self.cgroups.children(rel).unwrap_or_default() {
+                let exec = format!("{rel}/{name}");
+                // A group's member may be named exec-* too.
+                if name.starts_with("exec-") && !live.contains(&exec) {
+                    tracing::warn!(cgroup = %exec, "removing an exec session of an earlier agent (its processes are killed)");
+                    if let Err(e) = self.cgroups.handle(&exec).destroy(Duration::from_secs(2)) {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+        }
         for role in self.cgroups.children("").unwrap_or_default() {
             let below = |rel: &str| -> Vec<String> {
                 let names = self.cgroups.children(rel).unwrap_or_default();
