@@ -477,3 +477,65 @@ fn console_first_render_at_scale() {
         );
     }
 }
+
+/// Review of issue 17: a web page from elsewhere, opened in the operator's
+/// browser, posts a job to a scheduler without a token (the default, on
+/// loopback) with a `text/plain` form, which needs no CORS preflight. The
+/// scheduler refuses it (403) and stores nothing; the console on its own
+/// origin still works in the same browser. (`tests/review.rs` has the same
+/// requests without a browser, and failed on the old code: 201.)
+#[test]
+fn a_foreign_page_cannot_post_jobs_through_the_browser() {
+    let Some(etcd) = Etcd::start() else { return };
+    let Some(b) = Browser::start(1280, 800) else {
+        return;
+    };
+    let s = Scheduler::start_without_token(&etcd, "c3");
+    assert_eq!(
+        s.call_raw("PUT", "/v1/queues/q", Some("{}".into()), None).0,
+        201
+    );
+    // The foreign page: served from `localhost` (another site than
+    // 127.0.0.1), it submits its form as soon as it loads.
+    let page = format!(
+        r#"<!doctype html><form id=f method=post enctype=text/plain action="{}/v1/jobs"><input type=hidden name='{{"queue":"q","jobs":[{{"spec":{{"cmd":"echo pwned #' value='","resources":{{"cpus":0.1,"mem_mb":16}}}}}}]}}'></form><script>document.getElementById('f').submit()</script>"#,
+        s.url
+    );
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let evil_port = evil.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in evil.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    b.goto(&format!("http://localhost:{evil_port}/"));
+    // The form's answer replaces the page: the scheduler's JSON.
+    let shown = b.wait_js(
+        Duration::from_secs(15),
+        "the form's answer",
+        "return document.body && document.body.innerText.includes('refused') ? document.body.innerText : null;",
+    );
+    assert!(
+        shown.as_str().unwrap_or("").contains("cross-site"),
+        "{shown}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(etcd.keys("/gleaner/jobs/").is_empty(), "a job was stored");
+    // The console itself, by address, in the same browser (the 403's
+    // log line drained first).
+    let _ = b.console();
+    b.goto(&format!("{}/ui/#/queues", s.url));
+    wait_page(&b, "#queues tr[data-queue=\"q\"]");
+    let errs: Vec<Value> = errors(&b)
+        .into_iter()
+        .filter(|e| !e["message"].as_str().unwrap_or("").contains("/v1/jobs"))
+        .collect();
+    assert!(errs.is_empty(), "{errs:?}");
+}
