@@ -695,7 +695,7 @@ impl Drop for FleetAgent {
             eprintln!("--- agent {} log ---\n{}", self.node, self.log_tail());
         }
         self.kill(Signal::SIGKILL);
-        for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct"] {
+        for c in ["cpu", "cpuacct", "memory", "pids", "cpu,cpuacct", "freezer"] {
             destroy_cgroup_tree(&PathBuf::from(format!(
                 "/sys/fs/cgroup/{c}/{}",
                 self.cgroup_root
@@ -722,6 +722,8 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 /// Kills every process in the cgroup tree and removes it, deepest first.
 pub fn destroy_cgroup_tree(dir: &Path) {
     fn kill_tree(dir: &Path) {
+        // A frozen cgroup's processes take no signal until thawed.
+        let _ = fs::write(dir.join("freezer.state"), "THAWED");
         if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 signal(pid, Signal::SIGKILL);

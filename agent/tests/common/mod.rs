@@ -408,6 +408,8 @@ pub fn destroy_cgroup_tree(dir: &Path) {
 }
 
 fn kill_tree(dir: &Path) {
+    // A frozen cgroup's processes take no signal until thawed.
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
     if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
