@@ -124,7 +124,10 @@ function stopAll() { for (const k in timers) clearTimeout(timers[k]); timers = {
 
 function route() {
   const [, page = 'fleet', arg = ''] = location.hash.split('/');
-  return { page, arg: decodeURIComponent(arg) };
+  // A malformed escape (#/jobs/%) is shown as typed rather than stopping the page.
+  let decoded = arg;
+  try { decoded = decodeURIComponent(arg); } catch (_) { /* keep arg */ }
+  return { page, arg: decoded };
 }
 
 function start() {
