@@ -286,8 +286,7 @@ fn strip_ansi(line: &str) -> String {
 /// gives a paired difference of medians.
 fn four_way(rounds: usize, per_round: usize) {
     let on = TestAgent::start_with("liveness_interval_s = 5\n");
-    let off =
-        TestAgent::start_with("liveness_interval_s = 5\ndisable_features = [\"seccomp\"]\n");
+    let off = TestAgent::start_with("liveness_interval_s = 5\ndisable_features = [\"seccomp\"]\n");
     let arms = [
         ("filter on, network host", &on, "host"),
         ("filter off, network host", &off, "host"),

@@ -16,9 +16,9 @@ use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::time::Instant;
 
-use stats::{fmt_interval, median_interval};
 use gleaner_agent::supervisor::seccomp::{self, install_program};
 use seccompiler::{sock_filter, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use stats::{fmt_interval, median_interval};
 
 fn cpu_us() -> f64 {
     let mut ts = libc::timespec {

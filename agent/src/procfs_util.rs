@@ -30,6 +30,20 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// CPU time (user + system, clock ticks) of `pid` and whether it is
+/// runnable (state R): together, whether a process is getting on or stuck.
+pub fn cpu_and_runnable(pid: i32) -> Option<(u64, bool)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_and_runnable(&stat)
+}
+
+pub fn parse_cpu_and_runnable(stat: &str) -> Option<(u64, bool)> {
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((utime + stime, *rest.first()? == "R"))
+}
+
 /// Processes with a descriptor open on `path` (a scan of every
 /// /proc/<pid>/fd: slow, for rare recovery decisions only). The caller's
 /// own process is left out.
@@ -86,6 +100,15 @@ mod tests {
         let t = start_ticks(me).unwrap();
         assert!(is_same_process(me, t));
         assert!(!is_same_process(me, t + 1));
+    }
+
+    #[test]
+    fn cpu_and_runnable_reads_stat_fields_after_the_last_parenthesis() {
+        let stat = "42 (a) b (c)) R 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 1234 0 0";
+        assert_eq!(parse_cpu_and_runnable(stat), Some((12, true)));
+        let sleeping = stat.replace(") R ", ") S ");
+        assert_eq!(parse_cpu_and_runnable(&sleeping), Some((12, false)));
+        assert_eq!(parse_cpu_and_runnable("garbage"), None);
     }
 
     #[test]

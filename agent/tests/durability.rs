@@ -34,7 +34,8 @@ fn agent_with_hooks_cfg(config: &str, hooks: &str) -> (TestAgent, Hooks) {
         .unwrap();
     let file = dir.path().join("hooks");
     std::fs::write(&file, hooks).unwrap();
-    let agent = TestAgent::start_with_env(config, &[("GLEANER_TEST_HOOKS", file.to_str().unwrap())]);
+    let agent =
+        TestAgent::start_with_env(config, &[("GLEANER_TEST_HOOKS", file.to_str().unwrap())]);
     (agent, Hooks { _dir: dir, file })
 }
 
@@ -307,6 +308,51 @@ fn a_slow_cgroup_removal_does_not_delay_the_exit() {
 /// that never writes its record (hung between starting the command and
 /// the record; a hook here). After the bound (shortened by a hook from
 /// 30 s) the supervisor and its init are killed with the task's cgroup,
+/// A supervisor that is slow but getting on (here: busy before its record,
+/// as a starved one on a loaded host) is not killed at the bound: its
+/// command may already run, and killing it would run the command twice.
+#[test]
+fn recovery_waits_on_for_a_slow_supervisor_that_gets_on() {
+    if !require_root("recovery_waits_on_for_a_slow_supervisor_that_gets_on") {
+        return;
+    }
+    let hooks_text = "spin supervisor_record 8000\nlimit starting_supervisor_wait 1000\n";
+    let (mut agent, _hooks) = agent_with_hooks(hooks_text);
+    let client = gleaner_agent::client::Client::new(&agent.base, Some(agent.token.clone()));
+    let submit = std::thread::spawn(move || {
+        let _ = client.post::<_, TaskStatus>("/v1/tasks", &long_task("slow"));
+    });
+    wait_until(LONG, "the command exec'd", || {
+        std::fs::read_to_string(
+            agent
+                .cgroup_dir("memory", "batch/slow")
+                .join("cgroup.procs"),
+        )
+        .is_ok_and(|p| p.split_whitespace().count() >= 2)
+    });
+    assert!(!agent.data_dir.join("tasks/slow/supervisor.json").exists());
+    let before = supervisor_pids(&agent.data_dir);
+    assert_eq!(agent.status("slow").state, TaskState::Staging);
+    agent.stop_agent(libc::SIGKILL);
+    let _ = submit.join();
+    agent.spawn();
+    let st = agent.wait_state("slow", TaskState::Running, Duration::from_secs(60));
+    assert_eq!(st.restarts, 0, "{st:?}");
+    let now = supervisor_pids(&agent.data_dir);
+    // The supervisor (the first forked) lives on: it was never killed.
+    let sup = *before.iter().min().unwrap();
+    assert!(
+        now.contains(&sup),
+        "the slow supervisor was killed: {before:?} -> {now:?}"
+    );
+    let procs = agent.read_cgroup("memory", "batch/slow", "cgroup.procs");
+    assert!(
+        procs.split_whitespace().count() <= 2,
+        "one run only: {procs:?}"
+    );
+    agent.kill("slow");
+}
+
 /// and the task, never reported running, is queued again and runs once.
 #[test]
 fn recovery_does_not_wait_forever_for_a_supervisor_without_a_record() {
@@ -321,9 +367,31 @@ fn recovery_does_not_wait_forever_for_a_supervisor_without_a_record() {
     });
     // The command runs in its cgroup; its supervisor sleeps before its record.
     wait_until(LONG, "the command in its cgroup", || {
-        std::fs::read_to_string(agent.cgroup_dir("memory", "batch/hung").join("cgroup.procs"))
-            .is_ok_and(|p| !p.trim().is_empty())
+        std::fs::read_to_string(
+            agent
+                .cgroup_dir("memory", "batch/hung")
+                .join("cgroup.procs"),
+        )
+        .is_ok_and(|p| !p.trim().is_empty())
     });
+    // The init joins the cgroup before its command's exec, and only then
+    // does the supervisor reach its record: wait for the command (a second
+    // process) and a moment more, or the hooks rewritten below could let it
+    // write the record after all (seen: re-adopted, "lives on").
+    wait_until(LONG, "the command exec'd", || {
+        std::fs::read_to_string(
+            agent
+                .cgroup_dir("memory", "batch/hung")
+                .join("cgroup.procs"),
+        )
+        .is_ok_and(|p| p.split_whitespace().count() >= 2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let record = agent.data_dir.join("tasks/hung/supervisor.json");
+    assert!(
+        !record.exists(),
+        "the hook did not hold the supervisor's record"
+    );
     let hung = supervisor_pids(&agent.data_dir);
     assert!(!hung.is_empty());
     assert_eq!(agent.status("hung").state, TaskState::Staging);
@@ -371,5 +439,7 @@ fn retention_keeps_a_task_whose_supervisor_still_removes_its_cgroup() {
         agent.submit(task).is_err(),
         "the id was free again while its old supervisor still ran"
     );
-    wait_until(LONG, "removed once its supervisor is done", || !dir.exists());
+    wait_until(LONG, "removed once its supervisor is done", || {
+        !dir.exists()
+    });
 }

@@ -191,7 +191,10 @@ fn finished_placed_tasks_are_removed_once_their_key_is_gone() {
         etcd.endpoint
     ));
     for id in ["r1.0", "r2.0"] {
-        etcd.put(&format!("/gleaner/placements/n1/{id}"), &placement("echo hi", "r"));
+        etcd.put(
+            &format!("/gleaner/placements/n1/{id}"),
+            &placement("echo hi", "r"),
+        );
     }
     for id in ["r1.0", "r2.0"] {
         wait_task_key(&etcd, id, "FINISHED", state_is("FINISHED"));
@@ -206,7 +209,10 @@ fn finished_placed_tasks_are_removed_once_their_key_is_gone() {
     etcd.del("/gleaner/placements/n1/r1.0");
     let start = Instant::now();
     while agent.client.get::<Value>("/v1/tasks/r1.0").is_ok() || dir("r1.0").exists() {
-        assert!(start.elapsed() < LONG, "r1.0 kept after its key was deleted");
+        assert!(
+            start.elapsed() < LONG,
+            "r1.0 kept after its key was deleted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(2));

@@ -36,21 +36,25 @@ fn member(id: &str, cmd: &str, sidecar: bool) -> Value {
 }
 
 fn group_state(agent: &TestAgent, id: &str) -> Value {
-    agent.client.get::<Value>(&format!("/v1/groups/{id}")).unwrap()
+    agent
+        .client
+        .get::<Value>(&format!("/v1/groups/{id}"))
+        .unwrap()
 }
 
 fn assert_gone(agent: &TestAgent, home: &str) {
     let (shared, ns) = (shared_dir(agent, home), netns_file(agent, home));
-    wait_until(Duration::from_secs(10), "shared dir and netns removed", || {
-        !shared.exists() && !ns.exists()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "shared dir and netns removed",
+        || !shared.exists() && !ns.exists(),
+    );
     assert!(!mounted(&ns), "{} still mounted", ns.display());
 }
 
 #[test]
 fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
-    if !require_root("members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main")
-    {
+    if !require_root("members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main") {
         return;
     }
     let agent = TestAgent::start();
@@ -77,13 +81,28 @@ fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
         .unwrap();
     assert_eq!(reply["tasks"].as_array().unwrap().len(), 2, "{reply}");
     let g = group_state(&agent, "pod1");
-    assert_eq!((g["shared_path"].as_str(), g["network"].as_str()), (Some("/shared"), Some("group")), "{g}");
+    assert_eq!(
+        (g["shared_path"].as_str(), g["network"].as_str()),
+        (Some("/shared"), Some("group")),
+        "{g}"
+    );
 
     let st = agent.wait_final("pod1-main", LONG);
     let out = agent.logs("pod1-main", "stdout");
-    assert_eq!(st.state, TaskState::Finished, "{st:?} {out} {}", agent.logs("pod1-main", "stderr"));
-    assert!(out.contains("from-sidecar"), "the sidecar reached the main on localhost: {out}");
-    assert!(!out.contains("REACHED-HOST"), "the host's loopback is out of reach: {out}");
+    assert_eq!(
+        st.state,
+        TaskState::Finished,
+        "{st:?} {out} {}",
+        agent.logs("pod1-main", "stderr")
+    );
+    assert!(
+        out.contains("from-sidecar"),
+        "the sidecar reached the main on localhost: {out}"
+    );
+    assert!(
+        !out.contains("REACHED-HOST"),
+        "the host's loopback is out of reach: {out}"
+    );
     let ifaces: Vec<&str> = out
         .lines()
         .skip_while(|l| *l != "from-sidecar")
@@ -97,7 +116,11 @@ fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
     let side_st = agent.wait_final("pod1-side", Duration::from_secs(20));
     assert_eq!(side_st.state, TaskState::Killed, "{side_st:?}");
     assert!(
-        side_st.message.as_deref().unwrap_or("").contains("main members"),
+        side_st
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("main members"),
         "{side_st:?}"
     );
     let side_out = agent.logs("pod1-side", "stdout");
@@ -118,16 +141,26 @@ fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
         )
         .unwrap();
     let st = agent.wait_final("pod2-main", LONG);
-    assert_eq!((st.state, st.exit_code), (TaskState::Failed, Some(3)), "{st:?} {}", agent.logs("pod2-main", "stderr"));
-    assert_eq!(agent.wait_final("pod2-side", Duration::from_secs(20)).state, TaskState::Killed);
+    assert_eq!(
+        (st.state, st.exit_code),
+        (TaskState::Failed, Some(3)),
+        "{st:?} {}",
+        agent.logs("pod2-main", "stderr")
+    );
+    assert_eq!(
+        agent.wait_final("pod2-side", Duration::from_secs(20)).state,
+        TaskState::Killed
+    );
     assert_eq!(group_state(&agent, "pod2")["state"], "FAILED");
     // The first member given holds the volume; no namespace for a host network.
     assert_gone(&agent, "pod2-side");
     // Each supervisor removes its task's cgroup after reporting the exit:
     // the group's goes once they are done.
-    wait_until(Duration::from_secs(15), "no task or group cgroup left", || {
-        agent.leftover_task_cgroups().is_empty()
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "no task or group cgroup left",
+        || agent.leftover_task_cgroups().is_empty(),
+    );
 }
 
 #[test]
@@ -136,36 +169,60 @@ fn bad_group_options_are_refused_and_create_nothing() {
         return;
     }
     let agent = TestAgent::start();
-    let refused = |body: Value, needle: &str| match agent.client.post::<_, Value>("/v1/groups", &body) {
-        Err(ClientError::Api { status: 400, message }) => {
-            assert!(message.contains(needle), "{needle:?} not in {message:?}")
-        }
-        other => panic!("{body}: {other:?}"),
-    };
+    let refused =
+        |body: Value, needle: &str| match agent.client.post::<_, Value>("/v1/groups", &body) {
+            Err(ClientError::Api {
+                status: 400,
+                message,
+            }) => {
+                assert!(message.contains(needle), "{needle:?} not in {message:?}")
+            }
+            other => panic!("{body}: {other:?}"),
+        };
     let main = member("m", "true", false);
     let side = member("s", "true", true);
     refused(json!({"id": "g", "tasks": [side.clone()]}), "not a sidecar");
     for path in ["/proc/x", "relative", "/a/../b", "/", "/tmp", "/sandbox/s"] {
-        refused(json!({"id": "g", "shared_path": path, "tasks": [main.clone()]}), "shared_path");
+        refused(
+            json!({"id": "g", "shared_path": path, "tasks": [main.clone()]}),
+            "shared_path",
+        );
     }
     let mut none = main.clone();
     none["network"] = json!("none");
-    refused(json!({"id": "g", "network": "group", "tasks": [none]}), "tasks[0].network");
-    refused(json!({"id": "g", "network": "bridge", "tasks": [main.clone()]}), "network");
+    refused(
+        json!({"id": "g", "network": "group", "tasks": [none]}),
+        "tasks[0].network",
+    );
+    refused(
+        json!({"id": "g", "network": "bridge", "tasks": [main.clone()]}),
+        "network",
+    );
     match agent.submit(side) {
-        Err(ClientError::Api { status: 400, message }) => assert!(message.contains("sidecar"), "{message}"),
+        Err(ClientError::Api {
+            status: 400,
+            message,
+        }) => assert!(message.contains("sidecar"), "{message}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(std::fs::read_dir(agent.data_dir.join("tasks")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(agent.data_dir.join("tasks"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(!agent.data_dir.join("run/netns").exists());
 
     // Without network namespaces, the same rule as "network": "none".
     let old = TestAgent::start_with("disable_features = [\"net_namespace\"]");
-    match old
-        .client
-        .post::<_, Value>("/v1/groups", &json!({"id": "g", "network": "group", "tasks": [main]}))
-    {
-        Err(ClientError::Api { status: 400, message }) => {
+    match old.client.post::<_, Value>(
+        "/v1/groups",
+        &json!({"id": "g", "network": "group", "tasks": [main]}),
+    ) {
+        Err(ClientError::Api {
+            status: 400,
+            message,
+        }) => {
             assert!(message.contains("namespace"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -232,7 +289,10 @@ fn a_group_survives_an_agent_kill_and_is_cleaned_up_after() {
     let exit = agent.data_dir.join("tasks/pod4-main/exit.json");
     wait_until(LONG, "main exited", || exit.exists());
     agent.spawn();
-    assert_eq!(agent.wait_final("pod4-main", LONG).state, TaskState::Finished);
+    assert_eq!(
+        agent.wait_final("pod4-main", LONG).state,
+        TaskState::Finished
+    );
     assert_eq!(
         agent.wait_final("pod4-side", Duration::from_secs(20)).state,
         TaskState::Killed
@@ -269,10 +329,18 @@ fn the_shared_volume_counts_against_the_groups_disk_limit() {
         std::fs::metadata(shared.join("a")).is_ok_and(|m| m.len() == 3 << 20)
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(agent.status("pod5-main").state, TaskState::Running, "within the limit");
+    assert_eq!(
+        agent.status("pod5-main").state,
+        TaskState::Running,
+        "within the limit"
+    );
     std::fs::write(shared.join("go"), "").unwrap();
     let st = agent.wait_final("pod5-main", LONG);
-    assert_eq!(st.reason, Some(gleaner_agent::status::Reason::DiskLimit), "{st:?}");
+    assert_eq!(
+        st.reason,
+        Some(gleaner_agent::status::Reason::DiskLimit),
+        "{st:?}"
+    );
     let side = agent.wait_final("pod5-side", LONG);
     assert!(side.state.is_final(), "{side:?}");
     assert_gone(&agent, "pod5-main");

@@ -358,7 +358,10 @@ async fn submit_group(
         shared_path: group.shared_path,
         network: group.network,
     };
-    let tasks = st.agent.submit_group(&group.id, group.tasks, options).await?;
+    let tasks = st
+        .agent
+        .submit_group(&group.id, group.tasks, options)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": group.id, "tasks": tasks})),
@@ -375,8 +378,15 @@ async fn get_group(
     allow(&caller, Action::ListTasks)?;
     let mut group = st.agent.group_status(&id)?;
     // A scoped caller sees a group only if it sees every member.
-    if !group.tasks.iter().all(|t| auth::visible(&caller, &t.id, &t.role)) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("group {id:?} not found")));
+    if !group
+        .tasks
+        .iter()
+        .all(|t| auth::visible(&caller, &t.id, &t.role))
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("group {id:?} not found"),
+        ));
     }
     group.tasks.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(group).into_response())

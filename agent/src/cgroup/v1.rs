@@ -265,7 +265,10 @@ mod tests {
     #[test]
     fn own_cpu_cgroup_finds_the_cpu_line() {
         let text = "12:pids:/a\n4:cpu,cpuacct:/system.slice/x.service\n1:name=systemd:/s\n";
-        assert_eq!(own_cpu_cgroup(text).as_deref(), Some("/system.slice/x.service"));
+        assert_eq!(
+            own_cpu_cgroup(text).as_deref(),
+            Some("/system.slice/x.service")
+        );
         assert_eq!(own_cpu_cgroup("3:cpuacct:/a\n2:cpuset:/b\n0::/c\n"), None);
     }
 
@@ -292,7 +295,10 @@ mod tests {
         };
         m.create("t").unwrap();
         let h = m.handle("t");
-        let (task_cpu, escape) = h.cpu_escape.clone().expect("the test runs outside the root");
+        let (task_cpu, escape) = h
+            .cpu_escape
+            .clone()
+            .expect("the test runs outside the root");
         let spawn = || {
             let join: Vec<String> = h
                 .dirs
@@ -337,7 +343,9 @@ mod tests {
         std::fs::write(&freezer, "THAWED").unwrap();
         let _ = live.kill();
         let _ = (live.wait(), doomed.wait());
-        m.handle("").destroy(std::time::Duration::from_secs(10)).unwrap();
+        m.handle("")
+            .destroy(std::time::Duration::from_secs(10))
+            .unwrap();
         assert_eq!(result, (1, true, true));
     }
 
@@ -361,7 +369,10 @@ mod tests {
         };
         m.create("t").unwrap();
         let h = m.handle("t");
-        let (task_cpu, escape) = h.cpu_escape.clone().expect("the test runs outside the root");
+        let (task_cpu, escape) = h
+            .cpu_escape
+            .clone()
+            .expect("the test runs outside the root");
         extern "C" fn live_thread(_: *mut libc::c_void) -> libc::c_int {
             loop {
                 // SAFETY: pause(2) has no preconditions.
@@ -425,7 +436,9 @@ mod tests {
             libc::close(go[0]);
             libc::close(go[1]);
         }
-        m.handle("").destroy(std::time::Duration::from_secs(10)).unwrap();
+        m.handle("")
+            .destroy(std::time::Duration::from_secs(10))
+            .unwrap();
         assert!(was_ready, "the test process never reached its state");
         assert_eq!((moved, escaped, stayed), (0, false, true));
     }

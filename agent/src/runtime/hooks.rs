@@ -2,7 +2,8 @@
 //!
 //! Honoured only in debug builds, and only when `GLEANER_TEST_HOOKS` names a
 //! file; the file is read at every hook, so a test can change it while the
-//! agent runs. One hook a line: `delay <point> <ms>`, `fail <point>`, or
+//! agent runs. One hook a line: `delay <point> <ms>`, `spin <point> <ms>`
+//! (busy, not asleep), `fail <point>`, or
 //! `limit <bound> <ms>` (a bound shortened so a test need not wait it out).
 //! Release builds compile every hook to nothing.
 
@@ -55,6 +56,13 @@ pub(crate) fn pause_blocking(point: &str) {
     if let Some(d) = delay(point) {
         tracing::warn!(point, ?d, "test hook: delay");
         std::thread::sleep(d);
+    }
+    // `spin <point> <ms>`: busy for that long (a slow but live process).
+    if let Some(d) = millis("spin", point) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < d {
+            std::hint::spin_loop();
+        }
     }
 }
 

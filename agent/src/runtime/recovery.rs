@@ -34,6 +34,39 @@ use crate::supervisor::SupervisorRecord;
 /// write its record.
 const STARTING_SUPERVISOR_WAIT: Duration = Duration::from_secs(30);
 
+/// The most a starting supervisor that is still getting on (runnable, or
+/// using CPU) is waited for before it is killed all the same.
+const STARTING_SUPERVISOR_MAX: Duration = Duration::from_secs(600);
+
+/// Whether the holders of a supervisor's lock are getting on: one of them
+/// is runnable, or their CPU time grows over a short look. A hung or
+/// stopped supervisor (sleeping, no CPU) is not. Blocking (scans /proc).
+fn holders_get_on(lock: &std::path::Path) -> bool {
+    let sample = || -> Option<(u64, bool)> {
+        let holders = crate::procfs_util::holders_of(lock);
+        if holders.is_empty() {
+            return None;
+        }
+        let mut cpu = 0;
+        let mut runnable = false;
+        for pid in holders {
+            if let Some((c, r)) = crate::procfs_util::cpu_and_runnable(pid) {
+                cpu += c;
+                runnable |= r;
+            }
+        }
+        Some((cpu, runnable))
+    };
+    let Some((before, runnable)) = sample() else {
+        return false;
+    };
+    if runnable {
+        return true;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    sample().is_some_and(|(after, runnable)| runnable || after > before)
+}
+
 /// How long the killed holders of a stuck supervisor's lock may take to
 /// let go of it (their exit needs CPU, scarce for SCHED_IDLE on a busy host).
 const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -167,14 +200,33 @@ impl Agent {
                 let task = task.clone();
                 let bound = hooks::limit("starting_supervisor_wait", STARTING_SUPERVISOR_WAIT);
                 tokio::spawn(async move {
-                    let start = Instant::now();
+                    let first = Instant::now();
+                    let mut start = first;
                     loop {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let waiting = {
                             let t = task.lock().unwrap();
                             matches!(agent.plan(&t.record, &t.dir), Plan::AwaitSupervisor)
                         };
-                        if !waiting || start.elapsed() > bound {
+                        if !waiting {
+                            break;
+                        }
+                        if start.elapsed() > bound {
+                            // A starved supervisor may already have exec'd
+                            // the command (its record comes after): killing
+                            // it would run the command twice. Wait on while
+                            // it gets on, up to STARTING_SUPERVISOR_MAX.
+                            let lock = task.lock().unwrap().dir.supervisor_lock();
+                            let getting_on =
+                                tokio::task::spawn_blocking(move || holders_get_on(&lock))
+                                    .await
+                                    .unwrap_or(false);
+                            if getting_on && first.elapsed() < STARTING_SUPERVISOR_MAX {
+                                tracing::warn!(task = %task.lock().unwrap().record.status.id,
+                                    "starting supervisor slow but running; waiting on");
+                                start = Instant::now();
+                                continue;
+                            }
                             break;
                         }
                     }
@@ -228,12 +280,15 @@ impl Agent {
                 // hold the task's lock file open: its supervisor and init.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            let cgroup = self.cgroups.handle(&cgroup_rel(&task.lock().unwrap().record));
+            let cgroup = self
+                .cgroups
+                .handle(&cgroup_rel(&task.lock().unwrap().record));
             if let Err(e) = cgroup.destroy(Duration::from_secs(2)) {
                 tracing::warn!("{e}");
             }
             let start = Instant::now();
-            while supervisor_alive(&task.lock().unwrap().dir) && start.elapsed() < LOCK_RELEASE_WAIT {
+            while supervisor_alive(&task.lock().unwrap().dir) && start.elapsed() < LOCK_RELEASE_WAIT
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

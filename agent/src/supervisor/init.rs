@@ -160,7 +160,10 @@ fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> 
         switch: cfg.root_switch,
         sys: cfg.sys,
         mount_setattr: cfg.mount_setattr,
-        shared: cfg.shared.as_ref().map(|s| (s.source.as_path(), s.path.as_str())),
+        shared: cfg
+            .shared
+            .as_ref()
+            .map(|s| (s.source.as_path(), s.path.as_str())),
     })
     .map_err(|e| e.to_string())?;
     Ok(procs)

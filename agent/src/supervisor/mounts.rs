@@ -92,7 +92,9 @@ pub fn shared_mount_point(rootfs: &Path, path: &str, create: bool) -> Result<Pat
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(fail(format!("{} is a link", at.display())))
             }
-            Ok(m) if !m.is_dir() => return Err(fail(format!("{} is not a directory", at.display()))),
+            Ok(m) if !m.is_dir() => {
+                return Err(fail(format!("{} is not a directory", at.display())))
+            }
             Ok(_) => {}
             Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
                 fs::create_dir(&at)
@@ -431,7 +433,10 @@ mod tests {
         assert_eq!(made, root.path().join("data/shared"));
         assert!(made.is_dir());
         // Checked again without creating: the same directory.
-        assert_eq!(shared_mount_point(root.path(), "/data/shared", false).unwrap(), made);
+        assert_eq!(
+            shared_mount_point(root.path(), "/data/shared", false).unwrap(),
+            made
+        );
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
         let e = shared_mount_point(root.path(), "/link/x", true).unwrap_err();

@@ -109,9 +109,13 @@ pub fn release(path: &Path) -> Result<(), NetnsError> {
 /// namespace is held there (a bare file would leave the task on the host's
 /// network).
 pub fn join(path: &Path) -> Result<(), String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("group network {}: {e}", path.display()))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("group network {}: {e}", path.display()))?;
     if !is_held(path) {
-        return Err(format!("group network {}: no namespace held there", path.display()));
+        return Err(format!(
+            "group network {}: no namespace held there",
+            path.display()
+        ));
     }
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("group network {}: setns: {e}", path.display()))

@@ -451,7 +451,11 @@ impl Drop for TestAgent {
         // The agent makes its tasks dir a nosuid,nodev bind mount.
         unmount_tasks_dir(&self.data_dir);
         // Network namespaces of task groups are held by bind mounts.
-        for e in fs::read_dir(self.data_dir.join("run/netns")).into_iter().flatten().flatten() {
+        for e in fs::read_dir(self.data_dir.join("run/netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
