@@ -105,12 +105,11 @@ impl EtcdLink {
         EtcdCredentials::apply(self.credentials.as_ref(), options)
     }
 
-    /// The lease this data dir registered under last (0: none).
-    fn own_lease(&self) -> i64 {
+    /// The leases this data dir claimed the id with lately (newest last).
+    fn own_leases(&self) -> Vec<i64> {
         std::fs::read_to_string(&self.lease_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+            .map(|s| parse_leases(&s))
+            .unwrap_or_default()
     }
 
     /// At start, when etcd answers: refuses a node id another live agent
@@ -141,7 +140,7 @@ impl EtcdLink {
 
     fn held_by_other(&self, lease: i64) -> Result<(), RegisterError> {
         // Lease 0: written by hand, no agent keeps it alive.
-        if lease == 0 || lease == self.own_lease() {
+        if lease == 0 || self.own_leases().contains(&lease) {
             return Ok(());
         }
         Err(RegisterError::Taken {
@@ -158,6 +157,10 @@ impl EtcdLink {
     async fn claim(&self, client: &mut Client, info: String, lease: i64) -> Result<(), String> {
         let key = self.info_key.as_str();
         let put = || TxnOp::put(key, info.clone(), Some(PutOptions::new().with_lease(lease)));
+        // Remembered before the write: a put that etcd commits but whose
+        // answer is lost (etcd dies at that moment) must not leave the id
+        // looking taken by "another" agent at our next start.
+        self.remember_lease(lease)?;
         for _ in 0..3 {
             let resp = client
                 .txn(
@@ -169,7 +172,7 @@ impl EtcdLink {
                 .await
                 .map_err(|e| format!("claim {key}: {e}"))?;
             if resp.succeeded() {
-                return self.remember_lease(lease);
+                return Ok(());
             }
             let held = resp.op_responses().into_iter().find_map(|op| match op {
                 etcd_client::TxnOpResponse::Get(g) => {
@@ -188,7 +191,7 @@ impl EtcdLink {
                 .await
                 .map_err(|e| format!("claim {key}: {e}"))?;
             if resp.succeeded() {
-                return self.remember_lease(lease);
+                return Ok(());
             }
         }
         Err(format!(
@@ -197,7 +200,9 @@ impl EtcdLink {
     }
 
     fn remember_lease(&self, lease: i64) -> Result<(), String> {
-        crate::fsutil::write_atomic(&self.lease_file, lease.to_string().as_bytes())
+        let leases = with_lease(self.own_leases(), lease);
+        let text: Vec<String> = leases.iter().map(i64::to_string).collect();
+        crate::fsutil::write_atomic(&self.lease_file, text.join(" ").as_bytes())
             .map_err(|e| format!("{}: {e}", self.lease_file.display()))
     }
 
@@ -652,5 +657,36 @@ mod tests {
             attribute_of(p, Some("/gleaner/nodes/h2/attributes/ssd"), Some("x")),
             None
         );
+    }
+}
+
+/// How many of its latest leases a data dir remembers: the info key may be
+/// under any lease granted since the last acknowledged claim.
+const LEASES_KEPT: usize = 4;
+
+fn parse_leases(text: &str) -> Vec<i64> {
+    text.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+}
+
+/// `leases` with `lease` added last, the oldest dropped past LEASES_KEPT.
+fn with_lease(mut leases: Vec<i64>, lease: i64) -> Vec<i64> {
+    leases.retain(|&l| l != lease);
+    leases.push(lease);
+    let excess = leases.len().saturating_sub(LEASES_KEPT);
+    leases.drain(..excess);
+    leases
+}
+
+#[cfg(test)]
+mod lease_file_tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_file_keeps_the_latest_few_and_reads_the_old_format() {
+        assert_eq!(parse_leases("42\n"), vec![42]);
+        assert_eq!(parse_leases("1 2 x 3"), vec![1, 2, 3]);
+        assert_eq!(with_lease(vec![], 7), vec![7]);
+        assert_eq!(with_lease(vec![1, 2, 3, 4], 5), vec![2, 3, 4, 5]);
+        assert_eq!(with_lease(vec![1, 2, 3], 2), vec![1, 3, 2]);
     }
 }

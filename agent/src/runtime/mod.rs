@@ -54,6 +54,10 @@ use crate::supervisor::{StopRequest, SupervisorRecord};
 /// Version of task.json; a newer one is refused, not guessed at.
 pub const TASK_SCHEMA: u32 = 1;
 
+/// Tries (of up to 2 s each, 0.5 s apart) at removing a task's cgroup
+/// before it is left for the next start's orphan sweep: ~25 s in all.
+const DESTROY_ATTEMPTS: u32 = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
@@ -1159,8 +1163,17 @@ impl Agent {
         }
         let (handle, going) = (self.cgroups.handle(&rel), self.going.clone());
         let work = move || {
-            if let Err(e) = handle.destroy(std::time::Duration::from_secs(2)) {
-                tracing::warn!(cgroup = %rel, "{e}");
+            // Killed processes of the SCHED_IDLE root may take long to die
+            // on a busy host: keep at it for a while rather than leave the
+            // cgroup behind (it would stay until the next agent start).
+            for attempt in 1..=DESTROY_ATTEMPTS {
+                match handle.destroy(std::time::Duration::from_secs(2)) {
+                    Ok(()) => break,
+                    Err(e) if attempt == DESTROY_ATTEMPTS => {
+                        tracing::warn!(cgroup = %rel, "{e}")
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+                }
             }
             going.lock().unwrap().remove(&rel);
         };
