@@ -155,7 +155,7 @@ fn a_hanging_check_times_out_and_never_blocks_the_agent() {
         {"protocol": "HTTP", "grace_period_s": 0, "interval_s": 0.5, "timeout_s": 0.4,
          "max_consecutive_failures": 0},
         {"protocol": "COMMAND", "command": "sleep 1000", "grace_period_s": 0,
-         "interval_s": 0.5, "timeout_s": 0.4, "max_consecutive_failures": 3}
+         "interval_s": 1, "timeout_s": 0.4, "max_consecutive_failures": 3}
     ]);
     let st = agent.submit(s).unwrap();
     let t0 = Instant::now();

@@ -345,3 +345,38 @@ fn the_shared_volume_counts_against_the_groups_disk_limit() {
     assert!(side.state.is_final(), "{side:?}");
     assert_gone(&agent, "pod5-main");
 }
+
+/// A group waiting in the queue whose main member is killed there leaves
+/// only its sidecar: it is stopped, never launched (it would run forever,
+/// with no main left to end; found by review).
+#[test]
+fn a_sidecar_whose_main_was_killed_in_the_queue_never_runs() {
+    if !require_root("a_sidecar_whose_main_was_killed_in_the_queue_never_runs") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let reserve = |cpus: f64| {
+        agent
+            .client
+            .put::<_, Value>(
+                "/v1/reservations/batch",
+                &json!({"cpus": cpus, "mem_mb": 512}),
+            )
+            .unwrap()
+    };
+    reserve(0.1); // the group (0.4 CPU) waits
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "q", "tasks": [member("q-main", "sleep 1000", false),
+                                         member("q-side", "sleep 1000", true)]}),
+        )
+        .unwrap();
+    assert_eq!(agent.status("q-main").state, TaskState::Queued);
+    agent.client.delete::<Value>("/v1/tasks/q-main").unwrap();
+    reserve(1.5); // room now: a pass runs
+    let side = agent.wait_final("q-side", Duration::from_secs(20));
+    assert_eq!(side.state, TaskState::Killed, "{side:?}");
+    assert!(side.started_at.is_none(), "the sidecar ran: {side:?}");
+}

@@ -14,7 +14,7 @@ pub const MAX_FETCHES: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FetchSpec {
-    /// `file://` (absolute path), `http://` or `https://`.
+    /// `http://` or `https://` (`file://` is refused: see `validate`).
     pub uri: String,
     /// Unpack a `.tar`, `.tar.gz` or `.tgz` into the sandbox (the archive
     /// stays next to its content); other names are left as they are.
@@ -154,6 +154,15 @@ impl FetchSpec {
 
     pub fn validate(&self) -> Result<(), SpecError> {
         check_uri("fetch.uri", &self.uri)?;
+        // The agent fetches as root and hands the bytes to the task: a host
+        // path would give any submitter (a task's scoped token included)
+        // any host file, the agent's own token among them.
+        if self.uri.starts_with("file://") {
+            return Err(bad(
+                "fetch.uri",
+                "file:// is refused for fetch (it would copy a host file, read as root, into the sandbox): serve the file over http(s)",
+            ));
+        }
         if let Some(h) = &self.sha256 {
             check_sha256("fetch.sha256", h)?;
         }
@@ -251,6 +260,11 @@ mod tests {
     fn uris_and_digests() {
         assert!(f("ftp://h/x").validate().is_err());
         assert!(f("file://rel/x").validate().is_err());
+        // Host files are never fetched (read as root, handed to the task).
+        for uri in ["file:///etc/shadow", "file:///var/lib/gleaner/api.token"] {
+            let e = f(uri).validate().unwrap_err();
+            assert!(e.reason.contains("file:// is refused"), "{e:?}");
+        }
         assert!(f("http://h/x\n").validate().is_err());
         let mut s = f("http://h/x");
         s.sha256 = Some("ab".into());

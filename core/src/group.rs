@@ -106,6 +106,28 @@ pub fn check_members(network: GroupNetwork, specs: &[TaskSpec]) -> Result<(), Gr
                     "needs the host's network (the agent is reached over TCP), and the group's network is \"group\"",
                 ));
             }
+            // The agent probes and the ports live in the host's network;
+            // the members do not (a probe would hit whatever host service
+            // holds the port).
+            if !s.ports.is_empty() {
+                return Err(bad(
+                    format!("tasks[{i}].ports"),
+                    "host ports are of the host's network, and the group's network is \"group\"",
+                ));
+            }
+            if let Some(c) = s
+                .health_checks
+                .iter()
+                .find(|c| c.protocol != crate::health::Protocol::Command)
+            {
+                return Err(bad(
+                    format!("tasks[{i}].health_checks"),
+                    format!(
+                        "{:?} checks are probed from the host's network, and the group's network is \"group\": use COMMAND",
+                        c.protocol
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -196,6 +218,21 @@ mod tests {
         api.api_access = serde_json::from_str(r#"{"scope":"own-group"}"#).unwrap();
         let e = check_members(GroupNetwork::Group, &[api]).unwrap_err();
         assert_eq!(e.field, "tasks[0].api_access");
+        // Probes and host ports belong to the host's network.
+        let mut ported = spec(false);
+        ported.ports = vec![0];
+        let e = check_members(GroupNetwork::Group, &[ported.clone()]).unwrap_err();
+        assert_eq!(e.field, "tasks[0].ports");
+        check_members(GroupNetwork::Host, &[ported]).unwrap();
+        let mut probed = spec(false);
+        probed.health_checks = serde_json::from_str(r#"[{"protocol":"TCP","port":8080}]"#).unwrap();
+        let e = check_members(GroupNetwork::Group, &[probed.clone()]).unwrap_err();
+        assert_eq!(e.field, "tasks[0].health_checks");
+        check_members(GroupNetwork::Host, &[probed]).unwrap();
+        let mut command = spec(false);
+        command.health_checks =
+            serde_json::from_str(r#"[{"protocol":"COMMAND","command":"true"}]"#).unwrap();
+        check_members(GroupNetwork::Group, &[command]).unwrap();
     }
 
     fn m(id: &str, sidecar: bool, state: TaskState) -> Member<'_> {

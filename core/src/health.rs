@@ -17,6 +17,8 @@ pub const DEFAULT_TIMEOUT_S: f64 = 20.0;
 pub const DEFAULT_MAX_FAILURES: u32 = 3;
 /// At most this many checks per task (one tokio task each).
 pub const MAX_CHECKS: usize = 16;
+/// Shortest interval of a COMMAND check (each probe is an exec).
+pub const MIN_COMMAND_INTERVAL_S: f64 = 1.0;
 /// Longest failure message kept in the status.
 pub const MAX_MESSAGE: usize = 256;
 
@@ -117,6 +119,13 @@ impl HealthCheck {
         }
         match self.protocol {
             Protocol::Command => {
+                // Each probe forks an exec helper and makes a cgroup: a
+                // storm of them (16 checks at 0.1 s) would take the host.
+                if self.interval_s < MIN_COMMAND_INTERVAL_S {
+                    return Err(at(&format!(
+                        "COMMAND checks run at most every {MIN_COMMAND_INTERVAL_S} s (interval_s)"
+                    )));
+                }
                 match &self.command {
                     Some(c) if !c.trim().is_empty() && !c.contains('\0') => {}
                     _ => return Err(at("COMMAND needs a non-empty command")),
@@ -384,6 +393,10 @@ mod tests {
             (r#"{"protocol":"HTTP","path":"/a b"}"#, "path must"),
             (r#"{"protocol":"TCP","path":"/"}"#, "HTTP checks only"),
             (r#"{"protocol":"TCP","interval_s":0}"#, "interval_s"),
+            (
+                r#"{"protocol":"COMMAND","command":"true","interval_s":0.5,"timeout_s":0.2}"#,
+                "at most every",
+            ),
             (r#"{"protocol":"TCP","timeout_s":-1}"#, "timeout_s"),
             (
                 r#"{"protocol":"TCP","grace_period_s":1e9}"#,

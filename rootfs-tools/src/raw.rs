@@ -112,7 +112,11 @@ mod tests {
         let packed = fs::metadata(&bomb).unwrap().len();
         assert!(packed < 16 << 10, "{packed} bytes");
         for (tool, args) in [("gzip", vec!["-t"]), ("tar", vec!["-tzf"])] {
-            if let Ok(out) = std::process::Command::new(tool).args(&args).arg(&bomb).output() {
+            if let Ok(out) = std::process::Command::new(tool)
+                .args(&args)
+                .arg(&bomb)
+                .output()
+            {
                 assert!(out.status.success(), "{tool}: {out:?}");
             }
         }

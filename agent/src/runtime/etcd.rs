@@ -665,7 +665,9 @@ mod tests {
 const LEASES_KEPT: usize = 4;
 
 fn parse_leases(text: &str) -> Vec<i64> {
-    text.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+    text.split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
 }
 
 /// `leases` with `lease` added last, the oldest dropped past LEASES_KEPT.

@@ -85,6 +85,8 @@ impl Agent {
         let mut groups: BTreeMap<String, (Queued, bool)> = BTreeMap::new();
         let mut running: Vec<Running> = Vec::new();
         let mut units: HashMap<String, Vec<TaskRef>> = HashMap::new();
+        // Group units with a main (non-sidecar) member still queued.
+        let mut with_main: std::collections::HashSet<String> = Default::default();
         // Constraints are checked once the running tasks are counted by kind.
         let mut constrained: Vec<(String, TaskRef)> = Vec::new();
         let mut kinds: HashMap<Kind, usize> = HashMap::new();
@@ -105,6 +107,9 @@ impl Agent {
                         Some(g) => format!("{GROUP_KEY}{g}"),
                     };
                     units.entry(key.clone()).or_default().push(task.clone());
+                    if !rec.spec.sidecar {
+                        with_main.insert(key.clone());
+                    }
                     if !rec.spec.constraints.is_empty() {
                         constrained.push((key.clone(), task.clone()));
                     }
@@ -163,6 +168,24 @@ impl Agent {
                     }
                 }
             }
+        }
+        // A group whose main members all ended while it waited (killed in
+        // the queue) leaves only sidecars: never launch them, stop them.
+        let orphans: Vec<String> = groups
+            .keys()
+            .filter(|k| !with_main.contains(*k))
+            .cloned()
+            .collect();
+        let mut orphan_sidecars = Vec::new();
+        for key in &orphans {
+            groups.remove(key);
+            for task in units.remove(key).into_iter().flatten() {
+                orphan_sidecars.push(task.lock().unwrap().record.status.id.clone());
+            }
+        }
+        for id in orphan_sidecars {
+            tracing::info!(task = %id, "stopping a queued sidecar: its group's main members ended before the group started");
+            let _ = self.stop(&id, StopReason::Killed);
         }
         let mut queue = singles;
         queue.extend(
