@@ -33,7 +33,7 @@ cleanup() {
     for _ in $(seq 100); do [ -z "$(cli ps --unfinished -q 2>/dev/null)" ] && break; sleep 0.1; done
     echo "schemathesis: killed $(echo "$left" | grep -c . || true) task(s) it had created"
     kill -TERM "$agent" 2>/dev/null; wait "$agent" 2>/dev/null || true
-    for c in cpu cpuacct memory pids; do
+    for c in cpu cpuacct memory pids freezer; do
         [ -d "/sys/fs/cgroup/$c/$cgroot" ] && find "/sys/fs/cgroup/$c/$cgroot" -depth -type d -exec rmdir {} + 2>/dev/null
     done
     # The agent's own bind mount of <data_dir>/tasks (nosuid,nodev) stays
