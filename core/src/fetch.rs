@@ -14,7 +14,7 @@ pub const MAX_FETCHES: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FetchSpec {
-    /// `http://` or `https://` (`file://` is refused: see `validate`).
+    /// `http://` or `https://`; `file://` is refused (a fetch runs as root).
     pub uri: String,
     /// Unpack a `.tar`, `.tar.gz` or `.tgz` into the sandbox (the archive
     /// stays next to its content); other names are left as they are.
