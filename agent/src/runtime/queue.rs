@@ -85,7 +85,8 @@ impl Agent {
         let mut groups: BTreeMap<String, (Queued, bool)> = BTreeMap::new();
         let mut running: Vec<Running> = Vec::new();
         let mut units: HashMap<String, Vec<TaskRef>> = HashMap::new();
-        // Group units with a main (non-sidecar) member still queued.
+        // Group units with a main (non-sidecar) member not yet ended,
+        // whatever its state: the rule of `group::sidecars_to_stop`.
         let mut with_main: std::collections::HashSet<String> = Default::default();
         // Constraints are checked once the running tasks are counted by kind.
         let mut constrained: Vec<(String, TaskRef)> = Vec::new();
@@ -93,6 +94,11 @@ impl Agent {
         for task in &tasks {
             let t = task.lock().unwrap();
             let (rec, st) = (&t.record, &t.record.status);
+            if let Some(g) = rec.group.as_ref().filter(|_| !rec.spec.sidecar) {
+                if !st.state.is_final() {
+                    with_main.insert(format!("{GROUP_KEY}{g}"));
+                }
+            }
             match st.state {
                 TaskState::Queued if t.not_before.is_none_or(|nb| nb <= now) => {
                     let unit = Queued {
@@ -107,9 +113,6 @@ impl Agent {
                         Some(g) => format!("{GROUP_KEY}{g}"),
                     };
                     units.entry(key.clone()).or_default().push(task.clone());
-                    if !rec.spec.sidecar {
-                        with_main.insert(key.clone());
-                    }
                     if !rec.spec.constraints.is_empty() {
                         constrained.push((key.clone(), task.clone()));
                     }
