@@ -294,11 +294,16 @@ fn an_agent_started_during_an_etcd_outage_does_not_take_a_live_node_id() {
     });
     // The first agent holds the info key (under its own new lease).
     // Read each time: the first agent re-registers under a new lease.
-    let first_lease = || {
-        std::fs::read_to_string(fleet.agent("n1").data_dir.join("etcd-lease"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
+    // The lease file lists the last few leases a data dir claimed the id
+    // with, newest last (each remembered before its claim is written).
+    let leases = |dir: &std::path::Path| -> Vec<i64> {
+        std::fs::read_to_string(dir.join("etcd-lease"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
     };
+    let first_lease = || leases(&fleet.agent("n1").data_dir).last().copied();
     let start = std::time::Instant::now();
     while info_lease(&fleet).is_none() || info_lease(&fleet) != first_lease() {
         assert!(
@@ -309,9 +314,13 @@ fn an_agent_started_during_an_etcd_outage_does_not_take_a_live_node_id() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!second.data_dir.join("etcd-lease").exists());
+    // The second agent tried (its leases are remembered before each
+    // claim) but holds nothing.
+    let held = info_lease(&fleet).expect("n1's info has a lease");
+    assert!(!leases(&second.data_dir).contains(&held));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(info_lease(&fleet), first_lease());
+    assert!(!leases(&second.data_dir).contains(&held));
     drop(second);
 }
 
