@@ -241,6 +241,18 @@ pub(crate) async fn detached<T: Send + 'static>(
 }
 type DurableWrite = tokio::task::JoinHandle<Result<(), FsError>>;
 
+/// When a submission returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reply {
+    /// After its own launch, if admitted (the API: a reply never says
+    /// STAGING for a task that needs no fetch).
+    AfterLaunch,
+    /// Once its record is durable; the launch runs beside the caller (the
+    /// fleet's placement worker: one placement per launch would make a
+    /// node take a burst one launch at a time).
+    WhenRecorded,
+}
+
 #[derive(Debug, Default)]
 pub struct Counters {
     pub launches: AtomicU64,
@@ -490,15 +502,19 @@ impl Agent {
         let agent = self.clone();
         detached(async move {
             let record = agent.new_record(spec, None)?;
-            agent.submit_record(record).await
+            agent.submit_record(record, Reply::AfterLaunch).await
         })
         .await
     }
 
-    async fn submit_record(self: &Arc<Self>, record: TaskRecord) -> Result<TaskStatus, AgentError> {
+    async fn submit_record(
+        self: &Arc<Self>,
+        record: TaskRecord,
+        reply: Reply,
+    ) -> Result<TaskStatus, AgentError> {
         let (mut tasks, durable) = self.accept(vec![record])?;
         let task = tasks.remove(0);
-        self.start_admitted(&[task.clone()], durable).await?;
+        self.start_admitted(&[task.clone()], durable, reply).await?;
         let status = task.lock().unwrap().record.status.clone();
         Ok(status)
     }
@@ -582,7 +598,8 @@ impl Agent {
             )));
         }
         let (tasks, durable) = self.accept(records)?;
-        self.start_admitted(&tasks, durable).await?;
+        self.start_admitted(&tasks, durable, Reply::AfterLaunch)
+            .await?;
         Ok(tasks
             .iter()
             .map(|t| t.lock().unwrap().record.status.clone())
@@ -755,22 +772,24 @@ impl Agent {
 
     /// Runs a scheduling pass; launches the admitted units, `mine` (the new
     /// tasks) inline, the rest in the background. Returns once `mine` are
-    /// recorded durably and, if admitted, launched.
+    /// recorded durably and, with [`Reply::AfterLaunch`], launched if
+    /// admitted.
     async fn start_admitted(
         self: &Arc<Self>,
         mine: &[TaskRef],
         durable: DurableWrite,
+        reply: Reply,
     ) -> Result<(), AgentError> {
         hooks::pause("submit_pass").await;
-        let (mut own_unit, mut fetching) = (None, None);
+        let (mut own_unit, mut after_record) = (None, None);
         // Before the pass: a launch by another pass is seen below.
         let mut changes = self.subscribe_changes();
         for unit in self.schedule_pass() {
             if unit.iter().any(|t| mine.iter().any(|m| Arc::ptr_eq(t, m))) {
                 // A fetch can take minutes: the reply says STAGING, and the
                 // fetch starts once the record is durable.
-                if unit.iter().any(|t| self.needs_fetch(t)) {
-                    fetching = Some(unit);
+                if unit.iter().any(|t| self.needs_fetch(t)) || reply == Reply::WhenRecorded {
+                    after_record = Some(unit);
                 } else {
                     own_unit = Some(unit);
                 }
@@ -792,17 +811,19 @@ impl Agent {
             self.abandon(mine);
             return Err(AgentError::Internal(format!("record task: {e}")));
         }
-        if let Some(unit) = fetching {
+        if let Some(unit) = after_record {
             let agent = self.clone();
             tokio::spawn(async move { agent.launch_unit(unit).await });
         }
         // Another pass (started by an exit, say) may have admitted ours
         // first: the reply still waits for that launch, so a task that
         // needs no fetch is never acknowledged STAGING.
-        while mine.iter().any(|t| {
-            let staging = t.lock().unwrap().record.status.state == TaskState::Staging;
-            staging && !self.needs_fetch(t)
-        }) {
+        while reply == Reply::AfterLaunch
+            && mine.iter().any(|t| {
+                let staging = t.lock().unwrap().record.status.state == TaskState::Staging;
+                staging && !self.needs_fetch(t)
+            })
+        {
             if changes.changed().await.is_err() {
                 break;
             }

@@ -244,7 +244,8 @@ impl Agent {
         out
     }
 
-    /// Submits a task the scheduler placed; like `submit`, plus its origin.
+    /// Submits a task the scheduler placed; like `submit`, plus its origin,
+    /// but returns once the record is durable, before the launch.
     pub(crate) async fn submit_placed(
         self: &Arc<Self>,
         spec: crate::spec::TaskSpec,
@@ -252,7 +253,7 @@ impl Agent {
     ) -> Result<TaskStatus, AgentError> {
         let mut record = self.new_record(spec, None)?;
         record.placed_by = Some(by);
-        self.submit_record(record).await
+        self.submit_record(record, super::Reply::WhenRecorded).await
     }
 }
 
