@@ -113,6 +113,10 @@ pub struct AgentConfig {
     /// CA bundle for https:// images; default: $SSL_CERT_FILE, then the
     /// usual bundle paths, then the bundled Mozilla set (see `tls`).
     pub ca_file: Option<PathBuf>,
+    /// Addresses, networks (`ADDR/BITS`) or host names that http(s)
+    /// downloads (fetch, images) may reach although they are loopback,
+    /// link-local, unspecified, multicast or broadcast (refused otherwise).
+    pub fetch_allow_hosts: Vec<String>,
     /// How often each task's sandbox and /tmp are measured against disk_mb.
     pub disk_check_interval_s: f64,
     /// Finished tasks (records, logs, task dirs) are removed this many
@@ -159,6 +163,7 @@ impl Default for AgentConfig {
             image_unpack_max_mb: 16384,
             image_unpack_max_entries: 1_000_000,
             ca_file: None,
+            fetch_allow_hosts: Vec::new(),
             disk_check_interval_s: 5.0,
             finished_retention_h: 24.0,
             finished_max: 10_000,
@@ -326,7 +331,15 @@ impl AgentConfig {
                 return Err(key("default_rootfs", "must be absolute"));
             }
         }
+        self.egress()?;
         Ok(())
+    }
+
+    /// Where downloads may connect: `fetch_allow_hosts`, and never the
+    /// agent's own listen address.
+    pub fn egress(&self) -> Result<gleaner_core::egress::Egress, ConfigError> {
+        gleaner_core::egress::Egress::parse(&self.fetch_allow_hosts, self.listen_addr().ok())
+            .map_err(|e| key("fetch_allow_hosts", e))
     }
 
     pub fn fetch_limits(&self) -> crate::images::FetchLimits {
@@ -538,6 +551,16 @@ mod tests {
         assert_eq!(parsed.image_cache_mb, d.image_cache_mb);
         assert_eq!(parsed.disk_check_interval_s, d.disk_check_interval_s);
         assert_eq!(parsed.data_dir, PathBuf::from("/opt/gleaner/var/lib"));
+    }
+
+    #[test]
+    fn a_bad_fetch_allow_entry_names_the_key() {
+        let cfg = AgentConfig {
+            fetch_allow_hosts: vec!["10.0.0.0/40".into()],
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with("fetch_allow_hosts: \"10.0.0.0/40\""), "{e}");
     }
 
     /// The etcd password: both keys or neither, and a file group or others

@@ -1,10 +1,17 @@
 //! Downloads by URI (file://, http://, https://) into a file: streamed,
 //! hashed on the way, size-limited, timed out per attempt, retried on
 //! transient errors. Shared by rootfs images (`images.rs`) and a task's
-//! `fetch` list (`runtime/fetch.rs`).
+//! `fetch` list (`runtime/fetch.rs`). Where http(s) downloads may connect
+//! is `gleaner_core::egress`, checked on the first URI, on every redirect
+//! and on every resolved address (`egress_guard`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use gleaner_core::egress::Egress;
+
+use crate::egress_guard::{self, GuardedResolver};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -19,8 +26,10 @@ pub enum DownloadError {
         /// definite answer (404, a missing file).
         transient: bool,
     },
-    #[error("{uri}: larger than the {limit_mb} MB limit (image_max_mb)")]
-    TooLarge { uri: String, limit_mb: u64 },
+    /// Over `limit` bytes (the image_max_mb limit, or a smaller one the
+    /// caller gave).
+    #[error("{uri}: larger than {limit} bytes (image_max_mb is {max_mb})")]
+    TooLarge { uri: String, limit: u64, max_mb: u64 },
     #[error("{uri}: sha256 mismatch: expected {expected}, got {got}")]
     Checksum {
         uri: String,
@@ -65,13 +74,28 @@ pub struct Downloader {
     client: reqwest::Client,
     https: std::sync::OnceLock<HttpsClient>,
     ca_file: Option<PathBuf>,
+    egress: Arc<Egress>,
+}
+
+/// A client whose every connection and redirect goes through the rule;
+/// no proxy from the environment (a proxy would resolve names itself).
+fn guarded_builder(limits: &DownloadLimits, egress: &Arc<Egress>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver(egress.clone())))
+        .redirect(egress_guard::redirect_policy(egress.clone()))
 }
 
 impl Downloader {
-    pub fn new(limits: DownloadLimits, ca_file: Option<PathBuf>) -> Result<Self, DownloadError> {
+    pub fn new(
+        limits: DownloadLimits,
+        ca_file: Option<PathBuf>,
+        egress: Egress,
+    ) -> Result<Self, DownloadError> {
         crate::client::install_tls_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(limits.timeout.min(Duration::from_secs(30)))
+        let egress = Arc::new(egress);
+        let client = guarded_builder(&limits, &egress)
             .tls_certs_only(Vec::new())
             .build()
             .map_err(|e| DownloadError::Fetch {
@@ -84,6 +108,7 @@ impl Downloader {
             client,
             https: std::sync::OnceLock::new(),
             ca_file,
+            egress,
         })
     }
 
@@ -95,9 +120,24 @@ impl Downloader {
         sha256: Option<&str>,
         dest: &Path,
     ) -> Result<Downloaded, DownloadError> {
+        self.download_max(uri, sha256, dest, self.limits.max_bytes)
+            .await
+    }
+
+    /// [`Self::download`] with at most `max_bytes` (and never more than
+    /// the limit of every download).
+    pub async fn download_max(
+        &self,
+        uri: &str,
+        sha256: Option<&str>,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<Downloaded, DownloadError> {
+        let max_bytes = max_bytes.min(self.limits.max_bytes);
         let mut attempt = 0;
         loop {
-            let result = tokio::time::timeout(self.limits.timeout, self.fetch_once(uri, dest))
+            let once = self.fetch_once(uri, dest, max_bytes);
+            let result = tokio::time::timeout(self.limits.timeout, once)
                 .await
                 .unwrap_or_else(|_| {
                     Err(DownloadError::Fetch {
@@ -137,7 +177,12 @@ impl Downloader {
     }
 
     /// One attempt: streams into `dest`, hashing.
-    async fn fetch_once(&self, uri: &str, dest: &Path) -> Result<Downloaded, DownloadError> {
+    async fn fetch_once(
+        &self,
+        uri: &str,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<Downloaded, DownloadError> {
         let fail = |reason: String, transient: bool| DownloadError::Fetch {
             uri: uri.to_owned(),
             reason,
@@ -148,7 +193,8 @@ impl Downloader {
             dest,
             hash: Sha256::new(),
             total: 0,
-            limit: self.limits.max_bytes,
+            limit: max_bytes,
+            max_mb: self.limits.max_bytes >> 20,
             uri,
         };
         if let Some(path) = uri.strip_prefix("file://") {
@@ -176,9 +222,12 @@ impl Downloader {
             } else {
                 (&self.client, None)
             };
-            let mut resp = client.get(uri).send().await.map_err(|e| {
+            let url = reqwest::Url::parse(uri).map_err(|e| fail(format!("bad uri: {e}"), false))?;
+            egress_guard::check_url(&self.egress, &url).map_err(|e| fail(e.to_string(), false))?;
+            let mut resp = client.get(url).send().await.map_err(|e| {
                 let chain = error_chain(&e);
                 match roots {
+                    _ if egress_guard::is_refusal(&e) => fail(chain, false),
                     // Not worth a retry: the same roots will not trust it.
                     Some(roots)
                         if chain.contains("certificate") || chain.contains("Certificate") =>
@@ -215,8 +264,7 @@ impl Downloader {
         let made = self.https.get_or_init(|| {
             let (certs, source) =
                 crate::tls::host_roots(self.ca_file.as_deref()).map_err(|e| e.to_string())?;
-            let client = reqwest::Client::builder()
-                .connect_timeout(self.limits.timeout.min(Duration::from_secs(30)))
+            let client = guarded_builder(&self.limits, &self.egress)
                 .tls_certs_only(certs)
                 .build()
                 .map_err(|e| format!("https client: {}", error_chain(&e)))?;
@@ -236,6 +284,7 @@ struct Sink<'a> {
     hash: Sha256,
     total: u64,
     limit: u64,
+    max_mb: u64,
     uri: &'a str,
 }
 
@@ -252,7 +301,8 @@ impl Sink<'_> {
     fn too_large(&self) -> DownloadError {
         DownloadError::TooLarge {
             uri: self.uri.to_owned(),
-            limit_mb: self.limit >> 20,
+            limit: self.limit,
+            max_mb: self.max_mb,
         }
     }
 }
@@ -298,7 +348,7 @@ mod tests {
         std::fs::write(&src, b"abc").unwrap();
         let uri = format!("file://{}", src.display());
         let dest = dir.path().join("dest");
-        let d = Downloader::new(limits(3), None).unwrap();
+        let d = Downloader::new(limits(3), None, Egress::default()).unwrap();
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         let got = d
             .download(&uri, Some(&abc.to_uppercase()), &dest)
@@ -311,7 +361,7 @@ mod tests {
             matches!(wrong, Err(DownloadError::Checksum { .. })),
             "{wrong:?}"
         );
-        let small = Downloader::new(limits(2), None).unwrap();
+        let small = Downloader::new(limits(2), None, Egress::default()).unwrap();
         let big = small.download(&uri, None, &dest).await;
         assert!(
             matches!(big, Err(DownloadError::TooLarge { .. })),

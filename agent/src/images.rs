@@ -105,6 +105,7 @@ impl ImageCache {
         dir: PathBuf,
         limits: FetchLimits,
         ca_file: Option<PathBuf>,
+        egress: gleaner_core::egress::Egress,
     ) -> Result<Self, ImageError> {
         let tmp = dir.join(".tmp");
         if tmp.exists() {
@@ -118,6 +119,7 @@ impl ImageCache {
                 retries: limits.retries,
             },
             ca_file,
+            egress,
         )?;
         Ok(ImageCache {
             dir,
@@ -197,6 +199,7 @@ impl ImageCache {
             return Ok(self.rootfs(sha256));
         }
         let work = self.work_dir(sha256);
+        let _dropped = RemoveOnDrop(&work);
         let built = self.build(uri, sha256, &work).await;
         self.place(built, &work, &home)?;
         tracing::info!(uri, sha256, "image cached");
@@ -217,6 +220,7 @@ impl ImageCache {
             touch(&home.join("image.json"));
         } else {
             let work = self.work_dir(&entry);
+            let _dropped = RemoveOnDrop(&work);
             let built = self.build_file(uri, &sha256, &work).await;
             self.place(built, &work, &home)?;
             tracing::info!(uri, sha256, "fetched file cached");
@@ -344,6 +348,19 @@ impl ImageCache {
             }
         }
         removed
+    }
+}
+
+/// A work dir of a fetch whose future may be dropped (its task was
+/// stopped): what it downloaded goes with it, not left until a restart
+/// empties `.tmp`. After a rename into place there is nothing to remove.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
     }
 }
 

@@ -16,6 +16,9 @@ use gleaner_rootfs::raw::{write_raw_archive, EntryType as T};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
+/// The test's file servers listen on loopback, which downloads refuse
+/// unless the config allows it.
+const LOCAL: &str = "fetch_allow_hosts = [\"127.0.0.1\"]";
 
 fn fetch_spec(id: &str, cmd: &str, fetch: Value) -> Value {
     json!({"id": id, "cmd": cmd, "fetch": fetch,
@@ -50,7 +53,7 @@ fn files_scripts_and_archives_land_in_the_sandbox_owned_by_the_task_user() {
     if !require_root("files_scripts_and_archives_land_in_the_sandbox_owned_by_the_task_user") {
         return;
     }
-    let agent = TestAgent::start();
+    let agent = TestAgent::start_with(LOCAL);
     let server = Server::start();
     let dir = agent.tmp().to_owned();
     let run = server.serve_bytes(
@@ -133,7 +136,7 @@ fn failed_and_hostile_fetches_fail_the_task_with_fetch_failed() {
     if !require_root("failed_and_hostile_fetches_fail_the_task_with_fetch_failed") {
         return;
     }
-    let agent = TestAgent::start();
+    let agent = TestAgent::start_with(LOCAL);
     let server = Server::start();
     let dir = agent.tmp().to_owned();
     let host = dir.join("host");
@@ -249,7 +252,7 @@ fn a_refetch_replaces_a_link_the_task_left_without_following_it() {
     if !require_root("a_refetch_replaces_a_link_the_task_left_without_following_it") {
         return;
     }
-    let agent = TestAgent::start();
+    let agent = TestAgent::start_with(LOCAL);
     let server = Server::start();
     let victim = agent.tmp().join("victim");
     std::fs::write(&victim, b"host data").unwrap();
@@ -277,7 +280,7 @@ fn a_cached_fetch_with_sha256_downloads_once_for_two_tasks() {
     if !require_root("a_cached_fetch_with_sha256_downloads_once_for_two_tasks") {
         return;
     }
-    let agent = TestAgent::start();
+    let agent = TestAgent::start_with(LOCAL);
     let server = Server::start();
     let body = b"#!/bin/sh\necho cached tool\n";
     let uri = server.serve_bytes("tool.sh", body);
@@ -308,4 +311,151 @@ fn a_cached_fetch_with_sha256_downloads_once_for_two_tasks() {
     agent.submit(fetch_spec("c", "./tool.sh", plain)).unwrap();
     assert_eq!(agent.wait_final("c", LONG).state, TaskState::Finished);
     assert_eq!(server.hits("tool.sh"), 2);
+}
+
+/// Review (issue 14): a task STAGING behind a slow download could not be
+/// stopped until the download ended (minutes: `image_fetch_timeout_s`).
+/// DELETE ends it promptly, KILLED as a queued task, the download's
+/// connection closed and its partial files gone: for a `fetch` entry and
+/// for a rootfs image alike.
+#[test]
+fn a_staging_task_is_killed_promptly_and_its_partial_download_removed() {
+    if !require_root("a_staging_task_is_killed_promptly_and_its_partial_download_removed") {
+        return;
+    }
+    let agent = TestAgent::start_with(&format!("{LOCAL}\nimage_fetch_timeout_s = 600"));
+    let server = Server::start();
+    let slow = server.trickle("slow.bin", 100_000, Duration::from_millis(50));
+    let image = server.trickle("slow.tar.gz", 100_000, Duration::from_millis(50));
+    agent
+        .submit(fetch_spec("f", "touch ran", json!([{"uri": slow}])))
+        .unwrap();
+    let mut img = fetch_spec("i", "touch ran", json!([]));
+    img["rootfs"] = json!({"uri": image, "sha256": "a".repeat(64)});
+    agent.submit(img).unwrap();
+    wait_until(LONG, "both downloads under way", || {
+        server.open.load(std::sync::atomic::Ordering::SeqCst) == 2
+    });
+    // Some bytes are in: there is a partial file to remove.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.data_dir.join("tasks/f/fetch.tmp").exists());
+    for id in ["f", "i"] {
+        assert_eq!(agent.status(id).state, TaskState::Staging, "{id}");
+        let began = std::time::Instant::now();
+        agent.kill(id);
+        let s = agent.wait_final(id, Duration::from_secs(10));
+        assert_eq!(s.state, TaskState::Killed, "{id}: {s:?}");
+        assert!(began.elapsed() < Duration::from_secs(5), "{id}: {:?}", began.elapsed());
+        assert!(!agent.data_dir.join(format!("tasks/{id}/sandbox/ran")).exists());
+    }
+    assert!(!agent.data_dir.join("tasks/f/fetch.tmp").exists(), "partial fetch left");
+    assert!(
+        !agent.data_dir.join("tasks/f/sandbox/slow.bin").exists(),
+        "partial file in the sandbox"
+    );
+    wait_until(Duration::from_secs(10), "the image's work dir removed", || {
+        std::fs::read_dir(agent.data_dir.join("images/.tmp"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    });
+    wait_until(Duration::from_secs(10), "the downloads' connections closed", || {
+        server.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    });
+}
+
+/// Review (issue 14): a fetch followed redirects and connected anywhere
+/// the agent could, so a submitter (a `network: none` task's token too)
+/// read loopback services, metadata services and the agent's own API.
+/// By default loopback is refused, by address and by name; an allowed
+/// server's redirect to a loopback address it does not list is refused
+/// too, and the agent's own API is refused even when loopback is allowed.
+#[test]
+fn fetch_refuses_loopback_redirects_to_it_and_the_agents_own_api() {
+    if !require_root("fetch_refuses_loopback_redirects_to_it_and_the_agents_own_api") {
+        return;
+    }
+    // A service on another loopback address, reachable from the host only.
+    let secret = Server::start_on("127.0.0.2");
+    let inner = secret.serve_bytes("secret", b"host-only secret");
+    let server = Server::start();
+    let plain = server.serve_bytes("plain.txt", b"plain");
+    let hop = server.redirect("hop", &inner);
+    let by_name = format!("http://localhost:{}/plain.txt", server.port);
+
+    let strict = TestAgent::start();
+    for (id, uri) in [("direct", &plain), ("name", &by_name), ("inner", &inner)] {
+        strict
+            .submit(fetch_spec(id, "cat *", json!([{"uri": uri, "output_file": "got"}])))
+            .unwrap();
+    }
+    for id in ["direct", "name", "inner"] {
+        let s = strict.wait_final(id, LONG);
+        let msg = s.message.clone().unwrap_or_default();
+        assert_eq!(s.reason, Some(Reason::FetchFailed), "{id}: {s:?}");
+        assert!(msg.contains("loopback") && msg.contains("fetch_allow_hosts"), "{id}: {msg}");
+        assert!(!strict.data_dir.join(format!("tasks/{id}/sandbox/got")).exists());
+    }
+    assert_eq!(server.hits("plain.txt"), 0, "refused before connecting");
+    assert_eq!(secret.hits("secret"), 0);
+
+    let allowed = TestAgent::start_with(LOCAL);
+    let own = format!("{}/metrics", allowed.base);
+    for (id, uri) in [("ok", &plain), ("hop", &hop), ("own", &own)] {
+        allowed
+            .submit(fetch_spec(id, "cat got", json!([{"uri": uri, "output_file": "got"}])))
+            .unwrap();
+    }
+    let ok = allowed.wait_final("ok", LONG);
+    assert_eq!(ok.state, TaskState::Finished, "{ok:?}");
+    assert_eq!(allowed.logs("ok", "stdout"), "plain");
+    let hop = allowed.wait_final("hop", LONG);
+    let msg = hop.message.clone().unwrap_or_default();
+    assert_eq!(hop.reason, Some(Reason::FetchFailed), "{hop:?}");
+    assert!(msg.contains("redirect") && msg.contains("127.0.0.2"), "{msg}");
+    assert_eq!(server.hits("hop"), 1, "refusals are not retried");
+    assert_eq!(secret.hits("secret"), 0, "the redirect was followed");
+    let own = allowed.wait_final("own", LONG);
+    let msg = own.message.clone().unwrap_or_default();
+    assert_eq!(own.reason, Some(Reason::FetchFailed), "{own:?}");
+    assert!(msg.contains("own API"), "{msg}");
+}
+
+/// Review (issue 14): each entry was capped, the list was not (32
+/// entries of `image_max_mb` each). The sum is capped by the task's
+/// `disk_mb`, else by `image_max_mb`.
+#[test]
+fn a_tasks_fetches_together_are_capped() {
+    if !require_root("a_tasks_fetches_together_are_capped") {
+        return;
+    }
+    let agent = TestAgent::start_with(&format!("{LOCAL}\nimage_max_mb = 1"));
+    let server = Server::start();
+    let part = vec![7u8; 400 << 10];
+    let uris: Vec<String> = (0..3)
+        .map(|i| server.serve_bytes(&format!("part{i}"), &part))
+        .collect();
+    let list = |n: usize| -> Value { uris[..n].iter().map(|u| json!({"uri": u})).collect() };
+    // Two parts fit image_max_mb (1 MiB); three do not.
+    agent.submit(fetch_spec("two", "true", list(2))).unwrap();
+    agent.submit(fetch_spec("three", "touch ran", list(3))).unwrap();
+    // With disk_mb 0.5, one part fits and two do not.
+    let mut one = fetch_spec("small-one", "true", list(1));
+    one["resources"]["disk_mb"] = json!(0.5);
+    let mut two = fetch_spec("small-two", "touch ran", list(2));
+    two["resources"]["disk_mb"] = json!(0.5);
+    agent.submit(one).unwrap();
+    agent.submit(two).unwrap();
+    for id in ["two", "small-one"] {
+        let s = agent.wait_final(id, LONG);
+        assert_eq!(s.state, TaskState::Finished, "{id}: {s:?}");
+    }
+    for (id, key) in [("three", "image_max_mb"), ("small-two", "resources.disk_mb")] {
+        let s = agent.wait_final(id, LONG);
+        let msg = s.message.clone().unwrap_or_default();
+        assert_eq!(s.reason, Some(Reason::FetchFailed), "{id}: {s:?}");
+        assert!(msg.contains("in all") && msg.contains(key), "{id}: {msg}");
+        let task = agent.data_dir.join(format!("tasks/{id}"));
+        assert!(!task.join("sandbox/ran").exists(), "{id}: the command ran");
+        assert!(!task.join("fetch.tmp").exists(), "{id}: staging left");
+    }
 }

@@ -67,7 +67,7 @@ fn an_image_over_http_is_fetched_once_and_shared_read_only() {
     if !require_root("an_image_over_http_is_fetched_once_and_shared_read_only") {
         return;
     }
-    let agent = TestAgent::start();
+    let agent = TestAgent::start_with("fetch_allow_hosts = [\"127.0.0.1\"]");
     let server = Server::start();
     let (image, sha) = build_image(agent.tmp(), "app", &[]);
     let uri = server.serve("app.tar.gz", &image);
@@ -147,7 +147,9 @@ fn bad_images_fail_with_rootfs_invalid_and_leave_nothing() {
     if !require_root("bad_images_fail_with_rootfs_invalid_and_leave_nothing") {
         return;
     }
-    let agent = TestAgent::start_with("image_fetch_retries = 1\nimage_fetch_timeout_s = 5");
+    let agent = TestAgent::start_with(
+        "image_fetch_retries = 1\nimage_fetch_timeout_s = 5\nfetch_allow_hosts = [\"127.0.0.1\"]",
+    );
     let server = Server::start();
     let dir = agent.tmp().to_owned();
     let (image, sha) = build_image(&dir, "good", &[]);
@@ -528,7 +530,7 @@ fn https_images_with_ca_file_and_with_no_ca_store_at_all() {
     let www = tempfile::tempdir().unwrap();
     let server = tls_server(www.path());
     let mut agent = TestAgent::start_with(&format!(
-        "ca_file = {:?}\nimage_fetch_retries = 0",
+        "ca_file = {:?}\nimage_fetch_retries = 0\nfetch_allow_hosts = [\"127.0.0.1\"]",
         server.ca.display().to_string()
     ));
     let (one, sha1) = build_image(www.path(), "one", &[]);

@@ -4,6 +4,8 @@
 //!
 //! * [`spec`]: TaskSpec and its validation.
 //! * [`fetch`]: a TaskSpec's downloads into the sandbox, named and checked.
+//! * [`egress`]: where the agent's downloads may connect (no loopback,
+//!   link-local, the agent's own API unless allowed).
 //! * [`status`]: task states, TaskStatus, restart and backoff rules.
 //! * [`health`]: health checks asked and their results, Marathon's rules.
 //! * [`constraints`]: Marathon-style constraints, parsed and checked.
@@ -22,6 +24,7 @@ pub mod admission;
 pub mod app_token;
 pub mod auth;
 pub mod constraints;
+pub mod egress;
 pub mod fetch;
 pub mod fleet;
 pub mod group;

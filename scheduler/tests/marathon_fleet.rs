@@ -103,7 +103,12 @@ fn check_tasks_run_where_marathon_says(
 }
 
 fn fleet_with_token(names: &[&str]) -> Option<(Fleet, tempfile::TempDir)> {
-    let mut f = Fleet::start(&agents(names, 2.0, |_| vec![]))?;
+    let mut specs = agents(names, 2.0, |_| vec![]);
+    // The fetch test's file server is on loopback, refused unless allowed.
+    for s in &mut specs {
+        s.extra = format!("fetch_allow_hosts = [\"127.0.0.1\"]\n{}", s.extra);
+    }
+    let mut f = Fleet::start(&specs)?;
     f.wait_registered();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");

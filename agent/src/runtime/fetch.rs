@@ -28,6 +28,16 @@ pub enum FetchError {
     Cache(#[from] ImageError),
     #[error("extract {uri}: {reason}")]
     Extract { uri: String, reason: String },
+    /// The task was stopped while fetching.
+    #[error("stopped while fetching")]
+    Stopped,
+    /// The entries together are over the task's cap.
+    #[error("{uri}: the task's fetches come to more than {limit_mb} MB in all ({key})")]
+    Total {
+        uri: String,
+        limit_mb: u64,
+        key: &'static str,
+    },
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
 }
@@ -36,6 +46,32 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |err| FetchError::Io {
         path: path.to_owned(),
         err,
+    }
+}
+
+/// The most all of a task's downloads may come to together, and the key
+/// that sets it (named in the error).
+#[derive(Debug, Clone, Copy)]
+pub struct TotalCap {
+    pub bytes: u64,
+    pub key: &'static str,
+}
+
+impl TotalCap {
+    /// The task's `disk_mb` when it has one, else `image_max_mb` (the
+    /// most one entry may be).
+    pub fn for_task(disk_mb: f64, image_max_mb: u64) -> TotalCap {
+        if disk_mb > 0.0 {
+            TotalCap {
+                bytes: (disk_mb * (1u64 << 20) as f64) as u64,
+                key: "resources.disk_mb",
+            }
+        } else {
+            TotalCap {
+                bytes: image_max_mb << 20,
+                key: "image_max_mb",
+            }
+        }
     }
 }
 
@@ -53,6 +89,8 @@ pub async fn fetch_all(
     fetch: &[FetchSpec],
     dir: &TaskDir,
     owner: Owner,
+    cap: TotalCap,
+    stop: &tokio::sync::Notify,
 ) -> Result<(), FetchError> {
     let staging = dir.fetch_staging();
     let sandbox = dir.sandbox();
@@ -60,7 +98,7 @@ pub async fn fetch_all(
         let (staging, sandbox) = (staging.clone(), sandbox.clone());
         blocking(move || fresh_dirs(&staging, &sandbox, owner)).await?;
     }
-    let result = fetch_each(images, fetch, &staging, &sandbox, owner).await;
+    let result = fetch_each(images, fetch, &staging, &sandbox, owner, cap, stop).await;
     let s = staging.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(s)).await;
     result
@@ -72,21 +110,40 @@ async fn fetch_each(
     staging: &Path,
     sandbox: &Path,
     owner: Owner,
+    cap: TotalCap,
+    stop: &tokio::sync::Notify,
 ) -> Result<(), FetchError> {
+    let mut total: u64 = 0;
     for (i, f) in fetch.iter().enumerate() {
         let name = f.file_name()?;
         let archive = f.archive()?;
         let item = staging.join(i.to_string());
         std::fs::create_dir(&item).map_err(io_err(&item))?;
         let file = item.join(&name);
-        match f.cached_digest() {
-            Some(sha) => images.copy_file(&f.uri, &sha, &file).await?,
-            None => {
-                images
-                    .downloader()
-                    .download(&f.uri, f.sha256.as_deref(), &file)
-                    .await?;
+        let over = || FetchError::Total {
+            uri: f.uri.clone(),
+            limit_mb: cap.bytes >> 20,
+            key: cap.key,
+        };
+        let left = cap.bytes.saturating_sub(total);
+        // A stop drops the download in progress (what it wrote is in
+        // `staging`, removed as after any failure); the unpack and rename
+        // below are not cut short.
+        let got = tokio::select! {
+            r = download(images, f, &file, left) => r,
+            () = stop.notified() => return Err(FetchError::Stopped),
+        };
+        let bytes = match got {
+            Ok(bytes) => bytes,
+            // The cap of the whole list, not of one download.
+            Err(FetchError::Download(DownloadError::TooLarge { limit, .. })) if limit == left => {
+                return Err(over())
             }
+            Err(e) => return Err(e),
+        };
+        total += bytes;
+        if total > cap.bytes {
+            return Err(over());
         }
         let (uri, sandbox, name2) = (f.uri.clone(), sandbox.to_owned(), name.clone());
         let (budget, executable) = (images.unpack_budget(), f.executable);
@@ -115,6 +172,27 @@ async fn fetch_each(
         tracing::info!(uri = %f.uri, name, extracted = archive.is_some(), "fetched");
     }
     Ok(())
+}
+
+/// One entry's bytes into `file` (from the cache when it is kept there),
+/// at most `left` of them when downloaded; returns its size.
+async fn download(
+    images: &ImageCache,
+    f: &FetchSpec,
+    file: &Path,
+    left: u64,
+) -> Result<u64, FetchError> {
+    match f.cached_digest() {
+        Some(sha) => {
+            images.copy_file(&f.uri, &sha, file).await?;
+            Ok(std::fs::metadata(file).map_err(io_err(file))?.len())
+        }
+        None => Ok(images
+            .downloader()
+            .download_max(&f.uri, f.sha256.as_deref(), file, left)
+            .await?
+            .bytes),
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -61,26 +61,42 @@ impl Agent {
     /// Launches the task's current run; on return the task is RUNNING or
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
-        let image = {
+        let (image, stop) = {
             let mut t = task.lock().unwrap();
             t.record.status.state = TaskState::Staging;
-            t.record
+            t.staging_stop = Arc::default();
+            let stop = t.staging_stop.clone();
+            if t.record.pending_stop.is_some() {
+                stop.notify_one();
+            }
+            let image = t
+                .record
                 .spec
                 .rootfs
                 .as_ref()
-                .and_then(|r| r.uri.clone().zip(r.sha256.clone()))
+                .and_then(|r| r.uri.clone().zip(r.sha256.clone()));
+            (image, stop)
         };
         if let Some((uri, sha256)) = image {
             let cached = self.images.is_cached(&sha256);
-            let fetched = self.images.ensure(&uri, &sha256).await;
+            // A stop ends the wait (and the download, when this task is
+            // the one fetching: its work dir goes with it).
+            let fetched = tokio::select! {
+                r = self.images.ensure(&uri, &sha256) => Some(r),
+                () = stop.notified() => None,
+            };
             // The cache grows only by a fetch: only then can it be over.
             // Removing an image is file-system work, off the runtime.
             if !cached {
                 let (agent, in_use) = (self.clone(), self.images_in_use());
                 let _ = tokio::task::spawn_blocking(move || agent.images.evict(&in_use)).await;
             }
-            if let Err(e) = fetched {
-                return self.run_failed(task, Reason::RootfsInvalid, e.to_string());
+            match fetched {
+                Some(Err(e)) if !self.stop_pending(task) => {
+                    return self.run_failed(task, Reason::RootfsInvalid, e.to_string())
+                }
+                Some(Ok(_)) => {}
+                _ => return self.end_stopped_staging(task),
             }
         }
         let (rel, dir) = {
@@ -92,18 +108,19 @@ impl Agent {
         // After the previous run is gone: nothing of it sees the sandbox change.
         let fetch = task.lock().unwrap().record.spec.fetch.clone();
         if !fetch.is_empty() {
-            if let Err(msg) = self.fetch_files(task, &fetch).await {
+            if let Err(msg) = self.fetch_files(task, &fetch, &stop).await {
+                if self.stop_pending(task) {
+                    return self.end_stopped_staging(task);
+                }
                 return self.run_failed(task, Reason::FetchFailed, msg);
             }
         }
         let mut stages = Stages::start();
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
-            if let Some(reason) = t.record.pending_stop.take() {
-                // Stopped while its image was being fetched: never started.
-                let (state, reason) = crate::status::stopped(reason);
-                t.record.status.finished_at = Some(Utc::now());
-                return self.finish_run(task, &mut t, state, reason);
+            if t.record.pending_stop.is_some() {
+                drop(t);
+                return self.end_stopped_staging(task);
             }
             let prepared = self.prepare(&mut t, &mut stages);
             (
@@ -164,19 +181,39 @@ impl Agent {
         }
     }
 
-    /// The spec's `fetch` into the sandbox, owned by the task's user.
+    fn stop_pending(&self, task: &TaskRef) -> bool {
+        task.lock().unwrap().record.pending_stop.is_some()
+    }
+
+    /// Stopped while STAGING (its image or files being fetched): it never
+    /// started, and ends as a queued task does (KILLED for a kill).
+    fn end_stopped_staging(self: &Arc<Self>, task: &TaskRef) {
+        let mut t = task.lock().unwrap();
+        let Some(reason) = t.record.pending_stop.take() else {
+            return;
+        };
+        let (state, reason) = crate::status::stopped(reason);
+        t.record.status.finished_at = Some(Utc::now());
+        self.finish_run(task, &mut t, state, reason)
+    }
+
+    /// The spec's `fetch` into the sandbox, owned by the task's user; a
+    /// stop (`stop`) ends it with what it had fetched removed.
     async fn fetch_files(
         self: &Arc<Self>,
         task: &TaskRef,
         fetch: &[gleaner_core::fetch::FetchSpec],
+        stop: &tokio::sync::Notify,
     ) -> Result<(), String> {
-        let (dir, user) = {
+        let (dir, user, disk_mb) = {
             let t = task.lock().unwrap();
-            (t.dir.clone(), self.task_user(&t.record.spec))
+            let spec = &t.record.spec;
+            (t.dir.clone(), self.task_user(spec), spec.resources.disk_mb)
         };
         let (_, _, uid, gid) = user?;
         let owner = super::fetch::Owner { uid, gid };
-        let result = super::fetch::fetch_all(&self.images, fetch, &dir, owner).await;
+        let cap = super::fetch::TotalCap::for_task(disk_mb, self.cfg.image_max_mb);
+        let result = super::fetch::fetch_all(&self.images, fetch, &dir, owner, cap, stop).await;
         if fetch.iter().any(|f| f.cached_digest().is_some()) {
             let (agent, in_use) = (self.clone(), self.images_in_use());
             let _ = tokio::task::spawn_blocking(move || agent.images.evict(&in_use)).await;

@@ -153,6 +153,9 @@ pub(crate) struct Task {
     placement_gone: bool,
     /// The current run's health check loops, aborted when it ends.
     checks: Vec<tokio::task::AbortHandle>,
+    /// Told when a STAGING run is stopped: its downloads end at once
+    /// (made afresh for each run, so a stop never carries over).
+    staging_stop: Arc<tokio::sync::Notify>,
 }
 
 impl Task {
@@ -167,6 +170,7 @@ impl Task {
             on_disk: Arc::default(),
             placement_gone: false,
             checks: Vec::new(),
+            staging_stop: Arc::default(),
         }
     }
 
@@ -370,9 +374,14 @@ impl Agent {
         hostfs::secure_tasks_dir(&data.tasks())?;
         fsutil::create_dir_all(&data.run())?;
         let sandbox = hostfs::detect(&cfg);
-        let images =
-            crate::images::ImageCache::open(data.images(), cfg.fetch_limits(), cfg.ca_file.clone())
-                .map_err(|e| StartError::State(e.to_string()))?;
+        let egress = cfg.egress().map_err(|e| StartError::State(e.to_string()))?;
+        let images = crate::images::ImageCache::open(
+            data.images(),
+            cfg.fetch_limits(),
+            cfg.ca_file.clone(),
+            egress,
+        )
+        .map_err(|e| StartError::State(e.to_string()))?;
         let admin_token = cfg
             .read_or_create_token()
             .map_err(|e| StartError::State(e.to_string()))?;
@@ -981,6 +990,8 @@ impl Agent {
                     t.record.pending_stop = before;
                     return Err(e.into());
                 }
+                // A download in progress ends now, not when it is done.
+                t.staging_stop.notify_one();
             }
             TaskState::Running => {
                 // A stop already asked of this run (perhaps by an agent
