@@ -186,6 +186,42 @@ pub fn validate_all(
     Ok(())
 }
 
+/// Where a fixed `port` of an HTTP/TCP check may point: the agent probes
+/// from the host's network as root, so a free choice would let a task's
+/// checks report on any loopback service (the agent's API, another
+/// tenant's task). With ports of its own (`task_ports`, as asked: 0 is
+/// "any") a fixed port must be one of them (else `port_index`); without,
+/// never the agent's API (`agent_port`) nor the node's `port_range`,
+/// where other tasks' ports are.
+pub fn check_fixed_ports(
+    checks: &[HealthCheck],
+    task_ports: &[u16],
+    agent_port: Option<u16>,
+    port_range: [u16; 2],
+) -> Result<(), SpecError> {
+    for (i, c) in checks.iter().enumerate() {
+        let Some(p) = c.port.filter(|_| c.protocol != Protocol::Command) else {
+            continue;
+        };
+        let at = |r: String| bad(format!("[{i}]: port {p}: {r}"));
+        if !task_ports.is_empty() {
+            if !task_ports.contains(&p) {
+                return Err(at(format!(
+                    "not one of the task's ports {task_ports:?} (use port_index for an allocated one)"
+                )));
+            }
+        } else if Some(p) == agent_port {
+            return Err(at("the agent's own API is not a task's to check".into()));
+        } else if (port_range[0]..=port_range[1]).contains(&p) {
+            return Err(at(format!(
+                "in the node's port_range {}-{}, where other tasks' ports are (give the task ports and use port_index)",
+                port_range[0], port_range[1]
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -193,6 +229,18 @@ pub enum Outcome {
     Fail(String),
     /// Neither (an HTTP 1xx with `ignore_http_1xx`).
     Ignored,
+    /// Not run: the previous probe of this check has not finished. That
+    /// one was counted once already (it failed when it passed its
+    /// timeout); counting each interval it overlaps as well would let one
+    /// slow exec on a busy host kill a healthy task.
+    Skipped,
+}
+
+/// What the next probe of a check is, given whether the previous one is
+/// still running (a COMMAND probe past its timeout is still being killed
+/// and cleaned up): `None` runs it, `Some(Skipped)` does not.
+pub fn before_probe(previous_running: bool) -> Option<Outcome> {
+    previous_running.then_some(Outcome::Skipped)
 }
 
 /// Marathon's HTTP rule: 200-399 healthy, 1xx ignored if asked, else failed.
@@ -277,7 +325,7 @@ impl CheckHealth {
         started: DateTime<Utc>,
     ) -> bool {
         match outcome {
-            Outcome::Ignored => false,
+            Outcome::Ignored | Outcome::Skipped => false,
             Outcome::Pass => {
                 self.state = HealthState::Healthy;
                 self.consecutive_failures = 0;
@@ -421,6 +469,26 @@ mod tests {
         assert!(validate_all(&many, 0, Network::Host).is_err());
     }
 
+    /// Review (issue 14): a fixed port could name any loopback port.
+    #[test]
+    fn a_fixed_port_is_the_tasks_own_or_not_the_agents() {
+        let c = |p: u16| check(&format!(r#"{{"protocol":"TCP","port":{p}}}"#)).unwrap();
+        let range = [31000, 32000];
+        // The task's own requested port: fine; another: refused.
+        assert!(check_fixed_ports(&[c(8080)], &[8080, 0], Some(5051), range).is_ok());
+        let e = check_fixed_ports(&[c(22)], &[8080], Some(5051), range).unwrap_err();
+        assert!(e.to_string().contains("not one of the task's ports"), "{e}");
+        // No ports: not the agent's API, not another task's range.
+        let e = check_fixed_ports(&[c(5051)], &[], Some(5051), range).unwrap_err();
+        assert!(e.to_string().contains("agent's own API"), "{e}");
+        let e = check_fixed_ports(&[c(31005)], &[], Some(5051), range).unwrap_err();
+        assert!(e.to_string().contains("port_range"), "{e}");
+        assert!(check_fixed_ports(&[c(8080)], &[], Some(5051), range).is_ok());
+        // port_index and COMMAND are not concerned.
+        let idx = check(r#"{"protocol":"HTTP"}"#).unwrap();
+        assert!(check_fixed_ports(&[idx], &[0], Some(5051), range).is_ok());
+    }
+
     #[test]
     fn http_classes() {
         assert_eq!(classify_http(200, false), Outcome::Pass);
@@ -505,6 +573,36 @@ mod tests {
         let mut h = CheckHealth::new();
         h.record(&never, Outcome::Fail("é".repeat(300)), at(1), start);
         assert!(h.last_message.unwrap().len() <= MAX_MESSAGE);
+    }
+
+    /// Review (issue 14): "the previous probe is still running" counted
+    /// as a failure each interval, on top of the timeout of that probe.
+    #[test]
+    fn a_probe_still_running_is_skipped_not_counted_its_timeout_is() {
+        let c = check(
+            r#"{"protocol":"COMMAND","command":"x","grace_period_s":0,"interval_s":1,"timeout_s":1,"max_consecutive_failures":2}"#,
+        )
+        .unwrap();
+        let (mut h, start) = (CheckHealth::new(), t0());
+        let at = |s| start + Duration::seconds(s);
+        assert_eq!(before_probe(false), None);
+        // The probe passes its timeout: one failure.
+        assert!(!h.record(&c, Outcome::Fail("no answer within 1.0s".into()), at(1), start));
+        // It is still being killed for the next intervals: skipped.
+        for s in 2..10 {
+            let skipped = before_probe(true).unwrap();
+            assert_eq!(skipped, Outcome::Skipped);
+            assert!(!h.record(&c, skipped, at(s), start), "killed at {s}s");
+        }
+        assert_eq!(h.consecutive_failures, 1);
+        assert_eq!(h.last_message.as_deref(), Some("no answer within 1.0s"));
+        assert_eq!(h.state, HealthState::Unhealthy);
+        // A second probe past its timeout counts: the kill.
+        assert!(h.record(&c, Outcome::Fail("no answer within 1.0s".into()), at(10), start));
+        // A skip before any result leaves the check unknown.
+        let mut fresh = CheckHealth::new();
+        assert!(!fresh.record(&c, Outcome::Skipped, at(1), start));
+        assert_eq!(fresh, CheckHealth::new());
     }
 
     #[test]

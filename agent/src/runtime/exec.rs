@@ -22,6 +22,9 @@ use crate::supervisor::{LaunchConfig, SupervisorRecord};
 
 /// How long the helper may take to enter the task and execute.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a detached command's output is still read after it exited (a
+/// background child may hold the pipe open for ever).
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 static NEXT_EXEC: AtomicU64 = AtomicU64::new(1);
 
@@ -269,8 +272,26 @@ impl ExecSession {
             a.extend_from_slice(&b);
             a
         };
+        // Ends on the command's exit, not on its output's EOF: a background
+        // child holding stdout would otherwise hold the probe to its
+        // timeout. The output then gets a moment, and the cgroup's kill
+        // below ends what was left behind.
         let run = async {
-            let (status, tail) = tokio::join!(self.child.wait(), tail);
+            tokio::pin!(tail);
+            let mut early = None;
+            let status = tokio::select! {
+                s = self.child.wait() => s,
+                t = &mut tail => {
+                    early = Some(t);
+                    self.child.wait().await
+                }
+            };
+            let tail = match early {
+                Some(t) => t,
+                None => tokio::time::timeout(OUTPUT_AFTER_EXIT, tail)
+                    .await
+                    .unwrap_or_default(),
+            };
             (status.ok().map(exit_code), tail)
         };
         let result = tokio::time::timeout(timeout, run).await;

@@ -115,8 +115,9 @@ impl Agent {
         let timed_out = || Outcome::Fail(format!("no answer within {:.1}s", timeout.as_secs_f64()));
         match check.protocol {
             Protocol::Command => {
-                if inflight.as_ref().is_some_and(|h| !h.is_finished()) {
-                    return Outcome::Fail("the previous check is still running".into());
+                let running = inflight.as_ref().is_some_and(|h| !h.is_finished());
+                if let Some(skipped) = health::before_probe(running) {
+                    return skipped;
                 }
                 let cmd = check.command.clone().unwrap_or_default();
                 // Its own tokio task: neither this timeout nor an abort of

@@ -625,6 +625,13 @@ impl Agent {
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
         crate::constraints::parse(&spec.constraints)
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        gleaner_core::health::check_fixed_ports(
+            &spec.health_checks,
+            &spec.ports,
+            self.cfg.listen_addr().ok().map(|a| a.port()),
+            self.cfg.port_range,
+        )
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
         let user = spec
             .user
             .clone()
