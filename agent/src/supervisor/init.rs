@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use super::steps::Marks;
 use super::{mounts, unblock_all_signals, LaunchConfig};
 use crate::cgroup::CgroupHandle;
 use crate::layout::SANDBOX_IN_ROOTFS;
@@ -43,14 +44,18 @@ fn reader_gone(w: &impl std::os::fd::AsRawFd) -> bool {
     n > 0 && fd.revents & libc::POLLERR != 0
 }
 
-/// Runs in the init; returns its exit code.
+/// Runs in the init; returns its exit code. `steps_w` takes the launch's
+/// timing marks from the command's process just before its exec.
 pub(super) fn run(
     cfg: &LaunchConfig,
     err_w: OwnedFd,
     status_w: OwnedFd,
+    steps_w: OwnedFd,
     stdout: File,
     stderr: File,
 ) -> i32 {
+    let mut marks = Marks::default();
+    marks.mark("init_fork");
     let mut err_w = File::from(err_w);
     // The init dies with its supervisor: a task is never left unsupervised.
     // SAFETY: prctl with integer arguments.
@@ -65,7 +70,8 @@ pub(super) fn run(
     super::set_process_name(c"gleaner-init");
     // Inherited by the command; raising it needs no privilege, lowering would.
     let _ = std::fs::write("/proc/self/oom_score_adj", cfg.oom_score_adj.to_string());
-    let mut procs = match setup(cfg) {
+    marks.mark("init_oom_adj");
+    let mut procs = match setup(cfg, &mut marks) {
         Ok(p) => p,
         Err(e) => {
             let _ = err_w.write_all(e.as_bytes());
@@ -90,6 +96,7 @@ pub(super) fn run(
         return 1;
     }
     drop(procs);
+    marks.mark("init_cgroup");
 
     // SAFETY: the init is single-threaded.
     let command = match unsafe { fork() } {
@@ -98,7 +105,8 @@ pub(super) fn run(
             return 1;
         }
         Ok(ForkResult::Child) => {
-            let err = exec_command(cfg, &stdout, &stderr);
+            marks.mark("cmd_fork");
+            let err = exec_command(cfg, &stdout, &stderr, marks, File::from(steps_w));
             let _ = err_w.write_all(err.as_bytes());
             // SAFETY: leave the failed child without unwinding.
             unsafe { libc::_exit(127) }
@@ -106,6 +114,7 @@ pub(super) fn run(
         Ok(ForkResult::Parent { child }) => child,
     };
     drop(err_w);
+    drop(steps_w);
     drop(stdout);
     drop(stderr);
 
@@ -141,7 +150,7 @@ fn reap_until(command: Pid, waited: &SigSet) -> String {
 
 /// Mount namespace and root; returns the task cgroup's procs files, opened
 /// while /sys is still in sight.
-fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> {
+fn setup(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Vec<(std::path::PathBuf, File)>, String> {
     let procs = cfg
         .cgroup
         .open_procs()
@@ -151,27 +160,38 @@ fn setup(cfg: &LaunchConfig) -> Result<Vec<(std::path::PathBuf, File)>, String> 
     } else if cfg.network_none {
         super::netns::enter_empty()?;
     }
+    marks.mark("init_netns");
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("mount namespace: {e}"))?;
-    mounts::enter_rootfs(&mounts::RootPlan {
-        rootfs: &cfg.rootfs,
-        sandbox: &cfg.sandbox,
-        tmp: &cfg.tmp,
-        switch: cfg.root_switch,
-        sys: cfg.sys,
-        mount_setattr: cfg.mount_setattr,
-        shared: cfg
-            .shared
-            .as_ref()
-            .map(|s| (s.source.as_path(), s.path.as_str())),
-    })
+    marks.mark("init_mntns");
+    mounts::enter_rootfs(
+        &mounts::RootPlan {
+            rootfs: &cfg.rootfs,
+            sandbox: &cfg.sandbox,
+            tmp: &cfg.tmp,
+            switch: cfg.root_switch,
+            sys: cfg.sys,
+            mount_setattr: cfg.mount_setattr,
+            shared: cfg
+                .shared
+                .as_ref()
+                .map(|s| (s.source.as_path(), s.path.as_str())),
+        },
+        marks,
+    )
     .map_err(|e| e.to_string())?;
     Ok(procs)
 }
 
 /// In the command's process: drops privileges and executes. Returns only on
-/// failure, with the reason.
-fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
+/// failure, with the reason. `marks` go into `steps_w` just before the exec.
+fn exec_command(
+    cfg: &LaunchConfig,
+    stdout: &File,
+    stderr: &File,
+    mut marks: Marks,
+    mut steps_w: File,
+) -> String {
     unblock_all_signals();
     for s in FORWARDED.iter().chain([Signal::SIGCHLD].iter()) {
         // SAFETY: restoring the default disposition.
@@ -199,9 +219,11 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
     if let Some(n) = cfg.nproc_rlimit {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n);
     }
+    marks.mark("cmd_stdio");
     if let Err(e) = drop_privileges(cfg.uid, cfg.gid) {
         return e;
     }
+    marks.mark("cmd_privileges");
     if let Err(e) = std::env::set_current_dir(SANDBOX_IN_ROOTFS) {
         return format!("chdir {SANDBOX_IN_ROOTFS}: {e}");
     }
@@ -212,12 +234,16 @@ fn exec_command(cfg: &LaunchConfig, stdout: &File, stderr: &File) -> String {
     let cstr = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = cfg.argv.iter().map(|a| cstr(a)).collect();
     let env: Vec<CString> = cfg.env.iter().map(|a| cstr(a)).collect();
+    marks.mark("cmd_resolve");
     // Last, after no_new_privs: nothing of the set-up above is filtered.
     if cfg.seccomp {
         if let Err(e) = super::seccomp::install() {
             return e.to_string();
         }
     }
+    marks.mark("cmd_seccomp");
+    // One write below PIPE_BUF: whole or not at all; close-on-exec.
+    let _ = steps_w.write_all(marks.encode().as_bytes());
     let err = nix::unistd::execve(&cstr(&program), &argv, &env).unwrap_err();
     format!("exec {program}: {err}")
 }

@@ -23,6 +23,7 @@ mod logcap;
 mod mounts;
 pub mod netns;
 pub mod seccomp;
+mod steps;
 pub mod zygote;
 
 use std::fs::{File, OpenOptions};
@@ -200,10 +201,12 @@ fn supervisor_signals() -> SigSet {
 }
 
 /// Runs the supervisor of the task in `task_dir` in this process (a fresh
-/// child of the zygote); `report` takes the launch result. Returns the
+/// child of the zygote, which forked at `forked_at`, µs of
+/// `steps::now_us`); `report` takes the launch result. Returns the
 /// process's exit code.
-pub(crate) fn supervise(task_dir: &Path, report: Reporter) -> i32 {
-    let start = Instant::now();
+pub(crate) fn supervise(task_dir: &Path, report: Reporter, forked_at: u64) -> i32 {
+    let mut marks = steps::Marks::start_at(forked_at);
+    marks.mark("sup_fork");
     let dir = TaskDir::new(task_dir);
     let cfg: LaunchConfig = match read_json(&dir.launch_json()) {
         Ok(c) => c,
@@ -214,14 +217,13 @@ pub(crate) fn supervise(task_dir: &Path, report: Reporter) -> i32 {
     };
     let _ = nix::unistd::setsid();
     set_process_name(c"gleaner-sup");
-    Supervisor::new(cfg, dir, start).run(report)
+    marks.mark("sup_config");
+    Supervisor::new(cfg, dir).run(report, marks)
 }
 
 struct Supervisor {
     cfg: LaunchConfig,
     dir: TaskDir,
-    /// When this process began supervising (right after the zygote's fork).
-    start: Instant,
 }
 
 /// How the task's command ended, as the init saw it.
@@ -232,16 +234,16 @@ pub(crate) enum Outcome {
 }
 
 impl Supervisor {
-    fn new(cfg: LaunchConfig, dir: TaskDir, start: Instant) -> Self {
-        Supervisor { cfg, dir, start }
+    fn new(cfg: LaunchConfig, dir: TaskDir) -> Self {
+        Supervisor { cfg, dir }
     }
 
-    fn run(self, report: Reporter) -> i32 {
+    fn run(self, report: Reporter, mut marks: steps::Marks) -> i32 {
         let report_fd = report.raw_fd();
         redirect_stdio(&self.dir.supervisor_log());
 
         let mut streams = logcap::Streams::new(Vec::new());
-        match self.launch(report_fd, &mut streams) {
+        match self.launch(report_fd, &mut streams, &mut marks) {
             Ok((init, task_pid, status_r)) => {
                 report.ok(task_pid);
                 let outcome = self.wait(init, status_r, &mut streams);
@@ -263,6 +265,7 @@ impl Supervisor {
         &self,
         report_fd: i32,
         streams: &mut logcap::Streams,
+        marks: &mut steps::Marks,
     ) -> Result<(Pid, i32, File), String> {
         // The logs live in the task dir, which the task cannot write; the
         // task gets pipes, never the files.
@@ -277,7 +280,8 @@ impl Supervisor {
         let (stdout, stderr) = (File::from(stdout), File::from(stderr));
         let (mut err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
-        let prepared = self.start.elapsed();
+        let (mut steps_r, steps_w) = pipe()?;
+        marks.mark("sup_logs");
 
         let signals = supervisor_signals();
         signals
@@ -299,7 +303,8 @@ impl Supervisor {
                 drop(status_r);
                 drop(out_r);
                 drop(errs_r);
-                let code = init::run(&self.cfg, err_w, status_w, stdout, stderr);
+                drop(steps_r);
+                let code = init::run(&self.cfg, err_w, status_w, steps_w, stdout, stderr);
                 // SAFETY: leave without running the supervisor's destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -307,6 +312,7 @@ impl Supervisor {
         };
         drop(err_w);
         drop(status_w);
+        drop(steps_w);
         // Only the task holds the write ends now: EOF when it is gone.
         drop(stdout);
         drop(stderr);
@@ -318,8 +324,12 @@ impl Supervisor {
             return Err(failure.trim().to_owned());
         }
         // The init joined the cgroup, built the mounts, pivoted and forked
-        // the command, whose exec closed the error pipe.
-        let executed = self.start.elapsed();
+        // the command, whose exec closed the error pipe; its marks were
+        // written before that (never waited for: O_NONBLOCK).
+        if let Some(child) = read_available(&mut steps_r).and_then(|t| steps::Marks::decode(&t)) {
+            marks.extend(child);
+        }
+        marks.mark("exec");
         let task_pid = crate::procfs_util::children(init.as_raw())
             .first()
             .copied()
@@ -333,12 +343,10 @@ impl Supervisor {
             task_pid,
             started_at: Utc::now(),
             boot_id: crate::procfs_util::boot_id(),
-            launch_steps: format!(
-                "sup_prepare={},sup_init_to_exec={},sup_record={}",
-                prepared.as_micros(),
-                (executed - prepared).as_micros(),
-                (self.start.elapsed() - executed).as_micros()
-            ),
+            launch_steps: {
+                marks.mark("sup_record");
+                marks.durations()
+            },
         };
         crate::runtime::hooks::pause_blocking("supervisor_record");
         // Pids mean nothing after a reboot: atomic, not durable.
@@ -534,6 +542,18 @@ fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<i32> {
     // SAFETY: valid sigset and timespec pointers for the duration of the call.
     let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ts_ptr) };
     (sig > 0).then_some(sig)
+}
+
+/// What the pipe `r` holds now, without waiting for more.
+fn read_available(r: &mut File) -> Option<String> {
+    // SAFETY: fcntl flags on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut buf = [0u8; 1024];
+    let n = r.read(&mut buf).ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 pub(crate) fn pipe() -> Result<(File, OwnedFd), String> {

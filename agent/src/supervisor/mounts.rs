@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
+use super::steps::Marks;
 use super::RootSwitch;
 use crate::layout::MOUNT_POINTS;
 
@@ -148,7 +149,8 @@ const PROC_MASKED: [&str; 9] = [
 ];
 const SYS_MASKED: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 
-pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
+/// Builds the task's root and enters it; `marks` times each part.
+pub(crate) fn enter_rootfs(plan: &RootPlan, marks: &mut Marks) -> Result<(), MountError> {
     let rootfs = plan.rootfs;
     let root = Path::new("/");
     mount(
@@ -170,6 +172,7 @@ pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
     // The image is shared by every task using it: read-only, no setuid,
     // mounts below it included.
     read_only_recursive(rootfs, plan.mount_setattr)?;
+    marks.mark("mnt_rootfs");
 
     let dev = rootfs.join("dev");
     mount(
@@ -181,6 +184,7 @@ pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
     )
     .map_err(sys("mount tmpfs", &dev))?;
     populate_dev(&dev)?;
+    marks.mark("mnt_dev");
 
     let proc_dir = rootfs.join("proc");
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -207,6 +211,7 @@ pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
             mask(&sys_dir.join(name), &null)?;
         }
     }
+    marks.mark("mnt_proc");
 
     for (src, name) in [(plan.tmp, "tmp"), (plan.sandbox, "sandbox")] {
         let target = rootfs.join(name);
@@ -224,6 +229,7 @@ pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
         mount(NONE, &target, NONE, flags, NONE).map_err(sys("remount nosuid", &target))?;
     }
 
+    marks.mark("mnt_binds");
     nix::unistd::chdir(rootfs).map_err(sys("chdir", rootfs))?;
     match plan.switch {
         RootSwitch::PivotRoot => {
@@ -240,7 +246,9 @@ pub fn enter_rootfs(plan: &RootPlan) -> Result<(), MountError> {
             nix::unistd::chroot(".").map_err(sys("chroot", rootfs))?;
         }
     }
-    nix::unistd::chdir("/").map_err(sys("chdir", root))
+    nix::unistd::chdir("/").map_err(sys("chdir", root))?;
+    marks.mark("mnt_pivot");
+    Ok(())
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;

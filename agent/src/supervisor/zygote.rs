@@ -95,6 +95,7 @@ fn spawn_supervisor(sock: &OwnedFd, dir: &Path) {
             return;
         }
     };
+    let forked_at = super::steps::now_us();
     // SAFETY: the zygote is single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -109,6 +110,7 @@ fn spawn_supervisor(sock: &OwnedFd, dir: &Path) {
                         sock,
                         dir: dir.display().to_string(),
                     },
+                    forked_at,
                 ),
                 Err(e) => {
                     eprintln!("gleaner-agent zygote: dup socket: {e}");
