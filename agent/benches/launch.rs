@@ -156,8 +156,20 @@ fn main() {
     let Side::Agent(agent, _) = a else {
         unreachable!()
     };
-    drop(b);
+    println!(
+        "A (gleaner{}):",
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" with {extra:?}")
+        }
+    );
     stage_breakdown(&agent.log_path);
+    if let Some(Side::Agent(b_agent, _)) = &b {
+        println!("B ({b_name}):");
+        stage_breakdown(&b_agent.log_path);
+    }
+    drop(b);
 
     if long == 0 {
         return;
@@ -220,12 +232,26 @@ fn main() {
 fn stage_breakdown(log: &Path) {
     let text = fs::read_to_string(log).unwrap_or_default();
     let mut steps: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
-    for line in text.lines().filter(|l| l.contains("launch stages")) {
+    for line in text
+        .lines()
+        .filter(|l| l.contains("launch stages") || l.contains("submit waited"))
+    {
         let line = strip_ansi(line);
-        let Some(rest) = line.split("stages=").nth(1) else {
-            continue;
+        // `submit waited record_us=.. launch_us=..`: the two sides of a
+        // reply (the durable record, the launch), each from the start.
+        let parts: Vec<String> = if line.contains("submit waited") {
+            line.split_whitespace()
+                .filter_map(|w| w.split_once("_us="))
+                .map(|(k, v)| format!("reply_{k}={v}/-"))
+                .collect()
+        } else {
+            let Some(rest) = line.split("stages=").nth(1) else {
+                continue;
+            };
+            let stages = rest.split_whitespace().next().unwrap_or("");
+            stages.split(',').map(str::to_owned).collect()
         };
-        for part in rest.split_whitespace().next().unwrap_or("").split(',') {
+        for part in &parts {
             let Some((step, times)) = part.split_once('=') else {
                 continue;
             };

@@ -814,12 +814,24 @@ impl Agent {
                 tokio::spawn(async move { agent.launch_unit(unit).await });
             }
         }
+        // Each side's time from here, logged for bench/launch: the reply
+        // waits for the slower one.
+        let (t0, inline) = (std::time::Instant::now(), own_unit.is_some());
+        let durable = async { (durable.await, t0.elapsed()) };
         let launched = async {
             if let Some(unit) = own_unit {
                 self.launch_unit(unit).await;
             }
+            t0.elapsed()
         };
-        let (written, ()) = tokio::join!(durable, launched);
+        let ((written, record_t), launch_t) = tokio::join!(durable, launched);
+        if inline {
+            tracing::debug!(
+                record_us = record_t.as_micros() as u64,
+                launch_us = launch_t.as_micros() as u64,
+                "submit waited"
+            );
+        }
         if let Err(e) = written
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
