@@ -7,7 +7,8 @@
 //! ```text
 //! <data-dir>/images/<sha256>/rootfs/     the unpacked image (never written after the rename)
 //! <data-dir>/images/<sha256>/image.json  uri, size; its mtime is the last use
-//! <data-dir>/images/file-<sha256>/file   a fetched file (copied into each sandbox)
+//! <data-dir>/images/file-<sha256>-<scope>/file   a fetched file (copied into each
+//!                                        sandbox); scope: its role and URI
 //! <data-dir>/images/.tmp/                downloads and unpacks in progress
 //! ```
 //!
@@ -82,10 +83,20 @@ struct ImageMeta {
     archive_bytes: u64,
 }
 
-/// Where a fetched file with this digest is kept: beside the images, in
-/// the same LRU and under the same per-entry locks.
-fn file_entry(sha256: &str) -> String {
-    format!("file-{sha256}")
+/// Where a fetched file with this digest is kept for tasks of `role`
+/// naming `uri`: beside the images, in the same LRU and under the same
+/// per-entry locks. Keyed like Mesos's fetcher cache (user and URI; the
+/// tenant here is the role): a digest alone is no capability, so a task
+/// gets a cached file only if its own tenant fetched it from the same URI
+/// (a digest is public, the URI's content may not be).
+fn file_entry(sha256: &str, role: &str, uri: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(role.as_bytes());
+    h.update([0]);
+    h.update(uri.as_bytes());
+    let scope = crate::download::hex(&h.finalize()[..8]);
+    format!("file-{sha256}-{scope}")
 }
 
 pub struct ImageCache {
@@ -207,11 +218,18 @@ impl ImageCache {
     }
 
     /// A copy of the file with this digest at `dest` (a new file, mode
-    /// 0600, root's), downloaded into the cache first unless there. The
-    /// copy is made under the entry's lock: eviction never races it.
-    pub async fn copy_file(&self, uri: &str, sha256: &str, dest: &Path) -> Result<(), ImageError> {
+    /// 0600, root's), downloaded into the cache first unless a task of
+    /// `role` downloaded it from `uri` before ([`file_entry`]). The copy is
+    /// made under the entry's lock: eviction never races it.
+    pub async fn copy_file(
+        &self,
+        uri: &str,
+        sha256: &str,
+        role: &str,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
         let sha256 = sha256.to_ascii_lowercase();
-        let entry = file_entry(&sha256);
+        let entry = file_entry(&sha256, role, uri);
         let lock = self.lock_for(&entry);
         let _one_fetch = lock.lock().await;
         let home = self.dir.join(&entry);
@@ -485,6 +503,18 @@ pub fn du(root: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_file_is_scoped_by_role_and_uri() {
+        let sha = "ab".repeat(32);
+        let a = file_entry(&sha, "batch", "http://h/x");
+        assert!(a.starts_with(&format!("file-{sha}-")), "{a}");
+        assert_eq!(a, file_entry(&sha, "batch", "http://h/x"));
+        assert_ne!(a, file_entry(&sha, "analytics", "http://h/x"));
+        assert_ne!(a, file_entry(&sha, "batch", "http://h/y"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(file_entry(&sha, "a", "bc"), file_entry(&sha, "ab", "c"));
+    }
 
     #[test]
     fn du_counts_blocks_and_hard_links_once() {

@@ -304,8 +304,9 @@ fn a_cached_fetch_with_sha256_downloads_once_for_two_tasks() {
     }
     assert_eq!(server.hits("tool.sh"), 1, "one download for two tasks");
     // Each task got its own copy: a task's write does not reach the cache.
-    let cached = agent.data_dir.join(format!("images/file-{sha}/file"));
-    assert_eq!(std::fs::read(&cached).unwrap(), body);
+    let cached = cached_files(&agent, &sha);
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(std::fs::read(&cached[0]).unwrap(), body);
     // Without `cache` it is downloaded again.
     let plain = json!([{"uri": uri, "sha256": sha, "executable": true}]);
     agent.submit(fetch_spec("c", "./tool.sh", plain)).unwrap();
@@ -458,4 +459,64 @@ fn a_tasks_fetches_together_are_capped() {
         assert!(!task.join("sandbox/ran").exists(), "{id}: the command ran");
         assert!(!task.join("fetch.tmp").exists(), "{id}: staging left");
     }
+}
+
+/// The cache's copies of the file with digest `sha` (one per role and URI).
+fn cached_files(agent: &TestAgent, sha: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(agent.data_dir.join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("file-{sha}-")))
+        .map(|e| e.path().join("file"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Review (issue 14): a cached file was found by its digest alone, so a
+/// task naming a digest another tenant's fetch had cached got the file
+/// without being able to download it (its own URI was never fetched). As
+/// Mesos's fetcher cache (keyed by user and URI), an entry serves only
+/// the role that fetched it, from the same URI.
+#[test]
+fn a_cached_digest_is_no_capability_across_roles_or_uris() {
+    if !require_root("a_cached_digest_is_no_capability_across_roles_or_uris") {
+        return;
+    }
+    let agent = TestAgent::start_with(LOCAL);
+    let server = Server::start();
+    let body = b"#!/bin/sh\necho private tool\n";
+    let uri = server.serve_bytes("tool.sh", body);
+    let path = agent.tmp().join("tool.sh");
+    std::fs::write(&path, body).unwrap();
+    let sha = gleaner_rootfs::sha256_file(&path).unwrap();
+    let entry = |uri: &str| json!([{"uri": uri, "sha256": sha, "cache": true, "executable": true}]);
+    agent
+        .submit(fetch_spec("owner", "./tool.sh", entry(&uri)))
+        .unwrap();
+    assert_eq!(agent.wait_final("owner", LONG).state, TaskState::Finished);
+    assert_eq!(server.hits("tool.sh"), 1);
+    // The digest with a URI that does not serve it: no file from the cache.
+    let elsewhere = format!("http://127.0.0.1:{}/elsewhere/tool.sh", server.port);
+    agent
+        .submit(fetch_spec("thief", "./tool.sh", entry(&elsewhere)))
+        .unwrap();
+    let s = agent.wait_final("thief", LONG);
+    assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
+    assert!(s.message.clone().unwrap_or_default().contains("404"), "{s:?}");
+    assert!(!agent.data_dir.join("tasks/thief/sandbox/tool.sh").exists());
+    // Another role, the same URI: its own download and its own entry.
+    agent
+        .client
+        .put::<Value, Value>(
+            "/v1/reservations/analytics",
+            &json!({"cpus": 0.5, "mem_mb": 128}),
+        )
+        .unwrap();
+    let mut other = fetch_spec("other", "./tool.sh", entry(&uri));
+    other["role"] = json!("analytics");
+    agent.submit(other).unwrap();
+    assert_eq!(agent.wait_final("other", LONG).state, TaskState::Finished);
+    assert_eq!(server.hits("tool.sh"), 2, "another role downloads for itself");
+    assert_eq!(cached_files(&agent, &sha).len(), 2);
 }

@@ -75,6 +75,17 @@ impl TotalCap {
     }
 }
 
+/// The task a list is fetched for.
+#[derive(Clone, Copy)]
+pub struct For<'a> {
+    pub owner: Owner,
+    /// Its tenant: cached files are kept per role (see `images`).
+    pub role: &'a str,
+    pub cap: TotalCap,
+    /// Told when the task is stopped: the download in progress ends.
+    pub stop: &'a tokio::sync::Notify,
+}
+
 /// Who owns what is fetched: the task's user.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -88,17 +99,16 @@ pub async fn fetch_all(
     images: &ImageCache,
     fetch: &[FetchSpec],
     dir: &TaskDir,
-    owner: Owner,
-    cap: TotalCap,
-    stop: &tokio::sync::Notify,
+    task: For<'_>,
 ) -> Result<(), FetchError> {
+    let owner = task.owner;
     let staging = dir.fetch_staging();
     let sandbox = dir.sandbox();
     {
         let (staging, sandbox) = (staging.clone(), sandbox.clone());
         blocking(move || fresh_dirs(&staging, &sandbox, owner)).await?;
     }
-    let result = fetch_each(images, fetch, &staging, &sandbox, owner, cap, stop).await;
+    let result = fetch_each(images, fetch, &staging, &sandbox, task).await;
     let s = staging.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(s)).await;
     result
@@ -109,10 +119,14 @@ async fn fetch_each(
     fetch: &[FetchSpec],
     staging: &Path,
     sandbox: &Path,
-    owner: Owner,
-    cap: TotalCap,
-    stop: &tokio::sync::Notify,
+    task: For<'_>,
 ) -> Result<(), FetchError> {
+    let For {
+        owner,
+        role,
+        cap,
+        stop,
+    } = task;
     let mut total: u64 = 0;
     for (i, f) in fetch.iter().enumerate() {
         let name = f.file_name()?;
@@ -130,7 +144,7 @@ async fn fetch_each(
         // `staging`, removed as after any failure); the unpack and rename
         // below are not cut short.
         let got = tokio::select! {
-            r = download(images, f, &file, left) => r,
+            r = download(images, f, role, &file, left) => r,
             () = stop.notified() => return Err(FetchError::Stopped),
         };
         let bytes = match got {
@@ -179,12 +193,13 @@ async fn fetch_each(
 async fn download(
     images: &ImageCache,
     f: &FetchSpec,
+    role: &str,
     file: &Path,
     left: u64,
 ) -> Result<u64, FetchError> {
     match f.cached_digest() {
         Some(sha) => {
-            images.copy_file(&f.uri, &sha, file).await?;
+            images.copy_file(&f.uri, &sha, role, file).await?;
             Ok(std::fs::metadata(file).map_err(io_err(file))?.len())
         }
         None => Ok(images

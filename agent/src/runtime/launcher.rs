@@ -205,15 +205,20 @@ impl Agent {
         fetch: &[gleaner_core::fetch::FetchSpec],
         stop: &tokio::sync::Notify,
     ) -> Result<(), String> {
-        let (dir, user, disk_mb) = {
+        let (dir, user, disk_mb, role) = {
             let t = task.lock().unwrap();
             let spec = &t.record.spec;
-            (t.dir.clone(), self.task_user(spec), spec.resources.disk_mb)
+            let user = self.task_user(spec);
+            (t.dir.clone(), user, spec.resources.disk_mb, spec.role.clone())
         };
         let (_, _, uid, gid) = user?;
-        let owner = super::fetch::Owner { uid, gid };
-        let cap = super::fetch::TotalCap::for_task(disk_mb, self.cfg.image_max_mb);
-        let result = super::fetch::fetch_all(&self.images, fetch, &dir, owner, cap, stop).await;
+        let fetch_for = super::fetch::For {
+            owner: super::fetch::Owner { uid, gid },
+            role: &role,
+            cap: super::fetch::TotalCap::for_task(disk_mb, self.cfg.image_max_mb),
+            stop,
+        };
+        let result = super::fetch::fetch_all(&self.images, fetch, &dir, fetch_for).await;
         if fetch.iter().any(|f| f.cached_digest().is_some()) {
             let (agent, in_use) = (self.clone(), self.images_in_use());
             let _ = tokio::task::spawn_blocking(move || agent.images.evict(&in_use)).await;
