@@ -137,6 +137,15 @@ pub fn create_dir_all(path: &Path) -> Result<(), FsError> {
     fs::create_dir_all(path).map_err(|e| FsError::io("mkdir", path, e))
 }
 
+/// Makes `path` unless it is there, never its parents: a dir whose
+/// parent is gone fails (`NotFound`) rather than bring the parent back.
+pub fn create_dir_in(path: &Path) -> io::Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        r => r,
+    }
+}
+
 /// Removes a file; a missing one is fine.
 pub fn remove_file_if_exists(path: &Path) -> Result<(), FsError> {
     match fs::remove_file(path) {

@@ -326,8 +326,10 @@ fn a_staging_task_is_killed_promptly_and_its_partial_download_removed() {
     }
     let agent = TestAgent::start_with(&format!("{LOCAL}\nimage_fetch_timeout_s = 600"));
     let server = Server::start();
-    let slow = server.trickle("slow.bin", 100_000, Duration::from_millis(50));
-    let image = server.trickle("slow.tar.gz", 100_000, Duration::from_millis(50));
+    // 1 MB at 1 KiB every 50 ms: 50 s, far longer than the test.
+    let junk = vec![b'x'; 1_000_000];
+    let slow = server.trickle("slow.bin", &junk, Duration::from_millis(50));
+    let image = server.trickle("slow.tar.gz", &junk, Duration::from_millis(50));
     agent
         .submit(fetch_spec("f", "touch ran", json!([{"uri": slow}])))
         .unwrap();
@@ -519,4 +521,51 @@ fn a_cached_digest_is_no_capability_across_roles_or_uris() {
     assert_eq!(agent.wait_final("other", LONG).state, TaskState::Finished);
     assert_eq!(server.hits("tool.sh"), 2, "another role downloads for itself");
     assert_eq!(cached_files(&agent, &sha).len(), 2);
+}
+
+/// Review (issue 14): the fetch made the task dir if it was missing
+/// (`create_dir_all`), so a task whose dir was removed while it waited
+/// for its image (abandoned, swept) got it back and ran. The dir is made
+/// once, at acceptance; a fetch (or launch) that finds it gone fails.
+#[test]
+fn a_task_dir_removed_before_its_fetch_is_not_made_again() {
+    if !require_root("a_task_dir_removed_before_its_fetch_is_not_made_again") {
+        return;
+    }
+    let agent = TestAgent::start_with(LOCAL);
+    let server = Server::start();
+    let dir = agent.tmp().to_owned();
+    let (image, sha) = busybox_image(&dir);
+    // The image takes a few seconds to arrive: the window to remove the dir.
+    let bytes = std::fs::read(&image).unwrap();
+    let every = Duration::from_millis((4000 / (bytes.len() as u64 / 1024).max(1)).max(1));
+    let uri = server.trickle("image.tar.gz", &bytes, every);
+    let file = server.serve_bytes("data.txt", b"data");
+    let mut spec = fetch_spec("gone", "touch ran", json!([{"uri": file}]));
+    spec["rootfs"] = json!({"uri": uri, "sha256": sha});
+    agent.submit(spec).unwrap();
+    wait_until(LONG, "the image download under way", || {
+        server.open.load(std::sync::atomic::Ordering::SeqCst) == 1
+    });
+    let task = agent.data_dir.join("tasks/gone");
+    std::fs::remove_dir_all(&task).unwrap();
+    let s = agent.wait_final("gone", LONG);
+    assert_eq!(s.state, TaskState::Failed, "{s:?}");
+    assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
+    assert!(s.message.clone().unwrap_or_default().contains("dir is gone"), "{s:?}");
+    assert!(!task.join("sandbox").exists(), "the task dir was made again");
+    assert_eq!(server.hits("data.txt"), 0);
+}
+
+/// A busybox image built by `gleaner-rootfs` and its sha256.
+fn busybox_image(dir: &Path) -> (std::path::PathBuf, String) {
+    let image = dir.join("busybox.tar.gz");
+    let out = Command::new(workspace_bin("gleaner-rootfs"))
+        .args(["build", "--from", "busybox", "--output"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sha = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    (image, sha)
 }

@@ -28,6 +28,9 @@ pub enum FetchError {
     Cache(#[from] ImageError),
     #[error("extract {uri}: {reason}")]
     Extract { uri: String, reason: String },
+    /// The task dir is gone (never made again by a fetch).
+    #[error("{path}: the task's dir is gone")]
+    Vanished { path: PathBuf },
     /// The task was stopped while fetching.
     #[error("stopped while fetching")]
     Stopped,
@@ -221,18 +224,24 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-/// An empty root-only staging dir; the sandbox, the task's.
+/// An empty root-only staging dir; the sandbox, the task's. Both in the
+/// task dir, which is never made here: it exists from the task's
+/// acceptance on, so one that is gone was removed (the task abandoned or
+/// swept) and the run fails rather than bring it back.
 fn fresh_dirs(staging: &Path, sandbox: &Path, owner: Owner) -> Result<(), FetchError> {
+    let root = staging.parent().unwrap_or(staging);
+    if !root.is_dir() {
+        return Err(FetchError::Vanished {
+            path: root.to_owned(),
+        });
+    }
     if std::fs::symlink_metadata(staging).is_ok() {
         std::fs::remove_dir_all(staging).map_err(io_err(staging))?;
     }
-    // The task dir may not be there yet: a pass of another submission can
-    // launch a task between its registration and its dir's creation.
-    std::fs::create_dir_all(staging.parent().unwrap_or(staging)).map_err(io_err(staging))?;
     std::fs::create_dir(staging).map_err(io_err(staging))?;
     std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(staging))?;
-    std::fs::create_dir_all(sandbox).map_err(io_err(sandbox))?;
+    crate::fsutil::create_dir_in(sandbox).map_err(io_err(sandbox))?;
     std::os::unix::fs::chown(sandbox, Some(owner.uid), Some(owner.gid)).map_err(io_err(sandbox))
 }
 

@@ -301,10 +301,12 @@ impl Agent {
         for stale in [dir.exit_json(), dir.supervisor_json(), dir.stop_json()] {
             fsutil::remove_file_if_exists(&stale).map_err(|e| e.to_string())?;
         }
-        fsutil::create_dir_all(&dir.sandbox()).map_err(|e| e.to_string())?;
+        // Never the task dir itself: one that vanished fails the launch.
+        for d in [dir.sandbox(), dir.tmp()] {
+            fsutil::create_dir_in(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+        }
         nix::unistd::chown(&dir.sandbox(), Some(uid.into()), Some(gid.into()))
             .map_err(|e| format!("chown {}: {e}", dir.sandbox().display()))?;
-        fsutil::create_dir_all(&dir.tmp()).map_err(|e| e.to_string())?;
         std::fs::set_permissions(dir.tmp(), std::fs::Permissions::from_mode(0o1777))
             .map_err(|e| format!("chmod {}: {e}", dir.tmp().display()))?;
         stages.mark("dirs");

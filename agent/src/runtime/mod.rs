@@ -730,12 +730,23 @@ impl Agent {
                 Arc::new(Mutex::new(Task::new(r, dir)))
             })
             .collect();
+        // Each task's dir is made before the task is in the map (a pass of
+        // another submission may launch it from there on, and a launch
+        // never makes a task dir: one that vanished fails the run), and
+        // made new: one that exists means the id is taken.
+        let made = make_task_dirs(&tasks)?;
+        let undo = |e: AgentError| {
+            for dir in &made {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Err(e)
+        };
         {
             let mut map = self.tasks.lock().unwrap();
             for t in &tasks {
                 let t = t.lock().unwrap();
-                if map.contains_key(&t.record.status.id) || t.dir.root().exists() {
-                    return Err(AgentError::Conflict(format!(
+                if map.contains_key(&t.record.status.id) {
+                    return undo(AgentError::Conflict(format!(
                         "task {:?} already exists",
                         t.record.status.id
                     )));
@@ -749,7 +760,8 @@ impl Agent {
                 let e = existing.lock().unwrap();
                 for r in &new {
                     if let Some(clash) = name_clash(&e.record, r) {
-                        return Err(AgentError::Conflict(clash));
+                        drop(e);
+                        return undo(AgentError::Conflict(clash));
                     }
                 }
             }
@@ -759,16 +771,10 @@ impl Agent {
                 map.insert(t2.record.status.id.clone(), t.clone());
             }
         }
-        let mut writes = Vec::new();
-        for t in &tasks {
-            let mut t = t.lock().unwrap();
-            if let Err(e) = fsutil::create_dir_all(t.dir.root()) {
-                drop(t);
-                self.abandon(&tasks);
-                return Err(e.into());
-            }
-            writes.push(t.snapshot(true));
-        }
+        let writes: Vec<RecordWrite> = tasks
+            .iter()
+            .map(|t| t.lock().unwrap().snapshot(true))
+            .collect();
         // The acknowledgement needs the records on disk; a launch does not,
         // so the two run side by side and the reply waits for both. A group
         // is whole only once its last record is written (`group_size`).
@@ -1265,6 +1271,32 @@ impl Agent {
 
 /// A task and a group of one role would share the cgroup `<role>/<name>`
 /// (a group's release would kill the task): the newer of the two is refused.
+
+/// Makes each task's dir, new; an existing one is a 409 (the id is
+/// taken), any other failure an error; either way the dirs made here are
+/// removed again.
+fn make_task_dirs(tasks: &[TaskRef]) -> Result<Vec<std::path::PathBuf>, AgentError> {
+    let mut made = Vec::new();
+    for t in tasks {
+        let (id, root) = {
+            let t = t.lock().unwrap();
+            (t.record.status.id.clone(), t.dir.root().to_owned())
+        };
+        if let Err(e) = std::fs::create_dir(&root) {
+            for dir in &made {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    AgentError::Conflict(format!("task {id:?} already exists"))
+                }
+                _ => AgentError::Internal(format!("mkdir {}: {e}", root.display())),
+            });
+        }
+        made.push(root);
+    }
+    Ok(made)
+}
 fn name_clash(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
     if existing.spec.role != new.spec.role {
         return None;

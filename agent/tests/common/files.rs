@@ -15,8 +15,11 @@ enum Answer {
     Bytes(Vec<u8>),
     /// 302 to this location.
     Redirect(String),
-    /// `len` bytes announced, one sent every `every` (a slow server).
-    Trickle { len: usize, every: std::time::Duration },
+    /// `body` announced, 1 KiB of it sent every `every` (a slow server).
+    Trickle {
+        body: Vec<u8>,
+        every: std::time::Duration,
+    },
 }
 
 /// Serves files by path over HTTP/1.1 and counts GETs per path.
@@ -67,19 +70,20 @@ impl Server {
                             )
                             .as_bytes(),
                         ),
-                        Some(Answer::Trickle { len, every }) => {
+                        Some(Answer::Trickle { body, every }) => {
                             use std::sync::atomic::Ordering::SeqCst;
                             o.fetch_add(1, SeqCst);
+                            let len = body.len();
                             let mut r = conn.write_all(
                                 format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
                                     .as_bytes(),
                             );
-                            for _ in 0..len {
+                            for chunk in body.chunks(1024) {
                                 if r.is_err() {
                                     break;
                                 }
                                 std::thread::sleep(every);
-                                r = conn.write_all(b"x");
+                                r = conn.write_all(chunk);
                             }
                             o.fetch_sub(1, SeqCst);
                             r
@@ -129,9 +133,15 @@ impl Server {
         self.answer(name, Answer::Redirect(to.to_owned()))
     }
 
-    /// `/name` announces `len` bytes and sends one every `every`.
-    pub fn trickle(&self, name: &str, len: usize, every: std::time::Duration) -> String {
-        self.answer(name, Answer::Trickle { len, every })
+    /// `/name` serves `body`, 1 KiB every `every`.
+    pub fn trickle(&self, name: &str, body: &[u8], every: std::time::Duration) -> String {
+        self.answer(
+            name,
+            Answer::Trickle {
+                body: body.to_vec(),
+                every,
+            },
+        )
     }
 
     pub fn hits(&self, name: &str) -> usize {
