@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Marathon figures against a running scheduler (see run.sh): prints one
 JSON line. Usage: client.py URL INSTANCES SUBSCRIBERS
-(env APP_CPUS, APP_MEM: each instance's size; real agents need small ones)"""
+(env APP_CPUS, APP_MEM: each instance's size; real agents need small ones;
+APP_HEALTH=COMMAND or HTTP: the app has that health check, and "settled"
+also needs every instance healthy)"""
 import json, os, sys, threading, time, urllib.request
 
 url, n, subs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -20,9 +22,12 @@ def wait(what, cond, limit=600):
             sys.exit(f"timed out: {what}")
         time.sleep(0.05)
 
+health = os.environ.get("APP_HEALTH", "")
+
 def settled(running):
     a = call("GET", "/v2/apps/bench/big")["app"]
-    return a["tasksRunning"] == running and call("GET", "/v2/deployments") == []
+    healthy = not health or a["tasksHealthy"] == running
+    return a["tasksRunning"] == running and healthy and call("GET", "/v2/deployments") == []
 
 counts = [0] * subs
 attached = threading.Barrier(subs + 1)
@@ -43,6 +48,17 @@ app = {"id": "/bench/big", "cmd": "sleep 100000",
        "mem": float(os.environ.get("APP_MEM", "16")),
        "instances": n, "upgradeStrategy": {"minimumHealthCapacity": 0.5,
                                            "maximumOverCapacity": 0.2}}
+if health == "COMMAND":
+    app["healthChecks"] = [{"protocol": "COMMAND", "command": {"value": "true"},
+                            "gracePeriodSeconds": 300, "intervalSeconds": 30,
+                            "timeoutSeconds": 20, "maxConsecutiveFailures": 3}]
+elif health == "HTTP":
+    # busybox httpd on the instance's port; the check GETs /.
+    app["cmd"] = "mkdir -p w && echo ok > w/index.html && exec httpd -f -p $PORT0 -h w"
+    app["portDefinitions"] = [{"port": 0, "protocol": "tcp"}]
+    app["healthChecks"] = [{"protocol": "HTTP", "path": "/", "portIndex": 0,
+                            "gracePeriodSeconds": 300, "intervalSeconds": 30,
+                            "timeoutSeconds": 20, "maxConsecutiveFailures": 3}]
 t0 = time.time()
 call("POST", "/v2/apps", app)
 wait("all running", lambda: settled(n))
@@ -60,7 +76,8 @@ time.sleep(0.5)  # the last events in flight
 stop.set()
 total = sum(counts)
 print(json.dumps({
-    "instances": n, "to_all_running_s": round(start_s, 2),
+    "instances": n, "health_check": health or None,
+    "to_all_running_s" if not health else "to_all_running_and_healthy_s": round(start_s, 2),
     "rolling_restart_s": round(restart_s, 2),
     "subscribers": subs, "events_per_subscriber": counts,
     "events_per_s_per_subscriber": round(total / subs / restart_s, 1),

@@ -197,7 +197,7 @@ pub fn check_fixed_ports(
     checks: &[HealthCheck],
     task_ports: &[u16],
     agent_port: Option<u16>,
-    port_range: [u16; 2],
+    port_range: Option<[u16; 2]>,
 ) -> Result<(), SpecError> {
     for (i, c) in checks.iter().enumerate() {
         let Some(p) = c.port.filter(|_| c.protocol != Protocol::Command) else {
@@ -212,10 +212,9 @@ pub fn check_fixed_ports(
             }
         } else if Some(p) == agent_port {
             return Err(at("the agent's own API is not a task's to check".into()));
-        } else if (port_range[0]..=port_range[1]).contains(&p) {
+        } else if let Some([lo, hi]) = port_range.filter(|[lo, hi]| (*lo..=*hi).contains(&p)) {
             return Err(at(format!(
-                "in the node's port_range {}-{}, where other tasks' ports are (give the task ports and use port_index)",
-                port_range[0], port_range[1]
+                "in the node's port_range {lo}-{hi}, where other tasks' ports are (give the task ports and use port_index)"
             )));
         }
     }
@@ -473,7 +472,7 @@ mod tests {
     #[test]
     fn a_fixed_port_is_the_tasks_own_or_not_the_agents() {
         let c = |p: u16| check(&format!(r#"{{"protocol":"TCP","port":{p}}}"#)).unwrap();
-        let range = [31000, 32000];
+        let range = Some([31000, 32000]);
         // The task's own requested port: fine; another: refused.
         assert!(check_fixed_ports(&[c(8080)], &[8080, 0], Some(5051), range).is_ok());
         let e = check_fixed_ports(&[c(22)], &[8080], Some(5051), range).unwrap_err();
@@ -487,6 +486,10 @@ mod tests {
         // port_index and COMMAND are not concerned.
         let idx = check(r#"{"protocol":"HTTP"}"#).unwrap();
         assert!(check_fixed_ports(&[idx], &[0], Some(5051), range).is_ok());
+        // Where the node is not known (the scheduler's check): the task's
+        // own ports only.
+        assert!(check_fixed_ports(&[c(31005)], &[], None, None).is_ok());
+        assert!(check_fixed_ports(&[c(22)], &[0], None, None).is_err());
     }
 
     #[test]

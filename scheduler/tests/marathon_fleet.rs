@@ -476,7 +476,9 @@ fn marathon_fetch_on_real_agents() {
 /// nodes): 3 agents, one scheduler, `bench/marathon/client.py` (an app of
 /// INSTANCES to all running, its rolling restart, SSE events delivered to
 /// SUBSCRIBERS clients during it). Run with
-/// `cargo test -p gleaner-scheduler --test marathon_fleet -- --ignored bench_marathon_on_real_agents --nocapture`.
+/// `cargo test -p gleaner-scheduler --test marathon_fleet -- --ignored bench_marathon_on_real_agents --nocapture`
+/// (`APP_HEALTH=COMMAND` or `HTTP`: the app has that health check, and
+/// the figures wait for every instance healthy too).
 #[test]
 #[ignore]
 fn bench_marathon_on_real_agents() {
@@ -507,6 +509,7 @@ fn bench_marathon_on_real_agents() {
         .args([client, &url, &n.to_string(), &subs.to_string()])
         .env("APP_CPUS", "0.01")
         .env("APP_MEM", "8")
+        .env("APP_HEALTH", std::env::var("APP_HEALTH").unwrap_or_default())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -629,7 +629,7 @@ impl Agent {
             &spec.health_checks,
             &spec.ports,
             self.cfg.listen_addr().ok().map(|a| a.port()),
-            self.cfg.port_range,
+            Some(self.cfg.port_range),
         )
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
         let user = spec

@@ -384,6 +384,16 @@ impl App {
     }
 
     /// Every rule Marathon checks that gleaner honours; `Err` lists them all.
+    /// The TaskSpec's `ports`: host ports from the node's range, 0 = any
+    /// free one; a fixed one only with requirePorts (else Marathon's
+    /// service port).
+    fn task_ports(&self) -> Vec<u16> {
+        self.port_definitions
+            .iter()
+            .map(|p| if self.require_ports { p.port } else { 0 })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), Vec<Violation>> {
         let mut v = Vec::new();
         if let Err(e) = normalize_id(&self.id) {
@@ -460,7 +470,14 @@ impl App {
             match h.agent_check() {
                 Err(e) => v.push(violation(&format!("{p}/protocol"), e)),
                 Ok(c) => {
-                    if let Err(e) = c.validate(0, self.port_definitions.len(), Network::Host) {
+                    let ports = self.task_ports();
+                    let checked = c
+                        .validate(0, self.port_definitions.len(), Network::Host)
+                        .and_then(|()| {
+                            // The node's listen port and range are the agent's to check.
+                            gleaner_core::health::check_fixed_ports(&[c], &ports, None, None)
+                        });
+                    if let Err(e) = checked {
                         v.push(violation(&p, e.reason.trim_start_matches("[0]: ")));
                     }
                 }
@@ -552,13 +569,7 @@ impl App {
                 .unwrap_or(gleaner_core::spec::DEFAULT_KILL_GRACE_S),
             network: Default::default(),
             api_access: None,
-            // Host ports from the node's range: 0 = any free one; a fixed
-            // one only with requirePorts (else Marathon's service port).
-            ports: self
-                .port_definitions
-                .iter()
-                .map(|p| if self.require_ports { p.port } else { 0 })
-                .collect(),
+            ports: self.task_ports(),
             // `uris` are folded into `fetch` on acceptance; validation
             // runs before it.
             fetch: self
@@ -668,7 +679,8 @@ mod tests {
     #[test]
     fn health_checks_map_to_the_agent_and_bad_ones_are_422() {
         let a = app(json!({
-            "id": "/web", "cmd": "httpd", "portDefinitions": [{"port": 0}, {"port": 0}],
+            "id": "/web", "cmd": "httpd", "requirePorts": true,
+            "portDefinitions": [{"port": 0}, {"port": 8080}],
             "healthChecks": [
                 {"protocol": "MESOS_HTTP", "portIndex": 1, "intervalSeconds": 5,
                  "timeoutSeconds": 2, "gracePeriodSeconds": 10, "maxConsecutiveFailures": 0,
@@ -746,6 +758,12 @@ mod tests {
             assert_eq!(v[0].path, path, "{hc}");
             assert!(format!("{:?}", v[0]).contains(want), "{hc}: {v:?}");
         }
+        // A fixed port of an app with ports must be one of them (the agent
+        // probes as root from the host: not any loopback port).
+        let a = app(json!({"id": "/x", "cmd": "x", "portDefinitions": [{"port": 0}],
+                           "healthChecks": [{"protocol": "TCP", "port": 22}]}));
+        let v = a.validate().unwrap_err();
+        assert!(format!("{v:?}").contains("not one of the task's ports"), "{v:?}");
     }
 
     #[test]
