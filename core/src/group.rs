@@ -14,6 +14,12 @@ const MAX_SHARED_PATH: usize = 256;
 /// The task's own mounts and the kernel's: a shared volume there would hide
 /// (or be hidden by) what the task init mounts.
 const RESERVED: [&str; 5] = ["/proc", "/dev", "/sys", "/sandbox", "/tmp"];
+/// The image's programs, libraries and configuration: a volume every
+/// member can write must not replace (or, as an ancestor, hide) them.
+const SYSTEM: [&str; 11] = [
+    "/etc", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var/lib", "/root",
+    "/boot",
+];
 
 /// `"network"` of a group: `host` (each member as its own spec says) or
 /// `group` (one namespace for the whole group, only `lo` up).
@@ -78,6 +84,16 @@ pub fn check_shared_path(path: &str) -> Result<String, GroupError> {
                 format!("{normal} is on {r}, which the task's init mounts"),
             ));
         }
+    }
+    if let Some(d) = SYSTEM
+        .iter()
+        .find(|d| **d == normal || d.starts_with(&format!("{normal}/")))
+    {
+        let how = if *d == normal { "is" } else { "holds" };
+        return Err(bad(
+            FIELD,
+            format!("{normal} {how} the system directory {d}, which the volume would hide"),
+        ));
     }
     Ok(normal)
 }
@@ -197,6 +213,24 @@ mod tests {
         assert!(check_shared_path(&format!("/{}", "a".repeat(300))).is_err());
     }
 
+    #[test]
+    fn shared_paths_never_hide_system_dirs() {
+        for bad in [
+            "/etc", "/usr/", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var",
+            "/var/lib", "/root", "/boot", "//usr//",
+        ] {
+            let e = check_shared_path(bad).unwrap_err();
+            assert_eq!(e.field, "shared_path", "{bad:?}");
+            assert!(e.reason.contains("system directory"), "{bad:?}: {e}");
+        }
+        let e = check_shared_path("/var").unwrap_err();
+        assert!(e.reason.contains("holds the system directory /var/lib"), "{e}");
+        // Below them, beside them, or a longer name: the member's choice.
+        for ok in ["/var/lib/app", "/var/data", "/usr/local/share/x", "/etcd", "/library", "/data"] {
+            assert!(check_shared_path(ok).is_ok(), "{ok}");
+        }
+    }
+
     fn spec(sidecar: bool) -> TaskSpec {
         let mut s: TaskSpec =
             serde_json::from_str(r#"{"cmd":"x","resources":{"cpus":1,"mem_mb":64}}"#).unwrap();
@@ -298,13 +332,17 @@ mod tests {
         /// A path that passes is absolute, has no dot component, is not
         /// reserved, and is a fixed point of the check.
         #[test]
-        fn accepted_paths_are_normal(path in "(/(\\.\\.|\\.|proc|tmp|sandbox|a|b c|x\\.y)){0,5}/?") {
+        fn accepted_paths_are_normal(path in "(/(\\.\\.|\\.|proc|tmp|sandbox|var|lib|etc|a|b c|x\\.y)){0,5}/?") {
             if let Ok(p) = check_shared_path(&path) {
                 prop_assert!(p.starts_with('/') && p.len() > 1 && !p.ends_with('/'));
                 prop_assert!(p.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != ".."));
                 for r in RESERVED {
                     let below = format!("{}/", r);
                     prop_assert!(p != r && !p.starts_with(&below));
+                }
+                let above = format!("{}/", p);
+                for d in SYSTEM {
+                    prop_assert!(p != d && !d.starts_with(&above));
                 }
                 prop_assert_eq!(check_shared_path(&p).unwrap(), p.clone());
             }
