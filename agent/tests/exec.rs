@@ -380,3 +380,42 @@ done"#;
     assert!(out.contains("Seccomp:\t2"), "{out}");
     agent.kill("t7");
 }
+
+/// An exec from a client that vanished without a FIN (its host gone) held
+/// its session, cgroup and connection slot for ever: the agent's TCP
+/// sockets had no keepalive. The kernel's timer column in /proc/net/tcp
+/// says which timer runs on the agent's side of an idle connection: `00`
+/// none, `02` keepalive.
+#[test]
+fn tcp_connections_probe_a_vanished_client() {
+    if !require_root("tcp_connections_probe_a_vanished_client") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let port: u16 = agent.base.rsplit(':').next().unwrap().parse().unwrap();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let ours = client.local_addr().unwrap().port();
+    // local (agent) 127.0.0.1:port, remote 127.0.0.1:ours, ESTABLISHED.
+    let (local, remote) = (format!("0100007F:{port:04X}"), format!("0100007F:{ours:04X}"));
+    let timer = || {
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        text.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()) && f.get(3) == Some(&"01"))
+                .then(|| f[5].to_owned())
+        })
+    };
+    // Until the agent accepts, the kernel holds the socket without options.
+    let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        last = timer();
+        if last.as_deref().is_some_and(|t| t.starts_with("02:")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = last.expect("the agent's side of the connection in /proc/net/tcp");
+    assert!(t.starts_with("02:"), "no keepalive timer on the agent's side: {t}");
+    drop(client);
+}
