@@ -1147,8 +1147,14 @@ impl Agent {
             st.state = state;
             st.reason = reason;
             if let Some(group) = t.record.group.clone() {
+                // Stops, persists and unmounts: blocking work, off the
+                // runtime's workers (and after this task's lock is let go).
                 let (agent, role) = (self.clone(), t.record.spec.role.clone());
-                tokio::spawn(async move { agent.group_member_ended(&role, &group) });
+                let work = move || agent.group_member_ended(&role, &group);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => drop(rt.spawn_blocking(work)),
+                    Err(_) => drop(std::thread::spawn(work)),
+                }
             }
         }
         // Atomic, not durable: the durable facts are the supervisor's
