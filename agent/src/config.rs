@@ -119,6 +119,10 @@ pub struct AgentConfig {
     pub fetch_allow_hosts: Vec<String>,
     /// How often each task's sandbox and /tmp are measured against disk_mb.
     pub disk_check_interval_s: f64,
+    /// Most entries one measurement walks (a task's sandbox and /tmp, or a
+    /// group's volume and members' dirs): past it the task or group counts
+    /// as over its disk_mb, so millions of files cannot stall the sweep.
+    pub disk_check_max_entries: u64,
     /// Finished tasks (records, logs, task dirs) are removed this many
     /// hours after they ended...
     pub finished_retention_h: f64,
@@ -165,6 +169,7 @@ impl Default for AgentConfig {
             ca_file: None,
             fetch_allow_hosts: Vec::new(),
             disk_check_interval_s: 5.0,
+            disk_check_max_entries: 1_000_000,
             finished_retention_h: 24.0,
             finished_max: 10_000,
         }
@@ -322,6 +327,9 @@ impl AgentConfig {
         }
         if self.image_unpack_max_mb == 0 {
             return Err(key("image_unpack_max_mb", "must be > 0"));
+        }
+        if self.disk_check_max_entries == 0 {
+            return Err(key("disk_check_max_entries", "must be > 0"));
         }
         if self.image_unpack_max_entries == 0 {
             return Err(key("image_unpack_max_entries", "must be > 0"));

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod datalock;
 pub mod download;
+pub mod du;
 pub mod egress_guard;
 pub mod exec;
 pub mod fleet;

@@ -188,6 +188,13 @@ fn bad_group_options_are_refused_and_create_nothing() {
             "shared_path",
         );
     }
+    // Review: a volume every member can write over the image's system dirs.
+    for path in ["/etc", "/usr/", "/var", "/lib64"] {
+        refused(
+            json!({"id": "g", "shared_path": path, "tasks": [main.clone()]}),
+            "system directory",
+        );
+    }
     let mut none = main.clone();
     none["network"] = json!("none");
     refused(
@@ -379,4 +386,275 @@ fn a_sidecar_whose_main_was_killed_in_the_queue_never_runs() {
     let side = agent.wait_final("q-side", Duration::from_secs(20));
     assert_eq!(side.state, TaskState::Killed, "{side:?}");
     assert!(side.started_at.is_none(), "the sidecar ran: {side:?}");
+}
+
+/// Every path below `root`, with its kind and mode: a rootfs's shape.
+fn tree(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            out.push((e.path(), m.mode()));
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Unmounts a test's own mount when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Review of issue 22: the agent made a missing `shared_path` in the rootfs
+/// (an image every task shares), and a read-only rootfs failed every group.
+/// Now the mount point is made in the member's own mount namespace.
+#[test]
+fn the_shared_volume_never_writes_into_the_rootfs_and_works_on_a_read_only_one() {
+    if !require_root("the_shared_volume_never_writes_into_the_rootfs_and_works_on_a_read_only_one")
+    {
+        return;
+    }
+    let agent = TestAgent::start();
+    let before = tree(&agent.rootfs);
+    // /shared: missing at the top; /etc/app: below a directory that exists,
+    // whose entries the member must still see.
+    let run = |id: &str, path: &str, check: &str| {
+        agent
+            .client
+            .post::<_, Value>(
+                "/v1/groups",
+                &json!({"id": id, "shared_path": path, "tasks": [
+                    member(&format!("{id}-main"),
+                        &format!("echo hi > {path}/m && {check} && ls /bin/sh /proc/self >/dev/null && echo OK"),
+                        false),
+                    member(&format!("{id}-side"), &format!("cat {path}/m; sleep 1000"), true)]}),
+            )
+            .unwrap();
+        let st = agent.wait_final(&format!("{id}-main"), LONG);
+        let out = agent.logs(&format!("{id}-main"), "stdout");
+        assert_eq!(
+            st.state,
+            TaskState::Finished,
+            "{id}: {st:?} {out} {}",
+            agent.logs(&format!("{id}-main"), "stderr")
+        );
+        assert!(out.contains("OK"), "{id}: {out}");
+        agent.wait_final(&format!("{id}-side"), Duration::from_secs(20));
+        assert_gone(&agent, &format!("{id}-main"));
+    };
+    run("ro1", "/shared", "true");
+    run(
+        "ro2",
+        "/etc/app",
+        "grep -q nobody /etc/passwd && test -f /etc/group && ! touch /etc/x 2>/dev/null",
+    );
+    let after = tree(&agent.rootfs);
+    let new: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
+    assert!(new.is_empty() && after.len() == before.len(), "the rootfs was written: {new:?}");
+
+    // A read-only rootfs: a nested path below a missing dir.
+    nix::mount::mount(
+        Some(&agent.rootfs),
+        &agent.rootfs,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _ro = Unmount(agent.rootfs.clone());
+    nix::mount::mount(
+        None::<&str>,
+        &agent.rootfs,
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+    run("ro3", "/data/x", "test -d /bin");
+    assert!(tree(&agent.rootfs) == before, "the rootfs was written");
+}
+
+/// The nsfs mounts of the network namespace with inode `ino`, in the mount
+/// namespaces of `pids` (of every process if empty): listmount/statmount
+/// (6.8+) name them even where a chroot hides them from /proc/PID/mountinfo
+/// (a `move_chroot` task's copy of the host's tree lies below its root).
+/// None if the kernel lacks them.
+fn nsfs_mounts_of(ino: u64, pids: &[i32]) -> Option<Vec<String>> {
+    use std::os::fd::AsRawFd;
+    const SYS_STATMOUNT: libc::c_long = 457;
+    const SYS_LISTMOUNT: libc::c_long = 458;
+    const NS_GET_MNTNS_ID: libc::c_ulong = 0x8008_b705;
+    const LSMT_ROOT: u64 = u64::MAX;
+    const NSFS_MAGIC: u64 = 0x6e73_6673;
+    #[repr(C)]
+    struct Req {
+        size: u32,
+        spare: u32,
+        mnt_id: u64,
+        param: u64,
+        mnt_ns_id: u64,
+    }
+    let want = format!("net:[{ino}]");
+    let mut seen = std::collections::HashSet::new();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        match pid.parse::<i32>() {
+            Ok(p) if pids.is_empty() || pids.contains(&p) => {}
+            _ => continue,
+        }
+        let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        let mut id = 0u64;
+        // SAFETY: an ioctl writing one u64 we own.
+        if unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_MNTNS_ID, &mut id) } != 0 {
+            return None;
+        }
+        if !seen.insert(id) {
+            continue;
+        }
+        let mut last = 0;
+        loop {
+            let req = Req { size: 32, spare: 0, mnt_id: LSMT_ROOT, param: last, mnt_ns_id: id };
+            let mut ids = [0u64; 256];
+            // SAFETY: valid request and output array of the given length.
+            let n = unsafe { libc::syscall(SYS_LISTMOUNT, &req, ids.as_mut_ptr(), ids.len(), 0) };
+            if n < 0 {
+                break; // the namespace ended meanwhile
+            }
+            for &mnt in &ids[..n as usize] {
+                // SB_BASIC | MNT_ROOT
+                let req = Req { size: 32, spare: 0, mnt_id: mnt, param: 0x1 | 0x8, mnt_ns_id: id };
+                let mut buf = vec![0u64; 1024];
+                // SAFETY: valid request and an 8 KiB buffer we own.
+                let rc = unsafe { libc::syscall(SYS_STATMOUNT, &req, buf.as_mut_ptr(), 8192, 0) };
+                if rc != 0 {
+                    continue;
+                }
+                // SAFETY: reinterpreting our own buffer as bytes.
+                let b = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), 8192) };
+                let magic = u64::from_ne_bytes(b[24..32].try_into().unwrap());
+                let off = u32::from_ne_bytes(b[104..108].try_into().unwrap()) as usize;
+                let root: Vec<u8> = b[512 + off..].iter().take_while(|c| **c != 0).copied().collect();
+                if magic == NSFS_MAGIC && root == want.as_bytes() {
+                    found.push(format!("pid {pid} mount ns {id} mount {mnt}"));
+                }
+            }
+            if (n as usize) < ids.len() {
+                break;
+            }
+            last = ids[ids.len() - 1];
+        }
+    }
+    Some(found)
+}
+
+/// Review of issue 22: under `move_chroot` the host's tree stays below a
+/// task's root, with a copy of every group namespace's bind mount; such a
+/// copy kept the namespace alive after its group was removed. Now the
+/// netns dir is a private mount that every task init detaches.
+#[test]
+fn no_mount_namespace_keeps_a_group_network_after_the_group() {
+    if !require_root("no_mount_namespace_keeps_a_group_network_after_the_group") {
+        return;
+    }
+    let agent = TestAgent::start_with("disable_features = [\"pivot_root\"]");
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "ns1", "network": "group", "tasks": [
+                member("ns1-main", "while [ ! -f /shared/go ]; do sleep 0.1; done", false),
+                member("ns1-side", "sleep 1000", true)]}),
+        )
+        .unwrap();
+    agent.wait_state("ns1-main", TaskState::Running, LONG);
+    agent.wait_state("ns1-side", TaskState::Running, LONG);
+    let ns = netns_file(&agent, "ns1-main");
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&ns).unwrap().ino()
+    };
+    let Some(held) = nsfs_mounts_of(ino, &[std::process::id() as i32]) else {
+        eprintln!("skipped: no listmount/statmount on this kernel");
+        return;
+    };
+    assert_eq!(held.len(), 1, "the agent's own mount (the test's namespace): {held:?}");
+    // A task launched while the group lives: its mount namespace is a copy
+    // of the host's at that moment.
+    let mut other = member("other", "sleep 1000", false);
+    other.as_object_mut().unwrap().remove("sidecar");
+    agent.submit(other).unwrap();
+    agent.wait_state("other", TaskState::Running, LONG);
+    // No task holds a copy (the old code's did, in every member and in
+    // "other"; a kernel before 3.18 kept them after the group was gone, a
+    // later one drops them when the agent unlinks the file).
+    let pids: Vec<i32> = ["ns1-main", "ns1-side", "other"]
+        .iter()
+        .map(|id| agent.status(id).pid.expect("a running task's pid"))
+        .collect();
+    let copies = nsfs_mounts_of(ino, &pids).unwrap();
+    assert!(copies.is_empty(), "tasks hold the group's namespace: {copies:?}");
+
+    std::fs::write(shared_dir(&agent, "ns1-main").join("go"), "").unwrap();
+    assert_eq!(agent.wait_final("ns1-main", LONG).state, TaskState::Finished);
+    agent.wait_final("ns1-side", Duration::from_secs(20));
+    assert_gone(&agent, "ns1-main");
+    let left = nsfs_mounts_of(ino, &[]).unwrap();
+    assert!(left.is_empty(), "the group's namespace is still mounted: {left:?}");
+    agent.client.delete::<Value>("/v1/tasks/other").unwrap();
+    agent.wait_final("other", LONG);
+}
+
+/// Review of issue 22: the disk sweep walked a group's volume without a
+/// bound, so a member making millions of files stalled it. Past
+/// `disk_check_max_entries` the group counts as over its limit, as a task
+/// whose own sandbox holds too many entries does.
+#[test]
+fn too_many_files_count_as_over_the_disk_limit() {
+    if !require_root("too_many_files_count_as_over_the_disk_limit") {
+        return;
+    }
+    let agent = TestAgent::start_with("disk_check_interval_s = 0.5\ndisk_check_max_entries = 500");
+    let files = |dir: &str| {
+        format!("i=0; while [ $i -lt 800 ]; do : > {dir}/f$i; i=$((i+1)); done; touch /tmp/done; sleep 1000")
+    };
+    let sized = |id: &str, cmd: &str, sidecar: bool| {
+        let mut m = member(id, cmd, sidecar);
+        m["resources"]["disk_mb"] = json!(50);
+        m
+    };
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "many", "tasks": [
+                sized("many-main", &files("/shared"), false),
+                sized("many-side", "sleep 1000", true)]}),
+        )
+        .unwrap();
+    let mut alone = sized("alone", &files("/sandbox"), false);
+    alone.as_object_mut().unwrap().remove("sidecar");
+    agent.submit(alone).unwrap();
+    for id in ["many-main", "alone"] {
+        let st = agent.wait_final(id, LONG);
+        assert_eq!(
+            st.reason,
+            Some(gleaner_agent::status::Reason::DiskLimit),
+            "{id}: {st:?}"
+        );
+    }
+    assert!(agent.wait_final("many-side", LONG).state.is_final());
+    assert_gone(&agent, "many-main");
 }

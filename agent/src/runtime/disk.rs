@@ -3,13 +3,29 @@
 //! measured, and a task over its `disk_mb` is stopped with `disk_limit`. A
 //! task group with a shared volume is measured whole too (`pod.rs`): over
 //! the sum of its members' `disk_mb`, every running member is stopped.
+//! Each measurement is bounded (`disk_check_max_entries`, `WALK_MAX_TIME`):
+//! past the bound the tree counts as over its limit, the rule for a task's
+//! sandbox and a group's volume alike.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Agent;
+use crate::du::{du_within, Budget, OverBudget};
 use crate::status::{StopReason, TaskState};
+
+/// Longest one measurement may walk; past it, over the limit.
+pub(super) const WALK_MAX_TIME: Duration = Duration::from_secs(30);
+
+/// A measurement over its limit: the bytes counted, or why it stopped.
+pub(crate) type DiskUse = Result<u64, OverBudget>;
+
+/// The use of `dirs` together within one budget.
+pub(super) fn measure(dirs: &[std::path::PathBuf], max_entries: u64) -> DiskUse {
+    let mut budget = Budget::new(max_entries, WALK_MAX_TIME);
+    dirs.iter().map(|d| du_within(d, &mut budget)).sum()
+}
 
 pub(super) fn spawn(agent: Arc<Agent>) {
     let interval = Duration::from_secs_f64(agent.cfg.disk_check_interval_s);
@@ -27,7 +43,10 @@ pub(super) fn spawn(agent: Arc<Agent>) {
             .await
             .unwrap_or_default();
             for (id, used) in over {
-                tracing::warn!(task = %id, used_mb = used >> 20, "over its disk_mb: stopping");
+                match used {
+                    Ok(b) => tracing::warn!(task = %id, used_mb = b >> 20, "over its disk_mb: stopping"),
+                    Err(e) => tracing::warn!(task = %id, "disk use not measured ({e}): counted over its disk_mb, stopping"),
+                }
                 let _ = agent.stop(&id, StopReason::DiskLimit);
             }
         }
@@ -36,8 +55,8 @@ pub(super) fn spawn(agent: Arc<Agent>) {
 
 impl Agent {
     /// Measures every running task with a disk limit; returns those over it
-    /// with their use in bytes.
-    pub(crate) fn measure_disk(&self) -> Vec<(String, u64)> {
+    /// with their use in bytes (or why the walk stopped).
+    pub(crate) fn measure_disk(&self) -> Vec<(String, DiskUse)> {
         let started = Instant::now();
         let tasks: Vec<_> = self.tasks.lock().unwrap().values().cloned().collect();
         let mut over = Vec::new();
@@ -58,9 +77,9 @@ impl Agent {
                     (limit * 1024.0 * 1024.0) as u64,
                 )
             };
-            let used = crate::images::du(&dir.sandbox()) + crate::images::du(&dir.tmp());
+            let used = measure(&[dir.sandbox(), dir.tmp()], self.cfg.disk_check_max_entries);
             measured += 1;
-            if used > limit {
+            if used.map_or(true, |b| b > limit) {
                 over.push((id, used));
             }
         }

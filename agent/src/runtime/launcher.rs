@@ -14,7 +14,7 @@ use crate::layout::SANDBOX_IN_ROOTFS;
 use crate::spec::{CpuLimitKind, RootfsSpec};
 use crate::status::{Reason, TaskState};
 use crate::supervisor::{
-    ensure_mount_points, shared_mount_point, LaunchConfig, SharedMount, SupervisorRecord,
+    ensure_mount_points, LaunchConfig, SharedMount, SupervisorRecord,
 };
 
 /// Replaces `path` with `bytes`, readable by root alone.
@@ -284,7 +284,11 @@ impl Agent {
         let pod = t.record.pod.clone();
         let shared = match &pod {
             Some(p) => {
-                shared_mount_point(&rootfs, &p.shared_path, true).map_err(|e| e.to_string())?;
+                // Checked here for a clear launch failure; the init makes a
+                // missing mount point in its own namespace, never in the
+                // (shared) rootfs.
+                crate::supervisor::shared::locate(&rootfs, &p.shared_path)
+                    .map_err(|e| e.to_string())?;
                 Some(SharedMount {
                     source: self.data.task(&p.home).shared(),
                     path: p.shared_path.clone(),
@@ -384,6 +388,7 @@ impl Agent {
             network_none: spec.network == crate::spec::Network::None,
             group_netns,
             shared,
+            netns_dir: Some(self.data.netns_dir()),
         };
         // Input of one supervisor start: no fsync needed, it is rewritten on
         // every launch and never read during recovery. 0600: it may hold the

@@ -224,6 +224,12 @@ impl Agent {
             self.group_member_ended(&role, &group);
         }
         let dir = self.data.netns_dir();
+        // An older agent's dir (no mount of its own) is made one now.
+        if dir.exists() {
+            if let Err(e) = netns::private_dir(&dir) {
+                tracing::warn!("{e}");
+            }
+        }
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !live_homes.contains(&name) {
@@ -237,8 +243,9 @@ impl Agent {
 
     /// Groups over their disk limit (the sum of their members' `disk_mb`,
     /// none if a member has none): the shared volume and every member's
-    /// sandbox and /tmp. Returns the running members to stop, with the use.
-    pub(super) fn measure_group_disk(&self) -> Vec<(String, u64)> {
+    /// sandbox and /tmp, within one bound. Returns the running members to
+    /// stop, with the use.
+    pub(super) fn measure_group_disk(&self) -> Vec<(String, super::disk::DiskUse)> {
         let mut groups: std::collections::BTreeMap<String, Vec<TaskRef>> = Default::default();
         for t in self.tasks.lock().unwrap().values() {
             let g = t.lock().unwrap().record.group.clone();
@@ -270,11 +277,12 @@ impl Agent {
             if limit <= 0.0 || running.is_empty() {
                 continue;
             }
-            let mut used = crate::images::du(&self.data.task(&home).shared());
+            let mut trees = vec![self.data.task(&home).shared()];
             for d in &dirs {
-                used += crate::images::du(&d.sandbox()) + crate::images::du(&d.tmp());
+                trees.extend([d.sandbox(), d.tmp()]);
             }
-            if used > (limit * 1024.0 * 1024.0) as u64 {
+            let used = super::disk::measure(&trees, self.cfg.disk_check_max_entries);
+            if used.map_or(true, |b| b > (limit * 1024.0 * 1024.0) as u64) {
                 over.extend(running.into_iter().map(|id| (id, used)));
             }
         }

@@ -176,6 +176,7 @@ fn setup(cfg: &LaunchConfig, marks: &mut Marks) -> Result<Vec<(std::path::PathBu
                 .shared
                 .as_ref()
                 .map(|s| (s.source.as_path(), s.path.as_str())),
+            netns_dir: cfg.netns_dir.as_deref(),
         },
         marks,
     )

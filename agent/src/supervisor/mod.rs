@@ -22,6 +22,7 @@ pub(crate) mod init;
 mod logcap;
 mod mounts;
 pub mod netns;
+pub mod shared;
 pub mod seccomp;
 mod steps;
 pub mod zygote;
@@ -44,7 +45,7 @@ use crate::fsutil::{read_json, write_json_atomic};
 use crate::layout::TaskDir;
 use crate::status::{ExitRecord, StopReason};
 
-pub use mounts::{ensure_mount_points, mount_setattr_available, shared_mount_point};
+pub use mounts::{ensure_mount_points, mount_setattr_available};
 use zygote::Reporter;
 
 /// Everything the supervisor needs, written by the agent into `launch.json`.
@@ -83,6 +84,10 @@ pub struct LaunchConfig {
     /// The group's shared volume: this host dir bind-mounted at `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<SharedMount>,
+    /// The agent's dir of held group namespaces (`run/netns`), detached in
+    /// the task's mount namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_dir: Option<PathBuf>,
     /// Cap of each captured stream (the oldest half is dropped past it).
     #[serde(default = "default_log_max_bytes")]
     pub log_max_bytes: u64,

@@ -29,6 +29,12 @@ pub enum MountError {
         path: String,
         reason: String,
     },
+    #[error("shared volume mount point: {what} {path}: {err}")]
+    SharedIo {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
     #[error("rootfs {rootfs} lacks mount point /{dir} and it cannot be created: {err}")]
     MountPoint {
         rootfs: PathBuf,
@@ -73,42 +79,6 @@ pub fn ensure_mount_points(rootfs: &Path, sys: bool) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Walks `path` (absolute, normalised) below `rootfs` without following a
-/// link, making missing directories when `create`: the shared volume's
-/// mount point. A link or a non-directory on the way is refused, so the
-/// mount never lands outside the rootfs.
-pub fn shared_mount_point(rootfs: &Path, path: &str, create: bool) -> Result<PathBuf, MountError> {
-    let fail = |reason: String| MountError::SharedPoint {
-        rootfs: rootfs.to_owned(),
-        path: path.to_owned(),
-        reason,
-    };
-    let mut at = rootfs.to_owned();
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        if part == "." || part == ".." {
-            return Err(fail(format!("component {part:?}")));
-        }
-        at.push(part);
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(fail(format!("{} is a link", at.display())))
-            }
-            Ok(m) if !m.is_dir() => {
-                return Err(fail(format!("{} is not a directory", at.display())))
-            }
-            Ok(_) => {}
-            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(&at)
-                    .and_then(|_| fs::set_permissions(&at, fs::Permissions::from_mode(0o755)))
-                    .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
-                    .map_err(|e| fail(format!("create {}: {e}", at.display())))?;
-            }
-            Err(e) => return Err(fail(format!("{}: {e}", at.display()))),
-        }
-    }
-    Ok(at)
-}
-
 /// Devices of the minimal /dev: name, major, minor.
 const DEVICES: [(&str, u64, u64); 6] = [
     ("null", 1, 3),
@@ -130,6 +100,9 @@ pub struct RootPlan<'a> {
     pub mount_setattr: bool,
     /// The group's shared volume: host dir, path in the task.
     pub shared: Option<(&'a Path, &'a str)>,
+    /// The host's dir of held group network namespaces: detached from the
+    /// task's mount namespace, whose copies would keep them alive.
+    pub netns_dir: Option<&'a Path>,
 }
 
 /// /proc entries that reach the host: read-only (runc's defaults).
@@ -161,6 +134,13 @@ pub(crate) fn enter_rootfs(plan: &RootPlan, marks: &mut Marks) -> Result<(), Mou
         NONE,
     )
     .map_err(sys("make private", root))?;
+    if let Some(dir) = plan.netns_dir {
+        // Not a mount (no group network made yet) or missing: no copies.
+        match umount2(dir, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(sys("detach", dir)(e)),
+        }
+    }
     mount(
         Some(rootfs),
         rootfs,
@@ -169,6 +149,11 @@ pub(crate) fn enter_rootfs(plan: &RootPlan, marks: &mut Marks) -> Result<(), Mou
         NONE,
     )
     .map_err(sys("bind", rootfs))?;
+    // Before the read-only pass, which then covers a tmpfs made for it.
+    let shared = match plan.shared {
+        Some((source, path)) => Some((source, super::shared::prepare(rootfs, path)?)),
+        None => None,
+    };
     // The image is shared by every task using it: read-only, no setuid,
     // mounts below it included.
     read_only_recursive(rootfs, plan.mount_setattr)?;
@@ -220,10 +205,8 @@ pub(crate) fn enter_rootfs(plan: &RootPlan, marks: &mut Marks) -> Result<(), Mou
         mount(NONE, &target, NONE, flags, NONE).map_err(sys("remount nosuid", &target))?;
     }
 
-    if let Some((source, path)) = plan.shared {
-        // Made by the agent before the launch; checked again here (no
-        // link on the way) since it is mounted by name.
-        let target = shared_mount_point(rootfs, path, false)?;
+    if let Some((source, target)) = shared {
+        // After the read-only pass: the volume stays writable.
         mount(Some(source), &target, NONE, MsFlags::MS_BIND, NONE).map_err(sys("bind", &target))?;
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         mount(NONE, &target, NONE, flags, NONE).map_err(sys("remount nosuid", &target))?;
@@ -428,31 +411,4 @@ fn populate_dev(dev: &Path) -> Result<(), MountError> {
         let _ = fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shared_mount_point;
-
-    #[test]
-    fn the_shared_mount_point_is_made_below_the_rootfs_and_never_through_a_link() {
-        let root = tempfile::tempdir().unwrap();
-        let made = shared_mount_point(root.path(), "/data/shared", true).unwrap();
-        assert_eq!(made, root.path().join("data/shared"));
-        assert!(made.is_dir());
-        // Checked again without creating: the same directory.
-        assert_eq!(
-            shared_mount_point(root.path(), "/data/shared", false).unwrap(),
-            made
-        );
-        let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
-        let e = shared_mount_point(root.path(), "/link/x", true).unwrap_err();
-        assert!(e.to_string().contains("is a link"), "{e}");
-        assert!(!outside.path().join("x").exists());
-        std::fs::write(root.path().join("file"), "").unwrap();
-        let e = shared_mount_point(root.path(), "/file/x", true).unwrap_err();
-        assert!(e.to_string().contains("not a directory"), "{e}");
-        assert!(shared_mount_point(root.path(), "/missing", false).is_err());
-    }
 }

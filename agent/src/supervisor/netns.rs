@@ -7,6 +7,13 @@
 //! dir's `run/netns/` (not by a holder process: a mount needs no
 //! supervision, survives an agent restart and a member's exit, and goes
 //! with one unmount). Each member's init joins it with `setns`.
+//!
+//! That directory is a private bind mount of itself (as `ip netns` makes
+//! /run/netns a mount): no mount of a held namespace propagates into
+//! another namespace, and a task's init detaches the whole directory from
+//! its own mount namespace. A copy of a namespace's mount there (under a
+//! `move_chroot` root, the host's tree stays below the task's) would keep
+//! the namespace alive after its group was removed.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -61,7 +68,7 @@ pub fn create_held(path: &Path) -> Result<(), NetnsError> {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ns_err(path, "create dir", e))?;
+        private_dir(dir)?;
     }
     std::fs::OpenOptions::new()
         .write(true)
@@ -90,6 +97,25 @@ pub fn create_held(path: &Path) -> Result<(), NetnsError> {
         let _ = std::fs::remove_file(path);
     }
     made
+}
+
+/// Makes `dir` (created if missing) a private mount of itself, once: a
+/// restarted agent finds it in place, with the namespaces held below.
+pub fn private_dir(dir: &Path) -> Result<(), NetnsError> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir).map_err(|e| ns_err(dir, "create dir", e))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| ns_err(dir, "resolve", e))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| ns_err(&dir, "read mountinfo", e))?;
+    let mounted = crate::cgroup::mountinfo::parse_all(&mountinfo)
+        .iter()
+        .any(|m| m.mount_point == dir);
+    let none: Option<&str> = None;
+    if !mounted {
+        mount(Some(&dir), &dir, none, MsFlags::MS_BIND, none)
+            .map_err(|e| ns_err(&dir, "bind", e))?;
+    }
+    mount(none, &dir, none, MsFlags::MS_PRIVATE, none).map_err(|e| ns_err(&dir, "make private", e))
 }
 
 /// Unmounts and removes a held namespace (gone once no process is in it);

@@ -458,6 +458,9 @@ impl Drop for TestAgent {
         {
             let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
         }
+        // And their dir, a private bind mount of itself.
+        let netns = self.data_dir.join("run/netns");
+        while nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
     }
 }
 
