@@ -112,7 +112,8 @@ pub fn private_dir(dir: &Path) -> Result<(), NetnsError> {
         .any(|m| m.mount_point == dir);
     let none: Option<&str> = None;
     if !mounted {
-        mount(Some(&dir), &dir, none, MsFlags::MS_BIND, none)
+        // Recursive: namespaces held there by an older agent stay in sight.
+        mount(Some(&dir), &dir, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             .map_err(|e| ns_err(&dir, "bind", e))?;
     }
     mount(none, &dir, none, MsFlags::MS_PRIVATE, none).map_err(|e| ns_err(&dir, "make private", e))
