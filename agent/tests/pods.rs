@@ -68,7 +68,7 @@ fn members_share_a_volume_and_localhost_and_the_sidecar_stops_with_the_main() {
          cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; \
          nc -w 2 127.0.0.1 {host_port} </dev/null && echo REACHED-HOST; echo DONE"
     );
-    let side = "while [ ! -f /shared/msg ]; do sleep 0.1; done; cat /shared/msg; \
+    let side = "while [ ! -s /shared/msg ]; do sleep 0.1; done; cat /shared/msg; \
                 until [ -f /shared/ack ]; do echo from-sidecar | nc -w 1 127.0.0.1 7000; sleep 0.2; done; \
                 echo SENT; sleep 1000";
     let reply: Value = agent
