@@ -63,8 +63,14 @@ for p in /opt/gleaner; do
     mkdir -p "$work/disk" "$dest/var/lib/images" "$dest/var/lib/tasks"
     echo precious >"$work/disk/keep.txt"
     mount --bind "$work/disk" "$dest/var/lib/images"
-    # The agent's own: the tasks dir bound onto itself.
+    # The agent's own: the tasks dir bound onto itself, and run/netns (a
+    # private bind of itself) holding a group's network namespace.
     mount --bind "$dest/var/lib/tasks" "$dest/var/lib/tasks"
+    mkdir -p "$dest/var/lib/run/netns"
+    mount --bind "$dest/var/lib/run/netns" "$dest/var/lib/run/netns"
+    mount --make-private "$dest/var/lib/run/netns"
+    touch "$dest/var/lib/run/netns/g1"
+    mount --bind /proc/self/ns/net "$dest/var/lib/run/netns/g1"
     if uninstall "$p"; then
         cat "$work/uninstall.log"
         [ -f "$work/disk/keep.txt" ] || fail "prefix '$p': an operator's mount under var/ was removed through"
@@ -80,9 +86,10 @@ for p in /opt/gleaner; do
     umount "$dest/var/lib/images"
     uninstall "$p" || { cat "$work/uninstall.log"; fail "prefix '$p': uninstall"; }
     [ "$(mounted "$esc/var/lib/tasks")" = 0 ] || fail "prefix '$p': the tasks bind is still mounted"
+    [ "$(mounted "$esc/var/lib/run/netns/g1")" = 0 ] && [ "$(mounted "$esc/var/lib/run/netns")" = 0 ] || fail "prefix '$p': a group namespace or run/netns is still mounted"
     [ ! -e "$dest" ] || fail "prefix '$p': left $(find "$dest")"
     [ -f "$work/disk/keep.txt" ] || fail "prefix '$p': the operator's file is gone"
-    ok "prefix '$p': the tasks bind unmounted and the prefix removed"
+    ok "prefix '$p': the tasks bind and the group namespaces unmounted, the prefix removed"
 done
 
 # A manifest entry leading out of the prefix (tampered with, or a bug):

@@ -110,8 +110,8 @@ while [ -n "$(alive)" ]; do
     sleep 0.1
     i=$((i + 1))
 done
-# The agent's own mount (its tasks folder, a nosuid,nodev bind of itself)
-# goes once nothing runs; anything else mounted under the prefix (an
+# The agent's own mounts (its tasks folder, a nosuid,nodev bind of itself;
+# run/netns and the group namespaces in it) go once nothing runs; anything else mounted under the prefix (an
 # operator's disk for images, a bind of another folder: rm would go through
 # it) stops us. Mount points compared as fields, not patterns.
 under_prefix() { awk -v d="$dest/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo; }
@@ -120,6 +120,16 @@ tasks=$root${data:-$prefix/var/lib}/tasks
 i=0
 while [ $i -lt 5 ] && awk -v t="$tasks" '$5 == t { f = 1 } END { exit !f }' /proc/self/mountinfo; do
     umount "$tasks" 2>/dev/null || true
+    i=$((i + 1))
+done
+# The agent's group network namespaces: each held by a bind mount at
+# run/netns/<group>, the folder a private bind of itself. Only those exact
+# mount points, deepest first (a crash can leave a namespace held).
+netns=$root${data:-$prefix/var/lib}/run/netns
+i=0
+while [ $i -lt 5 ] && awk -v n="$netns" '$5 == n || (index($5, n "/") == 1 && index(substr($5, length(n) + 2), "/") == 0) { f = 1 } END { exit !f }' /proc/self/mountinfo; do
+    awk -v n="$netns" '$5 == n || (index($5, n "/") == 1 && index(substr($5, length(n) + 2), "/") == 0) { print $5 }' /proc/self/mountinfo |
+        sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
     i=$((i + 1))
 done
 if [ -n "$(under_prefix)" ]; then
