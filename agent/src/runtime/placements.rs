@@ -3,8 +3,10 @@
 //! `placements/<node>/<task-id>` present = run it, exactly once; deleted =
 //! kill it. The etcd session hands every full read (on each (re)connect) and
 //! every watch event to one worker, in order, so a put and a later delete of
-//! the same key are applied in that order and a submission never races a
-//! kill. A placement seen again (resync, agent restart) is the same task:
+//! the same key are applied in that order: a delete finds the task
+//! recorded (the worker returns once a placement's record is durable; its
+//! launch runs beside the worker, and a kill during it is the same stop as
+//! any API stop of a STAGING task). A placement seen again (resync, agent restart) is the same task:
 //! its id is the key's last segment, and an id the agent already knows is
 //! left alone. The agent's own admission (reservations, queue) decides when
 //! a placed task starts.

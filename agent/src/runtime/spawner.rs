@@ -20,6 +20,13 @@ use crate::supervisor::zygote::{parse_reply, REQUEST};
 const SELF_EXE: &str = "/proc/self/exe";
 /// A supervisor that has not answered by then is given up on.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Supervisors starting at once, per CPU. A burst (a fleet placing many
+/// small tasks, a big task's exit admitting many queued ones) would
+/// otherwise start every supervisor together in gleaner's idle-priority
+/// cgroup, where on a busy host they starve each other past
+/// LAUNCH_TIMEOUT; the rest wait their turn, and their timeout starts
+/// when they are sent.
+const STARTING_PER_CPU: usize = 4;
 
 type Waiters = Arc<Mutex<HashMap<PathBuf, oneshot::Sender<Result<i32, String>>>>>;
 
@@ -31,19 +38,27 @@ struct Zygote {
 pub(crate) struct Spawner {
     zygote: tokio::sync::Mutex<Option<Zygote>>,
     waiters: Waiters,
+    starting: tokio::sync::Semaphore,
 }
 
 impl Spawner {
     pub fn new() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Spawner {
             zygote: tokio::sync::Mutex::new(None),
             waiters: Arc::default(),
+            starting: tokio::sync::Semaphore::new(STARTING_PER_CPU * cpus),
         }
     }
 
     /// Starts the supervisor of the task in `dir`; returns the task's pid
     /// once it executed, or why it could not start.
     pub async fn launch(&self, dir: &Path) -> Result<i32, String> {
+        let _turn = self
+            .starting
+            .acquire()
+            .await
+            .map_err(|_| "the agent is stopping".to_owned())?;
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(dir.to_owned(), tx);
         let sent = self.send(dir).await;
