@@ -341,6 +341,27 @@ mod tests {
         assert_eq!(hex(&[0xab, 0x01]), "ab01");
     }
 
+    /// A refusal by the address rule is final: not retried (3 retries
+    /// here would take 3.5 s of backoff), by address and by name.
+    #[tokio::test]
+    async fn refused_addresses_are_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = limits(1 << 20);
+        l.retries = 3;
+        let d = Downloader::new(l, None, Egress::default()).unwrap();
+        for uri in ["http://127.0.0.1:1/x", "http://localhost:1/x", "http://[::1]:1/x"] {
+            let began = std::time::Instant::now();
+            let e = d.download(uri, None, &dir.path().join("x")).await.unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("loopback"), "{uri}: {text}");
+            assert!(
+                matches!(e, DownloadError::Fetch { transient: false, .. }),
+                "{uri}: {e:?}"
+            );
+            assert!(began.elapsed() < Duration::from_millis(400), "{uri}: retried");
+        }
+    }
+
     #[tokio::test]
     async fn file_downloads_are_hashed_checked_and_capped() {
         let dir = tempfile::tempdir().unwrap();

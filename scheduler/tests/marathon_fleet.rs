@@ -492,7 +492,14 @@ fn bench_marathon_on_real_agents() {
             .unwrap_or(d)
     };
     let (n, subs) = (env("INSTANCES", 100), env("SUBSCRIBERS", 10));
-    let Some(mut fleet) = Fleet::start(&agents(&["n1", "n2", "n3"], 2.0, |_| vec![])) else {
+    let mut specs = agents(&["n1", "n2", "n3"], 2.0, |_| vec![]);
+    // Three agents on one host: each its own port range, or two instances
+    // given one port bind-fail (APP_HEALTH=HTTP runs httpd on $PORT0).
+    for (i, s) in specs.iter_mut().enumerate() {
+        let lo = 31000 + 300 * i as u16;
+        s.extra = format!("port_range = [{lo}, {}]\n{}", lo + 299, s.extra);
+    }
+    let Some(mut fleet) = Fleet::start(&specs) else {
         return;
     };
     fleet.wait_registered();
