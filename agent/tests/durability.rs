@@ -443,3 +443,38 @@ fn retention_keeps_a_task_whose_supervisor_still_removes_its_cgroup() {
         !dir.exists()
     });
 }
+
+/// Review of 1f813df: a task stopped while its launch waits for a start
+/// slot (every slot held by other launches) ends KILLED and its command
+/// never starts. `start_slot` holds each slot for a while once taken.
+#[test]
+fn a_task_stopped_while_waiting_for_a_start_slot_never_starts() {
+    if !require_root("a_task_stopped_while_waiting_for_a_start_slot_never_starts") {
+        return;
+    }
+    let (agent, _hooks) = agent_with_hooks("delay start_slot 3000\n");
+    // The agent's bound: 4 starting supervisors per CPU.
+    let slots = 4 * std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for i in 0..slots {
+            let agent = &agent;
+            s.spawn(move || agent.submit(long_task(&format!("holder-{i}"))).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        let victim = s.spawn(|| agent.submit(long_task("victim")));
+        wait_until(LONG, "the victim waits for a slot", || {
+            agent
+                .client
+                .get::<TaskStatus>("/v1/tasks/victim")
+                .is_ok_and(|st| st.state == TaskState::Staging)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let st = agent.kill("victim");
+        assert_eq!(st.state, TaskState::Killed, "{st:?}");
+        assert!(st.pid.is_none() && st.started_at.is_none(), "{st:?}");
+        let _ = victim.join();
+    });
+    for i in 0..slots {
+        agent.kill(&format!("holder-{i}"));
+    }
+}

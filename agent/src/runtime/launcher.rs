@@ -13,9 +13,7 @@ use crate::fsutil;
 use crate::layout::SANDBOX_IN_ROOTFS;
 use crate::spec::{CpuLimitKind, RootfsSpec};
 use crate::status::{Reason, TaskState};
-use crate::supervisor::{
-    ensure_mount_points, LaunchConfig, SharedMount, SupervisorRecord,
-};
+use crate::supervisor::{ensure_mount_points, LaunchConfig, SharedMount, SupervisorRecord};
 
 /// Replaces `path` with `bytes`, readable by root alone.
 pub(super) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -133,11 +131,27 @@ impl Agent {
         let launched = match prepared {
             Ok(()) => {
                 hooks::pause("launch").await;
-                stages.mark_wall("to_zygote");
-                let r = self.spawner.launch(dir.root()).await;
-                // Zygote fork, supervisor, init, mounts, pivot, exec, report.
-                stages.mark_wall("supervisor");
-                r
+                // A stop while the launch waits for a start slot ends it
+                // here: the command never starts.
+                let turn = tokio::select! {
+                    turn = self.spawner.turn() => Some(turn),
+                    () = stop.notified() => None,
+                };
+                hooks::pause("start_slot").await;
+                match turn {
+                    Some(Ok(turn)) if !self.stop_pending(task) => {
+                        stages.mark_wall("to_zygote");
+                        let r = self.spawner.launch(dir.root(), turn).await;
+                        // Zygote fork, supervisor, init, mounts, pivot, exec, report.
+                        stages.mark_wall("supervisor");
+                        r
+                    }
+                    Some(Err(e)) => Err(e),
+                    _ => {
+                        self.destroy_task_cgroup(&task.lock().unwrap().record);
+                        return self.end_stopped_staging(task);
+                    }
+                }
             }
             Err(msg) => Err(msg),
         };
@@ -209,7 +223,12 @@ impl Agent {
             let t = task.lock().unwrap();
             let spec = &t.record.spec;
             let user = self.task_user(spec);
-            (t.dir.clone(), user, spec.resources.disk_mb, spec.role.clone())
+            (
+                t.dir.clone(),
+                user,
+                spec.resources.disk_mb,
+                spec.role.clone(),
+            )
         };
         let (_, _, uid, gid) = user?;
         let fetch_for = super::fetch::For {

@@ -51,14 +51,22 @@ impl Spawner {
         }
     }
 
-    /// Starts the supervisor of the task in `dir`; returns the task's pid
-    /// once it executed, or why it could not start.
-    pub async fn launch(&self, dir: &Path) -> Result<i32, String> {
-        let _turn = self
-            .starting
+    /// A start slot: held from [`Self::launch`]'s send to its report.
+    pub async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, String> {
+        self.starting
             .acquire()
             .await
-            .map_err(|_| "the agent is stopping".to_owned())?;
+            .map_err(|_| "the agent is stopping".to_owned())
+    }
+
+    /// Starts the supervisor of the task in `dir` on its start slot
+    /// (`_turn`, from [`Self::turn`]); returns the task's pid once it
+    /// executed, or why it could not start.
+    pub async fn launch(
+        &self,
+        dir: &Path,
+        _turn: tokio::sync::SemaphorePermit<'_>,
+    ) -> Result<i32, String> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(dir.to_owned(), tx);
         let sent = self.send(dir).await;
