@@ -105,8 +105,16 @@ fn check_tasks_run_where_marathon_says(
 fn fleet_with_token(names: &[&str]) -> Option<(Fleet, tempfile::TempDir)> {
     let mut specs = agents(names, 2.0, |_| vec![]);
     // The fetch test's file server is on loopback, refused unless allowed.
-    for s in &mut specs {
-        s.extra = format!("fetch_allow_hosts = [\"127.0.0.1\"]\n{}", s.extra);
+    // The agents share one host: each its own port range, or their
+    // instances get the same (lowest free) port and all but one httpd
+    // fail to bind (the health test then saw 2 healthy of 6 mid-restart).
+    for (i, s) in specs.iter_mut().enumerate() {
+        let lo = 31000 + 300 * i as u16;
+        s.extra = format!(
+            "fetch_allow_hosts = [\"127.0.0.1\"]\nport_range = [{lo}, {}]\n{}",
+            lo + 299,
+            s.extra
+        );
     }
     let mut f = Fleet::start(&specs)?;
     f.wait_registered();
