@@ -59,6 +59,7 @@ impl Agent {
     /// Launches the task's current run; on return the task is RUNNING or
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
+        let mut stages = Stages::start();
         let (image, stop) = {
             let mut t = task.lock().unwrap();
             t.record.status.state = TaskState::Staging;
@@ -113,7 +114,8 @@ impl Agent {
                 return self.run_failed(task, Reason::FetchFailed, msg);
             }
         }
-        let mut stages = Stages::start();
+        // Image, fetch, cgroup and previous run settled (wall: it may wait).
+        stages.mark_wall("settle");
         let (id, run, dir, prepared) = {
             let mut t = task.lock().unwrap();
             if t.record.pending_stop.is_some() {
@@ -180,7 +182,6 @@ impl Agent {
                     t.record.pending_stop.take()
                 };
                 stages.mark("running");
-                tracing::debug!(task = %id, %stages, "launch stages");
                 self.touched();
                 self.start_health_checks(task);
                 if let Some(reason) = pending {
@@ -190,6 +191,8 @@ impl Agent {
                 if dir.exit_json().exists() {
                     self.on_exit(&id, run);
                 }
+                stages.mark("after_running");
+                tracing::debug!(task = %id, %stages, "launch stages");
             }
             Err(msg) => self.launch_failed(task, msg),
         }

@@ -803,6 +803,7 @@ impl Agent {
         reply: Reply,
     ) -> Result<(), AgentError> {
         hooks::pause("submit_pass").await;
+        let pass_start = std::time::Instant::now();
         let (mut own_unit, mut after_record) = (None, None);
         // Before the pass: a launch by another pass is seen below.
         let mut changes = self.subscribe_changes();
@@ -823,6 +824,7 @@ impl Agent {
         // Each side's time from here, logged for bench/launch: the reply
         // waits for the slower one.
         let (t0, inline) = (std::time::Instant::now(), own_unit.is_some());
+        let pass_t = t0 - pass_start;
         let durable = async { (durable.await, t0.elapsed()) };
         let launched = async {
             if let Some(unit) = own_unit {
@@ -833,6 +835,7 @@ impl Agent {
         let ((written, record_t), launch_t) = tokio::join!(durable, launched);
         if inline {
             tracing::debug!(
+                pass_us = pass_t.as_micros() as u64,
                 record_us = record_t.as_micros() as u64,
                 launch_us = launch_t.as_micros() as u64,
                 "submit waited"
