@@ -1,7 +1,8 @@
 //! Disk use of a directory tree, like `du`, with a bound: the disk sweep
 //! walks trees that tasks write, and a task making millions of entries
-//! must not make that walk endless. Over its budget (entries or time) the
-//! walk stops; the caller counts the tree as over its limit.
+//! must not make that walk endless. Over its budget (entries, depth or
+//! time) or at an entry it cannot read, the walk stops and says why; the
+//! caller decides (`runtime/disk.rs`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,6 +15,23 @@ pub enum OverBudget {
     Entries(u64),
     #[error("still walking after {0:?}")]
     Time(Duration),
+    /// Each pending level keeps a descriptor open: a deep chain would
+    /// exhaust the agent's.
+    #[error("directories nested deeper than {0}")]
+    Depth(usize),
+    /// What cannot be read cannot be counted: not a way out of the quota.
+    #[error("an entry could not be read: {}", std::io::Error::from_raw_os_error(*.0))]
+    Unreadable(i32),
+}
+
+/// Deepest directory nesting a walk follows.
+pub const MAX_DEPTH: usize = 512;
+
+/// The errno of the last failed call.
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// What one measurement (of one or several trees) may spend.
@@ -71,11 +89,12 @@ pub fn du_within(root: &Path, budget: &mut Budget) -> Result<u64, OverBudget> {
     };
     let mut seen = HashSet::new();
     let mut total = 0;
-    // A directory to list: opened, or a name in its (open) parent. Children
-    // are opened when popped, so the open descriptors stay about the depth.
-    let mut stack: Vec<(Rc<OwnedFd>, Option<std::ffi::CString>)> =
-        vec![(Rc::new(top.into()), None)];
-    while let Some((parent, name)) = stack.pop() {
+    // A directory to list: opened, or a name in its (open) parent, with its
+    // depth. Children are opened when popped, so the open descriptors stay
+    // about the depth.
+    let mut stack: Vec<(Rc<OwnedFd>, Option<std::ffi::CString>, usize)> =
+        vec![(Rc::new(top.into()), None, 0)];
+    while let Some((parent, name, depth)) = stack.pop() {
         let dir = match name {
             None => parent,
             Some(name) => {
@@ -88,7 +107,13 @@ pub fn du_within(root: &Path, budget: &mut Budget) -> Result<u64, OverBudget> {
                     )
                 };
                 if fd < 0 {
-                    continue;
+                    // Gone, or swapped for a link or a file since the stat:
+                    // skipped (never followed); anything else is not
+                    // counted, so over.
+                    match errno() {
+                        libc::ENOENT | libc::ELOOP | libc::ENOTDIR => continue,
+                        e => return Err(OverBudget::Unreadable(e)),
+                    }
                 }
                 // SAFETY: a fresh descriptor the kernel just returned.
                 Rc::new(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -98,14 +123,15 @@ pub fn du_within(root: &Path, budget: &mut Budget) -> Result<u64, OverBudget> {
         // SAFETY: fcntl on an open descriptor.
         let copy = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if copy < 0 {
-            continue;
+            return Err(OverBudget::Unreadable(errno()));
         }
         // SAFETY: `copy` is ours; on failure it is still ours to close.
         let stream = unsafe { libc::fdopendir(copy) };
         if stream.is_null() {
+            let e = errno();
             // SAFETY: as above.
             unsafe { libc::close(copy) };
-            continue;
+            return Err(OverBudget::Unreadable(e));
         }
         loop {
             // SAFETY: `stream` is open until closedir below.
@@ -136,7 +162,13 @@ pub fn du_within(root: &Path, budget: &mut Budget) -> Result<u64, OverBudget> {
                 )
             };
             if rc != 0 {
-                continue;
+                let e = errno();
+                if e == libc::ENOENT {
+                    continue;
+                }
+                // SAFETY: closes the stream and its copied descriptor.
+                unsafe { libc::closedir(stream) };
+                return Err(OverBudget::Unreadable(e));
             }
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             if st.st_nlink > 1 && !is_dir && !seen.insert((st.st_dev, st.st_ino)) {
@@ -144,7 +176,12 @@ pub fn du_within(root: &Path, budget: &mut Budget) -> Result<u64, OverBudget> {
             }
             total += st.st_blocks as u64 * 512;
             if is_dir {
-                stack.push((dir.clone(), Some(name)));
+                if depth >= MAX_DEPTH {
+                    // SAFETY: closes the stream and its copied descriptor.
+                    unsafe { libc::closedir(stream) };
+                    return Err(OverBudget::Depth(MAX_DEPTH));
+                }
+                stack.push((dir.clone(), Some(name), depth + 1));
             }
         }
         // SAFETY: closes the stream and its copied descriptor.
@@ -168,7 +205,10 @@ mod tests {
         let mut ok = Budget::new(101, Duration::from_secs(60));
         assert!(du_within(dir.path(), &mut ok).unwrap() > 0);
         let mut few = Budget::new(100, Duration::from_secs(60));
-        assert_eq!(du_within(dir.path(), &mut few), Err(OverBudget::Entries(100)));
+        assert_eq!(
+            du_within(dir.path(), &mut few),
+            Err(OverBudget::Entries(100))
+        );
         // One budget over several trees: the second walk has what is left.
         let mut shared = Budget::new(150, Duration::from_secs(60));
         du_within(dir.path(), &mut shared).unwrap();
@@ -178,7 +218,29 @@ mod tests {
             std::fs::write(dir.path().join("d").join(format!("more{i}")), "").unwrap();
         }
         let mut late = Budget::new(u64::MAX, Duration::ZERO);
-        assert_eq!(du_within(dir.path(), &mut late), Err(OverBudget::Time(Duration::ZERO)));
+        assert_eq!(
+            du_within(dir.path(), &mut late),
+            Err(OverBudget::Time(Duration::ZERO))
+        );
+    }
+
+    /// Review: a deep chain kept a descriptor per pending level (the agent
+    /// ran out of them).
+    #[test]
+    fn a_deep_chain_is_over_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut at = dir.path().to_owned();
+        for _ in 0..MAX_DEPTH {
+            at.push("d");
+        }
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::write(at.join("f"), "x").unwrap();
+        assert!(du_within(dir.path(), &mut Budget::unlimited()).is_ok());
+        std::fs::create_dir(at.join("d")).unwrap();
+        assert_eq!(
+            du_within(dir.path(), &mut Budget::unlimited()),
+            Err(OverBudget::Depth(MAX_DEPTH))
+        );
     }
 
     #[test]

@@ -1307,6 +1307,13 @@ fn make_task_dirs(tasks: &[TaskRef]) -> Result<Vec<std::path::PathBuf>, AgentErr
     Ok(made)
 }
 fn name_clash(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
+    // In any role, as `create_group` checks before: checked again here,
+    // under the map's lock, for two submissions of one group at once.
+    if let (Some(a), Some(b)) = (&existing.group, &new.group) {
+        if a == b {
+            return Some(format!("group {b:?} already exists"));
+        }
+    }
     if existing.spec.role != new.spec.role {
         return None;
     }

@@ -246,11 +246,19 @@ impl Agent {
     /// sandbox and /tmp, within one bound. Returns the running members to
     /// stop, with the use.
     pub(super) fn measure_group_disk(&self) -> Vec<(String, super::disk::DiskUse)> {
-        let mut groups: std::collections::BTreeMap<String, Vec<TaskRef>> = Default::default();
+        // By role too: a group's name is unique within its role only.
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<TaskRef>> =
+            Default::default();
         for t in self.tasks.lock().unwrap().values() {
-            let g = t.lock().unwrap().record.group.clone();
-            if let Some(g) = g {
-                groups.entry(g).or_default().push(t.clone());
+            let key = {
+                let t = t.lock().unwrap();
+                t.record
+                    .group
+                    .clone()
+                    .map(|g| (t.record.spec.role.clone(), g))
+            };
+            if let Some(key) = key {
+                groups.entry(key).or_default().push(t.clone());
             }
         }
         let mut over = Vec::new();
@@ -281,7 +289,12 @@ impl Agent {
             for d in &dirs {
                 trees.extend([d.sandbox(), d.tmp()]);
             }
-            let used = super::disk::measure(&trees, self.cfg.disk_check_max_entries);
+            // Each member may write as many entries as a task alone.
+            let entries = self
+                .cfg
+                .disk_check_max_entries
+                .saturating_mul(members.len() as u64);
+            let used = super::disk::measure(&trees, entries);
             if used.map_or(true, |b| b > (limit * 1024.0 * 1024.0) as u64) {
                 over.extend(running.into_iter().map(|id| (id, used)));
             }
