@@ -189,7 +189,12 @@ fn bad_group_options_are_refused_and_create_nothing() {
         );
     }
     // Review: a volume every member can write over the image's system dirs.
-    for path in ["/etc", "/usr/", "/var", "/lib64"] {
+    // And below them (review of e2888f3): a sidecar plants a program or a
+    // CA certificate the main member trusts.
+    for path in [
+        "/etc", "/usr/", "/var", "/lib64", "/usr/local/bin", "/etc/ssl/certs", "/etc/profile.d",
+        "/lib/x86_64-linux-gnu", "/opt/app", "/var/lib", "/srv",
+    ] {
         refused(
             json!({"id": "g", "shared_path": path, "tasks": [main.clone()]}),
             "system directory",
@@ -425,8 +430,11 @@ fn the_shared_volume_never_writes_into_the_rootfs_and_works_on_a_read_only_one()
         return;
     }
     let agent = TestAgent::start();
+    std::fs::create_dir_all(agent.rootfs.join("srv/keep")).unwrap();
+    std::fs::write(agent.rootfs.join("srv/file"), "kept").unwrap();
+    std::os::unix::fs::symlink("file", agent.rootfs.join("srv/link")).unwrap();
     let before = tree(&agent.rootfs);
-    // /shared: missing at the top; /etc/app: below a directory that exists,
+    // /shared: missing at the top; /srv/app: below a directory that exists,
     // whose entries the member must still see.
     let run = |id: &str, path: &str, check: &str| {
         agent
@@ -455,8 +463,8 @@ fn the_shared_volume_never_writes_into_the_rootfs_and_works_on_a_read_only_one()
     run("ro1", "/shared", "true");
     run(
         "ro2",
-        "/etc/app",
-        "grep -q nobody /etc/passwd && test -f /etc/group && ! touch /etc/x 2>/dev/null",
+        "/srv/app",
+        "test -d /srv/keep && grep -q kept /srv/link && ! touch /srv/x 2>/dev/null",
     );
     let after = tree(&agent.rootfs);
     let new: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
@@ -619,16 +627,16 @@ fn no_mount_namespace_keeps_a_group_network_after_the_group() {
 
 /// Review of issue 22: the disk sweep walked a group's volume without a
 /// bound, so a member making millions of files stalled it. Past
-/// `disk_check_max_entries` the group counts as over its limit, as a task
-/// whose own sandbox holds too many entries does.
+/// `disk_check_max_entries` per member the group counts as over its limit,
+/// as a task whose own sandbox holds too many entries does.
 #[test]
 fn too_many_files_count_as_over_the_disk_limit() {
     if !require_root("too_many_files_count_as_over_the_disk_limit") {
         return;
     }
     let agent = TestAgent::start_with("disk_check_interval_s = 0.5\ndisk_check_max_entries = 500");
-    let files = |dir: &str| {
-        format!("i=0; while [ $i -lt 800 ]; do : > {dir}/f$i; i=$((i+1)); done; touch /tmp/done; sleep 1000")
+    let files = |dir: &str, n: u32| {
+        format!("i=0; while [ $i -lt {n} ]; do : > {dir}/f$i; i=$((i+1)); done; touch /tmp/done; sleep 1000")
     };
     let sized = |id: &str, cmd: &str, sidecar: bool| {
         let mut m = member(id, cmd, sidecar);
@@ -640,11 +648,11 @@ fn too_many_files_count_as_over_the_disk_limit() {
         .post::<_, Value>(
             "/v1/groups",
             &json!({"id": "many", "tasks": [
-                sized("many-main", &files("/shared"), false),
+                sized("many-main", &files("/shared", 1200), false),
                 sized("many-side", "sleep 1000", true)]}),
         )
         .unwrap();
-    let mut alone = sized("alone", &files("/sandbox"), false);
+    let mut alone = sized("alone", &files("/sandbox", 800), false);
     alone.as_object_mut().unwrap().remove("sidecar");
     agent.submit(alone).unwrap();
     for id in ["many-main", "alone"] {
@@ -657,4 +665,103 @@ fn too_many_files_count_as_over_the_disk_limit() {
     }
     assert!(agent.wait_final("many-side", LONG).state.is_final());
     assert_gone(&agent, "many-main");
+}
+
+/// Review of 1c1774b: the init binds every entry of the directory it covers
+/// with a tmpfs, without a bound (100k entries: 100k mounts before the task
+/// is in its cgroup). Past `MAX_COVERED` the launch fails and says what to
+/// do.
+#[test]
+fn a_covered_dir_with_too_many_entries_fails_the_launch() {
+    if !require_root("a_covered_dir_with_too_many_entries_fails_the_launch") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let big = agent.rootfs.join("srv");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..1100 {
+        std::fs::write(big.join(format!("f{i}")), "").unwrap();
+    }
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "wide", "shared_path": "/srv/vol", "tasks": [
+                member("wide-main", "echo ran", false),
+                member("wide-side", "sleep 1000", true)]}),
+        )
+        .unwrap();
+    let st = agent.wait_final("wide-main", LONG);
+    assert_eq!(st.state, TaskState::Failed, "{st:?}");
+    let why = st.message.clone().unwrap_or_default();
+    assert!(why.contains("create /srv/vol in the image"), "{st:?}");
+    assert!(!agent.logs("wide-main", "stdout").contains("ran"));
+    assert!(agent.wait_final("wide-side", LONG).state.is_final());
+    assert!(!big.join("vol").exists());
+    // Within the bound it works.
+    for i in 0..1100 {
+        std::fs::remove_file(big.join(format!("f{i}"))).unwrap();
+    }
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "narrow", "shared_path": "/srv/vol", "tasks": [
+                member("narrow-main", "echo ran > /srv/vol/x && cat /srv/vol/x", false)]}),
+        )
+        .unwrap();
+    let st = agent.wait_final("narrow-main", LONG);
+    assert_eq!(st.state, TaskState::Finished, "{st:?}");
+}
+
+/// Review of 89a7744: an agent upgraded while an older one held a group's
+/// namespace on the plain `run/netns` dir made the dir a recursive bind of
+/// itself, which copied the held mount and hid the original: the release
+/// unmounted the copy, the unlink failed with EBUSY and the namespace
+/// stayed until reboot.
+#[test]
+fn an_upgraded_agent_releases_a_namespace_an_older_one_held() {
+    if !require_root("an_upgraded_agent_releases_a_namespace_an_older_one_held") {
+        return;
+    }
+    let mut agent = TestAgent::start();
+    agent.stop_agent(libc::SIGTERM);
+    // What an agent before 1c1774b left: a namespace held on the plain dir,
+    // of a group that ended while no agent ran.
+    let dir = agent.data_dir.join("run/netns");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = dir.join("old-main");
+    std::fs::write(&stale, "").unwrap();
+    let target = stale.clone();
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        nix::mount::mount(
+            Some(own.as_str()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    })
+    .join()
+    .unwrap();
+    assert!(mounted(&stale));
+    agent.spawn();
+    wait_until(Duration::from_secs(20), "the stale namespace removed", || {
+        !stale.exists()
+    });
+    assert!(!mounted(&stale), "still mounted below the dir's bind");
+    // And a group network works on the dir the agent made.
+    agent
+        .client
+        .post::<_, Value>(
+            "/v1/groups",
+            &json!({"id": "up", "network": "group", "tasks": [member("up-main", "true", false)]}),
+        )
+        .unwrap();
+    assert_eq!(agent.wait_final("up-main", LONG).state, TaskState::Finished);
+    assert_gone(&agent, "up-main");
+    assert!(!mounted(&netns_file(&agent, "up-main")));
 }

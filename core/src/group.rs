@@ -15,11 +15,18 @@ const MAX_SHARED_PATH: usize = 256;
 /// (or be hidden by) what the task init mounts.
 const RESERVED: [&str; 5] = ["/proc", "/dev", "/sys", "/sandbox", "/tmp"];
 /// The image's programs, libraries and configuration: a volume every
-/// member can write must not replace (or, as an ancestor, hide) them.
+/// member can write must not be on, above (hiding them) or below them (a
+/// sidecar would plant `/usr/local/bin/python`, a CA certificate in
+/// `/etc/ssl/certs` or a script in `/etc/profile.d` that the main member
+/// trusts). `/opt` is where images install software (`/opt/conda/bin`).
 const SYSTEM: [&str; 11] = [
-    "/etc", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var/lib", "/root",
-    "/boot",
+    "/etc", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/root", "/boot",
+    "/opt",
 ];
+/// Homes of data, not code: a volume below them is the usual place
+/// (`/var/lib/app`, `/srv/data`, `/run/app`, `/home/app`), but on or above
+/// them it would hide every other service's or user's directory.
+const DATA_ROOTS: [&str; 4] = ["/var/lib", "/home", "/srv", "/run"];
 
 /// `"network"` of a group: `host` (each member as its own spec says) or
 /// `group` (one namespace for the whole group, only `lo` up).
@@ -85,14 +92,25 @@ pub fn check_shared_path(path: &str) -> Result<String, GroupError> {
             ));
         }
     }
-    if let Some(d) = SYSTEM
-        .iter()
-        .find(|d| **d == normal || d.starts_with(&format!("{normal}/")))
-    {
+    let on_or_above = |d: &str| d == normal || d.starts_with(&format!("{normal}/"));
+    if let Some(d) = SYSTEM.iter().find(|d| on_or_above(d)) {
         let how = if *d == normal { "is" } else { "holds" };
         return Err(bad(
             FIELD,
             format!("{normal} {how} the system directory {d}, which the volume would hide"),
+        ));
+    }
+    if let Some(d) = SYSTEM.iter().find(|d| normal.starts_with(&format!("{d}/"))) {
+        return Err(bad(
+            FIELD,
+            format!("{normal} is below the system directory {d}, where a member could plant what another one runs or trusts"),
+        ));
+    }
+    if let Some(d) = DATA_ROOTS.iter().find(|d| on_or_above(d)) {
+        let how = if *d == normal { "is" } else { "holds" };
+        return Err(bad(
+            FIELD,
+            format!("{normal} {how} the system directory {d}, which the volume would hide: use a directory below it"),
         ));
     }
     Ok(normal)
@@ -217,16 +235,51 @@ mod tests {
     fn shared_paths_never_hide_system_dirs() {
         for bad in [
             "/etc", "/usr/", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var",
-            "/var/lib", "/root", "/boot", "//usr//",
+            "/var/lib", "/root", "/boot", "//usr//", "/opt", "/home", "/srv", "/run",
         ] {
             let e = check_shared_path(bad).unwrap_err();
             assert_eq!(e.field, "shared_path", "{bad:?}");
             assert!(e.reason.contains("system directory"), "{bad:?}: {e}");
         }
         let e = check_shared_path("/var").unwrap_err();
-        assert!(e.reason.contains("holds the system directory /var/lib"), "{e}");
-        // Below them, beside them, or a longer name: the member's choice.
-        for ok in ["/var/lib/app", "/var/data", "/usr/local/share/x", "/etcd", "/library", "/data"] {
+        assert!(
+            e.reason.contains("holds the system directory /var/lib"),
+            "{e}"
+        );
+        // Review: below them a sidecar plants what the main member runs.
+        for bad in [
+            "/usr/local/bin",
+            "/usr/bin",
+            "/lib/x86_64-linux-gnu",
+            "/etc/ssl/certs",
+            "/etc/profile.d",
+            "/etc/app",
+            "/opt/conda",
+            "/root/.ssh",
+            "/bin/x",
+            "/boot/efi",
+        ] {
+            let e = check_shared_path(bad).unwrap_err();
+            assert!(
+                e.reason.contains("is below the system directory"),
+                "{bad:?}: {e}"
+            );
+        }
+        // Below the data roots, beside them, or a longer name: the member's
+        // choice.
+        for ok in [
+            "/var/lib/app",
+            "/var/data",
+            "/var/cache/x",
+            "/srv/data",
+            "/home/app",
+            "/run/app",
+            "/etcd",
+            "/library",
+            "/data",
+            "/optional",
+            "/usrdata",
+        ] {
             assert!(check_shared_path(ok).is_ok(), "{ok}");
         }
     }
@@ -332,7 +385,7 @@ mod tests {
         /// A path that passes is absolute, has no dot component, is not
         /// reserved, and is a fixed point of the check.
         #[test]
-        fn accepted_paths_are_normal(path in "(/(\\.\\.|\\.|proc|tmp|sandbox|var|lib|etc|a|b c|x\\.y)){0,5}/?") {
+        fn accepted_paths_are_normal(path in "(/(\\.\\.|\\.|proc|tmp|sandbox|var|lib|etc|usr|srv|a|b c|x\\.y)){0,5}/?") {
             if let Ok(p) = check_shared_path(&path) {
                 prop_assert!(p.starts_with('/') && p.len() > 1 && !p.ends_with('/'));
                 prop_assert!(p.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != ".."));
@@ -342,6 +395,10 @@ mod tests {
                 }
                 let above = format!("{}/", p);
                 for d in SYSTEM {
+                    let below = format!("{}/", d);
+                    prop_assert!(p != d && !d.starts_with(&above) && !p.starts_with(&below));
+                }
+                for d in DATA_ROOTS {
                     prop_assert!(p != d && !d.starts_with(&above));
                 }
                 prop_assert_eq!(check_shared_path(&p).unwrap(), p.clone());

@@ -306,10 +306,10 @@ impl Agent {
         let pod = t.record.pod.clone();
         let shared = match &pod {
             Some(p) => {
-                // Checked here for a clear launch failure; the init makes a
-                // missing mount point in its own namespace, never in the
-                // (shared) rootfs.
-                crate::supervisor::shared::locate(&rootfs, &p.shared_path)
+                // Checked here for a clear launch failure (the rules too: a
+                // record may predate them); the init makes a missing mount
+                // point in its own namespace, never in the (shared) rootfs.
+                crate::supervisor::shared::check(&rootfs, &p.shared_path)
                     .map_err(|e| e.to_string())?;
                 Some(SharedMount {
                     source: self.data.task(&p.home).shared(),

@@ -135,10 +135,15 @@ pub(crate) fn enter_rootfs(plan: &RootPlan, marks: &mut Marks) -> Result<(), Mou
     )
     .map_err(sys("make private", root))?;
     if let Some(dir) = plan.netns_dir {
-        // Not a mount (no group network made yet) or missing: no copies.
-        match umount2(dir, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(e) => return Err(sys("detach", dir)(e)),
+        // Each layer (with the namespaces held below it) until it is no
+        // mount; not a mount (no group network made yet) or missing: no
+        // copies.
+        for _ in 0..16 {
+            match umount2(dir, MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => break,
+                Err(e) => return Err(sys("detach", dir)(e)),
+            }
         }
     }
     mount(

@@ -100,7 +100,8 @@ pub fn create_held(path: &Path) -> Result<(), NetnsError> {
 }
 
 /// Makes `dir` (created if missing) a private mount of itself, once: a
-/// restarted agent finds it in place, with the namespaces held below.
+/// restarted agent finds it in place, with the namespaces held below. A
+/// group network is refused while this fails (`create_held`).
 pub fn private_dir(dir: &Path) -> Result<(), NetnsError> {
     use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(dir).map_err(|e| ns_err(dir, "create dir", e))?;
@@ -112,20 +113,60 @@ pub fn private_dir(dir: &Path) -> Result<(), NetnsError> {
         .any(|m| m.mount_point == dir);
     let none: Option<&str> = None;
     if !mounted {
-        // Recursive: namespaces held there by an older agent stay in sight.
-        mount(Some(&dir), &dir, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+        // An older agent's namespaces held on the plain dir: a recursive
+        // self-bind would copy them and hide the originals (release() then
+        // unmounts a copy, the unlink fails EBUSY, the namespace stays until
+        // reboot). Each is taken by a descriptor, unmounted, and held again
+        // on the new mount.
+        let held = take_held(&dir)?;
+        mount(Some(&dir), &dir, none, MsFlags::MS_BIND, none)
             .map_err(|e| ns_err(&dir, "bind", e))?;
+        mount(none, &dir, none, MsFlags::MS_PRIVATE, none)
+            .map_err(|e| ns_err(&dir, "make private", e))?;
+        let mut failed = Ok(());
+        for (path, ns) in held {
+            let from = format!("/proc/self/fd/{}", ns.as_raw_fd());
+            if let Err(e) = mount(Some(from.as_str()), &path, none, MsFlags::MS_BIND, none) {
+                failed = Err(ns_err(&path, "hold again", e));
+            }
+        }
+        return failed;
     }
     mount(none, &dir, none, MsFlags::MS_PRIVATE, none).map_err(|e| ns_err(&dir, "make private", e))
 }
 
-/// Unmounts and removes a held namespace (gone once no process is in it);
-/// a missing one is fine.
-pub fn release(path: &Path) -> Result<(), NetnsError> {
-    if is_held(path) {
+/// Opens every namespace held in `dir` and unmounts it (every layer).
+fn take_held(dir: &Path) -> Result<Vec<(std::path::PathBuf, std::fs::File)>, NetnsError> {
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ns_err(dir, "list", e))? {
+        let path = entry.map_err(|e| ns_err(dir, "list", e))?.path();
+        if !is_held(&path) {
+            continue;
+        }
+        let ns = std::fs::File::open(&path).map_err(|e| ns_err(&path, "open", e))?;
+        unmount_all(&path)?;
+        held.push((path, ns));
+    }
+    Ok(held)
+}
+
+/// Unmounts `path` until nothing is mounted there (a bounded number of
+/// layers: two agents' binds, a copy).
+fn unmount_all(path: &Path) -> Result<(), NetnsError> {
+    for _ in 0..16 {
+        if !is_held(path) {
+            return Ok(());
+        }
         nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
             .map_err(|e| ns_err(path, "unmount", e))?;
     }
+    Err(ns_err(path, "unmount", "still mounted after 16 unmounts"))
+}
+
+/// Unmounts (every layer) and removes a held namespace (gone once no
+/// process is in it); a missing one is fine.
+pub fn release(path: &Path) -> Result<(), NetnsError> {
+    unmount_all(path)?;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ns_err(path, "remove", e)),
         _ => Ok(()),

@@ -16,6 +16,9 @@ use nix::mount::{mount, MsFlags};
 use super::mounts::MountError;
 
 const NONE: Option<&str> = None;
+/// Most entries a covered directory may hold: each is a bind mount made
+/// before the task joins its cgroup, under the kernel's namespace lock.
+pub const MAX_COVERED: usize = 1024;
 
 /// Where the shared volume goes below a rootfs.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,7 +76,10 @@ pub fn prepare(rootfs: &Path, path: &str) -> Result<PathBuf, MountError> {
     match locate(rootfs, path)? {
         SharedPoint::Exists(p) => Ok(p),
         SharedPoint::Missing { parent, missing } => {
-            cover(&parent)?;
+            cover(&parent).map_err(|e| match e {
+                Covered::TooMany => too_many(rootfs, path, &parent),
+                Covered::Err(e) => e,
+            })?;
             let mut at = parent;
             for part in missing {
                 at.push(part);
@@ -81,6 +87,38 @@ pub fn prepare(rootfs: &Path, path: &str) -> Result<PathBuf, MountError> {
             }
             Ok(at)
         }
+    }
+}
+
+/// At the agent, before a member launches: the path passes the group
+/// rules (a record from before they were stricter is checked again) and
+/// the init will be able to make it.
+pub fn check(rootfs: &Path, path: &str) -> Result<(), MountError> {
+    gleaner_core::group::check_shared_path(path).map_err(|e| MountError::SharedPoint {
+        rootfs: rootfs.to_owned(),
+        path: path.to_owned(),
+        reason: e.reason,
+    })?;
+    if let SharedPoint::Missing { parent, .. } = locate(rootfs, path)? {
+        let n = fs::read_dir(&parent)
+            .map_err(|e| io(&parent, "list", e))?
+            .take(MAX_COVERED + 1)
+            .count();
+        if n > MAX_COVERED {
+            return Err(too_many(rootfs, path, &parent));
+        }
+    }
+    Ok(())
+}
+
+fn too_many(rootfs: &Path, path: &str, parent: &Path) -> MountError {
+    MountError::SharedPoint {
+        rootfs: rootfs.to_owned(),
+        path: path.to_owned(),
+        reason: format!(
+            "{} holds more than {MAX_COVERED} entries to carry over: create {path} in the image",
+            parent.display()
+        ),
     }
 }
 
@@ -100,10 +138,21 @@ fn sys<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> Mou
     }
 }
 
+enum Covered {
+    TooMany,
+    Err(MountError),
+}
+
+impl From<MountError> for Covered {
+    fn from(e: MountError) -> Covered {
+        Covered::Err(e)
+    }
+}
+
 /// Lays a tmpfs over `dir` holding what `dir` held: a bind of each entry
 /// (taken through a descriptor opened before the tmpfs hides them), links
-/// recreated. The tmpfs has `dir`'s mode and owner.
-fn cover(dir: &Path) -> Result<(), MountError> {
+/// recreated with their owner. The tmpfs has `dir`'s mode and owner.
+fn cover(dir: &Path) -> Result<(), Covered> {
     let meta = fs::symlink_metadata(dir).map_err(|e| io(dir, "stat", e))?;
     let below = fs::OpenOptions::new()
         .read(true)
@@ -112,14 +161,22 @@ fn cover(dir: &Path) -> Result<(), MountError> {
         .map_err(|e| io(dir, "open", e))?;
     let entries: Vec<(std::ffi::OsString, fs::FileType)> = fs::read_dir(dir)
         .map_err(|e| io(dir, "list", e))?
+        .take(MAX_COVERED + 1)
         .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
         .collect::<Result<_, _>>()
         .map_err(|e| io(dir, "list", e))?;
+    if entries.len() > MAX_COVERED {
+        return Err(Covered::TooMany);
+    }
+    // No size cap (the read-only pass makes it read-only before the task
+    // runs; a cap made a few long link targets ENOSPC), an inode cap: the
+    // entries plus the missing components of the path.
     let opts = format!(
-        "mode={:o},uid={},gid={},size=64k",
+        "mode={:o},uid={},gid={},nr_inodes={}",
         meta.mode() & 0o7777,
         meta.uid(),
-        meta.gid()
+        meta.gid(),
+        MAX_COVERED + 256
     );
     mount(
         Some("tmpfs"),
@@ -134,7 +191,10 @@ fn cover(dir: &Path) -> Result<(), MountError> {
         let (src, dst) = (old.join(&name), dir.join(&name));
         if kind.is_symlink() {
             let to = fs::read_link(&src).map_err(|e| io(&src, "read link", e))?;
+            let owner = fs::symlink_metadata(&src).map_err(|e| io(&src, "stat", e))?;
             std::os::unix::fs::symlink(&to, &dst).map_err(|e| io(&dst, "copy link", e))?;
+            std::os::unix::fs::lchown(&dst, Some(owner.uid()), Some(owner.gid()))
+                .map_err(|e| io(&dst, "chown link", e))?;
             continue;
         }
         if kind.is_dir() {
