@@ -118,18 +118,33 @@ fn main() {
         }
     };
 
+    // THREE_WAY=1 with AGENT_EXTRA_B: runc takes its turn too, so the two
+    // agent configs are compared beside another runtime's disk work.
+    let mut c = match (&b, std::env::var("THREE_WAY").as_deref()) {
+        (Some(_), Ok("1")) => {
+            let Side::Agent(agent, _) = &a else {
+                unreachable!()
+            };
+            Runc::new(&agent.rootfs).map(Side::Runc)
+        }
+        _ => None,
+    };
+
     // Warm the page cache, the agent and runc.
     for _ in 0..5 {
         a.launch();
-        if let Some(b) = b.as_mut() {
-            b.launch();
+        for side in [b.as_mut(), c.as_mut()].into_iter().flatten() {
+            side.launch();
         }
     }
-    let (mut ra, mut rb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let (mut ra, mut rb, mut rc) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         ra.push((0..per_round).map(|_| a.launch()).collect::<Vec<_>>());
         if let Some(b) = b.as_mut() {
             rb.push((0..per_round).map(|_| b.launch()).collect::<Vec<_>>());
+        }
+        if let Some(c) = c.as_mut() {
+            rc.push((0..per_round).map(|_| c.launch()).collect::<Vec<_>>());
         }
     }
 
@@ -150,6 +165,17 @@ fn main() {
             "ratio at the median",
             fmt_interval(median_interval(&ratios), 2)
         );
+        if c.is_some() {
+            let mc = summary("runc run (create+start+wait+delete)", &rc);
+            for (name, m) in [("gleaner", &ma), ("B", &mb)] {
+                let r: Vec<f64> = mc.iter().zip(m).map(|(c, m)| c / m).collect();
+                println!(
+                    "{:<36} {}x (runc / {name}, round by round)",
+                    "ratio at the median",
+                    fmt_interval(median_interval(&r), 2)
+                );
+            }
+        }
     } else {
         println!("runc: skipped (RUNC=0) or not installed (apt-get install runc)");
     }
