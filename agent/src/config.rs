@@ -117,6 +117,10 @@ pub struct AgentConfig {
     /// downloads (fetch, images) may reach although they are loopback,
     /// link-local, unspecified, multicast or broadcast (refused otherwise).
     pub fetch_allow_hosts: Vec<String>,
+    /// Directories whose files a rootfs image's `file://` URI may name
+    /// (default none: `file://` is refused with 400). The agent reads them
+    /// as root for any submitter; only regular files, no symlink out.
+    pub image_file_dirs: Vec<PathBuf>,
     /// How often each task's sandbox and /tmp are measured against disk_mb.
     pub disk_check_interval_s: f64,
     /// Most entries one measurement walks (a task's sandbox and /tmp, or a
@@ -168,6 +172,7 @@ impl Default for AgentConfig {
             image_unpack_max_entries: 1_000_000,
             ca_file: None,
             fetch_allow_hosts: Vec::new(),
+            image_file_dirs: Vec::new(),
             disk_check_interval_s: 5.0,
             disk_check_max_entries: 1_000_000,
             finished_retention_h: 24.0,
@@ -347,7 +352,9 @@ impl AgentConfig {
     /// agent's own listen address.
     pub fn egress(&self) -> Result<gleaner_core::egress::Egress, ConfigError> {
         gleaner_core::egress::Egress::parse(&self.fetch_allow_hosts, self.listen_addr().ok())
-            .map_err(|e| key("fetch_allow_hosts", e))
+            .map_err(|e| key("fetch_allow_hosts", e))?
+            .with_file_dirs(&self.image_file_dirs)
+            .map_err(|e| key("image_file_dirs", e))
     }
 
     pub fn fetch_limits(&self) -> crate::images::FetchLimits {

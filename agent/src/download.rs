@@ -29,7 +29,11 @@ pub enum DownloadError {
     /// Over `limit` bytes (the image_max_mb limit, or a smaller one the
     /// caller gave).
     #[error("{uri}: larger than {limit} bytes (image_max_mb is {max_mb})")]
-    TooLarge { uri: String, limit: u64, max_mb: u64 },
+    TooLarge {
+        uri: String,
+        limit: u64,
+        max_mb: u64,
+    },
     #[error("{uri}: sha256 mismatch: expected {expected}, got {got}")]
     Checksum {
         uri: String,
@@ -199,9 +203,13 @@ impl Downloader {
         };
         if let Some(path) = uri.strip_prefix("file://") {
             use tokio::io::AsyncReadExt;
-            let mut file = tokio::fs::File::open(path)
+            self.egress.check_file(path).map_err(|e| fail(e, false))?;
+            let (p, dirs) = (path.to_owned(), self.egress.file_dirs().to_vec());
+            let file = tokio::task::spawn_blocking(move || open_image_file(&p, &dirs))
                 .await
-                .map_err(|e| fail(format!("{path}: {e}"), false))?;
+                .map_err(|e| fail(format!("open: {e}"), false))?
+                .map_err(|e| fail(e, false))?;
+            let mut file = tokio::fs::File::from_std(file);
             let mut buf = vec![0u8; 256 << 10];
             loop {
                 let n = file
@@ -224,6 +232,9 @@ impl Downloader {
             };
             let url = reqwest::Url::parse(uri).map_err(|e| fail(format!("bad uri: {e}"), false))?;
             egress_guard::check_url(&self.egress, &url).map_err(|e| fail(e.to_string(), false))?;
+            egress_guard::check_own_by_name(&self.egress, &url)
+                .await
+                .map_err(|e| fail(e.to_string(), false))?;
             let mut resp = client.get(url).send().await.map_err(|e| {
                 let chain = error_chain(&e);
                 match roots {
@@ -259,6 +270,11 @@ impl Downloader {
         })
     }
 
+    /// Where downloads may connect and read.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
+    }
+
     /// The HTTPS client: trust roots are looked for on the first use only.
     fn https_client(&self) -> Result<(&reqwest::Client, &String), &String> {
         let made = self.https.get_or_init(|| {
@@ -275,6 +291,33 @@ impl Downloader {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Opens a `file://` image. Its resolved path must lie below one of `dirs`
+/// (resolved too: a symlink may not lead out); it is opened without
+/// following a last symlink and without blocking (a FIFO or a tty would
+/// hold a blocking-pool thread for good: a stop only drops the future),
+/// and must be a regular file (not /dev/zero, not a FIFO or socket).
+fn open_image_file(path: &str, dirs: &[PathBuf]) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{path}: {e}"))?;
+    let real_dirs: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+    if !gleaner_core::egress::under_any(&real, &real_dirs) {
+        return Err(format!("{path}: leads out of image_file_dirs (a symlink)"));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&real)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err(format!("{path}: not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Where a download goes: a file, a running hash, and the size limit.
@@ -349,16 +392,32 @@ mod tests {
         let mut l = limits(1 << 20);
         l.retries = 3;
         let d = Downloader::new(l, None, Egress::default()).unwrap();
-        for uri in ["http://127.0.0.1:1/x", "http://localhost:1/x", "http://[::1]:1/x"] {
+        for uri in [
+            "http://127.0.0.1:1/x",
+            "http://localhost:1/x",
+            "http://[::1]:1/x",
+        ] {
             let began = std::time::Instant::now();
-            let e = d.download(uri, None, &dir.path().join("x")).await.unwrap_err();
+            let e = d
+                .download(uri, None, &dir.path().join("x"))
+                .await
+                .unwrap_err();
             let text = e.to_string();
             assert!(text.contains("loopback"), "{uri}: {text}");
             assert!(
-                matches!(e, DownloadError::Fetch { transient: false, .. }),
+                matches!(
+                    e,
+                    DownloadError::Fetch {
+                        transient: false,
+                        ..
+                    }
+                ),
                 "{uri}: {e:?}"
             );
-            assert!(began.elapsed() < Duration::from_millis(400), "{uri}: retried");
+            assert!(
+                began.elapsed() < Duration::from_millis(400),
+                "{uri}: retried"
+            );
         }
     }
 
@@ -369,7 +428,12 @@ mod tests {
         std::fs::write(&src, b"abc").unwrap();
         let uri = format!("file://{}", src.display());
         let dest = dir.path().join("dest");
-        let d = Downloader::new(limits(3), None, Egress::default()).unwrap();
+        let files = || {
+            Egress::default()
+                .with_file_dirs(&[dir.path().to_owned()])
+                .unwrap()
+        };
+        let d = Downloader::new(limits(3), None, files()).unwrap();
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         let got = d
             .download(&uri, Some(&abc.to_uppercase()), &dest)
@@ -382,13 +446,19 @@ mod tests {
             matches!(wrong, Err(DownloadError::Checksum { .. })),
             "{wrong:?}"
         );
-        let small = Downloader::new(limits(2), None, Egress::default()).unwrap();
+        let small = Downloader::new(limits(2), None, files()).unwrap();
         let big = small.download(&uri, None, &dest).await;
         assert!(
             matches!(big, Err(DownloadError::TooLarge { .. })),
             "{big:?}"
         );
-        let missing = d.download("file:///nonexistent/x", None, &dest).await;
+        let missing = d
+            .download(
+                &format!("file://{}/nonexistent", dir.path().display()),
+                None,
+                &dest,
+            )
+            .await;
         assert!(
             matches!(
                 missing,
@@ -399,5 +469,45 @@ mod tests {
             ),
             "{missing:?}"
         );
+    }
+
+    /// `file://` reads only regular files below `image_file_dirs`: a FIFO
+    /// there fails at once (it used to hold a blocking thread for good), a
+    /// symlink may not lead out, and with no dirs nothing is read.
+    #[tokio::test]
+    async fn file_uris_read_only_regular_files_below_image_file_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        let images = dir.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let fifo = images.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", images.join("out")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", images.join("zero")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        let egress = Egress::default().with_file_dirs(&[images.clone()]).unwrap();
+        let d = Downloader::new(limits(1 << 20), None, egress).unwrap();
+        let cases = [
+            ("fifo", "not a regular file"),
+            ("out", "leads out"),
+            ("zero", "leads out"),
+            ("../secret", "without '..'"),
+        ];
+        for (name, needle) in cases {
+            let uri = format!("file://{}/{name}", images.display());
+            let got = tokio::time::timeout(Duration::from_secs(3), d.download(&uri, None, &dest))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: still reading after 3 s"));
+            let e = got.unwrap_err().to_string();
+            assert!(e.contains(needle), "{name}: {e}");
+        }
+        let none = Downloader::new(limits(1 << 20), None, Egress::default()).unwrap();
+        let uri = format!("file://{}/secret", dir.path().display());
+        let e = none
+            .download(&uri, None, &dest)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no image_file_dirs"), "{e}");
     }
 }

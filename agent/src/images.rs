@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::download::{DownloadError, DownloadLimits, Downloader};
+use crate::workdir::WorkDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -171,6 +172,36 @@ impl ImageCache {
             .clone()
     }
 
+    /// Holds the entry's lock until dropped.
+    async fn hold(&self, entry: &str) -> Held<'_> {
+        let guard = self.lock_for(entry).lock_owned().await;
+        Held {
+            cache: self,
+            entry: entry.to_owned(),
+            _guard: guard,
+        }
+    }
+
+    fn try_hold(&self, entry: &str) -> Option<Held<'_>> {
+        // Held by another: its drop forgets the lock.
+        let guard = self.lock_for(entry).try_lock_owned().ok()?;
+        Some(Held {
+            cache: self,
+            entry: entry.to_owned(),
+            _guard: guard,
+        })
+    }
+
+    /// Drops the entry's lock from the map when no one but the map and
+    /// the caller holds it (one lock per digest ever seen would grow
+    /// without bound). Holders clone it under the map's lock only.
+    fn forget_unshared_lock(&self, entry: &str) {
+        let mut locks = self.locks.lock().unwrap();
+        if locks.get(entry).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(entry);
+        }
+    }
+
     fn work_dir(&self, entry: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         self.dir
@@ -178,41 +209,35 @@ impl ImageCache {
             .join(format!("{entry}.{}.{n}", std::process::id()))
     }
 
-    /// Moves a complete `work` dir into place as `home` (or removes it).
+    /// Moves a complete `work` dir into place as `home` (else its
+    /// [`WorkDir`] removes it, off the runtime).
     fn place(
         &self,
         built: Result<(), ImageError>,
         work: &Path,
         home: &Path,
     ) -> Result<(), ImageError> {
-        let placed = built.and_then(|()| {
-            // A copy without its content (damaged by hand) may stand there.
-            if home.exists() {
-                std::fs::remove_dir_all(home).map_err(io_err(home))?;
-            }
-            std::fs::rename(work, home).map_err(io_err(home))
-        });
-        if placed.is_err() {
-            let _ = std::fs::remove_dir_all(work);
+        built?;
+        // A copy without its content (damaged by hand) may stand there.
+        if home.exists() {
+            std::fs::remove_dir_all(home).map_err(io_err(home))?;
         }
-        placed?;
+        std::fs::rename(work, home).map_err(io_err(home))?;
         self.fetches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// The unpacked image, fetched first unless cached. Marks it used.
     pub async fn ensure(&self, uri: &str, sha256: &str) -> Result<PathBuf, ImageError> {
-        let lock = self.lock_for(sha256);
-        let _one_fetch = lock.lock().await;
+        let _one_fetch = self.hold(sha256).await;
         let home = self.dir.join(sha256);
         if self.is_cached(sha256) {
             touch(&home.join("image.json"));
             return Ok(self.rootfs(sha256));
         }
-        let work = self.work_dir(sha256);
-        let _dropped = RemoveOnDrop(&work);
+        let work = WorkDir::new(self.work_dir(sha256));
         let built = self.build(uri, sha256, &work).await;
-        self.place(built, &work, &home)?;
+        self.place(built, work.path(), &home)?;
         tracing::info!(uri, sha256, "image cached");
         Ok(self.rootfs(sha256))
     }
@@ -227,20 +252,29 @@ impl ImageCache {
         sha256: &str,
         role: &str,
         dest: &Path,
+        max_bytes: u64,
     ) -> Result<(), ImageError> {
         let sha256 = sha256.to_ascii_lowercase();
         let entry = file_entry(&sha256, role, uri);
-        let lock = self.lock_for(&entry);
-        let _one_fetch = lock.lock().await;
+        let _one_fetch = self.hold(&entry).await;
         let home = self.dir.join(&entry);
         let cached = home.join("file");
         if cached.is_file() {
+            let len = std::fs::metadata(&cached).map_err(io_err(&cached))?.len();
+            let limit = max_bytes.min(self.limits.max_bytes);
+            if len > limit {
+                return Err(DownloadError::TooLarge {
+                    uri: uri.to_owned(),
+                    limit,
+                    max_mb: self.limits.max_bytes >> 20,
+                }
+                .into());
+            }
             touch(&home.join("image.json"));
         } else {
-            let work = self.work_dir(&entry);
-            let _dropped = RemoveOnDrop(&work);
-            let built = self.build_file(uri, &sha256, &work).await;
-            self.place(built, &work, &home)?;
+            let work = WorkDir::new(self.work_dir(&entry));
+            let built = self.build_file(uri, &sha256, work.path(), max_bytes).await;
+            self.place(built, work.path(), &home)?;
             tracing::info!(uri, sha256, "fetched file cached");
         }
         let (from, to) = (cached, dest.to_owned());
@@ -249,10 +283,19 @@ impl ImageCache {
             .map_err(|e| io_err(dest)(std::io::Error::other(e)))?
     }
 
-    async fn build_file(&self, uri: &str, sha256: &str, work: &Path) -> Result<(), ImageError> {
+    async fn build_file(
+        &self,
+        uri: &str,
+        sha256: &str,
+        work: &Path,
+        max_bytes: u64,
+    ) -> Result<(), ImageError> {
         std::fs::create_dir_all(work).map_err(io_err(work))?;
         let file = work.join("file");
-        let got = self.downloader.download(uri, Some(sha256), &file).await?;
+        let got = self
+            .downloader
+            .download_max(uri, Some(sha256), &file, max_bytes)
+            .await?;
         write_meta(
             work,
             &ImageMeta {
@@ -264,8 +307,10 @@ impl ImageCache {
         )
     }
 
-    /// Fetch, verify, unpack into `work`.
-    async fn build(&self, uri: &str, sha256: &str, work: &Path) -> Result<(), ImageError> {
+    /// Fetch, verify, unpack into `work` (the unpack stops if this
+    /// future is dropped: see `workdir`).
+    async fn build(&self, uri: &str, sha256: &str, dir: &WorkDir) -> Result<(), ImageError> {
+        let work = dir.path();
         std::fs::create_dir_all(work).map_err(io_err(work))?;
         let archive = work.join("image.tar.gz");
         let archive_bytes = self
@@ -276,26 +321,25 @@ impl ImageCache {
         let rootfs = work.join("rootfs");
         let (uri_owned, archive2, rootfs2) = (uri.to_owned(), archive.clone(), rootfs.clone());
         let budget = self.limits.unpack;
+        let unpacking = dir.unpacking();
         let (unpacked, bytes) = tokio::task::spawn_blocking(move || {
-            let stats = gleaner_rootfs::unpack_with(&archive2, &rootfs2, budget).map_err(|e| {
-                ImageError::Unpack {
-                    uri: uri_owned.clone(),
-                    reason: unpack_reason(&e, budget),
-                }
-            })?;
-            crate::supervisor::ensure_mount_points(&rootfs2, true).map_err(|e| {
-                ImageError::Unpack {
-                    uri: uri_owned,
-                    reason: e.to_string(),
-                }
-            })?;
-            Ok::<_, ImageError>((stats, du(&rootfs2)))
+            unpacking.run(|u| {
+                let file = std::fs::File::open(&archive2)
+                    .map_err(|e| format!("{}: {e}", archive2.display()))?;
+                let stats = gleaner_rootfs::unpack_gz_with(u.reader(file), &rootfs2, budget)
+                    .map_err(|e| unpack_reason(&e, budget))?;
+                crate::supervisor::ensure_mount_points(&rootfs2, true)
+                    .map_err(|e| e.to_string())?;
+                Ok((stats, du(&rootfs2)))
+            })
         })
         .await
-        .map_err(|e| ImageError::Unpack {
-            uri: uri.to_owned(),
-            reason: e.to_string(),
-        })??;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|reason| ImageError::Unpack {
+            uri: uri_owned,
+            reason,
+        })?;
         if unpacked.stripped > 0 {
             tracing::warn!(
                 uri,
@@ -348,8 +392,7 @@ impl ImageCache {
                 continue;
             }
             // An image being fetched or handed out right now is skipped.
-            let lock = self.lock_for(&sha);
-            let Ok(_held) = lock.try_lock() else {
+            let Some(_held) = self.try_hold(&sha) else {
                 continue;
             };
             let home = self.dir.join(&sha);
@@ -369,16 +412,16 @@ impl ImageCache {
     }
 }
 
-/// A work dir of a fetch whose future may be dropped (its task was
-/// stopped): what it downloaded goes with it, not left until a restart
-/// empties `.tmp`. After a rename into place there is nothing to remove.
-struct RemoveOnDrop<'a>(&'a Path);
+/// An entry's lock, held; forgotten from the map on drop if unshared.
+struct Held<'a> {
+    cache: &'a ImageCache,
+    entry: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
 
-impl Drop for RemoveOnDrop<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if self.0.exists() {
-            let _ = std::fs::remove_dir_all(self.0);
-        }
+        self.cache.forget_unshared_lock(&self.entry);
     }
 }
 
@@ -425,5 +468,45 @@ mod tests {
         assert_ne!(a, file_entry(&sha, "batch", "http://h/y"));
         // The separator keeps ("ab", "c") and ("a", "bc") apart.
         assert_ne!(file_entry(&sha, "a", "bc"), file_entry(&sha, "ab", "c"));
+    }
+
+    /// An entry's lock is forgotten once its last holder lets go, and
+    /// kept while another waits for it.
+    #[tokio::test]
+    async fn entry_locks_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = FetchLimits {
+            max_bytes: 1 << 20,
+            timeout: std::time::Duration::from_secs(1),
+            retries: 0,
+            cache_bytes: 1 << 20,
+            unpack: gleaner_rootfs::Budget::default(),
+        };
+        let cache =
+            ImageCache::open(dir.path().join("images"), limits, None, Default::default()).unwrap();
+        let count = || cache.locks.lock().unwrap().len();
+        let first = cache.hold("a").await;
+        let waiter = cache.hold("a");
+        tokio::pin!(waiter);
+        assert!(futures_poll_once(waiter.as_mut()).await.is_none());
+        drop(first);
+        assert_eq!(count(), 1, "dropped while another waits");
+        let second = waiter.await;
+        assert!(cache.try_hold("a").is_none());
+        drop(second);
+        assert_eq!(count(), 0);
+        for i in 0..100 {
+            drop(cache.hold(&format!("e{i}")).await);
+        }
+        drop(cache.try_hold("b"));
+        assert_eq!(count(), 0);
+    }
+
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = f => Some(out),
+            () = std::future::ready(()) => None,
+        }
     }
 }

@@ -26,6 +26,7 @@ pub mod safeopen;
 pub mod supervisor;
 pub mod tls;
 pub mod userdb;
+pub mod workdir;
 
 // Pure logic shared with the scheduler and the CLI lives in gleaner-core;
 // re-exported so `crate::spec::...` paths keep working.

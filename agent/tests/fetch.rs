@@ -348,22 +348,38 @@ fn a_staging_task_is_killed_promptly_and_its_partial_download_removed() {
         agent.kill(id);
         let s = agent.wait_final(id, Duration::from_secs(10));
         assert_eq!(s.state, TaskState::Killed, "{id}: {s:?}");
-        assert!(began.elapsed() < Duration::from_secs(5), "{id}: {:?}", began.elapsed());
-        assert!(!agent.data_dir.join(format!("tasks/{id}/sandbox/ran")).exists());
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{id}: {:?}",
+            began.elapsed()
+        );
+        assert!(!agent
+            .data_dir
+            .join(format!("tasks/{id}/sandbox/ran"))
+            .exists());
     }
-    assert!(!agent.data_dir.join("tasks/f/fetch.tmp").exists(), "partial fetch left");
+    assert!(
+        !agent.data_dir.join("tasks/f/fetch.tmp").exists(),
+        "partial fetch left"
+    );
     assert!(
         !agent.data_dir.join("tasks/f/sandbox/slow.bin").exists(),
         "partial file in the sandbox"
     );
-    wait_until(Duration::from_secs(10), "the image's work dir removed", || {
-        std::fs::read_dir(agent.data_dir.join("images/.tmp"))
-            .map(|d| d.count() == 0)
-            .unwrap_or(true)
-    });
-    wait_until(Duration::from_secs(10), "the downloads' connections closed", || {
-        server.open.load(std::sync::atomic::Ordering::SeqCst) == 0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the image's work dir removed",
+        || {
+            std::fs::read_dir(agent.data_dir.join("images/.tmp"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        },
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the downloads' connections closed",
+        || server.open.load(std::sync::atomic::Ordering::SeqCst) == 0,
+    );
 }
 
 /// Review (issue 14): a fetch followed redirects and connected anywhere
@@ -388,15 +404,25 @@ fn fetch_refuses_loopback_redirects_to_it_and_the_agents_own_api() {
     let strict = TestAgent::start();
     for (id, uri) in [("direct", &plain), ("name", &by_name), ("inner", &inner)] {
         strict
-            .submit(fetch_spec(id, "cat *", json!([{"uri": uri, "output_file": "got"}])))
+            .submit(fetch_spec(
+                id,
+                "cat *",
+                json!([{"uri": uri, "output_file": "got"}]),
+            ))
             .unwrap();
     }
     for id in ["direct", "name", "inner"] {
         let s = strict.wait_final(id, LONG);
         let msg = s.message.clone().unwrap_or_default();
         assert_eq!(s.reason, Some(Reason::FetchFailed), "{id}: {s:?}");
-        assert!(msg.contains("loopback") && msg.contains("fetch_allow_hosts"), "{id}: {msg}");
-        assert!(!strict.data_dir.join(format!("tasks/{id}/sandbox/got")).exists());
+        assert!(
+            msg.contains("loopback") && msg.contains("fetch_allow_hosts"),
+            "{id}: {msg}"
+        );
+        assert!(!strict
+            .data_dir
+            .join(format!("tasks/{id}/sandbox/got"))
+            .exists());
     }
     assert_eq!(server.hits("plain.txt"), 0, "refused before connecting");
     assert_eq!(secret.hits("secret"), 0);
@@ -405,7 +431,11 @@ fn fetch_refuses_loopback_redirects_to_it_and_the_agents_own_api() {
     let own = format!("{}/metrics", allowed.base);
     for (id, uri) in [("ok", &plain), ("hop", &hop), ("own", &own)] {
         allowed
-            .submit(fetch_spec(id, "cat got", json!([{"uri": uri, "output_file": "got"}])))
+            .submit(fetch_spec(
+                id,
+                "cat got",
+                json!([{"uri": uri, "output_file": "got"}]),
+            ))
             .unwrap();
     }
     let ok = allowed.wait_final("ok", LONG);
@@ -414,7 +444,10 @@ fn fetch_refuses_loopback_redirects_to_it_and_the_agents_own_api() {
     let hop = allowed.wait_final("hop", LONG);
     let msg = hop.message.clone().unwrap_or_default();
     assert_eq!(hop.reason, Some(Reason::FetchFailed), "{hop:?}");
-    assert!(msg.contains("redirect") && msg.contains("127.0.0.2"), "{msg}");
+    assert!(
+        msg.contains("redirect") && msg.contains("127.0.0.2"),
+        "{msg}"
+    );
     assert_eq!(server.hits("hop"), 1, "refusals are not retried");
     assert_eq!(secret.hits("secret"), 0, "the redirect was followed");
     let own = allowed.wait_final("own", LONG);
@@ -440,7 +473,9 @@ fn a_tasks_fetches_together_are_capped() {
     let list = |n: usize| -> Value { uris[..n].iter().map(|u| json!({"uri": u})).collect() };
     // Two parts fit image_max_mb (1 MiB); three do not.
     agent.submit(fetch_spec("two", "true", list(2))).unwrap();
-    agent.submit(fetch_spec("three", "touch ran", list(3))).unwrap();
+    agent
+        .submit(fetch_spec("three", "touch ran", list(3)))
+        .unwrap();
     // With disk_mb 0.5, one part fits and two do not.
     let mut one = fetch_spec("small-one", "true", list(1));
     one["resources"]["disk_mb"] = json!(0.5);
@@ -452,7 +487,10 @@ fn a_tasks_fetches_together_are_capped() {
         let s = agent.wait_final(id, LONG);
         assert_eq!(s.state, TaskState::Finished, "{id}: {s:?}");
     }
-    for (id, key) in [("three", "image_max_mb"), ("small-two", "resources.disk_mb")] {
+    for (id, key) in [
+        ("three", "image_max_mb"),
+        ("small-two", "resources.disk_mb"),
+    ] {
         let s = agent.wait_final(id, LONG);
         let msg = s.message.clone().unwrap_or_default();
         assert_eq!(s.reason, Some(Reason::FetchFailed), "{id}: {s:?}");
@@ -463,12 +501,53 @@ fn a_tasks_fetches_together_are_capped() {
     }
 }
 
+/// Review (issue 14): the cap counted downloaded (compressed) bytes only,
+/// so a small archive could unpack to image_unpack_max_mb per entry. What
+/// an archive unpacks to now counts, and its unpack stops at what is left.
+#[test]
+fn what_an_archive_unpacks_to_counts_against_the_cap() {
+    if !require_root("what_an_archive_unpacks_to_counts_against_the_cap") {
+        return;
+    }
+    let agent = TestAgent::start_with(LOCAL);
+    let server = Server::start();
+    let zeros = agent.tmp().join("zeros.tar.gz");
+    gleaner_rootfs::raw::write_zero_bomb(&zeros, "zeros", 3).unwrap();
+    assert!(std::fs::metadata(&zeros).unwrap().len() < 64 << 10);
+    let uri = server.serve("zeros.tar.gz", &zeros);
+    let fetch = json!([{"uri": uri, "extract": true}]);
+    for (id, disk_mb) in [("tight", 2), ("roomy", 8)] {
+        let mut t = fetch_spec(id, "touch ran", fetch.clone());
+        t["resources"]["disk_mb"] = json!(disk_mb);
+        agent.submit(t).unwrap();
+    }
+    let s = agent.wait_final("tight", LONG);
+    let msg = s.message.clone().unwrap_or_default();
+    assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
+    assert!(
+        msg.contains("in all") && msg.contains("resources.disk_mb"),
+        "{msg}"
+    );
+    let tight = agent.data_dir.join("tasks/tight");
+    assert!(!tight.join("sandbox/ran").exists(), "the command ran");
+    assert!(!tight.join("sandbox/zeros").exists(), "unpacked anyway");
+    assert!(!tight.join("fetch.tmp").exists(), "staging left");
+    let s = agent.wait_final("roomy", LONG);
+    assert_eq!(s.state, TaskState::Finished, "{s:?}");
+    let roomy = agent.data_dir.join("tasks/roomy/sandbox/zeros");
+    assert_eq!(std::fs::metadata(roomy).unwrap().len(), 3 << 20);
+}
+
 /// The cache's copies of the file with digest `sha` (one per role and URI).
 fn cached_files(agent: &TestAgent, sha: &str) -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = std::fs::read_dir(agent.data_dir.join("images"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("file-{sha}-")))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("file-{sha}-"))
+        })
         .map(|e| e.path().join("file"))
         .collect();
     found.sort();
@@ -505,7 +584,10 @@ fn a_cached_digest_is_no_capability_across_roles_or_uris() {
         .unwrap();
     let s = agent.wait_final("thief", LONG);
     assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
-    assert!(s.message.clone().unwrap_or_default().contains("404"), "{s:?}");
+    assert!(
+        s.message.clone().unwrap_or_default().contains("404"),
+        "{s:?}"
+    );
     assert!(!agent.data_dir.join("tasks/thief/sandbox/tool.sh").exists());
     // Another role, the same URI: its own download and its own entry.
     agent
@@ -519,7 +601,11 @@ fn a_cached_digest_is_no_capability_across_roles_or_uris() {
     other["role"] = json!("analytics");
     agent.submit(other).unwrap();
     assert_eq!(agent.wait_final("other", LONG).state, TaskState::Finished);
-    assert_eq!(server.hits("tool.sh"), 2, "another role downloads for itself");
+    assert_eq!(
+        server.hits("tool.sh"),
+        2,
+        "another role downloads for itself"
+    );
     assert_eq!(cached_files(&agent, &sha).len(), 2);
 }
 
@@ -552,8 +638,17 @@ fn a_task_dir_removed_before_its_fetch_is_not_made_again() {
     let s = agent.wait_final("gone", LONG);
     assert_eq!(s.state, TaskState::Failed, "{s:?}");
     assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
-    assert!(s.message.clone().unwrap_or_default().contains("dir is gone"), "{s:?}");
-    assert!(!task.join("sandbox").exists(), "the task dir was made again");
+    assert!(
+        s.message
+            .clone()
+            .unwrap_or_default()
+            .contains("dir is gone"),
+        "{s:?}"
+    );
+    assert!(
+        !task.join("sandbox").exists(),
+        "the task dir was made again"
+    );
     assert_eq!(server.hits("data.txt"), 0);
 }
 
@@ -565,7 +660,11 @@ fn busybox_image(dir: &Path) -> (std::path::PathBuf, String) {
         .arg(&image)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sha = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     (image, sha)
 }

@@ -67,7 +67,8 @@ fn an_image_over_http_is_fetched_once_and_shared_read_only() {
     if !require_root("an_image_over_http_is_fetched_once_and_shared_read_only") {
         return;
     }
-    let agent = TestAgent::start_with("fetch_allow_hosts = [\"127.0.0.1\"]");
+    let agent =
+        TestAgent::start_with("fetch_allow_hosts = [\"127.0.0.1\"]\nimage_file_dirs = [\"{tmp}\"]");
     let server = Server::start();
     let (image, sha) = build_image(agent.tmp(), "app", &[]);
     let uri = server.serve("app.tar.gz", &image);
@@ -148,7 +149,7 @@ fn bad_images_fail_with_rootfs_invalid_and_leave_nothing() {
         return;
     }
     let agent = TestAgent::start_with(
-        "image_fetch_retries = 1\nimage_fetch_timeout_s = 5\nfetch_allow_hosts = [\"127.0.0.1\"]",
+        "image_fetch_retries = 1\nimage_fetch_timeout_s = 5\nfetch_allow_hosts = [\"127.0.0.1\"]\nimage_file_dirs = [\"{tmp}\"]",
     );
     let server = Server::start();
     let dir = agent.tmp().to_owned();
@@ -274,6 +275,68 @@ fn sha256_of(path: &Path) -> String {
     gleaner_rootfs::sha256_file(path).unwrap()
 }
 
+/// A `file://` image reads a host file as root for any submitter: refused
+/// with 400 unless below `image_file_dirs`, and there only a regular file
+/// that does not lead out by a symlink (a FIFO used to hang the fetch, a
+/// mismatch told the submitter the hash of any root-readable file).
+#[test]
+fn file_images_come_only_from_image_file_dirs_and_only_regular_files() {
+    if !require_root("file_images_come_only_from_image_file_dirs_and_only_regular_files") {
+        return;
+    }
+    let zeros = "0".repeat(64);
+    let plain = TestAgent::start();
+    let e = plain
+        .submit(image_spec("shadow", "true", "file:///etc/shadow", &zeros))
+        .unwrap_err();
+    assert!(e.to_string().contains("no image_file_dirs"), "{e}");
+    assert!(!plain.data_dir.join("tasks/shadow").exists());
+    drop(plain);
+
+    let agent = TestAgent::start_with("image_file_dirs = [\"{tmp}/images\"]");
+    let images = agent.tmp().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let (image, sha) = build_image(agent.tmp(), "ok", &[]);
+    std::fs::copy(&image, images.join("ok.tar.gz")).unwrap();
+    nix::unistd::mkfifo(
+        &images.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", images.join("passwd")).unwrap();
+    let e = agent
+        .submit(image_spec(
+            "outside",
+            "true",
+            &format!("file://{}", image.display()),
+            &sha,
+        ))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not below one of image_file_dirs"),
+        "{e}"
+    );
+    for (id, name, needle) in [
+        ("fifo", "fifo", "not a regular file"),
+        ("passwd", "passwd", "leads out"),
+    ] {
+        let uri = format!("file://{}/{name}", images.display());
+        agent.submit(image_spec(id, "true", &uri, &zeros)).unwrap();
+        let s = agent.wait_final(id, Duration::from_secs(10));
+        assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{id}: {s:?}");
+        let msg = s.message.clone().unwrap_or_default();
+        assert!(
+            msg.contains(needle) && !msg.contains("got "),
+            "{id}: {msg:?}"
+        );
+    }
+    let uri = format!("file://{}/ok.tar.gz", images.display());
+    agent
+        .submit(image_spec("ok", "sh /opt/hello.sh", &uri, &sha))
+        .unwrap();
+    assert_eq!(agent.wait_final("ok", LONG).state, TaskState::Finished);
+}
+
 #[test]
 fn a_task_over_its_disk_mb_ends_with_disk_limit() {
     if !require_root("a_task_over_its_disk_mb_ends_with_disk_limit") {
@@ -307,7 +370,7 @@ fn unused_images_are_evicted_least_recently_used_first() {
         return;
     }
     // busybox unpacked is about 2 MB: room for one image.
-    let agent = TestAgent::start_with("image_cache_mb = 3");
+    let agent = TestAgent::start_with("image_cache_mb = 3\nimage_file_dirs = [\"{tmp}\"]");
     let dir = agent.tmp().to_owned();
     let (one, sha1) = build_image(&dir, "one", &[]);
     let (two, sha2) = build_image(&dir, "two", &["--env", "K=2"]);
@@ -353,7 +416,7 @@ fn a_hardlink_through_a_symlink_and_a_10gb_bomb_fail_and_leave_nothing() {
     if !require_root("a_hardlink_through_a_symlink_and_a_10gb_bomb_fail_and_leave_nothing") {
         return;
     }
-    let agent = TestAgent::start_with("image_unpack_max_mb = 64");
+    let agent = TestAgent::start_with("image_unpack_max_mb = 64\nimage_file_dirs = [\"{tmp}\"]");
     let dir = agent.tmp().to_owned();
     let host = dir.join("host");
     std::fs::create_dir(&host).unwrap();

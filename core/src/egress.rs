@@ -7,20 +7,57 @@
 //!
 //! Refused unless allowed by `fetch_allow_hosts`: loopback, link-local,
 //! unspecified (`0.0.0.0/8`, `::`), multicast and broadcast addresses,
-//! IPv4-mapped IPv6 forms of these included. The agent's own listen
+//! IPv4-mapped IPv6 forms of these included, cloud metadata services off
+//! link-local (`100.100.100.200`, `fd00:ec2::254`) and IPv4-compatible
+//! `::/96`. The agent's own listen
 //! address is refused even when allowed. The agent checks every hop of a
 //! redirect and every address a name resolves to (the addresses it then
 //! connects to: no second lookup to rebind).
+//!
+//! `file://` (rootfs images only) reads a host file as root: refused
+//! unless the path lies below a directory the operator listed in
+//! `image_file_dirs` (default none).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
 
 /// One entry of `fetch_allow_hosts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Allow {
-    /// An address or a network (`127.0.0.1`, `10.0.0.0/8`, `::1/128`).
-    Net { net: IpAddr, prefix: u8 },
-    /// A host name, as written in URIs (lower case).
-    Name(String),
+    /// An address or a network (`127.0.0.1`, `10.0.0.0/8`, `::1/128`),
+    /// on one port or all.
+    Net {
+        net: IpAddr,
+        prefix: u8,
+        port: Option<u16>,
+    },
+    /// A host name, as written in URIs (lower case), on one port or all.
+    Name(String, Option<u16>),
+}
+
+/// `HOST:PORT`, `[V6]:PORT`, `ADDR/BITS:PORT` or an entry without a port
+/// (a bare IPv6 address has several colons and no port).
+fn split_port(e: &str) -> Result<(String, Option<u16>), String> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("{e:?}: the port must be 1 to 65535"))
+    };
+    if let Some(rest) = e.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return Err(format!("{e:?}: no closing ']'"));
+        };
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((inner.to_owned(), Some(port(p)?))),
+            None if after.is_empty() => Ok((inner.to_owned(), None)),
+            None => Ok((format!("{inner}{after}"), None)),
+        };
+    }
+    match e.split_once(':') {
+        Some((host, p)) if !p.contains(':') => Ok((host.to_owned(), Some(port(p)?))),
+        _ => Ok((e.to_owned(), None)),
+    }
 }
 
 /// The allow list and the agent's own address.
@@ -29,6 +66,8 @@ pub struct Egress {
     allow: Vec<Allow>,
     /// The agent's API: never a download's target.
     own: Option<SocketAddr>,
+    /// `image_file_dirs`: where `file://` may read (absolute paths).
+    file_dirs: Vec<PathBuf>,
 }
 
 /// Why an address is refused by default, if it is.
@@ -53,6 +92,9 @@ pub fn denied_class(ip: IpAddr) -> Option<&'static str> {
                 Some("multicast")
             } else if v4 == Ipv4Addr::BROADCAST {
                 Some("broadcast")
+            } else if v4 == Ipv4Addr::new(100, 100, 100, 200) {
+                // Alibaba Cloud's metadata service (not link-local).
+                Some("cloud metadata")
             } else {
                 None
             }
@@ -66,6 +108,13 @@ pub fn denied_class(ip: IpAddr) -> Option<&'static str> {
                 Some("multicast")
             } else if (v6.segments()[0] & 0xffc0) == 0xfe80 {
                 Some("link-local")
+            } else if v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254] {
+                // AWS's IPv6 metadata service (a ULA, not link-local).
+                Some("cloud metadata")
+            } else if v6.segments()[..6] == [0; 6] {
+                // ::/96, IPv4-compatible (deprecated): `::127.0.0.1` may
+                // reach what its IPv4 form names.
+                Some("IPv4-compatible")
             } else {
                 None
             }
@@ -89,11 +138,14 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 
 impl Egress {
     /// Parses `fetch_allow_hosts`: addresses, networks (`ADDR/BITS`) or
-    /// host names. The error names the entry.
+    /// host names, each optionally with `:PORT` (`[V6]:PORT`) to allow
+    /// that port only. The error names the entry.
     pub fn parse(entries: &[String], own: Option<SocketAddr>) -> Result<Egress, String> {
         let mut allow = Vec::new();
-        for e in entries {
-            let e = e.trim();
+        for entry in entries {
+            let entry = entry.trim();
+            let (body, port) = split_port(entry)?;
+            let e = body.as_str();
             let (addr, prefix) = match e.split_once('/') {
                 Some((a, p)) => (a, Some(p)),
                 None => (e, None),
@@ -106,10 +158,10 @@ impl Egress {
                         None => max,
                         Some(p) => match p.parse::<u8>() {
                             Ok(p) if p <= max => p,
-                            _ => return Err(format!("{e:?}: the prefix must be 0 to {max}")),
+                            _ => return Err(format!("{entry:?}: the prefix must be 0 to {max}")),
                         },
                     };
-                    allow.push(Allow::Net { net, prefix });
+                    allow.push(Allow::Net { net, prefix, port });
                 }
                 Err(_) => {
                     let ok = prefix.is_none()
@@ -119,37 +171,146 @@ impl Egress {
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
                     if !ok {
                         return Err(format!(
-                            "{e:?}: not an address, a network (ADDR/BITS) or a host name"
+                            "{entry:?}: not an address, a network (ADDR/BITS) or a host name, with an optional :PORT"
                         ));
                     }
-                    allow.push(Allow::Name(e.to_ascii_lowercase()));
+                    allow.push(Allow::Name(e.to_ascii_lowercase(), port));
                 }
             }
         }
-        Ok(Egress { allow, own })
+        Ok(Egress {
+            allow,
+            own,
+            file_dirs: Vec::new(),
+        })
     }
 
-    fn name_allowed(&self, host: &str) -> bool {
-        self.allow
+    /// Sets `image_file_dirs`; each must be absolute, without `..`, not `/`.
+    pub fn with_file_dirs(mut self, dirs: &[PathBuf]) -> Result<Egress, String> {
+        for d in dirs {
+            if !d.is_absolute() || d.parent().is_none() || has_dot_dot(d) {
+                return Err(format!(
+                    "{}: must be an absolute directory other than /, without '..'",
+                    d.display()
+                ));
+            }
+        }
+        self.file_dirs = dirs.to_vec();
+        Ok(self)
+    }
+
+    pub fn file_dirs(&self) -> &[PathBuf] {
+        &self.file_dirs
+    }
+
+    /// May a `file://` URI read `path`? Lexical only: the agent opens the
+    /// resolved path and checks it again (symlinks), and opens only
+    /// regular files.
+    pub fn check_file(&self, path: &str) -> Result<(), String> {
+        let p = Path::new(path);
+        if !p.is_absolute() || has_dot_dot(p) {
+            return Err(format!(
+                "file://{path}: needs an absolute path without '..'"
+            ));
+        }
+        if under_any(p, &self.file_dirs) {
+            return Ok(());
+        }
+        Err(if self.file_dirs.is_empty() {
+            "file:// is refused: the agent lists no image_file_dirs (serve the image over http(s))"
+                .to_owned()
+        } else {
+            format!(
+                "file://{path} is not below one of image_file_dirs ({})",
+                self.file_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// A name entry's port is checked where the port is known, by
+    /// [`Self::check_name_port`] on the URI; a resolver (`port` None)
+    /// takes every entry of the name.
+    fn name_allowed(&self, host: &str, port: Option<u16>) -> bool {
+        self.allow.iter().any(|a| {
+            matches!(a, Allow::Name(n, p)
+                if n.eq_ignore_ascii_case(host) && (p.is_none() || port.is_none() || *p == port))
+        })
+    }
+
+    /// An address entry with a port allows only that port, so not where
+    /// the port is unknown (a name resolved to the address).
+    fn addr_allowed(&self, ip: IpAddr, port: Option<u16>) -> bool {
+        self.allow.iter().any(|a| {
+            matches!(a, Allow::Net { net, prefix, port: p }
+                if in_net(ip, *net, *prefix) && (p.is_none() || *p == port))
+        })
+    }
+
+    /// A URI naming `host` on `port`: a name that fetch_allow_hosts lists
+    /// only with other ports is refused (whatever it resolves to).
+    pub fn check_name_port(&self, host: &str, port: Option<u16>) -> Result<(), String> {
+        let ports: Vec<Option<u16>> = self
+            .allow
             .iter()
-            .any(|a| matches!(a, Allow::Name(n) if n.eq_ignore_ascii_case(host)))
+            .filter_map(|a| match a {
+                Allow::Name(n, p) if n.eq_ignore_ascii_case(host) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        if ports.is_empty() || ports.iter().any(|p| p.is_none() || *p == port) {
+            return Ok(());
+        }
+        let listed: Vec<String> = ports.iter().flatten().map(u16::to_string).collect();
+        Err(format!(
+            "{host} port {}: fetch_allow_hosts lists it only on port {}",
+            port.unwrap_or_default(),
+            listed.join(", ")
+        ))
     }
 
-    fn addr_allowed(&self, ip: IpAddr) -> bool {
-        self.allow
-            .iter()
-            .any(|a| matches!(a, Allow::Net { net, prefix } if in_net(ip, *net, *prefix)))
+    /// The agent's API port, if it listens on TCP.
+    pub fn own_port(&self) -> Option<u16> {
+        self.own.map(|o| o.port())
     }
 
-    fn is_own(&self, ip: IpAddr, port: Option<u16>) -> bool {
+    /// Whether `ip` on `port` reaches the agent's API: its address in any
+    /// form (IPv4-mapped included), `0.0.0.0`/`::` (Linux connects those
+    /// to the host), and with a wildcard listener loopback and every
+    /// address of the host (`local`, its interfaces).
+    fn is_own(&self, ip: IpAddr, port: Option<u16>, local: &[IpAddr]) -> bool {
         let (Some(own), Some(port)) = (self.own, port) else {
             return false;
         };
         if port != own.port() {
             return false;
         }
-        // A wildcard listener answers on loopback too.
-        own.ip() == ip || (own.ip().is_unspecified() && denied_class(ip) == Some("loopback"))
+        let (ip, own_ip) = (unmap(ip), unmap(own.ip()));
+        own_ip == ip
+            || ip.is_unspecified()
+            || (own_ip.is_unspecified()
+                && (denied_class(ip) == Some("loopback") || local.iter().any(|&l| unmap(l) == ip)))
+    }
+
+    /// Refuses `addrs` (what `host` is or resolved to) on `port` when one
+    /// of them is the agent's own API; `local`: the host's addresses.
+    pub fn check_own(
+        &self,
+        host: &str,
+        addrs: &[IpAddr],
+        port: Option<u16>,
+        local: &[IpAddr],
+    ) -> Result<(), String> {
+        match addrs.iter().find(|&&ip| self.is_own(ip, port, local)) {
+            Some(ip) => Err(format!(
+                "{host} ({ip}) port {}: the agent's own API is never fetched from",
+                port.unwrap_or_default()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// May a download connect to `host` (as written in the URI), which is
@@ -157,16 +318,11 @@ impl Egress {
     /// know it)? Every address must pass: a name is refused if one of its
     /// addresses would be.
     pub fn check(&self, host: &str, addrs: &[IpAddr], port: Option<u16>) -> Result<(), String> {
-        let by_name = self.name_allowed(host);
+        let by_name = self.name_allowed(host, port);
+        self.check_own(host, addrs, port, &[])?;
         for &ip in addrs {
-            if self.is_own(ip, port) {
-                return Err(format!(
-                    "{host} ({ip}) port {}: the agent's own API is never fetched from",
-                    port.unwrap_or_default()
-                ));
-            }
             if let Some(class) = denied_class(ip) {
-                if !by_name && !self.addr_allowed(ip) {
+                if !by_name && !self.addr_allowed(ip, port) {
                     return Err(format!(
                         "{host} ({ip}) is a {class} address: downloads are refused there unless fetch_allow_hosts lists it"
                     ));
@@ -178,6 +334,23 @@ impl Egress {
         }
         Ok(())
     }
+}
+
+/// An IPv4-mapped IPv6 address as its IPv4 address.
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn has_dot_dot(p: &Path) -> bool {
+    p.components().any(|c| c == Component::ParentDir)
+}
+
+/// Whether `p` lies strictly below one of `dirs` (component-wise).
+pub fn under_any(p: &Path, dirs: &[PathBuf]) -> bool {
+    dirs.iter().any(|d| p.starts_with(d) && p != d.as_path())
 }
 
 /// An address written in a URI's host (brackets of IPv6 dropped).
@@ -244,7 +417,10 @@ mod tests {
         assert!(a.check("x", &[ip("::ffff:127.0.0.1")], None).is_ok());
         let all = e(&["0.0.0.0/0"]);
         assert!(all.check("x", &[ip("127.0.0.1")], None).is_ok());
-        assert!(all.check("x", &[ip("::1")], None).is_err(), "v4 net, v6 addr");
+        assert!(
+            all.check("x", &[ip("::1")], None).is_err(),
+            "v4 net, v6 addr"
+        );
     }
 
     #[test]
@@ -255,7 +431,9 @@ mod tests {
             .check("127.0.0.1", &[ip("127.0.0.1")], Some(5051))
             .unwrap_err();
         assert!(err.contains("own API"), "{err}");
-        assert!(own.check("127.0.0.1", &[ip("127.0.0.1")], Some(8080)).is_ok());
+        assert!(own
+            .check("127.0.0.1", &[ip("127.0.0.1")], Some(8080))
+            .is_ok());
         let wild = Egress::parse(&v, Some("0.0.0.0:5051".parse().unwrap())).unwrap();
         assert!(wild.check("x", &[ip("127.0.0.7")], Some(5051)).is_err());
         let public = Egress::parse(&[], Some("10.1.1.1:5051".parse().unwrap())).unwrap();
@@ -272,5 +450,117 @@ mod tests {
         assert_eq!(literal("[::1]"), Some(ip("::1")));
         assert_eq!(literal("127.0.0.1"), Some(ip("127.0.0.1")));
         assert_eq!(literal("example.com"), None);
+    }
+
+    #[test]
+    fn file_uris_only_below_image_file_dirs() {
+        let none = Egress::default();
+        let e = none.check_file("/srv/images/a.tar.gz").unwrap_err();
+        assert!(e.contains("no image_file_dirs"), "{e}");
+        let dirs = Egress::default()
+            .with_file_dirs(&[PathBuf::from("/srv/images")])
+            .unwrap();
+        assert!(dirs.check_file("/srv/images/a.tar.gz").is_ok());
+        assert!(dirs.check_file("/srv/images/sub/a.tar").is_ok());
+        for bad in [
+            "/srv/images",
+            "/srv/imagesX/a",
+            "/srv/images/../../etc/shadow",
+            "/run/initctl",
+            "srv/images/a",
+        ] {
+            assert!(dirs.check_file(bad).is_err(), "{bad}");
+        }
+        for bad in ["/", "rel", "/a/../b"] {
+            let e = Egress::default().with_file_dirs(&[PathBuf::from(bad)]);
+            assert!(e.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_services_off_link_local_and_v4_compatible_are_denied() {
+        for (a, class) in [
+            ("100.100.100.200", "cloud metadata"),
+            ("::ffff:100.100.100.200", "cloud metadata"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("::127.0.0.1", "IPv4-compatible"),
+            ("::10.0.0.1", "IPv4-compatible"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+        ] {
+            assert_eq!(denied_class(ip(a)), Some(class), "{a}");
+        }
+        for a in [
+            "100.100.100.201",
+            "fd00:ec2::253",
+            "2001:db8::1",
+            "::1:0:0:1",
+        ] {
+            assert_eq!(denied_class(ip(a)), None, "{a}");
+        }
+    }
+
+    #[test]
+    fn host_port_entries_allow_that_port_only() {
+        let a = e(&[
+            "127.0.0.1:8080",
+            "[::1]:8081",
+            "10.0.0.0/8:80",
+            "files.local:9000",
+            "[fe80::1]",
+        ]);
+        assert!(a.check("127.0.0.1", &[ip("127.0.0.1")], Some(8080)).is_ok());
+        assert!(a
+            .check("127.0.0.1", &[ip("127.0.0.1")], Some(8081))
+            .is_err());
+        // A name resolving to it: the port is not known there.
+        assert!(a.check("other", &[ip("127.0.0.1")], None).is_err());
+        assert!(a.check("::1", &[ip("::1")], Some(8081)).is_ok());
+        assert!(a.check("::1", &[ip("::1")], Some(8080)).is_err());
+        assert!(a.check("x", &[ip("fe80::1")], Some(1)).is_ok());
+        assert!(a.check("files.local", &[ip("127.0.0.5")], None).is_ok());
+        assert!(a.check_name_port("files.local", Some(9000)).is_ok());
+        let err = a.check_name_port("FILES.local", Some(9001)).unwrap_err();
+        assert!(err.contains("only on port 9000"), "{err}");
+        assert!(a.check_name_port("elsewhere", Some(1)).is_ok());
+        let plain = e(&["files.local", "files.local:9000"]);
+        assert!(plain.check_name_port("files.local", Some(1)).is_ok());
+        for bad in ["h:0", "h:x", "h:70000", "[::1", "[::1]:"] {
+            let err = Egress::parse(&[bad.to_string()], None).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_own_api_in_every_form() {
+        let lan = [ip("10.1.1.1"), ip("fe80::2")];
+        let wild = Egress::parse(&[], Some("0.0.0.0:5051".parse().unwrap())).unwrap();
+        for a in [
+            "10.1.1.1",
+            "::ffff:10.1.1.1",
+            "127.0.0.2",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(
+                wild.check_own("h", &[ip(a)], Some(5051), &lan).is_err(),
+                "{a}"
+            );
+        }
+        assert!(wild
+            .check_own("h", &[ip("10.1.1.2")], Some(5051), &lan)
+            .is_ok());
+        assert!(wild
+            .check_own("h", &[ip("10.1.1.1")], Some(5052), &lan)
+            .is_ok());
+        let one = Egress::parse(&[], Some("10.1.1.1:5051".parse().unwrap())).unwrap();
+        assert!(one
+            .check_own("h", &[ip("::ffff:10.1.1.1")], Some(5051), &[])
+            .is_err());
+        assert!(one
+            .check_own("h", &[ip("10.1.1.3")], Some(5051), &lan)
+            .is_ok());
+        assert_eq!(one.own_port(), Some(5051));
     }
 }

@@ -10,4 +10,6 @@ pub mod unpack;
 
 pub use build::{build, Source};
 pub use image::{inspect, sha256_file, ImageInfo};
-pub use unpack::{unpack, unpack_tar, unpack_tar_with, unpack_with, Budget, UnpackError};
+pub use unpack::{
+    unpack, unpack_gz_with, unpack_tar, unpack_tar_with, unpack_with, Budget, UnpackError,
+};

@@ -164,7 +164,17 @@ pub fn unpack(image: &Path, dest: &Path) -> Result<Unpacked, UnpackError> {
 /// Unpacks a gzip'd tar image into `dest` within `budget`.
 pub fn unpack_with(image: &Path, dest: &Path, budget: Budget) -> Result<Unpacked, UnpackError> {
     let file = fs::File::open(image).map_err(io_err(image))?;
-    unpack_tar_with(flate2::read::GzDecoder::new(file), dest, budget)
+    unpack_gz_with(file, dest, budget)
+}
+
+/// [`unpack_with`] from a reader of the `.tar.gz` (one the caller can cut
+/// short).
+pub fn unpack_gz_with(
+    gz: impl io::Read,
+    dest: &Path,
+    budget: Budget,
+) -> Result<Unpacked, UnpackError> {
+    unpack_tar_with(flate2::read::GzDecoder::new(gz), dest, budget)
 }
 
 /// Unpacks an uncompressed tar stream into `dest`: what the fuzzer drives.

@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use gleaner_core::fetch::{Archive, FetchSpec};
+use gleaner_rootfs::unpack::UnpackError;
 
 use crate::download::DownloadError;
 use crate::images::{ImageCache, ImageError};
@@ -163,17 +164,30 @@ async fn fetch_each(
             return Err(over());
         }
         let (uri, sandbox, name2) = (f.uri.clone(), sandbox.to_owned(), name.clone());
-        let (budget, executable) = (images.unpack_budget(), f.executable);
-        blocking(move || {
+        // What is unpacked counts against the cap too: an archive may not
+        // unpack past what is left of it (nor past image_unpack_max_mb).
+        let room = cap.bytes - total;
+        let mut budget = images.unpack_budget();
+        let by_cap = room < budget.max_bytes;
+        budget.max_bytes = budget.max_bytes.min(room);
+        let executable = f.executable;
+        let over_cap = over();
+        let unpacked_bytes = blocking(move || {
             let mode = if executable { 0o755 } else { 0o644 };
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
                 .map_err(io_err(&file))?;
             let unpacked = item.join(".unpacked");
+            let mut bytes = 0;
             if let Some(kind) = archive {
-                unpack(kind, &file, &unpacked, budget).map_err(|reason| FetchError::Extract {
-                    uri: uri.clone(),
-                    reason,
-                })?;
+                bytes = unpack(kind, &file, &unpacked, budget)
+                    .map_err(|e| match e {
+                        UnpackError::OverBudget { what: "bytes", .. } if by_cap => over_cap,
+                        e => FetchError::Extract {
+                            uri: uri.clone(),
+                            reason: e.to_string(),
+                        },
+                    })?
+                    .bytes;
             }
             chown_tree(&item, owner)?;
             if archive.is_some() {
@@ -183,16 +197,18 @@ async fn fetch_each(
                 }
             }
             // Mesos kept the archive next to what it unpacked.
-            replace_in(&sandbox, std::ffi::OsStr::new(&name2), &file)
+            replace_in(&sandbox, std::ffi::OsStr::new(&name2), &file)?;
+            Ok(bytes)
         })
         .await?;
+        total += unpacked_bytes;
         tracing::info!(uri = %f.uri, name, extracted = archive.is_some(), "fetched");
     }
     Ok(())
 }
 
 /// One entry's bytes into `file` (from the cache when it is kept there),
-/// at most `left` of them when downloaded; returns its size.
+/// at most `left` of them; returns its size.
 async fn download(
     images: &ImageCache,
     f: &FetchSpec,
@@ -202,7 +218,10 @@ async fn download(
 ) -> Result<u64, FetchError> {
     match f.cached_digest() {
         Some(sha) => {
-            images.copy_file(&f.uri, &sha, role, file).await?;
+            match images.copy_file(&f.uri, &sha, role, file, left).await {
+                Err(ImageError::Download(e)) => return Err(e.into()),
+                r => r?,
+            }
             Ok(std::fs::metadata(file).map_err(io_err(file))?.len())
         }
         None => Ok(images
@@ -250,15 +269,17 @@ fn unpack(
     file: &Path,
     dest: &Path,
     budget: gleaner_rootfs::Budget,
-) -> Result<gleaner_rootfs::unpack::Unpacked, String> {
+) -> Result<gleaner_rootfs::unpack::Unpacked, UnpackError> {
     let stats = match kind {
         Archive::TarGz => gleaner_rootfs::unpack_with(file, dest, budget),
         Archive::Tar => {
-            let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let f = std::fs::File::open(file).map_err(|err| UnpackError::Io {
+                path: file.to_owned(),
+                err,
+            })?;
             gleaner_rootfs::unpack_tar_with(f, dest, budget)
         }
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     if stats.stripped > 0 {
         tracing::warn!(file = %file.display(), files = stats.stripped, "setuid/setgid bits stripped");
     }

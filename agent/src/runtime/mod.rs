@@ -639,10 +639,17 @@ impl Agent {
         let uid = match spec.rootfs.as_mut() {
             // An image: fetched when admitted; its users are checked then.
             Some(RootfsSpec {
-                uri: Some(_),
+                uri: Some(uri),
                 sha256: Some(sha256),
                 ..
             }) => {
+                if let Some(path) = uri.strip_prefix("file://") {
+                    self.images
+                        .downloader()
+                        .egress()
+                        .check_file(path)
+                        .map_err(|e| AgentError::Invalid(format!("rootfs.uri: {e}")))?;
+                }
                 sha256.make_ascii_lowercase();
                 (user == "root").then_some(0)
             }
@@ -1278,9 +1285,6 @@ impl Agent {
     }
 }
 
-/// A task and a group of one role would share the cgroup `<role>/<name>`
-/// (a group's release would kill the task): the newer of the two is refused.
-
 /// Makes each task's dir, new; an existing one is a 409 (the id is
 /// taken), any other failure an error; either way the dirs made here are
 /// removed again.
@@ -1306,6 +1310,9 @@ fn make_task_dirs(tasks: &[TaskRef]) -> Result<Vec<std::path::PathBuf>, AgentErr
     }
     Ok(made)
 }
+
+/// A task and a group of one role would share the cgroup `<role>/<name>`
+/// (a group's release would kill the task): the newer of the two is refused.
 fn name_clash(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
     // In any role, as `create_group` checks before: checked again here,
     // under the map's lock, for two submissions of one group at once.

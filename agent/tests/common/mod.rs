@@ -127,6 +127,8 @@ impl TestAgent {
             .prefix("gleaner-test-")
             .tempdir()
             .unwrap();
+        // `{tmp}` in the extra config is this agent's temporary dir.
+        let extra = &extra.replace("{tmp}", &tmp.path().display().to_string());
         let rootfs = tmp.path().join("rootfs");
         make_busybox_rootfs(&rootfs);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

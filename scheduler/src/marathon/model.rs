@@ -383,7 +383,6 @@ impl App {
             .unwrap_or_default()
     }
 
-    /// Every rule Marathon checks that gleaner honours; `Err` lists them all.
     /// The TaskSpec's `ports`: host ports from the node's range, 0 = any
     /// free one; a fixed one only with requirePorts (else Marathon's
     /// service port).
@@ -394,6 +393,7 @@ impl App {
             .collect()
     }
 
+    /// Every rule Marathon checks that gleaner honours; `Err` lists them all.
     pub fn validate(&self) -> Result<(), Vec<Violation>> {
         let mut v = Vec::new();
         if let Err(e) = normalize_id(&self.id) {
