@@ -396,13 +396,18 @@ fn tcp_connections_probe_a_vanished_client() {
     let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let ours = client.local_addr().unwrap().port();
     // local (agent) 127.0.0.1:port, remote 127.0.0.1:ours, ESTABLISHED.
-    let (local, remote) = (format!("0100007F:{port:04X}"), format!("0100007F:{ours:04X}"));
+    let (local, remote) = (
+        format!("0100007F:{port:04X}"),
+        format!("0100007F:{ours:04X}"),
+    );
     let timer = || {
         let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
         text.lines().skip(1).find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()) && f.get(3) == Some(&"01"))
-                .then(|| f[5].to_owned())
+            (f.get(1) == Some(&local.as_str())
+                && f.get(2) == Some(&remote.as_str())
+                && f.get(3) == Some(&"01"))
+            .then(|| f[5].to_owned())
         })
     };
     // Until the agent accepts, the kernel holds the socket without options.
@@ -416,6 +421,9 @@ fn tcp_connections_probe_a_vanished_client() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let t = last.expect("the agent's side of the connection in /proc/net/tcp");
-    assert!(t.starts_with("02:"), "no keepalive timer on the agent's side: {t}");
+    assert!(
+        t.starts_with("02:"),
+        "no keepalive timer on the agent's side: {t}"
+    );
     drop(client);
 }

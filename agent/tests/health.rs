@@ -339,7 +339,10 @@ fn a_command_check_that_leaves_a_background_child_passes_on_its_exit() {
         let mut pids = 0;
         for e in walk(&cg) {
             if e.ends_with("cgroup.procs") {
-                pids += std::fs::read_to_string(&e).unwrap_or_default().lines().count();
+                pids += std::fs::read_to_string(&e)
+                    .unwrap_or_default()
+                    .lines()
+                    .count();
             }
         }
         pids <= 2

@@ -192,8 +192,17 @@ fn bad_group_options_are_refused_and_create_nothing() {
     // And below them (review of e2888f3): a sidecar plants a program or a
     // CA certificate the main member trusts.
     for path in [
-        "/etc", "/usr/", "/var", "/lib64", "/usr/local/bin", "/etc/ssl/certs", "/etc/profile.d",
-        "/lib/x86_64-linux-gnu", "/opt/app", "/var/lib", "/srv",
+        "/etc",
+        "/usr/",
+        "/var",
+        "/lib64",
+        "/usr/local/bin",
+        "/etc/ssl/certs",
+        "/etc/profile.d",
+        "/lib/x86_64-linux-gnu",
+        "/opt/app",
+        "/var/lib",
+        "/srv",
     ] {
         refused(
             json!({"id": "g", "shared_path": path, "tasks": [main.clone()]}),
@@ -468,7 +477,10 @@ fn the_shared_volume_never_writes_into_the_rootfs_and_works_on_a_read_only_one()
     );
     let after = tree(&agent.rootfs);
     let new: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
-    assert!(new.is_empty() && after.len() == before.len(), "the rootfs was written: {new:?}");
+    assert!(
+        new.is_empty() && after.len() == before.len(),
+        "the rootfs was written: {new:?}"
+    );
 
     // A read-only rootfs: a nested path below a missing dir.
     nix::mount::mount(
@@ -484,7 +496,9 @@ fn the_shared_volume_never_writes_into_the_rootfs_and_works_on_a_read_only_one()
         None::<&str>,
         &agent.rootfs,
         None::<&str>,
-        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_RDONLY,
+        nix::mount::MsFlags::MS_REMOUNT
+            | nix::mount::MsFlags::MS_BIND
+            | nix::mount::MsFlags::MS_RDONLY,
         None::<&str>,
     )
     .unwrap();
@@ -534,7 +548,13 @@ fn nsfs_mounts_of(ino: u64, pids: &[i32]) -> Option<Vec<String>> {
         }
         let mut last = 0;
         loop {
-            let req = Req { size: 32, spare: 0, mnt_id: LSMT_ROOT, param: last, mnt_ns_id: id };
+            let req = Req {
+                size: 32,
+                spare: 0,
+                mnt_id: LSMT_ROOT,
+                param: last,
+                mnt_ns_id: id,
+            };
             let mut ids = [0u64; 256];
             // SAFETY: valid request and output array of the given length.
             let n = unsafe { libc::syscall(SYS_LISTMOUNT, &req, ids.as_mut_ptr(), ids.len(), 0) };
@@ -543,7 +563,13 @@ fn nsfs_mounts_of(ino: u64, pids: &[i32]) -> Option<Vec<String>> {
             }
             for &mnt in &ids[..n as usize] {
                 // SB_BASIC | MNT_ROOT
-                let req = Req { size: 32, spare: 0, mnt_id: mnt, param: 0x1 | 0x8, mnt_ns_id: id };
+                let req = Req {
+                    size: 32,
+                    spare: 0,
+                    mnt_id: mnt,
+                    param: 0x1 | 0x8,
+                    mnt_ns_id: id,
+                };
                 let mut buf = vec![0u64; 1024];
                 // SAFETY: valid request and an 8 KiB buffer we own.
                 let rc = unsafe { libc::syscall(SYS_STATMOUNT, &req, buf.as_mut_ptr(), 8192, 0) };
@@ -554,7 +580,11 @@ fn nsfs_mounts_of(ino: u64, pids: &[i32]) -> Option<Vec<String>> {
                 let b = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), 8192) };
                 let magic = u64::from_ne_bytes(b[24..32].try_into().unwrap());
                 let off = u32::from_ne_bytes(b[104..108].try_into().unwrap()) as usize;
-                let root: Vec<u8> = b[512 + off..].iter().take_while(|c| **c != 0).copied().collect();
+                let root: Vec<u8> = b[512 + off..]
+                    .iter()
+                    .take_while(|c| **c != 0)
+                    .copied()
+                    .collect();
                 if magic == NSFS_MAGIC && root == want.as_bytes() {
                     found.push(format!("pid {pid} mount ns {id} mount {mnt}"));
                 }
@@ -598,7 +628,11 @@ fn no_mount_namespace_keeps_a_group_network_after_the_group() {
         eprintln!("skipped: no listmount/statmount on this kernel");
         return;
     };
-    assert_eq!(held.len(), 1, "the agent's own mount (the test's namespace): {held:?}");
+    assert_eq!(
+        held.len(),
+        1,
+        "the agent's own mount (the test's namespace): {held:?}"
+    );
     // A task launched while the group lives: its mount namespace is a copy
     // of the host's at that moment.
     let mut other = member("other", "sleep 1000", false);
@@ -613,14 +647,23 @@ fn no_mount_namespace_keeps_a_group_network_after_the_group() {
         .map(|id| agent.status(id).pid.expect("a running task's pid"))
         .collect();
     let copies = nsfs_mounts_of(ino, &pids).unwrap();
-    assert!(copies.is_empty(), "tasks hold the group's namespace: {copies:?}");
+    assert!(
+        copies.is_empty(),
+        "tasks hold the group's namespace: {copies:?}"
+    );
 
     std::fs::write(shared_dir(&agent, "ns1-main").join("go"), "").unwrap();
-    assert_eq!(agent.wait_final("ns1-main", LONG).state, TaskState::Finished);
+    assert_eq!(
+        agent.wait_final("ns1-main", LONG).state,
+        TaskState::Finished
+    );
     agent.wait_final("ns1-side", Duration::from_secs(20));
     assert_gone(&agent, "ns1-main");
     let left = nsfs_mounts_of(ino, &[]).unwrap();
-    assert!(left.is_empty(), "the group's namespace is still mounted: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the group's namespace is still mounted: {left:?}"
+    );
     agent.client.delete::<Value>("/v1/tasks/other").unwrap();
     agent.wait_final("other", LONG);
 }
@@ -749,9 +792,11 @@ fn an_upgraded_agent_releases_a_namespace_an_older_one_held() {
     .unwrap();
     assert!(mounted(&stale));
     agent.spawn();
-    wait_until(Duration::from_secs(20), "the stale namespace removed", || {
-        !stale.exists()
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the stale namespace removed",
+        || !stale.exists(),
+    );
     assert!(!mounted(&stale), "still mounted below the dir's bind");
     // And a group network works on the dir the agent made.
     agent

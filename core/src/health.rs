@@ -590,7 +590,12 @@ mod tests {
         let at = |s| start + Duration::seconds(s);
         assert_eq!(before_probe(false), None);
         // The probe passes its timeout: one failure.
-        assert!(!h.record(&c, Outcome::Fail("no answer within 1.0s".into()), at(1), start));
+        assert!(!h.record(
+            &c,
+            Outcome::Fail("no answer within 1.0s".into()),
+            at(1),
+            start
+        ));
         // It is still being killed for the next intervals: skipped.
         for s in 2..10 {
             let skipped = before_probe(true).unwrap();
@@ -601,7 +606,12 @@ mod tests {
         assert_eq!(h.last_message.as_deref(), Some("no answer within 1.0s"));
         assert_eq!(h.state, HealthState::Unhealthy);
         // A second probe past its timeout counts: the kill.
-        assert!(h.record(&c, Outcome::Fail("no answer within 1.0s".into()), at(10), start));
+        assert!(h.record(
+            &c,
+            Outcome::Fail("no answer within 1.0s".into()),
+            at(10),
+            start
+        ));
         // A skip before any result leaves the check unknown.
         let mut fresh = CheckHealth::new();
         assert!(!fresh.record(&c, Outcome::Skipped, at(1), start));

@@ -524,7 +524,10 @@ fn bench_marathon_on_real_agents() {
         .args([client, &url, &n.to_string(), &subs.to_string()])
         .env("APP_CPUS", "0.01")
         .env("APP_MEM", "8")
-        .env("APP_HEALTH", std::env::var("APP_HEALTH").unwrap_or_default())
+        .env(
+            "APP_HEALTH",
+            std::env::var("APP_HEALTH").unwrap_or_default(),
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -22,8 +22,8 @@ pub(crate) mod init;
 mod logcap;
 mod mounts;
 pub mod netns;
-pub mod shared;
 pub mod seccomp;
+pub mod shared;
 mod steps;
 pub mod zygote;
 

@@ -760,10 +760,15 @@ mod tests {
         }
         // A fixed port of an app with ports must be one of them (the agent
         // probes as root from the host: not any loopback port).
-        let a = app(json!({"id": "/x", "cmd": "x", "portDefinitions": [{"port": 0}],
-                           "healthChecks": [{"protocol": "TCP", "port": 22}]}));
+        let a = app(
+            json!({"id": "/x", "cmd": "x", "portDefinitions": [{"port": 0}],
+                           "healthChecks": [{"protocol": "TCP", "port": 22}]}),
+        );
         let v = a.validate().unwrap_err();
-        assert!(format!("{v:?}").contains("not one of the task's ports"), "{v:?}");
+        assert!(
+            format!("{v:?}").contains("not one of the task's ports"),
+            "{v:?}"
+        );
     }
 
     #[test]
