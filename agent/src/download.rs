@@ -1,6 +1,6 @@
 //! Downloads by URI (file://, http://, https://) into a file: streamed,
 //! hashed on the way, size-limited, timed out per attempt, retried on
-//! transient errors. Shared by rootfs images (`images.rs`) and a task's
+//! transient errors. Shared by rootfs images (`images/`) and a task's
 //! `fetch` list (`runtime/fetch.rs`). Where http(s) downloads may connect
 //! is `gleaner_core::egress`, checked on the first URI, on every redirect
 //! and on every resolved address (`egress_guard`).
@@ -137,6 +137,24 @@ impl Downloader {
         dest: &Path,
         max_bytes: u64,
     ) -> Result<Downloaded, DownloadError> {
+        self.fetch(uri, sha256, Some(dest), max_bytes).await
+    }
+
+    /// Downloads `uri` and checks that it hashes to `sha256`, keeping
+    /// nothing (the proof that a URI serves a cached image: see `images`).
+    /// Same limits, retries and address rule as a download.
+    pub async fn verify(&self, uri: &str, sha256: &str) -> Result<Downloaded, DownloadError> {
+        self.fetch(uri, Some(sha256), None, self.limits.max_bytes)
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        uri: &str,
+        sha256: Option<&str>,
+        dest: Option<&Path>,
+        max_bytes: u64,
+    ) -> Result<Downloaded, DownloadError> {
         let max_bytes = max_bytes.min(self.limits.max_bytes);
         let mut attempt = 0;
         loop {
@@ -180,11 +198,11 @@ impl Downloader {
         }
     }
 
-    /// One attempt: streams into `dest`, hashing.
+    /// One attempt: streams into `dest` (if any), hashing.
     async fn fetch_once(
         &self,
         uri: &str,
-        dest: &Path,
+        dest: Option<&Path>,
         max_bytes: u64,
     ) -> Result<Downloaded, DownloadError> {
         let fail = |reason: String, transient: bool| DownloadError::Fetch {
@@ -192,9 +210,12 @@ impl Downloader {
             reason,
             transient,
         };
+        let out = match dest {
+            Some(dest) => Some(tokio::fs::File::create(dest).await.map_err(io_err(dest))?),
+            None => None,
+        };
         let mut sink = Sink {
-            out: tokio::fs::File::create(dest).await.map_err(io_err(dest))?,
-            dest,
+            out: out.zip(dest),
             hash: Sha256::new(),
             total: 0,
             limit: max_bytes,
@@ -263,7 +284,9 @@ impl Downloader {
                 sink.put(&chunk).await?;
             }
         }
-        sink.out.flush().await.map_err(io_err(dest))?;
+        if let Some((out, dest)) = sink.out.as_mut() {
+            out.flush().await.map_err(io_err(dest))?;
+        }
         Ok(Downloaded {
             sha256: hex(&sink.hash.finalize()),
             bytes: sink.total,
@@ -320,10 +343,10 @@ fn open_image_file(path: &str, dirs: &[PathBuf]) -> Result<std::fs::File, String
     Ok(file)
 }
 
-/// Where a download goes: a file, a running hash, and the size limit.
+/// Where a download goes: a file (none for a hash only), a running hash,
+/// and the size limit.
 struct Sink<'a> {
-    out: tokio::fs::File,
-    dest: &'a Path,
+    out: Option<(tokio::fs::File, &'a Path)>,
     hash: Sha256,
     total: u64,
     limit: u64,
@@ -338,7 +361,10 @@ impl Sink<'_> {
             return Err(self.too_large());
         }
         self.hash.update(bytes);
-        self.out.write_all(bytes).await.map_err(io_err(self.dest))
+        match self.out.as_mut() {
+            Some((out, dest)) => out.write_all(bytes).await.map_err(io_err(dest)),
+            None => Ok(()),
+        }
     }
 
     fn too_large(&self) -> DownloadError {
@@ -441,6 +467,15 @@ mod tests {
             .unwrap();
         assert_eq!((got.sha256.as_str(), got.bytes), (abc, 3));
         assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
+        // A hash only: the same check, nothing written.
+        std::fs::remove_file(&dest).unwrap();
+        assert_eq!(d.verify(&uri, abc).await.unwrap().bytes, 3);
+        let wrong = d.verify(&uri, &"0".repeat(64)).await;
+        assert!(
+            matches!(wrong, Err(DownloadError::Checksum { .. })),
+            "{wrong:?}"
+        );
+        assert!(!dest.exists());
         let wrong = d.download(&uri, Some(&"0".repeat(64)), &dest).await;
         assert!(
             matches!(wrong, Err(DownloadError::Checksum { .. })),

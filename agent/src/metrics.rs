@@ -76,6 +76,11 @@ pub fn render(agent: &Agent) -> String {
             "Rootfs images evicted from the cache.",
             agent.image_counters().1,
         ),
+        (
+            "gleaner_image_proofs_total",
+            "Cached rootfs images a new role or URI downloaded and hashed before use.",
+            agent.image_counters().2,
+        ),
     ] {
         let _ = writeln!(
             out,

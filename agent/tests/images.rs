@@ -125,8 +125,9 @@ fn an_image_over_http_is_fetched_once_and_shared_read_only() {
         .data_dir
         .join(format!("images/{sha}/rootfs/bin/evil"))
         .exists());
-    // A file:// uri to the same digest is the same cached image.
-    let f = agent
+    // A file:// uri to the same digest is the same cached image, once
+    // this (role, URI) has proven it by a local hash: no second unpack.
+    agent
         .submit(image_spec(
             "f",
             "sh /opt/hello.sh",
@@ -134,8 +135,9 @@ fn an_image_over_http_is_fetched_once_and_shared_read_only() {
             &sha,
         ))
         .unwrap();
-    assert_ne!(f.state, TaskState::Staging);
     assert_eq!(agent.wait_final("f", LONG).state, TaskState::Finished);
+    assert_eq!(metric(&agent, "gleaner_image_fetches_total"), 1);
+    assert_eq!(metric(&agent, "gleaner_image_proofs_total"), 1);
 
     for id in ["a", "b"] {
         agent.kill(id);
@@ -269,6 +271,230 @@ fn bad_images_fail_with_rootfs_invalid_and_leave_nothing() {
         .unwrap_err();
     assert!(e.to_string().contains("rootfs.sha256"), "{e}");
     assert!(!agent.data_dir.join("tasks/s3").exists());
+}
+
+fn metric(agent: &TestAgent, name: &str) -> u64 {
+    let text = agent.client.get_text("/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Review (issue 14): a cached image's digest worked as a capability
+/// across tenants: a task of another role naming the digest with a URI
+/// that serves nothing got the image. A cached image now serves only a
+/// (role, URI) that fetched it; any other downloads its own URI and must
+/// hash to the digest first (no second unpack), without holding back the
+/// tasks already proven.
+#[test]
+fn a_cached_image_is_no_capability_across_roles_or_uris() {
+    if !require_root("a_cached_image_is_no_capability_across_roles_or_uris") {
+        return;
+    }
+    let agent = TestAgent::start_with("fetch_allow_hosts = [\"127.0.0.1\"]");
+    agent
+        .client
+        .put::<Value, Value>(
+            "/v1/reservations/analytics",
+            &json!({"cpus": 1, "mem_mb": 256}),
+        )
+        .unwrap();
+    let server = Server::start();
+    let (image, sha) = build_image(agent.tmp(), "private", &[]);
+    let uri = server.serve("private.tar.gz", &image);
+    let as_role = |mut spec: Value, role: &str| {
+        spec["role"] = json!(role);
+        spec
+    };
+    agent
+        .submit(image_spec("owner", "sh /opt/hello.sh", &uri, &sha))
+        .unwrap();
+    assert_eq!(agent.wait_final("owner", LONG).state, TaskState::Finished);
+    let home = agent.data_dir.join("images").join(&sha);
+    let (record, rootfs_ino) = (
+        std::fs::read(home.join("image.json")).unwrap(),
+        inode(&home.join("rootfs")),
+    );
+
+    // Another role, the digest, a URI that serves nothing: never runs,
+    // and the cached image is left as it was.
+    let nothing = format!("http://127.0.0.1:{}/nothing.tar.gz", server.port);
+    agent
+        .submit(as_role(
+            image_spec("thief", "touch /sandbox/ran", &nothing, &sha),
+            "analytics",
+        ))
+        .unwrap();
+    let s = agent.wait_final("thief", LONG);
+    assert_eq!(s.state, TaskState::Failed, "{s:?}");
+    assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{s:?}");
+    assert!(
+        s.message.clone().unwrap_or_default().contains("404"),
+        "{s:?}"
+    );
+    assert!(s.started_at.is_none(), "{s:?}");
+    assert!(!agent.data_dir.join("tasks/thief/sandbox/ran").exists());
+    // Other bytes at its URI: the same.
+    let other = server.serve_bytes("other.tar.gz", b"not the image");
+    agent
+        .submit(as_role(
+            image_spec("liar", "touch /sandbox/ran", &other, &sha),
+            "analytics",
+        ))
+        .unwrap();
+    let s = agent.wait_final("liar", LONG);
+    assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{s:?}");
+    assert!(
+        s.message
+            .clone()
+            .unwrap_or_default()
+            .contains("sha256 mismatch"),
+        "{s:?}"
+    );
+    assert_eq!(std::fs::read(home.join("image.json")).unwrap(), record);
+    // The owner's own role with another URI proves too.
+    agent
+        .submit(image_spec("elsewhere", "true", &nothing, &sha))
+        .unwrap();
+    assert_eq!(
+        agent.wait_final("elsewhere", LONG).reason,
+        Some(Reason::RootfsInvalid)
+    );
+
+    // Its own URI to the same bytes: downloaded and hashed, the unpacked
+    // image reused (same inode, one unpack in all), and then recorded.
+    let mine = server.serve("mine.tar.gz", &image);
+    agent
+        .submit(as_role(
+            image_spec("mine", "sh /opt/hello.sh", &mine, &sha),
+            "analytics",
+        ))
+        .unwrap();
+    let s = agent.wait_final("mine", LONG);
+    assert_eq!(s.state, TaskState::Finished, "{s:?}");
+    assert!(agent.logs("mine", "stdout").contains("hello from private"));
+    assert_eq!(server.hits("mine.tar.gz"), 1);
+    assert_eq!(inode(&home.join("rootfs")), rootfs_ino, "unpacked again");
+    assert_eq!(metric(&agent, "gleaner_image_fetches_total"), 1);
+    assert_eq!(metric(&agent, "gleaner_image_proofs_total"), 1);
+    let again = agent
+        .submit(as_role(
+            image_spec("again", "true", &mine, &sha),
+            "analytics",
+        ))
+        .unwrap();
+    assert_ne!(again.state, TaskState::Staging, "proven once: {again:?}");
+    assert_eq!(agent.wait_final("again", LONG).state, TaskState::Finished);
+    assert_eq!(server.hits("mine.tar.gz"), 1);
+
+    // A slow proof holds back nobody already proven.
+    let bytes = std::fs::read(&image).unwrap();
+    let every = Duration::from_millis((10_000 / (bytes.len() as u64 / 1024).max(1)).max(1));
+    let slow = server.trickle("slow.tar.gz", &bytes, every);
+    agent
+        .submit(as_role(
+            image_spec("slow", "true", &slow, &sha),
+            "analytics",
+        ))
+        .unwrap();
+    wait_until(LONG, "the proof under way", || {
+        server.open.load(std::sync::atomic::Ordering::SeqCst) == 1
+    });
+    agent
+        .submit(image_spec("proven", "true", &uri, &sha))
+        .unwrap();
+    assert_eq!(agent.wait_final("proven", LONG).state, TaskState::Finished);
+    assert_eq!(
+        agent.status("slow").state,
+        TaskState::Staging,
+        "the proof was not under way"
+    );
+    assert_eq!(agent.wait_final("slow", LONG).state, TaskState::Finished);
+    assert_eq!(server.hits("private.tar.gz"), 1);
+    assert_eq!(metric(&agent, "gleaner_image_fetches_total"), 1);
+    assert!(
+        leftover_work(&agent).is_empty(),
+        "{:?}",
+        leftover_work(&agent)
+    );
+}
+
+/// Unmounts a bind on drop (before the agent's tmp dir is removed).
+struct Bind(PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Review (issue 14): `rootfs.path` into the image cache handed out a
+/// cached image by path. Nothing in the data dir but below an operator's
+/// own rootfs_dirs entry is a rootfs, however spelled: directly, through
+/// a symlink, through a bind of the data dir's images dir.
+#[test]
+fn rootfs_path_into_the_data_dir_is_refused() {
+    if !require_root("rootfs_path_into_the_data_dir_is_refused") {
+        return;
+    }
+    // rootfs_dirs is the agent's tmp dir, which holds its data dir.
+    let agent = TestAgent::start_with("image_file_dirs = [\"{tmp}\"]");
+    let (image, sha) = build_image(agent.tmp(), "cached", &[]);
+    let uri = format!("file://{}", image.display());
+    agent
+        .submit(image_spec("owner", "sleep 600", &uri, &sha))
+        .unwrap();
+    agent.wait_state("owner", TaskState::Running, LONG);
+    let data = agent.data_dir.clone();
+    let cached = data.join("images").join(&sha).join("rootfs");
+    assert!(cached.is_dir());
+    let link = agent.tmp().join("link");
+    std::os::unix::fs::symlink(&cached, &link).unwrap();
+    let bound = agent.tmp().join("bound");
+    std::fs::create_dir(&bound).unwrap();
+    nix::mount::mount(
+        Some(&data.join("images")),
+        &bound,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _bind = Bind(bound.clone());
+    let cases = [
+        ("direct", cached.clone(), "rootfs.uri"),
+        ("deeper", cached.join("opt"), "rootfs.uri"),
+        ("link", link, "rootfs.uri"),
+        ("bind", bound.join(&sha).join("rootfs"), "rootfs.uri"),
+        (
+            "sandbox",
+            data.join("tasks/owner/sandbox"),
+            "inside the agent's data dir",
+        ),
+        ("run", data.join("run"), "inside the agent's data dir"),
+        ("data", data.clone(), "holds"),
+    ];
+    for (id, path, needle) in &cases {
+        let mut spec = spec("true");
+        spec["id"] = json!(id);
+        spec["rootfs"] = json!({ "path": path });
+        let e = agent.submit(spec).unwrap_err().to_string();
+        assert!(e.contains("400"), "{id}: {e}");
+        assert!(e.contains(needle), "{id}: {e}");
+        assert!(!data.join("tasks").join(id).exists(), "{id}");
+    }
+    // The operator's dirs still work (the busybox rootfs below tmp).
+    let mut ok = spec("echo fine");
+    ok["id"] = json!("ok");
+    ok["rootfs"] = json!({ "path": agent.tmp().join("rootfs") });
+    agent.submit(ok).unwrap();
+    assert_eq!(agent.wait_final("ok", LONG).state, TaskState::Finished);
+    agent.kill("owner");
 }
 
 fn sha256_of(path: &Path) -> String {

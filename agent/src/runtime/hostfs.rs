@@ -115,14 +115,18 @@ fn is_nosuid_nodev(m: &MountEntry) -> bool {
 }
 
 /// Whether a (canonical) rootfs path may be used. Pure: the caller
-/// resolves the path. Allowed: under one of `dirs` (or the image cache),
-/// never `/`, the data dir, anything holding it, or anything inside it
-/// but the image cache (a sandbox as a rootfs would be task-writable).
+/// resolves the path (and binds: [`through_binds`]). Allowed: under one of
+/// `dirs`. Never `/`, the data dir or anything holding it; inside the data
+/// dir only below an operator's `rootfs_dirs` entry there (the defaults:
+/// /var/lib/gleaner/rootfs in /var/lib/gleaner), and never below the
+/// agent's `own` dirs (images, tasks, run), whatever entry covers them: a
+/// cached image by path would skip the proof that the task's (role, URI)
+/// fetched it (`images::meta`), a sandbox is task-writable.
 pub fn rootfs_allowed(
     path: &Path,
     dirs: &[PathBuf],
     data_dir: &Path,
-    images: &Path,
+    own: &[PathBuf],
 ) -> Result<(), String> {
     if path == Path::new("/") || data_dir.starts_with(path) {
         return Err(format!(
@@ -130,32 +134,27 @@ pub fn rootfs_allowed(
             path.display()
         ));
     }
-    if let Ok(rel) = path.strip_prefix(images) {
-        // An image's rootfs only: not the cache itself (every tenant's
-        // images at once) nor unpacks in progress (`.tmp`).
-        let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
-        return match (parts.next(), parts.next()) {
-            (Some(sha), Some(r)) if !sha.starts_with('.') && r == "rootfs" => Ok(()),
-            _ => Err(format!(
-                "rootfs.path: {} is in the image cache but not an image's rootfs",
-                path.display()
-            )),
+    if path.starts_with(data_dir) {
+        if let Some(o) = own.iter().find(|o| path.starts_with(o)) {
+            let hint = match o.file_name().and_then(|n| n.to_str()) {
+                Some("images") => ": name an image by rootfs.uri and rootfs.sha256",
+                _ => "",
+            };
+            return Err(format!(
+                "rootfs.path: {} is inside the agent's data dir ({}){hint}",
+                path.display(),
+                o.display()
+            ));
+        }
+        let operators = |d: &PathBuf| {
+            d.starts_with(data_dir) && d != data_dir && path.starts_with(d) && path != d
         };
-    }
-    // Inside the data dir only below a rootfs_dirs entry that is itself
-    // inside it (the defaults: /var/lib/gleaner/rootfs in /var/lib/gleaner),
-    // and never where tasks write.
-    let own = |d: &PathBuf| d.starts_with(data_dir) && d != data_dir;
-    if path.starts_with(data_dir)
-        && (path.starts_with(data_dir.join("tasks"))
-            || !dirs
-                .iter()
-                .any(|d| own(d) && path.starts_with(d) && path != d))
-    {
-        return Err(format!(
-            "rootfs.path: {} is inside the agent's data dir",
-            path.display()
-        ));
+        if !dirs.iter().any(operators) {
+            return Err(format!(
+                "rootfs.path: {} is inside the agent's data dir",
+                path.display()
+            ));
+        }
     }
     if !dirs.iter().any(|d| path.starts_with(d) && path != d) {
         return Err(format!(
@@ -170,6 +169,27 @@ pub fn rootfs_allowed(
     Ok(())
 }
 
+/// `path` (canonical) spelled below the anchor it passes through, if one of
+/// its ancestors (itself included) is one of `anchors` by identity (device
+/// and inode): a bind mount of the data dir or of one of its dirs
+/// elsewhere is seen for what it is. Symlinks and `..` are the caller's
+/// (canonicalize). Else `path` as it is.
+pub fn through_binds(path: &Path, anchors: &[PathBuf]) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let ids: Vec<_> = anchors.iter().filter_map(|a| Some((id(a)?, a))).collect();
+    for up in path.ancestors() {
+        let Some(here) = id(up) else { continue };
+        if let Some((_, anchor)) = ids.iter().find(|(i, _)| *i == here) {
+            return match path.strip_prefix(up) {
+                Ok(rel) if !rel.as_os_str().is_empty() => anchor.join(rel),
+                _ => anchor.to_path_buf(),
+            };
+        }
+    }
+    path.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,12 +198,15 @@ mod tests {
     fn rootfs_paths() {
         let dirs = [PathBuf::from("/srv/rootfs"), PathBuf::from("/opt/g/var")];
         let data = Path::new("/opt/g/var/lib");
-        let images = Path::new("/opt/g/var/lib/images");
-        let ok = |p: &str| rootfs_allowed(Path::new(p), &dirs, data, images);
+        let own = own_dirs(data);
+        let ok = |p: &str| rootfs_allowed(Path::new(p), &dirs, data, &own);
         assert!(ok("/srv/rootfs/busybox").is_ok());
-        assert!(ok("/opt/g/var/lib/images/ab12/rootfs").is_ok());
-        assert!(ok("/opt/g/var/lib/images/ab12/rootfs/opt").is_ok());
         for bad in [
+            // Review (issue 14): a cached image by path skipped the proof
+            // that the task's role fetched it from its URI.
+            "/opt/g/var/lib/images/ab12/rootfs",
+            "/opt/g/var/lib/images/ab12/rootfs/opt",
+            "/opt/g/var/lib/run/netns",
             "/",
             "/srv",
             "/srv/rootfs",
@@ -210,27 +233,59 @@ mod tests {
     fn default_rootfs_dirs_work_with_the_default_data_dir() {
         let d = AgentConfig::default();
         let data = d.data_dir.as_path();
-        let images = data.join("images");
-        let ok = |p: &str| rootfs_allowed(Path::new(p), &d.rootfs_dirs, data, &images);
+        let own = own_dirs(data);
+        let ok = |p: &str| rootfs_allowed(Path::new(p), &d.rootfs_dirs, data, &own);
         assert_eq!(ok("/var/lib/gleaner/rootfs/busybox"), Ok(()));
         for bad in [
             "/var/lib/gleaner/rootfs",
             "/var/lib/gleaner/run",
             "/var/lib/gleaner/tasks/x/sandbox",
+            "/var/lib/gleaner/images/ab12/rootfs",
         ] {
             assert!(ok(bad).is_err(), "{bad}");
         }
-        // A sloppy entry holding the tasks dir lets no sandbox in.
-        let sloppy = [data.join("tasks"), data.to_owned()];
+        // Sloppy entries holding (or naming) the agent's own dirs let
+        // nothing of them in.
+        let sloppy = [
+            data.join("tasks"),
+            data.join("images"),
+            data.join("run"),
+            data.to_owned(),
+        ];
         for bad in [
             "/var/lib/gleaner/tasks/x/sandbox",
             "/var/lib/gleaner/tasks/x",
+            "/var/lib/gleaner/images/ab12/rootfs",
+            "/var/lib/gleaner/run/netns",
         ] {
-            assert!(
-                rootfs_allowed(Path::new(bad), &sloppy, data, &images).is_err(),
-                "{bad}"
-            );
+            let e = rootfs_allowed(Path::new(bad), &sloppy, data, &own).unwrap_err();
+            assert!(e.contains("inside the agent's data dir"), "{bad}: {e}");
         }
+        let e = ok("/var/lib/gleaner/images/ab12/rootfs").unwrap_err();
+        assert!(e.contains("rootfs.uri"), "{e}");
+    }
+
+    fn own_dirs(data: &Path) -> Vec<PathBuf> {
+        ["images", "tasks", "run"].map(|d| data.join(d)).to_vec()
+    }
+
+    /// Without binds a path stays as it is; the data dir's own spelling
+    /// maps onto itself. (A real bind: `agent/tests/images.rs`.)
+    #[test]
+    fn through_binds_keeps_unbound_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let other = dir.path().join("other/x");
+        std::fs::create_dir_all(data.join("images/ab/rootfs")).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let anchors = [data.clone(), data.join("images")];
+        assert_eq!(through_binds(&other, &anchors), other);
+        let img = data.join("images/ab/rootfs");
+        assert_eq!(through_binds(&img, &anchors), img);
+        assert_eq!(through_binds(&data, &anchors), data);
+        // A path that does not exist (yet) keeps its spelling.
+        let gone = dir.path().join("gone/y");
+        assert_eq!(through_binds(&gone, &anchors), gone);
     }
 
     #[test]

@@ -68,20 +68,21 @@ impl Agent {
             if t.record.pending_stop.is_some() {
                 stop.notify_one();
             }
-            let image = t
-                .record
-                .spec
+            let spec = &t.record.spec;
+            let image = spec
                 .rootfs
                 .as_ref()
-                .and_then(|r| r.uri.clone().zip(r.sha256.clone()));
+                .and_then(|r| r.uri.clone().zip(r.sha256.clone()))
+                .map(|(uri, sha)| (uri, sha, spec.role.clone()));
             (image, stop)
         };
-        if let Some((uri, sha256)) = image {
+        if let Some((uri, sha256, role)) = image {
             let cached = self.images.is_cached(&sha256);
             // A stop ends the wait (and the download, when this task is
-            // the one fetching: its work dir goes with it).
+            // the one fetching: its work dir goes with it). The role is
+            // the tenant: a cached image serves a (role, URI) that fetched it.
             let fetched = tokio::select! {
-                r = self.images.ensure(&uri, &sha256) => Some(r),
+                r = self.images.ensure(&uri, &sha256, &role) => Some(r),
                 () = stop.notified() => None,
             };
             // The cache grows only by a fetch: only then can it be over.

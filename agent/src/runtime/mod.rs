@@ -438,9 +438,13 @@ impl Agent {
         Ok(agent)
     }
 
-    /// (fetches, evictions) of the image cache.
-    pub fn image_counters(&self) -> (&AtomicU64, &AtomicU64) {
-        (&self.images.fetches, &self.images.evictions)
+    /// (fetches, evictions, proofs) of the image cache.
+    pub fn image_counters(&self) -> (&AtomicU64, &AtomicU64, &AtomicU64) {
+        (
+            &self.images.fetches,
+            &self.images.evictions,
+            &self.images.proofs,
+        )
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -903,13 +907,13 @@ impl Agent {
 
     fn needs_fetch(&self, task: &TaskRef) -> bool {
         let t = task.lock().unwrap();
-        t.record
-            .spec
-            .rootfs
+        let spec = &t.record.spec;
+        // A cached image its (role, URI) never fetched is proven first.
+        spec.rootfs
             .as_ref()
-            .and_then(|r| r.sha256.as_deref())
-            .is_some_and(|sha| !self.images.is_cached(sha))
-            || !t.record.spec.fetch.is_empty()
+            .and_then(|r| r.sha256.as_deref().zip(r.uri.as_deref()))
+            .is_some_and(|(sha, uri)| !self.images.is_ready(sha, &spec.role, uri))
+            || !spec.fetch.is_empty()
     }
 
     /// Digests of the images that unfinished tasks name: never evicted.
@@ -984,13 +988,18 @@ impl Agent {
         if self.cfg.default_rootfs.as_deref().map(canon).as_ref() == Some(&real) {
             dirs.extend(real.parent().map(Path::to_owned));
         }
-        hostfs::rootfs_allowed(
-            &real,
-            &dirs,
-            &canon(self.data.root()),
-            &canon(&self.data.images()),
-        )
-        .map_err(AgentError::Invalid)?;
+        let data = canon(self.data.root());
+        let own: Vec<PathBuf> = [self.data.images(), self.data.tasks(), self.data.run()]
+            .iter()
+            .map(|d| canon(d))
+            .collect();
+        // A bind of the data dir (or of one of its dirs) elsewhere is the
+        // data dir too.
+        let anchors: Vec<PathBuf> = std::iter::once(data.clone())
+            .chain(own.iter().cloned())
+            .collect();
+        let seen = hostfs::through_binds(&real, &anchors);
+        hostfs::rootfs_allowed(&seen, &dirs, &data, &own).map_err(AgentError::Invalid)?;
         // The resolved path is what every run mounts: the one given may pass
         // through a link its owner can repoint after this check.
         Ok(real)

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! <data-dir>/images/<sha256>/rootfs/     the unpacked image (never written after the rename)
-//! <data-dir>/images/<sha256>/image.json  uri, size; its mtime is the last use
+//! <data-dir>/images/<sha256>/image.json  uri, size, the (role, URI) pairs that
+//!                                        fetched it; its mtime is the last use
 //! <data-dir>/images/file-<sha256>-<scope>/file   a fetched file (copied into each
 //!                                        sandbox); scope: its role and URI
 //! <data-dir>/images/.tmp/                downloads and unpacks in progress
@@ -15,6 +16,9 @@
 //! **An image directory exists only complete**: it is built under `.tmp`
 //! and renamed into place, so a crash leaves at most debris in `.tmp`,
 //! which start-up removes.
+//!
+//! **A cached image is used only by a (role, URI) that fetched it**
+//! ([`meta`]): any other proves first that its URI serves the digest.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,10 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
 use crate::download::{DownloadError, DownloadLimits, Downloader};
 use crate::workdir::WorkDir;
+
+mod file;
+pub mod meta;
+use meta::ImageMeta;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -35,6 +41,8 @@ pub enum ImageError {
     Unpack { uri: String, reason: String },
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
+    #[error(transparent)]
+    Record(#[from] crate::fsutil::FsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -75,40 +83,28 @@ pub struct FetchLimits {
     pub unpack: gleaner_rootfs::Budget,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct ImageMeta {
-    uri: String,
-    sha256: String,
-    /// Unpacked size (a fetched file: its size), what the cache limit counts.
-    bytes: u64,
-    archive_bytes: u64,
-}
-
-/// Where a fetched file with this digest is kept for tasks of `role`
-/// naming `uri`: beside the images, in the same LRU and under the same
-/// per-entry locks. Keyed like Mesos's fetcher cache (user and URI; the
-/// tenant here is the role): a digest alone is no capability, so a task
-/// gets a cached file only if its own tenant fetched it from the same URI
-/// (a digest is public, the URI's content may not be).
-fn file_entry(sha256: &str, role: &str, uri: &str) -> String {
+/// A short name of (role, URI), for entry names and lock keys.
+fn scope(role: &str, uri: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(role.as_bytes());
     h.update([0]);
     h.update(uri.as_bytes());
-    let scope = crate::download::hex(&h.finalize()[..8]);
-    format!("file-{sha256}-{scope}")
+    crate::download::hex(&h.finalize()[..8])
 }
 
 pub struct ImageCache {
     dir: PathBuf,
     limits: FetchLimits,
     downloader: Downloader,
-    /// One lock per entry: concurrent tasks naming it wait for one fetch.
+    /// One lock per entry: concurrent tasks naming it wait for one fetch;
+    /// one per (image, role, URI) proof (`proof-...`): one proof per pair.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     seq: AtomicU64,
     pub fetches: AtomicU64,
     pub evictions: AtomicU64,
+    /// Cached images a new (role, URI) proved (downloaded and hashed).
+    pub proofs: AtomicU64,
 }
 
 impl ImageCache {
@@ -141,6 +137,7 @@ impl ImageCache {
             seq: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            proofs: AtomicU64::new(0),
         })
     }
 
@@ -161,6 +158,13 @@ impl ImageCache {
 
     pub fn is_cached(&self, sha256: &str) -> bool {
         self.rootfs(sha256).is_dir()
+    }
+
+    /// Whether a task of `role` naming the image by `uri` can use it with
+    /// no download: cached, and that pair fetched it before.
+    pub fn is_ready(&self, sha256: &str, role: &str, uri: &str) -> bool {
+        self.is_cached(sha256)
+            && meta::read(&self.dir.join(sha256)).is_some_and(|m| m.proven(role, uri))
     }
 
     fn lock_for(&self, entry: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -227,89 +231,91 @@ impl ImageCache {
         Ok(())
     }
 
-    /// The unpacked image, fetched first unless cached. Marks it used.
-    pub async fn ensure(&self, uri: &str, sha256: &str) -> Result<PathBuf, ImageError> {
-        let _one_fetch = self.hold(sha256).await;
+    /// The unpacked image for a task of `role` naming it by `uri`, fetched
+    /// first unless cached. Marks it used. A cached image is handed out only
+    /// to a (role, URI) pair that fetched it ([`meta`]); any other first
+    /// downloads its URI and the bytes must hash to the digest (a proof:
+    /// the unpacked image is reused). A failed proof leaves the entry as
+    /// it was.
+    pub async fn ensure(&self, uri: &str, sha256: &str, role: &str) -> Result<PathBuf, ImageError> {
         let home = self.dir.join(sha256);
-        if self.is_cached(sha256) {
-            touch(&home.join("image.json"));
+        {
+            let _one_fetch = self.hold(sha256).await;
+            if !self.is_cached(sha256) {
+                return self.fetch_image(uri, sha256, role, &home).await;
+            }
+            if self.use_if_proven(&home, role, uri) {
+                return Ok(self.rootfs(sha256));
+            }
+        }
+        // The proof runs without the image's lock: a slow or hostile URI
+        // must not hold back the tenants already proven, nor eviction of
+        // other images. The task names the digest, so while it waits the
+        // image is in use and stays (`Agent::images_in_use`). One proof per
+        // pair at a time: the others of the pair wait and find it recorded.
+        let _one_proof = self
+            .hold(&format!("proof-{sha256}-{}", scope(role, uri)))
+            .await;
+        if self.is_cached(sha256) && self.use_if_proven(&home, role, uri) {
             return Ok(self.rootfs(sha256));
         }
-        let work = WorkDir::new(self.work_dir(sha256));
-        let built = self.build(uri, sha256, &work).await;
-        self.place(built, work.path(), &home)?;
-        tracing::info!(uri, sha256, "image cached");
+        let proof = self.downloader.verify(uri, sha256).await?;
+        let _one_fetch = self.hold(sha256).await;
+        if !self.is_cached(sha256) {
+            // Removed meanwhile (by hand: an image in use is not evicted).
+            return self.fetch_image(uri, sha256, role, &home).await;
+        }
+        let (sha, role2, uri2) = (sha256.to_owned(), role.to_owned(), uri.to_owned());
+        tokio::task::spawn_blocking(move || {
+            record_fetcher(&home, &sha, &role2, &uri2, proof.bytes)
+        })
+        .await
+        .map_err(|e| io_err(&self.dir)(std::io::Error::other(e)))??;
+        self.proofs.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            uri,
+            sha256,
+            role,
+            "cached image proven by a new role or URI"
+        );
         Ok(self.rootfs(sha256))
     }
 
-    /// A copy of the file with this digest at `dest` (a new file, mode
-    /// 0600, root's), downloaded into the cache first unless a task of
-    /// `role` downloaded it from `uri` before ([`file_entry`]). The copy is
-    /// made under the entry's lock: eviction never races it.
-    pub async fn copy_file(
+    /// Fetches, unpacks and places the image, recording its first pair.
+    /// Under the image's lock.
+    async fn fetch_image(
         &self,
         uri: &str,
         sha256: &str,
         role: &str,
-        dest: &Path,
-        max_bytes: u64,
-    ) -> Result<(), ImageError> {
-        let sha256 = sha256.to_ascii_lowercase();
-        let entry = file_entry(&sha256, role, uri);
-        let _one_fetch = self.hold(&entry).await;
-        let home = self.dir.join(&entry);
-        let cached = home.join("file");
-        if cached.is_file() {
-            let len = std::fs::metadata(&cached).map_err(io_err(&cached))?.len();
-            let limit = max_bytes.min(self.limits.max_bytes);
-            if len > limit {
-                return Err(DownloadError::TooLarge {
-                    uri: uri.to_owned(),
-                    limit,
-                    max_mb: self.limits.max_bytes >> 20,
-                }
-                .into());
-            }
-            touch(&home.join("image.json"));
-        } else {
-            let work = WorkDir::new(self.work_dir(&entry));
-            let built = self.build_file(uri, &sha256, work.path(), max_bytes).await;
-            self.place(built, work.path(), &home)?;
-            tracing::info!(uri, sha256, "fetched file cached");
-        }
-        let (from, to) = (cached, dest.to_owned());
-        tokio::task::spawn_blocking(move || copy_new(&from, &to))
-            .await
-            .map_err(|e| io_err(dest)(std::io::Error::other(e)))?
+        home: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        let work = WorkDir::new(self.work_dir(sha256));
+        let built = self.build(uri, sha256, role, &work).await;
+        self.place(built, work.path(), home)?;
+        tracing::info!(uri, sha256, role, "image cached");
+        Ok(self.rootfs(sha256))
     }
 
-    async fn build_file(
-        &self,
-        uri: &str,
-        sha256: &str,
-        work: &Path,
-        max_bytes: u64,
-    ) -> Result<(), ImageError> {
-        std::fs::create_dir_all(work).map_err(io_err(work))?;
-        let file = work.join("file");
-        let got = self
-            .downloader
-            .download_max(uri, Some(sha256), &file, max_bytes)
-            .await?;
-        write_meta(
-            work,
-            &ImageMeta {
-                uri: uri.to_owned(),
-                sha256: sha256.to_owned(),
-                bytes: got.bytes,
-                archive_bytes: got.bytes,
-            },
-        )
+    /// Marks the image used if `role` fetched it from `uri` before.
+    /// Under the image's lock.
+    fn use_if_proven(&self, home: &Path, role: &str, uri: &str) -> bool {
+        let proven = meta::read(home).is_some_and(|m| m.proven(role, uri));
+        if proven {
+            touch(&home.join("image.json"));
+        }
+        proven
     }
 
     /// Fetch, verify, unpack into `work` (the unpack stops if this
     /// future is dropped: see `workdir`).
-    async fn build(&self, uri: &str, sha256: &str, dir: &WorkDir) -> Result<(), ImageError> {
+    async fn build(
+        &self,
+        uri: &str,
+        sha256: &str,
+        role: &str,
+        dir: &WorkDir,
+    ) -> Result<(), ImageError> {
         let work = dir.path();
         std::fs::create_dir_all(work).map_err(io_err(work))?;
         let archive = work.join("image.tar.gz");
@@ -348,15 +354,15 @@ impl ImageCache {
             );
         }
         std::fs::remove_file(&archive).map_err(io_err(&archive))?;
-        write_meta(
-            work,
-            &ImageMeta {
-                uri: uri.to_owned(),
-                sha256: sha256.to_owned(),
-                bytes,
-                archive_bytes,
-            },
-        )
+        let mut m = ImageMeta {
+            uri: uri.to_owned(),
+            sha256: sha256.to_owned(),
+            bytes,
+            archive_bytes,
+            fetched_by: Vec::new(),
+        };
+        m.record(role, uri);
+        write_meta(work, &m)
     }
 
     /// Removes least recently used images not in `in_use` until the cache
@@ -372,10 +378,7 @@ impl ImageCache {
                 continue;
             }
             let meta_path = e.path().join("image.json");
-            let bytes = std::fs::read(&meta_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<ImageMeta>(&b).ok())
-                .map_or(0, |m| m.bytes);
+            let bytes = meta::read(&e.path()).map_or(0, |m| m.bytes);
             let used = std::fs::metadata(&meta_path)
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -425,6 +428,30 @@ impl Drop for Held<'_> {
     }
 }
 
+/// Adds the pair to the image's record (replaced whole: a reader never
+/// sees half of it; its new mtime marks the use). A record that cannot
+/// be read is made again from what is known. Under the image's lock;
+/// off the runtime (a remade record measures the image).
+fn record_fetcher(
+    home: &Path,
+    sha256: &str,
+    role: &str,
+    uri: &str,
+    archive_bytes: u64,
+) -> Result<(), ImageError> {
+    let mut m = meta::read(home).unwrap_or_else(|| ImageMeta {
+        uri: uri.to_owned(),
+        sha256: sha256.to_owned(),
+        bytes: du(&home.join("rootfs")),
+        archive_bytes,
+        fetched_by: Vec::new(),
+    });
+    m.record(role, uri);
+    let path = home.join("image.json");
+    let json = serde_json::to_vec_pretty(&m).expect("image meta serialises");
+    Ok(crate::fsutil::replace_atomic(&path, &json)?)
+}
+
 fn touch(path: &Path) {
     if let Ok(f) = std::fs::File::options().append(true).open(path) {
         let _ = f.set_modified(SystemTime::now());
@@ -437,38 +464,11 @@ fn write_meta(work: &Path, meta: &ImageMeta) -> Result<(), ImageError> {
     std::fs::write(&path, json).map_err(io_err(&path))
 }
 
-/// Copies `from` to a new file `to` (never through what stands there).
-fn copy_new(from: &Path, to: &Path) -> Result<(), ImageError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut src = std::fs::File::open(from).map_err(io_err(from))?;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(to)
-        .map_err(io_err(to))?;
-    std::io::copy(&mut src, &mut out).map_err(io_err(to))?;
-    Ok(())
-}
-
 pub use crate::du::du;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cached_file_is_scoped_by_role_and_uri() {
-        let sha = "ab".repeat(32);
-        let a = file_entry(&sha, "batch", "http://h/x");
-        assert!(a.starts_with(&format!("file-{sha}-")), "{a}");
-        assert_eq!(a, file_entry(&sha, "batch", "http://h/x"));
-        assert_ne!(a, file_entry(&sha, "analytics", "http://h/x"));
-        assert_ne!(a, file_entry(&sha, "batch", "http://h/y"));
-        // The separator keeps ("ab", "c") and ("a", "bc") apart.
-        assert_ne!(file_entry(&sha, "a", "bc"), file_entry(&sha, "ab", "c"));
-    }
 
     /// An entry's lock is forgotten once its last holder lets go, and
     /// kept while another waits for it.
