@@ -355,6 +355,39 @@ impl AgentConfig {
             .map_err(|e| key("fetch_allow_hosts", e))?
             .with_file_dirs(&self.image_file_dirs)
             .map_err(|e| key("image_file_dirs", e))
+            .and_then(|egress| {
+                self.check_image_file_dirs()
+                    .map_err(|e| key("image_file_dirs", e))?;
+                Ok(egress)
+            })
+    }
+
+    /// `image_file_dirs` beside the data dir (its api.token, task files),
+    /// and each entry as it resolves now (a symlink to / or /etc), are
+    /// refused; the agent checks the resolved dir again, with its owner and
+    /// mode, at each open.
+    fn check_image_file_dirs(&self) -> Result<(), String> {
+        let data = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        for dir in &self.image_file_dirs {
+            let real = std::fs::canonicalize(dir).ok();
+            for d in std::iter::once(dir).chain(real.as_ref()) {
+                if let Some(why) = gleaner_core::egress::file_dir_refusal(d) {
+                    return Err(format!("{} (resolves to {}): {why}", dir.display(), d.display()));
+                }
+                if d.starts_with(&data)
+                    || data.starts_with(d)
+                    || d.starts_with(&self.data_dir)
+                    || self.data_dir.starts_with(d)
+                {
+                    return Err(format!(
+                        "{}: is the data dir, inside it or above it ({})",
+                        dir.display(),
+                        self.data_dir.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn fetch_limits(&self) -> crate::images::FetchLimits {
@@ -366,6 +399,7 @@ impl AgentConfig {
             unpack: gleaner_rootfs::Budget {
                 max_bytes: self.image_unpack_max_mb << 20,
                 max_entries: self.image_unpack_max_entries,
+                entry_bytes: 0,
             },
         }
     }
@@ -701,6 +735,41 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("rootfs_dirs"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn image_file_dirs_may_not_be_system_trees_the_data_dir_or_lead_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("to-etc")).unwrap();
+        let load = |dirs: &[PathBuf]| {
+            let p = dir.path().join("a.toml");
+            let list: Vec<String> = dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+            std::fs::write(
+                &p,
+                format!(
+                    "data_dir = {:?}\nimage_file_dirs = [{}]\n",
+                    data.display().to_string(),
+                    list.join(", ")
+                ),
+            )
+            .unwrap();
+            AgentConfig::load(Some(&p), &Overrides::default()).map_err(|e| e.to_string())
+        };
+        assert!(load(&[images.clone()]).is_ok());
+        for bad in [
+            PathBuf::from("/etc"),
+            PathBuf::from("/proc/1/root"),
+            dir.path().join("to-etc"),
+            data.clone(),
+            data.join("images"),
+            dir.path().to_owned(),
+        ] {
+            let e = load(&[images.clone(), bad.clone()]).unwrap_err();
+            assert!(e.starts_with("image_file_dirs"), "{}: {e}", bad.display());
         }
     }
 

@@ -6,7 +6,9 @@
 //! [`check_url`] before the request, and when it names a host on the
 //! agent's API port, where that name leads ([`check_own_by_name`]): the
 //! agent's own API in any form (mapped, a wildcard listener's interface
-//! addresses) is never a download's target.
+//! addresses) is never a download's target. Nor, unless listed in
+//! `fetch_allow_hosts`, is any address of this host: it reaches what
+//! loopback would through a wildcard listener.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,7 +38,10 @@ pub fn check_url(egress: &Egress, url: &reqwest::Url) -> Result<(), Refused> {
                     .check_own(host, &[ip], port, &local_addrs())
                     .map_err(Refused)?;
             }
-            egress.check(host, &[ip], port).map_err(Refused)
+            egress.check(host, &[ip], port).map_err(Refused)?;
+            egress
+                .check_local(host, &[ip], port, &local_addrs())
+                .map_err(Refused)
         }
 
         // Its addresses are checked when it is resolved; a name listed
@@ -142,6 +147,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
             };
             let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
             egress.check(&host, &ips, None).map_err(Refused)?;
+            // The host's own addresses, where the connection goes: a name
+            // rebound to the host's LAN address after an earlier lookup
+            // (check_own_by_name) is caught here.
+            egress
+                .check_local(&host, &ips, None, &local_addrs())
+                .map_err(Refused)?;
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
         })

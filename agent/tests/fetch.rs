@@ -668,3 +668,110 @@ fn busybox_image(dir: &Path) -> (std::path::PathBuf, String) {
     let sha = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     (image, sha)
 }
+
+/// A directory of `n` empty subdirectories, tarred and gzipped to `out`.
+fn empty_dirs_archive(tmp: &Path, name: &str, n: usize) -> std::path::PathBuf {
+    let src = tmp.join(format!("{name}.src"));
+    let top = src.join(name);
+    for i in 0..n {
+        std::fs::create_dir_all(top.join(format!("d{i}"))).unwrap();
+    }
+    let out = tmp.join(format!("{name}.tar.gz"));
+    tar(&src, &out, true, &[name]);
+    out
+}
+
+/// Review 3 of issue 14: an archive of empty directories unpacked for
+/// free (no data bytes), and each archive of a fetch list had its own
+/// entry budget: 32 archives of a million empty dirs were 32 million
+/// inodes under any `disk_mb`. Each entry now costs a block against the
+/// task's cap, and the list shares one entry budget.
+#[test]
+fn empty_entries_count_against_the_cap_and_the_list_shares_one_entry_budget() {
+    if !require_root("empty_entries_count_against_the_cap_and_the_list_shares_one_entry_budget") {
+        return;
+    }
+    let agent = TestAgent::start_with(&format!("{LOCAL}\nimage_unpack_max_entries = 1500"));
+    let server = Server::start();
+    // 1,000 empty dirs: 4 MB of blocks at 4 KiB each, over disk_mb 2.
+    let dirs = empty_dirs_archive(agent.tmp(), "dirs", 1000);
+    assert!(std::fs::metadata(&dirs).unwrap().len() < 64 << 10);
+    let one = server.serve("dirs.tar.gz", &dirs);
+    let mut t = fetch_spec("inodes", "touch ran", json!([{"uri": one, "extract": true}]));
+    t["resources"]["disk_mb"] = json!(2);
+    agent.submit(t).unwrap();
+    let s = agent.wait_final("inodes", LONG);
+    assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
+    assert!(
+        s.message.as_deref().unwrap_or_default().contains("resources.disk_mb"),
+        "{s:?}"
+    );
+    assert!(!agent.data_dir.join("tasks/inodes/sandbox/ran").exists());
+
+    // Two archives of 1,000 entries each under one budget of 1,500: the
+    // second is refused, whatever disk_mb allows.
+    let more = empty_dirs_archive(agent.tmp(), "more", 1000);
+    let two = server.serve("more.tar.gz", &more);
+    let fetch = json!([{"uri": one, "extract": true}, {"uri": two, "extract": true}]);
+    let mut t = fetch_spec("entries", "touch ran", fetch.clone());
+    t["resources"]["disk_mb"] = json!(100);
+    agent.submit(t).unwrap();
+    let s = agent.wait_final("entries", LONG);
+    assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
+    assert!(s.message.as_deref().unwrap_or_default().contains("entries"), "{s:?}");
+    // One of them alone fits.
+    let mut t = fetch_spec("fits", "touch ran", json!([{"uri": two, "extract": true}]));
+    t["resources"]["disk_mb"] = json!(100);
+    agent.submit(t).unwrap();
+    let s = agent.wait_final("fits", LONG);
+    assert_eq!(s.state, TaskState::Finished, "{s:?}");
+    assert!(agent.data_dir.join("tasks/fits/sandbox/more/d999").is_dir());
+}
+
+/// This host's non-loopback IPv4 address, if it has one.
+fn lan_address() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    Some(field.split('/').next()?.to_owned())
+}
+
+/// Review 3 of issue 14: an address of this host other than loopback
+/// (its LAN address) reached every service bound to a wildcard address,
+/// as loopback would; a name could also be rebound to it between the
+/// agent's check and its connect. Refused unless listed.
+#[test]
+fn an_address_of_this_host_is_refused_unless_listed() {
+    if !require_root("an_address_of_this_host_is_refused_unless_listed") {
+        return;
+    }
+    let Some(lan) = lan_address() else {
+        eprintln!("skipped: this host has no non-loopback IPv4 address");
+        return;
+    };
+    let server = Server::start_on(&lan);
+    let file = std::env::temp_dir().join(format!("lan-{}.txt", std::process::id()));
+    std::fs::write(&file, "on the host").unwrap();
+    let uri = server.serve("f.txt", &file);
+    let agent = TestAgent::start_with(LOCAL);
+    agent
+        .submit(fetch_spec("lan", "cat f.txt", json!([{"uri": uri}])))
+        .unwrap();
+    let s = agent.wait_final("lan", LONG);
+    assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
+    assert!(
+        s.message.as_deref().unwrap_or_default().contains("address of this host"),
+        "{s:?}"
+    );
+    drop(agent);
+    let listed = TestAgent::start_with(&format!("fetch_allow_hosts = [\"{lan}\"]"));
+    listed
+        .submit(fetch_spec("lan", "cat f.txt", json!([{"uri": uri}])))
+        .unwrap();
+    let s = listed.wait_final("lan", LONG);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(s.state, TaskState::Finished, "{s:?}");
+}

@@ -8,8 +8,10 @@
 //! Refused unless allowed by `fetch_allow_hosts`: loopback, link-local,
 //! unspecified (`0.0.0.0/8`, `::`), multicast and broadcast addresses,
 //! IPv4-mapped IPv6 forms of these included, cloud metadata services off
-//! link-local (`100.100.100.200`, `fd00:ec2::254`) and IPv4-compatible
-//! `::/96`. The agent's own listen
+//! link-local (`100.100.100.200`, `fd00:ec2::254`, Azure's
+//! `168.63.129.16`), IPv4-compatible `::/96`, NAT64 and 6to4 forms of the
+//! above, and any address of this host (its interfaces: what a wildcard
+//! listener answers on). The agent's own listen
 //! address is refused even when allowed. The agent checks every hop of a
 //! redirect and every address a name resolves to (the addresses it then
 //! connects to: no second lookup to rebind).
@@ -95,6 +97,10 @@ pub fn denied_class(ip: IpAddr) -> Option<&'static str> {
             } else if v4 == Ipv4Addr::new(100, 100, 100, 200) {
                 // Alibaba Cloud's metadata service (not link-local).
                 Some("cloud metadata")
+            } else if v4 == Ipv4Addr::new(168, 63, 129, 16) {
+                // Azure's WireServer: its Linux agent lets only root reach
+                // it, and downloads run as root.
+                Some("cloud metadata")
             } else {
                 None
             }
@@ -115,10 +121,27 @@ pub fn denied_class(ip: IpAddr) -> Option<&'static str> {
                 // ::/96, IPv4-compatible (deprecated): `::127.0.0.1` may
                 // reach what its IPv4 form names.
                 Some("IPv4-compatible")
+            } else if let Some(v4) = embedded_v4(v6) {
+                // NAT64 and 6to4 forms reach the IPv4 address they carry.
+                denied_class(IpAddr::V4(v4))
             } else {
                 None
             }
         }
+    }
+}
+
+/// The IPv4 address a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`)
+/// address carries: a gateway on the path connects to it.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else {
+        None
     }
 }
 
@@ -185,14 +208,12 @@ impl Egress {
         })
     }
 
-    /// Sets `image_file_dirs`; each must be absolute, without `..`, not `/`.
+    /// Sets `image_file_dirs`; each must be absolute, without `..`, not `/`
+    /// and not a system tree ([`file_dir_refusal`]).
     pub fn with_file_dirs(mut self, dirs: &[PathBuf]) -> Result<Egress, String> {
         for d in dirs {
-            if !d.is_absolute() || d.parent().is_none() || has_dot_dot(d) {
-                return Err(format!(
-                    "{}: must be an absolute directory other than /, without '..'",
-                    d.display()
-                ));
+            if let Some(why) = file_dir_refusal(d) {
+                return Err(why);
             }
         }
         self.file_dirs = dirs.to_vec();
@@ -313,6 +334,32 @@ impl Egress {
         }
     }
 
+    /// Refuses an address of this host (`local`: its interfaces) that
+    /// fetch_allow_hosts does not list: it reaches every service bound to
+    /// a wildcard address, the agent's API on any port among them, as
+    /// loopback would. Checked where the addresses are connected to (the
+    /// resolver), so a name rebound to the host's LAN address between two
+    /// lookups is caught too.
+    pub fn check_local(
+        &self,
+        host: &str,
+        addrs: &[IpAddr],
+        port: Option<u16>,
+        local: &[IpAddr],
+    ) -> Result<(), String> {
+        if self.name_allowed(host, port) {
+            return Ok(());
+        }
+        match addrs.iter().find(|&&ip| {
+            local.iter().any(|&l| unmap(l) == unmap(ip)) && !self.addr_allowed(ip, port)
+        }) {
+            Some(ip) => Err(format!(
+                "{host} ({ip}) is an address of this host: downloads are refused there unless fetch_allow_hosts lists it"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// May a download connect to `host` (as written in the URI), which is
     /// or resolved to `addrs`, on `port` (None when a resolver does not
     /// know it)? Every address must pass: a name is refused if one of its
@@ -342,6 +389,38 @@ fn unmap(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// Trees no `image_file_dirs` entry may be, or lie below: what any
+/// submitter could then read as root (shadow, keys, the kernel's files,
+/// devices whose open has effects) or plant (world-writable temp dirs).
+const SYSTEM_TREES: &[&str] = &[
+    "/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/run", "/var/run", "/usr", "/bin",
+    "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// World-writable dirs: anyone could plant a file (or a hardlink) there.
+/// A private dir below them is fine (the agent checks each dir's owner and
+/// mode when it opens a file).
+const SHARED_TEMP: &[&str] = &["/tmp", "/var/tmp"];
+
+/// Why `dir` may not be an `image_file_dirs` entry, if it may not. Lexical:
+/// the agent checks the resolved directory again, and its owner and mode,
+/// when it opens a file below it.
+pub fn file_dir_refusal(dir: &Path) -> Option<String> {
+    if !dir.is_absolute() || dir.parent().is_none() || has_dot_dot(dir) {
+        return Some(format!(
+            "{}: must be an absolute directory other than /, without '..'",
+            dir.display()
+        ));
+    }
+    if SHARED_TEMP.iter().any(|t| dir == Path::new(t)) {
+        return Some(format!("{}: is world-writable", dir.display()));
+    }
+    SYSTEM_TREES
+        .iter()
+        .find(|t| dir.starts_with(t))
+        .map(|t| format!("{}: is a system tree or below one ({t})", dir.display()))
 }
 
 fn has_dot_dot(p: &Path) -> bool {
@@ -471,10 +550,54 @@ mod tests {
         ] {
             assert!(dirs.check_file(bad).is_err(), "{bad}");
         }
-        for bad in ["/", "rel", "/a/../b"] {
+        for bad in [
+            "/", "rel", "/a/../b", "/etc", "/etc/x", "/proc/1/root", "/dev", "/tmp", "/root",
+            "/usr/share/images", "/run/x", "/sys",
+        ] {
             let e = Egress::default().with_file_dirs(&[PathBuf::from(bad)]);
             assert!(e.is_err(), "{bad}");
         }
+        for ok in ["/srv/images", "/opt/gleaner/var/demo", "/var/lib/images", "/etcx"] {
+            let e = Egress::default().with_file_dirs(&[PathBuf::from(ok)]);
+            assert!(e.is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn azure_nat64_and_6to4_forms_are_denied() {
+        for (a, class) in [
+            ("168.63.129.16", "cloud metadata"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("2002:7f00:1::", "loopback"),
+            ("2002:a9fe:a9fe::1", "link-local"),
+            ("2002:6464:64c8::", "cloud metadata"),
+        ] {
+            assert_eq!(denied_class(ip(a)), Some(class), "{a}");
+        }
+        for a in ["64:ff9b::808:808", "2002:808:808::1", "168.63.129.17"] {
+            assert_eq!(denied_class(ip(a)), None, "{a}");
+        }
+    }
+
+    #[test]
+    fn an_address_of_this_host_is_refused_unless_listed() {
+        let local = [ip("10.1.1.1"), ip("fd00::5")];
+        let d = Egress::default();
+        for a in ["10.1.1.1", "::ffff:10.1.1.1", "fd00::5"] {
+            let err = d.check_local("h", &[ip(a)], Some(80), &local).unwrap_err();
+            assert!(err.contains("this host"), "{a}: {err}");
+        }
+        assert!(d.check_local("h", &[ip("10.1.1.2")], None, &local).is_ok());
+        let by_addr = e(&["10.1.1.1"]);
+        assert!(by_addr.check_local("h", &[ip("10.1.1.1")], None, &local).is_ok());
+        let by_name = e(&["files.local:8080"]);
+        assert!(by_name
+            .check_local("files.local", &[ip("10.1.1.1")], Some(8080), &local)
+            .is_ok());
+        assert!(by_name
+            .check_local("other", &[ip("10.1.1.1")], Some(8080), &local)
+            .is_err());
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub enum UnpackError {
 pub struct Budget {
     pub max_bytes: u64,
     pub max_entries: u64,
+    /// Charged against `max_bytes` for every entry, whatever its data: a
+    /// directory, a link or an empty file costs an inode and often a block
+    /// (0 for images, whose entry count is their bound; a task's fetch
+    /// list, capped in bytes, charges a block).
+    pub entry_bytes: u64,
 }
 
 impl Default for Budget {
@@ -46,6 +51,7 @@ impl Default for Budget {
         Budget {
             max_bytes: 16 << 30,
             max_entries: 1_000_000,
+            entry_bytes: 0,
         }
     }
 }
@@ -304,6 +310,13 @@ fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpack
                 limit: budget.max_entries,
             });
         }
+        stats.bytes = stats.bytes.saturating_add(budget.entry_bytes);
+        if stats.bytes > budget.max_bytes {
+            return Err(UnpackError::OverBudget {
+                what: "bytes",
+                limit: budget.max_bytes,
+            });
+        }
         let rel = inside(&raw)?;
         if rel.as_os_str().is_empty() {
             continue;
@@ -549,7 +562,38 @@ mod tests {
         Budget {
             max_bytes: bytes,
             max_entries: entries,
+            entry_bytes: 0,
         }
+    }
+
+    /// Empty dirs cost nothing in data but an inode and a block each: with
+    /// `entry_bytes` they count against the byte budget.
+    #[test]
+    fn entry_bytes_charge_every_entry() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..100 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, format!("d{i}/"), std::io::empty()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let free = unpack_tar_with(&tar[..], &dest.path().join("a"), budget(4096 * 50, 1000));
+        assert_eq!(free.unwrap().bytes, 0);
+        let charged = Budget {
+            entry_bytes: 4096,
+            ..budget(4096 * 50, 1000)
+        };
+        let e = unpack_tar_with(&tar[..], &dest.path().join("b"), charged).unwrap_err();
+        assert!(matches!(e, UnpackError::OverBudget { what: "bytes", .. }), "{e}");
+        let roomy = Budget {
+            entry_bytes: 4096,
+            ..budget(4096 * 200, 1000)
+        };
+        let got = unpack_tar_with(&tar[..], &dest.path().join("c"), roomy).unwrap();
+        assert_eq!(got.bytes, 4096 * 100);
     }
 
     /// An uncompressed tar of `n` files of `size` zero bytes, made lazily.

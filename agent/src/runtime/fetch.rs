@@ -19,6 +19,11 @@ use crate::download::DownloadError;
 use crate::images::{ImageCache, ImageError};
 use crate::layout::TaskDir;
 
+/// What each unpacked entry of a fetched archive costs against the task's
+/// fetch cap besides its data: one ext4 block (an empty dir or file, a
+/// symlink, is an inode and usually a block).
+const FETCH_ENTRY_BYTES: u64 = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error(transparent)]
@@ -132,6 +137,9 @@ async fn fetch_each(
         stop,
     } = task;
     let mut total: u64 = 0;
+    // One entry budget for the whole list, not one per archive: 32
+    // archives of a million empty dirs each were 32 million inodes.
+    let mut entries_left = images.unpack_budget().max_entries;
     for (i, f) in fetch.iter().enumerate() {
         let name = f.file_name()?;
         let archive = f.archive()?;
@@ -170,24 +178,27 @@ async fn fetch_each(
         let mut budget = images.unpack_budget();
         let by_cap = room < budget.max_bytes;
         budget.max_bytes = budget.max_bytes.min(room);
+        budget.max_entries = entries_left;
+        // Every entry costs at least a block on disk, data or not.
+        budget.entry_bytes = FETCH_ENTRY_BYTES;
         let executable = f.executable;
         let over_cap = over();
-        let unpacked_bytes = blocking(move || {
+        let unpacked = blocking(move || {
             let mode = if executable { 0o755 } else { 0o644 };
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
                 .map_err(io_err(&file))?;
             let unpacked = item.join(".unpacked");
-            let mut bytes = 0;
+            let (mut bytes, mut entries) = (0, 0);
             if let Some(kind) = archive {
-                bytes = unpack(kind, &file, &unpacked, budget)
+                let got = unpack(kind, &file, &unpacked, budget)
                     .map_err(|e| match e {
                         UnpackError::OverBudget { what: "bytes", .. } if by_cap => over_cap,
                         e => FetchError::Extract {
                             uri: uri.clone(),
                             reason: e.to_string(),
                         },
-                    })?
-                    .bytes;
+                    })?;
+                (bytes, entries) = (got.bytes, got.entries as u64);
             }
             chown_tree(&item, owner)?;
             if archive.is_some() {
@@ -198,10 +209,12 @@ async fn fetch_each(
             }
             // Mesos kept the archive next to what it unpacked.
             replace_in(&sandbox, std::ffi::OsStr::new(&name2), &file)?;
-            Ok(bytes)
+            Ok((bytes, entries))
         })
         .await?;
+        let (unpacked_bytes, unpacked_entries) = unpacked;
         total += unpacked_bytes;
+        entries_left = entries_left.saturating_sub(unpacked_entries);
         tracing::info!(uri = %f.uri, name, extracted = archive.is_some(), "fetched");
     }
     Ok(())
