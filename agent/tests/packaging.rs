@@ -256,7 +256,9 @@ fn no_binary_panics_in_an_empty_chroot() {
         .collect();
     // Remove the agent's cgroups (it leaves its root for the next start)
     // in every controller it uses, freezer included.
-    for c in ["cpu", "cpuacct", "memory", "pids", "freezer", "cpuset", "blkio"] {
+    for c in [
+        "cpu", "cpuacct", "memory", "pids", "freezer", "cpuset", "blkio",
+    ] {
         let dir = PathBuf::from(format!("/sys/fs/cgroup/{c}/{croot}"));
         if dir.exists() {
             let _ = Command::new("find")

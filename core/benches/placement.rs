@@ -87,6 +87,8 @@ fn main() {
                 gang: (i % 50 == 0).then(|| Gang {
                     id: format!("g{}", i / 200),
                     cardinality: 4,
+                    shared_path: None,
+                    network: None,
                 }),
                 avoid: vec![],
             }

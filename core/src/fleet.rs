@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::group::GroupNetwork;
 use crate::spec::{Resources, TaskSpec};
 use crate::status::TaskStatus;
 
@@ -223,6 +224,30 @@ pub struct Placement {
     /// Which attempt of the job (from 1) this task is.
     pub attempt: u32,
     pub placed_at: DateTime<Utc>,
+    /// Set for the members of a gang placed together on this node: the
+    /// agent submits them as one task group (`crate::gang`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<PlacedGroup>,
+}
+
+/// The task group a placement belongs to: every member's placement on the
+/// node carries the same value, written in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacedGroup {
+    /// The agent's group name: `<first member's task id>.pod`
+    /// ([`crate::gang::group_id`]), unique per node over time and never a
+    /// task id (no digits after its last `.`).
+    pub id: String,
+    /// The gang it comes from (for people; the agent does not use it).
+    pub gang: String,
+    /// Task ids placed on this node in the same transaction, in order; the
+    /// first one's task dir holds the shared volume.
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GroupNetwork>,
 }
 
 /// `tasks/<task-id>`: written by the agent on every state change.
@@ -282,13 +307,23 @@ impl JobState {
     }
 }
 
-/// Jobs with the same gang id start all together or not at all.
+/// Jobs with the same gang id start all together or not at all. The
+/// members placed on one node are one task group there (a pod: a shared
+/// volume, optionally one network; `crate::gang`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gang {
     pub id: String,
     /// How many jobs the gang has; it starts when all of them are known.
     pub cardinality: u32,
+    /// Where the members on one node see their shared volume (`/shared`
+    /// if absent). The same in every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_path: Option<String>,
+    /// `host` (absent: each member's own) or `group`: the members on one
+    /// node share one network namespace, only `lo` up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GroupNetwork>,
 }
 
 /// `jobs/<job-id>`: what was submitted, plus where it stands. Written by
@@ -543,10 +578,26 @@ mod tests {
             app: None,
             attempt: 1,
             placed_at: Utc::now(),
+            group: None,
         };
         round_trip(&p);
         let text = serde_json::to_value(&p).unwrap();
         assert!(text.get("app").is_none());
+        assert!(text.get("group").is_none(), "absent for a plain task");
+        let grouped = Placement {
+            group: Some(PlacedGroup {
+                id: "j1.1.pod".into(),
+                gang: "g".into(),
+                members: vec!["j1.1".into(), "j2.1".into()],
+                shared_path: None,
+                network: Some(GroupNetwork::Group),
+            }),
+            ..p.clone()
+        };
+        round_trip(&grouped);
+        let v = serde_json::to_value(&grouped).unwrap();
+        assert_eq!(v["group"]["network"], "group");
+        assert!(v["group"].get("shared_path").is_none());
 
         let status = TaskStatus {
             id: "j1.1".into(),
@@ -585,6 +636,8 @@ mod tests {
             gang: Some(Gang {
                 id: "g".into(),
                 cardinality: 4,
+                shared_path: Some("/data".into()),
+                network: None,
             }),
             max_retries: 2,
             submitted_at: Utc::now(),

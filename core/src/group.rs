@@ -126,8 +126,17 @@ pub fn check_members(network: GroupNetwork, specs: &[TaskSpec]) -> Result<(), Gr
             "a group needs at least one member that is not a sidecar",
         ));
     }
+    check_network_members(network, specs.iter())
+}
+
+/// The per-member half of [`check_members`] (a fleet gang's members may
+/// arrive in several submissions: each is checked alone).
+pub fn check_network_members<'a>(
+    network: GroupNetwork,
+    specs: impl Iterator<Item = &'a TaskSpec>,
+) -> Result<(), GroupError> {
     if network == GroupNetwork::Group {
-        for (i, s) in specs.iter().enumerate() {
+        for (i, s) in specs.enumerate() {
             if s.network != Network::Host {
                 return Err(bad(
                     format!("tasks[{i}].network"),

@@ -15,6 +15,7 @@
 //!   within) and preemption on shrink.
 //! * [`group`]: task groups as pods: shared path, group network, sidecars.
 //! * [`fleet`]: the fleet's etcd key layout and the JSON stored there.
+//! * [`gang`]: a fleet gang placed on a node is a task group there.
 //! * [`placement`]: fleet placement (fair share, fit, gangs), pure.
 //! * `serve` (feature `serve`, the one module with I/O): the HTTP/1
 //!   listener of the agent and the scheduler, with its limits against
@@ -27,6 +28,7 @@ pub mod constraints;
 pub mod egress;
 pub mod fetch;
 pub mod fleet;
+pub mod gang;
 pub mod group;
 pub mod harvest;
 pub mod health;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use gleaner_core::fleet::{task_id, Fitness, Job, JobState, Keys, Placement};
+use gleaner_core::gang;
 use gleaner_core::placement::{self, Options};
 
 use crate::config::SchedulerConfig;
@@ -248,6 +249,28 @@ impl<'a> Pass<'a> {
             let mut compares = Vec::new();
             let mut ops = Vec::new();
             let mut jobs = Vec::new();
+            // The unit's gang members on one node are one task group there.
+            let placed: Vec<(String, &str, Option<&gleaner_core::fleet::Gang>)> = unit
+                .iter()
+                .filter_map(|(id, node)| {
+                    let (job, _) = view.jobs.get(id)?;
+                    Some((
+                        task_id(id, job.attempt + 1),
+                        node.as_str(),
+                        job.gang.as_ref(),
+                    ))
+                })
+                .collect();
+            let mut groups = gang::groups_by_node(
+                &placed
+                    .iter()
+                    .map(|(task, node, gang)| gang::Placed {
+                        task,
+                        node,
+                        gang: *gang,
+                    })
+                    .collect::<Vec<_>>(),
+            );
             for (id, node) in unit {
                 let Some((job, rev)) = view.jobs.get(id) else {
                     continue;
@@ -269,6 +292,7 @@ impl<'a> Pass<'a> {
                     app: None,
                     attempt: next.attempt,
                     placed_at: now,
+                    group: groups.remove(&task),
                 };
                 let (cmp, put) = self.job_put(&next, *rev);
                 compares.push(cmp);

@@ -4,7 +4,8 @@
 //! revision.
 //!
 //! * task STAGING/RUNNING → job RUNNING;
-//! * FINISHED → SUCCEEDED;
+//! * FINISHED → SUCCEEDED; a sidecar (a gang's) KILLED → SUCCEEDED too: its
+//!   group stops it once the main members have ended;
 //! * FAILED, KILLED (not by a cancel), LOST, or the node's info key gone →
 //!   retried (attempt + 1) while `retries < max_retries`, else FAILED;
 //! * DRAINED / PREEMPTED → placed again, no retry counted (a drained node
@@ -104,6 +105,20 @@ pub fn reconcile(w: &World<'_>) -> Option<Change> {
         Some(TaskState::Finished) => {
             next.state = JobState::Succeeded;
             next.message = None;
+            next.finished_at = Some(w.now);
+            away(next)
+        }
+        // A sidecar is stopped when its group's main members end: its job
+        // is done, not failed (retrying it would place it alone, which the
+        // agent refuses: a sidecar serves a group).
+        Some(TaskState::Killed) if job.spec.sidecar => {
+            next.state = JobState::Succeeded;
+            next.message = Some(
+                w.task
+                    .and_then(|t| t.status.message.clone())
+                    .map(|m| format!("sidecar {m}"))
+                    .unwrap_or_else(|| "sidecar stopped".into()),
+            );
             next.finished_at = Some(w.now);
             away(next)
         }
@@ -304,6 +319,28 @@ mod tests {
             now: Utc::now(),
             placement_timeout: Duration::from_secs(30),
         }
+    }
+
+    #[test]
+    fn a_sidecar_stopped_by_its_group_succeeds_and_a_failed_one_is_retried() {
+        let mut j = job(JobState::Running);
+        j.spec.sidecar = true;
+        let mut r = record(TaskState::Killed, "n1");
+        r.status.message = Some("stopped: the group's main members have ended".into());
+        let c = reconcile(&world(&j, Some(&r), true)).unwrap();
+        assert_eq!(c.job.state, JobState::Succeeded);
+        assert_eq!(c.job.retries, 0);
+        assert!(c.job.message.unwrap().contains("main members"));
+        assert_eq!(c.delete_placement, Some(("n1".into(), "j.1".into())));
+        // A main member killed is a failure as before.
+        j.spec.sidecar = false;
+        let c = reconcile(&world(&j, Some(&r), true)).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 1));
+        // A sidecar that failed on its own is retried like any job.
+        j.spec.sidecar = true;
+        let failed = record(TaskState::Failed, "n1");
+        let c = reconcile(&world(&j, Some(&failed), true)).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 1));
     }
 
     #[test]

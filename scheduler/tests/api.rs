@@ -395,3 +395,159 @@ fn two_replicas_one_leads_and_sigterm_hands_over_at_once() {
     let id = &submit(&b, "q", json!([{"spec": spec()}]))[0];
     wait_state(&b, id, "PLACED");
 }
+
+/// Issue 22: a gang placed on one node is a task group there. Bad pod
+/// settings are refused at submission; the placements of a gang placed
+/// whole carry one group per node; a member placed again alone does not;
+/// a sidecar stopped by its group succeeds.
+#[test]
+fn gangs_as_pods_bad_settings_groups_per_node_and_a_lone_retry() {
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Scheduler::start(&etcd, "solo", "");
+    assert_eq!(s.call("PUT", "/v1/queues/q", Some(json!({}))).0, 201);
+    let on = |node: &str, cmd: &str, sidecar: bool| {
+        json!({"cmd": cmd, "sidecar": sidecar, "resources": {"cpus": 0.5, "mem_mb": 64},
+               "constraints": [["hostname", "CLUSTER", node]]})
+    };
+    let gang = |extra: Value| {
+        let mut g = json!({"id": "pod", "cardinality": 3});
+        g.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        g
+    };
+    let three = |g: Value, specs: [Value; 3]| json!({"queue": "q", "jobs": specs.iter().map(|s| json!({"spec": s, "gang": g, "max_retries": 1})).collect::<Vec<_>>()});
+    let main = on("n1", "main", false);
+    for (body, want) in [
+        (
+            three(
+                gang(json!({"shared_path": "/usr/lib"})),
+                [main.clone(), main.clone(), main.clone()],
+            ),
+            "jobs[0].gang.shared_path",
+        ),
+        (
+            three(
+                gang(json!({"network": "bridge"})),
+                [main.clone(), main.clone(), main.clone()],
+            ),
+            "network",
+        ),
+        (
+            three(
+                gang(json!({})),
+                [
+                    on("n1", "s", true),
+                    on("n1", "s", true),
+                    on("n1", "s", true),
+                ],
+            ),
+            "not a sidecar",
+        ),
+        (
+            three(
+                gang(json!({"network": "group"})),
+                [
+                    main.clone(),
+                    main.clone(),
+                    json!({"cmd": "p", "ports": [0], "resources": {"cpus": 0.5, "mem_mb": 64}}),
+                ],
+            ),
+            "jobs[2].spec.ports",
+        ),
+        (
+            json!({"queue": "q", "jobs": [{"spec": on("n1", "s", true)}]}),
+            "only a member of a gang",
+        ),
+    ] {
+        let (code, v) = s.call("POST", "/v1/jobs", Some(body.clone()));
+        assert_eq!(code, 400, "{body}: {v}");
+        let msg = v["message"]
+            .as_str()
+            .or(v["error"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(v.to_string().contains(want), "want {want:?} in {v} ({msg})");
+    }
+    assert!(etcd.keys("/gleaner/jobs/").is_empty(), "nothing stored");
+
+    for n in ["n1", "n2"] {
+        etcd.put(
+            &format!("/gleaner/nodes/{n}/info"),
+            &node_info(n, 2.0, json!({})),
+        );
+    }
+    let ids = submit(
+        &s,
+        "q",
+        json!([
+            {"spec": on("n1", "main", false), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
+            {"spec": on("n2", "other", false), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
+            {"spec": on("n1", "side", true), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
+        ]),
+    );
+    for id in &ids {
+        wait_state(&s, id, "PLACED");
+    }
+    let placement = |node: &str, task: &str| {
+        etcd.get(&format!("/gleaner/placements/{node}/{task}"))
+            .unwrap_or_else(|| panic!("no placement {node}/{task}"))
+    };
+    let (m, o, side) = (
+        format!("{}.1", ids[0]),
+        format!("{}.1", ids[1]),
+        format!("{}.1", ids[2]),
+    );
+    let g1 = &placement("n1", &m)["group"];
+    assert_eq!(g1, &placement("n1", &side)["group"]);
+    // Members in the unit's order (priority, submission, job id); the
+    // first names the group.
+    let members: Vec<String> = serde_json::from_value(g1["members"].clone()).unwrap();
+    let mut sorted = members.clone();
+    sorted.sort();
+    let mut want = vec![m.clone(), side.clone()];
+    want.sort();
+    assert_eq!(sorted, want, "{g1}");
+    assert_eq!(g1["id"], format!("{}.pod", members[0]));
+    assert_eq!(g1["gang"], "pod");
+    assert_eq!(
+        (g1["network"].as_str(), g1["shared_path"].as_str()),
+        (Some("group"), Some("/data"))
+    );
+    let g2 = &placement("n2", &o)["group"];
+    assert_eq!(
+        (g2["id"].clone(), g2["members"].clone()),
+        (json!(format!("{o}.pod")), json!([o]))
+    );
+
+    // The n2 member fails and is retried alone: a plain task, no group.
+    etcd.put(
+        &format!("/gleaner/tasks/{o}"),
+        &task_record(&o, "n2", "FAILED"),
+    );
+    let o2 = format!("{}.2", ids[1]);
+    wait_for(Duration::from_secs(10), "the retry placed", || {
+        etcd.get(&format!("/gleaner/placements/n2/{o2}")).is_some()
+    });
+    let retry = placement("n2", &o2);
+    assert!(retry.get("group").is_none(), "{retry}");
+
+    // The main ends; its group stops the sidecar (KILLED): both succeed.
+    etcd.put(
+        &format!("/gleaner/tasks/{m}"),
+        &task_record(&m, "n1", "FINISHED"),
+    );
+    let mut killed = task_record(&side, "n1", "KILLED");
+    killed["message"] = json!("stopped: the group's main members have ended");
+    etcd.put(&format!("/gleaner/tasks/{side}"), &killed);
+    wait_state(&s, &ids[0], "SUCCEEDED");
+    let j = wait_state(&s, &ids[2], "SUCCEEDED");
+    assert_eq!(j["attempt"], 1, "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("main members"),
+        "{j}"
+    );
+}

@@ -15,6 +15,7 @@ mod drain;
 pub(crate) mod etcd;
 mod exec;
 mod fetch;
+mod gather;
 mod harvest;
 mod health;
 pub(crate) mod hooks;
@@ -541,14 +542,17 @@ impl Agent {
         options: GroupOptions,
     ) -> Result<Vec<TaskStatus>, AgentError> {
         let (agent, group) = (self.clone(), group.to_owned());
-        detached(async move { agent.submit_group_inner(&group, specs, options).await }).await
+        detached(async move { agent.submit_group_inner(&group, specs, options, None).await }).await
     }
 
+    /// `placed`: the members' origins when the fleet placed the group (one
+    /// per spec); the reply then comes once the records are durable.
     async fn submit_group_inner(
         self: &Arc<Self>,
         group: &str,
         specs: Vec<TaskSpec>,
         options: GroupOptions,
+        placed: Option<Vec<placements::PlacedBy>>,
     ) -> Result<Vec<TaskStatus>, AgentError> {
         check_name("id", group).map_err(|e| AgentError::Invalid(e.to_string()))?;
         if specs.is_empty() {
@@ -574,10 +578,11 @@ impl Agent {
             if spec.id.is_none() {
                 spec.id = Some(format!("{group}.{i}"));
             }
-            let record = self.new_record(spec, Some(group)).map_err(|e| match e {
+            let mut record = self.new_record(spec, Some(group)).map_err(|e| match e {
                 AgentError::Invalid(m) => AgentError::Invalid(format!("tasks[{i}]: {m}")),
                 other => other,
             })?;
+            record.placed_by = placed.as_ref().and_then(|by| by.get(i).cloned());
             if records
                 .iter()
                 .any(|r: &TaskRecord| r.status.id == record.status.id)
@@ -611,8 +616,12 @@ impl Agent {
             )));
         }
         let (tasks, durable) = self.accept(records)?;
-        self.start_admitted(&tasks, durable, Reply::AfterLaunch)
-            .await?;
+        let reply = if placed.is_some() {
+            Reply::WhenRecorded
+        } else {
+            Reply::AfterLaunch
+        };
+        self.start_admitted(&tasks, durable, reply).await?;
         Ok(tasks
             .iter()
             .map(|t| t.lock().unwrap().record.status.clone())

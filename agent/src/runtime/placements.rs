@@ -10,6 +10,12 @@
 //! its id is the key's last segment, and an id the agent already knows is
 //! left alone. The agent's own admission (reservations, queue) decides when
 //! a placed task starts.
+//!
+//! A placement with `group` (members of a gang placed together here) waits
+//! in `gather` until every listed member has been seen, then all are
+//! submitted at once as a task group (`submit_group`'s path: all or none
+//! admitted, shared volume, network, sidecars); a member that never comes
+//! refuses the others. A sidecar placed alone is refused, as on the API.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,9 +24,12 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{Agent, AgentError};
+use std::time::{Duration, Instant};
+
+use super::gather::{Gather, Members, Offer};
+use super::{Agent, AgentError, GroupOptions};
 use crate::status::{Reason, StopReason, TaskState, TaskStatus};
-use gleaner_core::fleet::Placement;
+use gleaner_core::fleet::{PlacedGroup, Placement};
 
 /// Where a fleet task came from: kept in task.json so a restarted agent
 /// still knows which tasks the scheduler owns.
@@ -80,11 +89,34 @@ pub(crate) fn reconcile(
     (submit, kill)
 }
 
+/// How long the members of a placed group wait for each other. They are
+/// written in one transaction and arrive together; this only bounds a
+/// member that never comes (see `gather`).
+const GROUP_WAIT: Duration = Duration::from_secs(10);
+
 /// Starts the worker; the returned sender is what the etcd session feeds.
 pub(crate) fn spawn(agent: Arc<Agent>) -> mpsc::UnboundedSender<Event> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
+        let mut gather = Gather::default();
+        loop {
+            let ev = match gather.deadline(GROUP_WAIT) {
+                None => rx.recv().await,
+                // Events first: members sent in the same watch response are
+                // all in the channel before the bound is looked at.
+                Some(at) => tokio::select! {
+                    biased;
+                    ev = rx.recv() => ev,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        for (members, why) in gather.expire(Instant::now(), GROUP_WAIT) {
+                            agent.reject_all(members, &why);
+                        }
+                        agent.touched();
+                        continue;
+                    }
+                },
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 Event::Snapshot(all) => {
                     let present: BTreeSet<String> = all.iter().map(|(id, _)| id.clone()).collect();
@@ -95,19 +127,28 @@ pub(crate) fn spawn(agent: Arc<Agent>) -> mpsc::UnboundedSender<Event> {
                         tracing::info!(task = %id, "placement gone while disconnected: killing");
                         let _ = agent.stop(&id, StopReason::Killed);
                     }
+                    // Everything present is in this read: groups still
+                    // waiting from an earlier session are offered again.
+                    gather.clear();
                     let submit: BTreeSet<String> = submit.into_iter().collect();
                     for (id, placement) in all {
                         if submit.contains(&id) {
-                            agent.place(&id, placement).await;
+                            agent.offer(&mut gather, id, placement).await;
                         }
+                    }
+                    for (members, why) in gather.take_all() {
+                        agent.reject_all(members, &why);
                     }
                 }
                 Event::Put(id, placement) => {
                     if !agent.knows(&id) {
-                        agent.place(&id, placement).await;
+                        agent.offer(&mut gather, id, placement).await;
                     }
                 }
                 Event::Delete(id) => {
+                    if let Some((rest, why)) = gather.remove(&id) {
+                        agent.reject_all(rest, &why);
+                    }
                     agent.placement_gone(&id);
                     match agent.stop(&id, StopReason::Killed) {
                         Ok(s) => {
@@ -169,6 +210,66 @@ impl Agent {
             || self.data.task(id).root().exists()
     }
 
+    /// A placement in: a group member is gathered with the others, and the
+    /// group submitted once whole; anything else is placed alone.
+    async fn offer(
+        self: &Arc<Self>,
+        gather: &mut Gather,
+        id: String,
+        placement: Result<Placement, String>,
+    ) {
+        let p = match placement {
+            Ok(p) if p.group.is_some() => p,
+            other => return self.place(&id, other).await,
+        };
+        match gather.offer(id, p, Instant::now()) {
+            Offer::Wait => {}
+            Offer::Reject(members, why) => self.reject_all(members, &why),
+            Offer::Ready(group, members) => self.place_group(group, members).await,
+        }
+    }
+
+    /// Submits a whole placed group as `POST /v1/groups` would (all or
+    /// none admitted, shared volume, network, sidecars); a refusal refuses
+    /// every member.
+    async fn place_group(self: &Arc<Self>, group: PlacedGroup, members: Members) {
+        let options = GroupOptions {
+            shared_path: group.shared_path.clone(),
+            network: group.network.unwrap_or_default(),
+        };
+        let mut specs = Vec::with_capacity(members.len());
+        let mut by = Vec::with_capacity(members.len());
+        for (id, p) in &members {
+            let mut spec = p.spec.clone();
+            spec.id = Some(id.clone());
+            specs.push(spec);
+            by.push(PlacedBy {
+                job: p.job.clone(),
+                app: p.app.clone(),
+                attempt: p.attempt,
+            });
+        }
+        match self
+            .submit_group_placed(&group.id, specs, options, by)
+            .await
+        {
+            Ok(statuses) => {
+                tracing::info!(group = %group.id, members = statuses.len(), "placed group")
+            }
+            Err(e) => {
+                let why = format!("group {}: {e}", group.id);
+                self.reject_all(members, &why);
+            }
+        }
+    }
+
+    /// Refuses placements (a group that cannot be admitted whole).
+    fn reject_all(&self, members: Members, why: &str) {
+        for (id, p) in members {
+            self.reject(&id, p.spec.role.clone(), why.to_owned());
+        }
+    }
+
     /// Submits one placement; a refusal is recorded as a FAILED status so
     /// the scheduler hears of it.
     async fn place(self: &Arc<Self>, id: &str, placement: Result<Placement, String>) {
@@ -191,41 +292,47 @@ impl Agent {
         };
         match result {
             Ok(()) => {}
-            // Already here (a racing resync): the same task, nothing to do.
-            Err((_, _)) if self.tasks.lock().unwrap().contains_key(id) => {}
-            Err((role, why)) => {
-                tracing::warn!(task = %id, "placement refused: {why}");
-                let now = Utc::now();
-                let status = TaskStatus {
-                    id: id.to_owned(),
-                    role,
-                    state: TaskState::Failed,
-                    reason: Some(Reason::LaunchFailed),
-                    message: Some(why),
-                    exit_code: None,
-                    signal: None,
-                    pid: None,
-                    cgroup: None,
-                    sandbox: None,
-                    resources: crate::spec::Resources {
-                        cpus: 0.0,
-                        mem_mb: 0.0,
-                        disk_mb: 0.0,
-                    },
-                    submitted_at: now,
-                    started_at: None,
-                    finished_at: Some(now),
-                    restarts: 0,
-                    ports: Vec::new(),
-                    health: None,
-                };
-                self.rejected
-                    .0
-                    .lock()
-                    .unwrap()
-                    .insert(id.to_owned(), status);
-            }
+            Err((role, why)) => self.reject(id, role, why),
         }
+    }
+
+    /// Records a refused placement as FAILED (the scheduler reads it from
+    /// `tasks/<id>`), unless the task is here already (a racing resync:
+    /// the same task, nothing to do).
+    fn reject(&self, id: &str, role: String, why: String) {
+        if self.tasks.lock().unwrap().contains_key(id) {
+            return;
+        }
+        tracing::warn!(task = %id, "placement refused: {why}");
+        let now = Utc::now();
+        let status = TaskStatus {
+            id: id.to_owned(),
+            role,
+            state: TaskState::Failed,
+            reason: Some(Reason::LaunchFailed),
+            message: Some(why),
+            exit_code: None,
+            signal: None,
+            pid: None,
+            cgroup: None,
+            sandbox: None,
+            resources: crate::spec::Resources {
+                cpus: 0.0,
+                mem_mb: 0.0,
+                disk_mb: 0.0,
+            },
+            submitted_at: now,
+            started_at: None,
+            finished_at: Some(now),
+            restarts: 0,
+            ports: Vec::new(),
+            health: None,
+        };
+        self.rejected
+            .0
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), status);
     }
 
     /// Statuses of every task the scheduler placed here (and of placements
@@ -256,6 +363,19 @@ impl Agent {
         let mut record = self.new_record(spec, None)?;
         record.placed_by = Some(by);
         self.submit_record(record, super::Reply::WhenRecorded).await
+    }
+
+    /// Submits a placed group: `submit_group`'s path, each member with its
+    /// origin, returning once the records are durable.
+    async fn submit_group_placed(
+        self: &Arc<Self>,
+        group: &str,
+        specs: Vec<crate::spec::TaskSpec>,
+        options: GroupOptions,
+        by: Vec<PlacedBy>,
+    ) -> Result<Vec<TaskStatus>, AgentError> {
+        self.submit_group_inner(group, specs, options, Some(by))
+            .await
     }
 }
 

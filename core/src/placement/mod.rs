@@ -127,6 +127,8 @@ struct Unit<'a> {
     need: Amount,
     /// A gang still missing members: (have, want).
     incomplete: Option<(usize, u32)>,
+    /// Why a gang's members cannot go together.
+    conflict: Option<String>,
 }
 
 /// One placement pass.
@@ -187,6 +189,17 @@ pub fn place(
     for (p, cs) in parsed {
         if let Some(g) = &p.gang {
             if let Some(&i) = gang_slot.get(g.id.as_str()) {
+                // Members submitted apart may disagree (one request is
+                // checked whole): the gang cannot be one group per node.
+                let first = all[i].jobs[0].0;
+                if all[i].conflict.is_none()
+                    && (first.gang.as_ref() != Some(g) || first.role != p.role)
+                {
+                    all[i].conflict = Some(format!(
+                        "gang {}: members {} and {} differ in role or gang settings (cardinality, shared_path, network); cancel and submit again",
+                        g.id, first.job, p.job
+                    ));
+                }
                 all[i].need = all[i].need.add(p.need);
                 all[i].jobs.push((p, cs));
                 continue;
@@ -201,6 +214,7 @@ pub fn place(
             need: p.need,
             jobs: vec![(p, cs)],
             incomplete: None,
+            conflict: None,
         });
     }
     let mut gang_active: HashMap<&str, usize> = HashMap::new();
@@ -248,7 +262,9 @@ pub fn place(
         *i += 1;
         let next = units.get(*i).map(|&u| all[u].need);
         let qdef = queue_of(q);
-        let why = if placed + unit.jobs.len() > options.max_placements {
+        let why = if let Some(conflict) = &unit.conflict {
+            Some(conflict.clone())
+        } else if placed + unit.jobs.len() > options.max_placements {
             Some("placement pass full; next pass".to_string())
         } else if let Some((have, want)) = unit.incomplete {
             Some(format!(

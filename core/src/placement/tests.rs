@@ -68,6 +68,8 @@ fn ganged(mut p: Pending, id: &str, n: u32) -> Pending {
     p.gang = Some(Gang {
         id: id.into(),
         cardinality: n,
+        shared_path: None,
+        network: None,
     });
     p
 }
@@ -317,6 +319,25 @@ fn gang_all_or_nothing() {
         .collect();
     let out = run(&four, &gang[..1], &running);
     assert_eq!(placed(&out).len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_gang_whose_members_disagree_waits_with_the_reason() {
+    let four = [node("a", 2.0, 1024.0, &[]), node("b", 2.0, 1024.0, &[])];
+    let mut gang: Vec<Pending> = (0..2)
+        .map(|i| ganged(job(&format!("g{i}"), "q", 1.0, 64.0), "g", 2))
+        .collect();
+    assert_eq!(run(&four, &gang, &[]).units.len(), 1);
+    // Submitted apart with other pod settings: one group per node is not
+    // possible, so nothing goes, and the reason says why.
+    gang[1].gang.as_mut().unwrap().shared_path = Some("/data".into());
+    let out = run(&four, &gang, &[]);
+    assert!(out.units.is_empty(), "{out:?}");
+    assert!(out.waiting["g1"].contains("differ"), "{out:?}");
+    gang[1].gang.as_mut().unwrap().shared_path = None;
+    gang[1].role = "web".into();
+    let out = run(&four, &gang, &[]);
+    assert!(out.waiting["g0"].contains("differ in role"), "{out:?}");
 }
 
 #[test]

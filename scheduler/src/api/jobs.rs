@@ -10,6 +10,7 @@ use chrono::Utc;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use gleaner_core::constraints;
 use gleaner_core::fleet::{check_job_id, Gang, Job, JobState, Queue, TaskRecord};
+use gleaner_core::gang;
 use gleaner_core::spec::{check_name, TaskSpec};
 use serde::Deserialize;
 use serde_json::json;
@@ -55,6 +56,8 @@ pub fn validate(req: &Submit) -> Result<(), String> {
         ));
     }
     let mut gangs: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    // A gang's members on a node are one task group: they agree.
+    let mut members: BTreeMap<String, Vec<(usize, Gang, &TaskSpec)>> = BTreeMap::new();
     for (i, j) in req.jobs.iter().enumerate() {
         if j.spec.id.is_some() {
             return Err(format!(
@@ -76,6 +79,19 @@ pub fn validate(req: &Submit) -> Result<(), String> {
         }
         if j.max_retries.is_some_and(|r| r > MAX_RETRIES) {
             return Err(format!("jobs[{i}].max_retries: at most {MAX_RETRIES}"));
+        }
+        let normal = j
+            .gang
+            .clone()
+            .map(gang::normalized)
+            .transpose()
+            .map_err(|e| format!("jobs[{i}].{e}"))?;
+        gang::check_member(normal.as_ref(), &j.spec).map_err(|e| format!("jobs[{i}].{e}"))?;
+        if let Some(g) = normal {
+            members
+                .entry(g.id.clone())
+                .or_default()
+                .push((i, g, &j.spec));
         }
         if let Some(g) = &j.gang {
             check_name("gang.id", &g.id).map_err(|e| format!("jobs[{i}].{e}"))?;
@@ -99,6 +115,10 @@ pub fn validate(req: &Submit) -> Result<(), String> {
                 ));
             }
         }
+    }
+    for list in members.values() {
+        let pairs: Vec<(&Gang, &TaskSpec)> = list.iter().map(|(_, g, s)| (g, *s)).collect();
+        gang::check_gang(&pairs).map_err(|(k, e)| format!("jobs[{}].{e}", list[k].0))?;
     }
     Ok(())
 }
@@ -151,7 +171,8 @@ pub async fn submit(
             queue: req.queue.clone(),
             priority: j.priority,
             spec: j.spec,
-            gang: j.gang,
+            // Checked by `validate`.
+            gang: j.gang.and_then(|g| gang::normalized(g).ok()),
             max_retries: j.max_retries.unwrap_or(st.default_max_retries),
             submitted_at: now,
             state: JobState::Queued,
@@ -380,6 +401,91 @@ mod tests {
         ] {
             let e = validate(&req(body.clone())).unwrap_err();
             assert!(e.contains(want), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_gangs_pod_settings_follow_the_group_rules() {
+        let spec = json!({"cmd": "true", "resources": {"cpus": 1, "mem_mb": 64}});
+        let side = json!({"cmd": "true", "sidecar": true, "resources": {"cpus": 1, "mem_mb": 64}});
+        let g = |extra: serde_json::Value| {
+            let mut g = json!({"id": "g", "cardinality": 2});
+            g.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            g
+        };
+        let two = |a: &serde_json::Value,
+                   ga: serde_json::Value,
+                   b: &serde_json::Value,
+                   gb: serde_json::Value| {
+            req(json!({"queue": "q", "jobs": [{"spec": a, "gang": ga}, {"spec": b, "gang": gb}]}))
+        };
+        let net = json!({"network": "group", "shared_path": "/data"});
+        validate(&two(&spec, g(net.clone()), &side, g(net.clone()))).unwrap();
+        // "host" is the default: the same as leaving it out.
+        validate(&two(
+            &spec,
+            g(json!({"network": "host"})),
+            &spec,
+            g(json!({})),
+        ))
+        .unwrap();
+        for (body, want) in [
+            (
+                two(
+                    &spec,
+                    g(json!({"shared_path": "/etc"})),
+                    &spec,
+                    g(json!({"shared_path": "/etc"})),
+                ),
+                "jobs[0].gang.shared_path",
+            ),
+            (
+                two(&spec, g(net.clone()), &spec, g(json!({}))),
+                "jobs[1].gang: every member",
+            ),
+            (
+                two(
+                    &spec,
+                    g(json!({"network": "group"})),
+                    &json!({"cmd": "x", "network": "none", "resources": {"cpus": 1, "mem_mb": 64}}),
+                    g(json!({"network": "group"})),
+                ),
+                "jobs[1].spec.network",
+            ),
+            (
+                two(&side, g(json!({})), &side, g(json!({}))),
+                "not a sidecar",
+            ),
+            (
+                two(
+                    &spec,
+                    g(json!({})),
+                    &json!({"cmd": "x", "role": "web", "resources": {"cpus": 1, "mem_mb": 64}}),
+                    g(json!({})),
+                ),
+                "jobs[1].spec.role",
+            ),
+            (
+                two(
+                    &spec,
+                    g(json!({})),
+                    &json!({"cmd": "x", "restart": {"policy": "always"}, "resources": {"cpus": 1, "mem_mb": 64}}),
+                    g(json!({})),
+                ),
+                "jobs[1].spec.restart",
+            ),
+            (
+                req(json!({"queue": "q", "jobs": [{"spec": side}]})),
+                "jobs[0].spec.sidecar: only a member of a gang",
+            ),
+        ] {
+            let e = match validate(&body) {
+                Err(e) => e,
+                Ok(()) => panic!("accepted, want {want:?}"),
+            };
+            assert!(e.contains(want), "{e} (want {want:?})");
         }
     }
 }
