@@ -372,7 +372,11 @@ impl AgentConfig {
             let real = std::fs::canonicalize(dir).ok();
             for d in std::iter::once(dir).chain(real.as_ref()) {
                 if let Some(why) = gleaner_core::egress::file_dir_refusal(d) {
-                    return Err(format!("{} (resolves to {}): {why}", dir.display(), d.display()));
+                    return Err(format!(
+                        "{} (resolves to {}): {why}",
+                        dir.display(),
+                        d.display()
+                    ));
                 }
                 // Above the data dir is allowed (a test's or a demo's
                 // scratch dir holds both): a file inside the data dir is
@@ -746,7 +750,10 @@ mod tests {
         std::os::unix::fs::symlink("/etc", dir.path().join("to-etc")).unwrap();
         let load = |dirs: &[PathBuf]| {
             let p = dir.path().join("a.toml");
-            let list: Vec<String> = dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+            let list: Vec<String> = dirs
+                .iter()
+                .map(|d| format!("{:?}", d.display().to_string()))
+                .collect();
             std::fs::write(
                 &p,
                 format!(

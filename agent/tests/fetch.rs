@@ -697,13 +697,20 @@ fn empty_entries_count_against_the_cap_and_the_list_shares_one_entry_budget() {
     let dirs = empty_dirs_archive(agent.tmp(), "dirs", 1000);
     assert!(std::fs::metadata(&dirs).unwrap().len() < 64 << 10);
     let one = server.serve("dirs.tar.gz", &dirs);
-    let mut t = fetch_spec("inodes", "touch ran", json!([{"uri": one, "extract": true}]));
+    let mut t = fetch_spec(
+        "inodes",
+        "touch ran",
+        json!([{"uri": one, "extract": true}]),
+    );
     t["resources"]["disk_mb"] = json!(2);
     agent.submit(t).unwrap();
     let s = agent.wait_final("inodes", LONG);
     assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
     assert!(
-        s.message.as_deref().unwrap_or_default().contains("resources.disk_mb"),
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("resources.disk_mb"),
         "{s:?}"
     );
     assert!(!agent.data_dir.join("tasks/inodes/sandbox/ran").exists());
@@ -718,7 +725,10 @@ fn empty_entries_count_against_the_cap_and_the_list_shares_one_entry_budget() {
     agent.submit(t).unwrap();
     let s = agent.wait_final("entries", LONG);
     assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
-    assert!(s.message.as_deref().unwrap_or_default().contains("entries"), "{s:?}");
+    assert!(
+        s.message.as_deref().unwrap_or_default().contains("entries"),
+        "{s:?}"
+    );
     // One of them alone fits.
     let mut t = fetch_spec("fits", "touch ran", json!([{"uri": two, "extract": true}]));
     t["resources"]["disk_mb"] = json!(100);
@@ -735,7 +745,10 @@ fn lan_address() -> Option<String> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    let field = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
     Some(field.split('/').next()?.to_owned())
 }
 
@@ -763,7 +776,10 @@ fn an_address_of_this_host_is_refused_unless_listed() {
     let s = agent.wait_final("lan", LONG);
     assert_eq!(s.reason, Some(Reason::FetchFailed), "{s:?}");
     assert!(
-        s.message.as_deref().unwrap_or_default().contains("address of this host"),
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("address of this host"),
         "{s:?}"
     );
     drop(agent);

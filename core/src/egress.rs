@@ -395,8 +395,8 @@ fn unmap(ip: IpAddr) -> IpAddr {
 /// submitter could then read as root (shadow, keys, the kernel's files,
 /// devices whose open has effects) or plant (world-writable temp dirs).
 const SYSTEM_TREES: &[&str] = &[
-    "/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/run", "/var/run", "/usr", "/bin",
-    "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/run", "/var/run", "/usr", "/bin", "/sbin",
+    "/lib", "/lib32", "/lib64", "/libx32",
 ];
 
 /// World-writable dirs: anyone could plant a file (or a hardlink) there.
@@ -551,13 +551,28 @@ mod tests {
             assert!(dirs.check_file(bad).is_err(), "{bad}");
         }
         for bad in [
-            "/", "rel", "/a/../b", "/etc", "/etc/x", "/proc/1/root", "/dev", "/tmp", "/root",
-            "/usr/share/images", "/run/x", "/sys",
+            "/",
+            "rel",
+            "/a/../b",
+            "/etc",
+            "/etc/x",
+            "/proc/1/root",
+            "/dev",
+            "/tmp",
+            "/root",
+            "/usr/share/images",
+            "/run/x",
+            "/sys",
         ] {
             let e = Egress::default().with_file_dirs(&[PathBuf::from(bad)]);
             assert!(e.is_err(), "{bad}");
         }
-        for ok in ["/srv/images", "/opt/gleaner/var/demo", "/var/lib/images", "/etcx"] {
+        for ok in [
+            "/srv/images",
+            "/opt/gleaner/var/demo",
+            "/var/lib/images",
+            "/etcx",
+        ] {
             let e = Egress::default().with_file_dirs(&[PathBuf::from(ok)]);
             assert!(e.is_ok(), "{ok}");
         }
@@ -590,7 +605,9 @@ mod tests {
         }
         assert!(d.check_local("h", &[ip("10.1.1.2")], None, &local).is_ok());
         let by_addr = e(&["10.1.1.1"]);
-        assert!(by_addr.check_local("h", &[ip("10.1.1.1")], None, &local).is_ok());
+        assert!(by_addr
+            .check_local("h", &[ip("10.1.1.1")], None, &local)
+            .is_ok());
         let by_name = e(&["files.local:8080"]);
         assert!(by_name
             .check_local("files.local", &[ip("10.1.1.1")], Some(8080), &local)

@@ -576,7 +576,8 @@ mod tests {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_mode(0o755);
             h.set_size(0);
-            b.append_data(&mut h, format!("d{i}/"), std::io::empty()).unwrap();
+            b.append_data(&mut h, format!("d{i}/"), std::io::empty())
+                .unwrap();
         }
         let tar = b.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
@@ -587,7 +588,10 @@ mod tests {
             ..budget(4096 * 50, 1000)
         };
         let e = unpack_tar_with(&tar[..], &dest.path().join("b"), charged).unwrap_err();
-        assert!(matches!(e, UnpackError::OverBudget { what: "bytes", .. }), "{e}");
+        assert!(
+            matches!(e, UnpackError::OverBudget { what: "bytes", .. }),
+            "{e}"
+        );
         let roomy = Budget {
             entry_bytes: 4096,
             ..budget(4096 * 200, 1000)

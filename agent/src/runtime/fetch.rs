@@ -190,14 +190,13 @@ async fn fetch_each(
             let unpacked = item.join(".unpacked");
             let (mut bytes, mut entries) = (0, 0);
             if let Some(kind) = archive {
-                let got = unpack(kind, &file, &unpacked, budget)
-                    .map_err(|e| match e {
-                        UnpackError::OverBudget { what: "bytes", .. } if by_cap => over_cap,
-                        e => FetchError::Extract {
-                            uri: uri.clone(),
-                            reason: e.to_string(),
-                        },
-                    })?;
+                let got = unpack(kind, &file, &unpacked, budget).map_err(|e| match e {
+                    UnpackError::OverBudget { what: "bytes", .. } if by_cap => over_cap,
+                    e => FetchError::Extract {
+                        uri: uri.clone(),
+                        reason: e.to_string(),
+                    },
+                })?;
                 (bytes, entries) = (got.bytes, got.entries as u64);
             }
             chown_tree(&item, owner)?;
