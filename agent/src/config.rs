@@ -358,7 +358,7 @@ impl AgentConfig {
             .and_then(|egress| {
                 self.check_image_file_dirs()
                     .map_err(|e| key("image_file_dirs", e))?;
-                Ok(egress)
+                Ok(egress.with_private_dir(self.data_dir.clone()))
             })
     }
 

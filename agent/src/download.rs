@@ -171,11 +171,21 @@ impl Downloader {
             match result {
                 Ok(got) => match sha256 {
                     Some(want) if !want.eq_ignore_ascii_case(&got.sha256) => {
+                        // A local file's digest is not told to the
+                        // submitter (it would learn the digest of any
+                        // file below image_file_dirs); the log has it.
+                        let got = if uri.starts_with("file://") {
+                            tracing::warn!(uri, expected = want, got = %got.sha256,
+                                "file:// image: sha256 mismatch");
+                            "another digest (not shown for file://; see the agent's log)".to_owned()
+                        } else {
+                            got.sha256
+                        };
                         return Err(DownloadError::Checksum {
                             uri: uri.to_owned(),
                             expected: want.to_owned(),
-                            got: got.sha256,
-                        })
+                            got,
+                        });
                     }
                     _ => return Ok(got),
                 },
@@ -226,10 +236,12 @@ impl Downloader {
             use tokio::io::AsyncReadExt;
             self.egress.check_file(path).map_err(|e| fail(e, false))?;
             let (p, dirs) = (path.to_owned(), self.egress.file_dirs().to_vec());
-            let file = tokio::task::spawn_blocking(move || open_image_file(&p, &dirs))
-                .await
-                .map_err(|e| fail(format!("open: {e}"), false))?
-                .map_err(|e| fail(e, false))?;
+            let private = self.egress.private_dir().map(Path::to_owned);
+            let file =
+                tokio::task::spawn_blocking(move || open_image_file(&p, &dirs, private.as_deref()))
+                    .await
+                    .map_err(|e| fail(format!("open: {e}"), false))?
+                    .map_err(|e| fail(e, false))?;
             let mut file = tokio::fs::File::from_std(file);
             let mut buf = vec![0u8; 256 << 10];
             loop {
@@ -317,28 +329,78 @@ impl Downloader {
 }
 
 /// Opens a `file://` image. Its resolved path must lie below one of `dirs`
-/// (resolved too: a symlink may not lead out); it is opened without
-/// following a last symlink and without blocking (a FIFO or a tty would
-/// hold a blocking-pool thread for good: a stop only drops the future),
-/// and must be a regular file (not /dev/zero, not a FIFO or socket).
-fn open_image_file(path: &str, dirs: &[PathBuf]) -> Result<std::fs::File, String> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// (resolved too: a symlink may not lead out) and not inside `private`
+/// (the data dir); every dir from the listed one down to the file must be
+/// root's and writable by no one else (nobody else can plant a file, a
+/// hardlink or a symlink swapped in between the check and the open); the
+/// file must have one link (a hardlink to /etc/shadow made where
+/// `fs.protected_hardlinks` is off). It is first opened as `O_PATH`
+/// (no device's open runs: a watchdog, a tape) and checked to be a
+/// regular file, then opened for reading through its descriptor, without
+/// blocking (a FIFO would hold a blocking-pool thread for good).
+fn open_image_file(
+    path: &str,
+    dirs: &[PathBuf],
+    private: Option<&Path>,
+) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let real = std::fs::canonicalize(path).map_err(|e| format!("{path}: {e}"))?;
-    let real_dirs: Vec<PathBuf> = dirs
+    let Some(dir) = dirs
         .iter()
         .filter_map(|d| std::fs::canonicalize(d).ok())
-        .collect();
-    if !gleaner_core::egress::under_any(&real, &real_dirs) {
+        .find(|d| real.starts_with(d) && real != *d)
+    else {
         return Err(format!("{path}: leads out of image_file_dirs (a symlink)"));
+    };
+    if let Some(private) = private {
+        let private = std::fs::canonicalize(private).unwrap_or_else(|_| private.to_owned());
+        if real.starts_with(&private) {
+            return Err(format!("{path}: is inside the agent's data dir"));
+        }
     }
-    let file = std::fs::OpenOptions::new()
+    let mut at = dir.clone();
+    let below = real.strip_prefix(&dir).unwrap_or(Path::new(""));
+    let mut parents: Vec<PathBuf> = vec![at.clone()];
+    for c in below.parent().into_iter().flat_map(|p| p.components()) {
+        at.push(c);
+        parents.push(at.clone());
+    }
+    for d in &parents {
+        let m = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if m.uid() != 0 || m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{path}: {} must be root's and writable by no one else (owner {}, mode {:o})",
+                d.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    let handle = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&real)
         .map_err(|e| format!("{path}: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    let meta = handle.metadata().map_err(|e| format!("{path}: {e}"))?;
     if !meta.file_type().is_file() {
         return Err(format!("{path}: not a regular file"));
+    }
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{path}: has {} hard links (one expected)",
+            meta.nlink()
+        ));
+    }
+    use std::os::fd::AsRawFd;
+    let by_fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&by_fd)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let opened = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+        return Err(format!("{path}: changed while opened"));
     }
     Ok(file)
 }

@@ -563,6 +563,67 @@ fn file_images_come_only_from_image_file_dirs_and_only_regular_files() {
     assert_eq!(agent.wait_final("ok", LONG).state, TaskState::Finished);
 }
 
+/// Review 3 of issue 14: below a listed dir, a hardlink (to /etc/shadow
+/// where `fs.protected_hardlinks` is off), a file in a dir others may
+/// write (a symlink swapped in between the check and the open), a file in
+/// the data dir (api.token, when a listed dir lies above it) were opened
+/// as root; a mismatch told the submitter the file's digest.
+#[test]
+fn file_images_refuse_hardlinks_shared_dirs_and_the_data_dir_and_keep_digests_private() {
+    if !require_root(
+        "file_images_refuse_hardlinks_shared_dirs_and_the_data_dir_and_keep_digests_private",
+    ) {
+        return;
+    }
+    let zeros = "0".repeat(64);
+    let agent = TestAgent::start_with("image_file_dirs = [\"{tmp}\"]");
+    let tmp = agent.tmp().to_owned();
+    let (image, sha) = build_image(&tmp, "ok", &[]);
+    let copy = |to: &Path| {
+        std::fs::copy(&image, to).unwrap();
+    };
+    copy(&tmp.join("a.tar.gz"));
+    std::fs::hard_link(tmp.join("a.tar.gz"), tmp.join("linked.tar.gz")).unwrap();
+    let open = tmp.join("open");
+    std::fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    copy(&open.join("b.tar.gz"));
+    copy(&tmp.join("c.tar.gz"));
+    let token = agent.data_dir.join("api.token");
+    assert!(token.exists());
+    for (id, path, want, needle) in [
+        (
+            "linked",
+            tmp.join("linked.tar.gz"),
+            sha.as_str(),
+            "hard links",
+        ),
+        (
+            "open",
+            open.join("b.tar.gz"),
+            sha.as_str(),
+            "writable by no one else",
+        ),
+        ("token", token.clone(), zeros.as_str(), "data dir"),
+        ("wrong", tmp.join("c.tar.gz"), zeros.as_str(), "not shown"),
+    ] {
+        let uri = format!("file://{}", path.display());
+        agent.submit(image_spec(id, "true", &uri, want)).unwrap();
+        let s = agent.wait_final(id, Duration::from_secs(20));
+        assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{id}: {s:?}");
+        let msg = s.message.clone().unwrap_or_default();
+        assert!(msg.contains(needle), "{id}: {msg:?}");
+        assert!(!msg.contains(&sha), "{id}: the digest is told: {msg:?}");
+    }
+    // The same bytes with one link, in root's private dir, run.
+    let uri = format!("file://{}", tmp.join("c.tar.gz").display());
+    agent
+        .submit(image_spec("ok", "sh /opt/hello.sh", &uri, &sha))
+        .unwrap();
+    assert_eq!(agent.wait_final("ok", LONG).state, TaskState::Finished);
+}
+
 #[test]
 fn a_task_over_its_disk_mb_ends_with_disk_limit() {
     if !require_root("a_task_over_its_disk_mb_ends_with_disk_limit") {

@@ -70,6 +70,9 @@ pub struct Egress {
     own: Option<SocketAddr>,
     /// `image_file_dirs`: where `file://` may read (absolute paths).
     file_dirs: Vec<PathBuf>,
+    /// Where `file://` never reads, even below a listed dir: the agent's
+    /// data dir (api.token, tasks' files, the image cache).
+    private_dir: Option<PathBuf>,
 }
 
 /// Why an address is refused by default, if it is.
@@ -205,6 +208,7 @@ impl Egress {
             allow,
             own,
             file_dirs: Vec::new(),
+            private_dir: None,
         })
     }
 
@@ -222,6 +226,16 @@ impl Egress {
 
     pub fn file_dirs(&self) -> &[PathBuf] {
         &self.file_dirs
+    }
+
+    /// Sets the dir `file://` never reads below (the data dir).
+    pub fn with_private_dir(mut self, dir: PathBuf) -> Egress {
+        self.private_dir = Some(dir);
+        self
+    }
+
+    pub fn private_dir(&self) -> Option<&Path> {
+        self.private_dir.as_deref()
     }
 
     /// May a `file://` URI read `path`? Lexical only: the agent opens the
