@@ -352,6 +352,22 @@ fn open_image_file(
     else {
         return Err(format!("{path}: leads out of image_file_dirs (a symlink)"));
     };
+    // The listed dir as it resolves now (a symlink swapped in after the
+    // start), and every dir above it: root's, and writable by no one else
+    // unless sticky (nobody else can then move a root's dir in it).
+    if let Some(why) = gleaner_core::egress::file_dir_refusal(&dir) {
+        return Err(format!("{path}: image_file_dirs entry {why}"));
+    }
+    for above in dir.ancestors().skip(1) {
+        let m =
+            std::fs::symlink_metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
+        if m.uid() != 0 || (m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0) {
+            return Err(format!(
+                "{path}: {} (above a listed dir) must be root's and writable by no one else, or sticky",
+                above.display()
+            ));
+        }
+    }
     if let Some(private) = private {
         let private = std::fs::canonicalize(private).unwrap_or_else(|_| private.to_owned());
         if real.starts_with(&private) {

@@ -35,12 +35,12 @@ pub fn check_url(egress: &Egress, url: &reqwest::Url) -> Result<(), Refused> {
         Some(ip) => {
             if on_own_port {
                 egress
-                    .check_own(host, &[ip], port, &local_addrs())
+                    .check_own(host, &[ip], port, &local_addrs()?)
                     .map_err(Refused)?;
             }
             egress.check(host, &[ip], port).map_err(Refused)?;
             egress
-                .check_local(host, &[ip], port, &local_addrs())
+                .check_local(host, &[ip], port, &local_addrs()?)
                 .map_err(Refused)
         }
 
@@ -89,19 +89,23 @@ pub async fn check_own_by_name(egress: &Egress, url: &reqwest::Url) -> Result<()
             .collect()
     };
     egress
-        .check_own(host, &ips, port, &local_addrs())
+        .check_own(host, &ips, port, &local_addrs()?)
         .map_err(Refused)
 }
 
 /// The host's interface addresses (getifaddrs): what a wildcard listener
-/// answers on.
-pub fn local_addrs() -> Vec<IpAddr> {
+/// answers on. An error refuses the download (an empty list would let
+/// every address of the host pass).
+pub fn local_addrs() -> Result<Vec<IpAddr>, Refused> {
     use std::net::{Ipv4Addr, Ipv6Addr};
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: on success `head` is a list we only read, freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
+        return Err(Refused(format!(
+            "the host's addresses could not be read (getifaddrs: {})",
+            std::io::Error::last_os_error()
+        )));
     }
     let mut cur = head;
     while !cur.is_null() {
@@ -127,7 +131,7 @@ pub fn local_addrs() -> Vec<IpAddr> {
     }
     // SAFETY: the list from getifaddrs above, not used after.
     unsafe { libc::freeifaddrs(head) };
-    out
+    Ok(out)
 }
 
 /// Resolves names as the default resolver does (getaddrinfo: the static
@@ -151,7 +155,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             // rebound to the host's LAN address after an earlier lookup
             // (check_own_by_name) is caught here.
             egress
-                .check_local(&host, &ips, None, &local_addrs())
+                .check_local(&host, &ips, None, &local_addrs()?)
                 .map_err(Refused)?;
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
@@ -194,7 +198,9 @@ mod tests {
 
     #[test]
     fn the_hosts_addresses_include_loopback() {
-        assert!(local_addrs().contains(&IpAddr::from([127, 0, 0, 1])));
+        assert!(local_addrs()
+            .unwrap()
+            .contains(&IpAddr::from([127, 0, 0, 1])));
     }
 
     /// A wildcard listener: the host's own LAN address, a mapped form and
@@ -207,6 +213,7 @@ mod tests {
         )
         .unwrap();
         let lan = local_addrs()
+            .unwrap()
             .into_iter()
             .find(|ip| ip.is_ipv4() && !ip.is_loopback());
         let mut urls = vec![

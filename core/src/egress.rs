@@ -364,8 +364,21 @@ impl Egress {
         if self.name_allowed(host, port) {
             return Ok(());
         }
+        // The address as connected to, and the IPv4 one a NAT64, 6to4 or
+        // mapped form carries.
+        let forms = |ip: IpAddr| {
+            let v4 = match unmap(ip) {
+                IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+                v4 => Some(v4),
+            };
+            [Some(unmap(ip)), v4]
+        };
         match addrs.iter().find(|&&ip| {
-            local.iter().any(|&l| unmap(l) == unmap(ip)) && !self.addr_allowed(ip, port)
+            let forms = forms(ip);
+            local
+                .iter()
+                .any(|&l| forms.contains(&Some(unmap(l))))
+                && !self.addr_allowed(ip, port)
         }) {
             Some(ip) => Err(format!(
                 "{host} ({ip}) is an address of this host: downloads are refused there unless fetch_allow_hosts lists it"
@@ -618,6 +631,10 @@ mod tests {
             assert!(err.contains("this host"), "{a}: {err}");
         }
         assert!(d.check_local("h", &[ip("10.1.1.2")], None, &local).is_ok());
+        // NAT64 and 6to4 forms of the host's LAN address.
+        for a in ["64:ff9b::a01:101", "2002:a01:101::1"] {
+            assert!(d.check_local("h", &[ip(a)], None, &local).is_err(), "{a}");
+        }
         let by_addr = e(&["10.1.1.1"]);
         assert!(by_addr
             .check_local("h", &[ip("10.1.1.1")], None, &local)

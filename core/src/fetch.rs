@@ -55,8 +55,19 @@ fn bad(field: &'static str, reason: impl Into<String>) -> SpecError {
     }
 }
 
-/// `file://` with an absolute path, `http://` or `https://`.
+/// Longest URI accepted (a presigned URL is well under it): the agent
+/// keeps URIs in its records and image.json, whose size follows from it.
+pub const MAX_URI_BYTES: usize = 8192;
+
+/// `file://` with an absolute path, `http://` or `https://`, at most
+/// [`MAX_URI_BYTES`].
 pub fn check_uri(field: &'static str, uri: &str) -> Result<(), SpecError> {
+    if uri.len() > MAX_URI_BYTES {
+        return Err(bad(
+            field,
+            format!("longer than {MAX_URI_BYTES} bytes ({})", uri.len()),
+        ));
+    }
     let path = uri.strip_prefix("file://");
     if !(path.is_some() || uri.starts_with("http://") || uri.starts_with("https://")) {
         return Err(bad(

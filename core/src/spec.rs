@@ -448,6 +448,9 @@ mod tests {
         assert!(e.contains("rootfs.uri"), "{e}");
         let e = with(&format!(r#"{{"uri":"file://rel","sha256":"{sha}"}}"#)).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
+        let long = format!("http://h/{}", "a".repeat(crate::fetch::MAX_URI_BYTES));
+        let e = with(&format!(r#"{{"uri":"{long}","sha256":"{sha}"}}"#)).unwrap_err();
+        assert!(e.contains("rootfs.uri") && e.contains("longer than"), "{e}");
         let e = with(r#"{"uri":"http://h/i.tar.gz"}"#).unwrap_err();
         assert!(e.contains("rootfs.sha256: required"), "{e}");
         let e = with(r#"{"uri":"http://h/i.tar.gz","sha256":"abc"}"#).unwrap_err();

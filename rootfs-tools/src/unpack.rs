@@ -114,7 +114,10 @@ fn resolve(link: &Path, target: &Path) -> Option<PathBuf> {
 
 /// Creates missing parents of `rel` under `root`; refuses a parent that is
 /// not a real directory (a symlink would be followed out of the root).
-fn parents(root: &Path, rel: &Path) -> Result<(), UnpackError> {
+/// Returns how many it created: each is an entry on disk like any other
+/// (one entry with a 4 KB long name made ~2,000 of them for free).
+fn parents(root: &Path, rel: &Path) -> Result<u64, UnpackError> {
+    let mut made = 0;
     let mut at = root.to_owned();
     if let Some(parent) = rel.parent() {
         for c in parent.components() {
@@ -128,13 +131,14 @@ fn parents(root: &Path, rel: &Path) -> Result<(), UnpackError> {
                     ))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&at).map_err(io_err(&at))?
+                    fs::create_dir(&at).map_err(io_err(&at))?;
+                    made += 1;
                 }
                 Err(e) => return Err(io_err(&at)(e)),
             }
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Whether `rel` names a regular file under `root` reached through real
@@ -331,7 +335,27 @@ fn unpack_into(tar: impl io::Read, dest: &Path, budget: Budget) -> Result<Unpack
         if mode & 0o6000 != 0 {
             stats.stripped += 1;
         }
-        parents(dest, &rel)?;
+        // Parents made on the way count as entries, and are charged.
+        let made = parents(dest, &rel)?;
+        if made > 0 {
+            seen = seen.saturating_add(made);
+            stats.entries += made as usize;
+            stats.bytes = stats
+                .bytes
+                .saturating_add(made.saturating_mul(budget.entry_bytes));
+            if seen > budget.max_entries.saturating_add(1) {
+                return Err(UnpackError::OverBudget {
+                    what: "entries",
+                    limit: budget.max_entries,
+                });
+            }
+            if stats.bytes > budget.max_bytes {
+                return Err(UnpackError::OverBudget {
+                    what: "bytes",
+                    limit: budget.max_bytes,
+                });
+            }
+        }
         use tar::EntryType as T;
         match entry.header().entry_type() {
             T::Directory => {
@@ -564,6 +588,44 @@ mod tests {
             max_entries: entries,
             entry_bytes: 0,
         }
+    }
+
+    /// Review: one entry with a long name made every missing parent dir
+    /// for free; they count as entries and are charged now.
+    #[test]
+    fn parents_made_for_an_entry_count_and_are_charged() {
+        let deep: String = (0..500).map(|i| format!("d{i}/")).collect::<String>() + "f";
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, &deep, &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let e =
+            unpack_tar_with(&tar[..], &dest.path().join("a"), budget(1 << 30, 100)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                UnpackError::OverBudget {
+                    what: "entries",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let charged = Budget {
+            entry_bytes: 4096,
+            ..budget(4096 * 100, 10_000)
+        };
+        let e = unpack_tar_with(&tar[..], &dest.path().join("b"), charged).unwrap_err();
+        assert!(
+            matches!(e, UnpackError::OverBudget { what: "bytes", .. }),
+            "{e}"
+        );
+        let got = unpack_tar_with(&tar[..], &dest.path().join("c"), budget(1 << 30, 1000)).unwrap();
+        assert_eq!(got.entries, 501);
     }
 
     /// Empty dirs cost nothing in data but an inode and a block each: with
