@@ -497,6 +497,54 @@ fn rootfs_path_into_the_data_dir_is_refused() {
     agent.kill("owner");
 }
 
+/// A record an earlier agent accepted with `rootfs.path` into the image
+/// cache (allowed then) fails its next run `rootfs_invalid` instead of
+/// skipping the proof: the launch checks it again.
+#[test]
+fn an_older_record_naming_the_cache_by_path_does_not_run() {
+    if !require_root("an_older_record_naming_the_cache_by_path_does_not_run") {
+        return;
+    }
+    let mut agent = TestAgent::start_with("image_file_dirs = [\"{tmp}\"]");
+    let (image, sha) = build_image(agent.tmp(), "cached", &[]);
+    let uri = format!("file://{}", image.display());
+    agent
+        .submit(image_spec("owner", "true", &uri, &sha))
+        .unwrap();
+    assert_eq!(agent.wait_final("owner", LONG).state, TaskState::Finished);
+    // Queued (its role has no reservation yet) with an allowed path, then
+    // made what an earlier agent accepted.
+    let mut old = spec("touch /sandbox/ran");
+    old["id"] = json!("old");
+    old["role"] = json!("analytics");
+    assert_eq!(agent.submit(old).unwrap().state, TaskState::Queued);
+    agent.stop_agent(libc::SIGTERM);
+    let path = agent.task_json("old");
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let cached = agent.data_dir.join("images").join(&sha).join("rootfs");
+    record["spec"]["rootfs"] = json!({ "path": cached });
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    agent.spawn();
+    agent
+        .client
+        .put::<Value, Value>(
+            "/v1/reservations/analytics",
+            &json!({"cpus": 1, "mem_mb": 256}),
+        )
+        .unwrap();
+    let s = agent.wait_final("old", LONG);
+    assert_eq!(s.state, TaskState::Failed, "{s:?}");
+    assert_eq!(s.reason, Some(Reason::RootfsInvalid), "{s:?}");
+    assert!(
+        s.message
+            .clone()
+            .unwrap_or_default()
+            .contains("image cache"),
+        "{s:?}"
+    );
+    assert!(!agent.data_dir.join("tasks/old/sandbox/ran").exists());
+}
+
 fn sha256_of(path: &Path) -> String {
     gleaner_rootfs::sha256_file(path).unwrap()
 }

@@ -95,6 +95,8 @@ fn scope(role: &str, uri: &str) -> String {
 
 pub struct ImageCache {
     dir: PathBuf,
+    /// `dir` resolved, as recorded rootfs paths are.
+    real_dir: PathBuf,
     limits: FetchLimits,
     downloader: Downloader,
     /// One lock per entry: concurrent tasks naming it wait for one fetch;
@@ -129,8 +131,10 @@ impl ImageCache {
             ca_file,
             egress,
         )?;
+        let real_dir = std::fs::canonicalize(&dir).map_err(io_err(&dir))?;
         Ok(ImageCache {
             dir,
+            real_dir,
             limits,
             downloader,
             locks: Mutex::default(),
@@ -154,6 +158,12 @@ impl ImageCache {
     /// Where the image with this digest is (or will be) unpacked.
     pub fn rootfs(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256).join("rootfs")
+    }
+
+    /// Whether `path` lies in the cache (as given or resolved): no
+    /// syscall, for every launch of a task with a rootfs path.
+    pub fn holds(&self, path: &Path) -> bool {
+        path.starts_with(&self.real_dir) || path.starts_with(&self.dir)
     }
 
     pub fn is_cached(&self, sha256: &str) -> bool {

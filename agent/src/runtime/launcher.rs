@@ -60,7 +60,7 @@ impl Agent {
     /// has ended (launch failure, or an exit that raced the launch).
     pub(crate) async fn launch(self: &Arc<Self>, task: &TaskRef) {
         let mut stages = Stages::start();
-        let (image, stop) = {
+        let (image, in_cache, stop) = {
             let mut t = task.lock().unwrap();
             t.record.status.state = TaskState::Staging;
             t.staging_stop = Arc::default();
@@ -74,8 +74,25 @@ impl Agent {
                 .as_ref()
                 .and_then(|r| r.uri.clone().zip(r.sha256.clone()))
                 .map(|(uri, sha)| (uri, sha, spec.role.clone()));
-            (image, stop)
+            // An earlier agent accepted an image's rootfs by path; a run of
+            // such a record would skip the proof that its (role, URI)
+            // fetched the image.
+            let in_cache = spec
+                .rootfs
+                .as_ref()
+                .and_then(|r| r.path.as_ref())
+                .filter(|p| self.images.holds(p))
+                .cloned();
+            (image, in_cache, stop)
         };
+        if let Some(path) = in_cache {
+            let msg = format!(
+                "rootfs.path: {} is in the image cache (accepted by an earlier agent): \
+                 name the image by rootfs.uri and rootfs.sha256",
+                path.display()
+            );
+            return self.run_failed(task, Reason::RootfsInvalid, msg);
+        }
         if let Some((uri, sha256, role)) = image {
             let cached = self.images.is_cached(&sha256);
             // A stop ends the wait (and the download, when this task is
