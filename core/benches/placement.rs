@@ -91,6 +91,7 @@ fn main() {
                     network: None,
                 }),
                 avoid: vec![],
+                sidecar: false,
             }
         })
         .collect();

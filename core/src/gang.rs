@@ -12,7 +12,9 @@
 //!   while others of their gang still hold their places (a retry, a drain,
 //!   a lost node) are plain tasks: a group is admitted whole, nothing joins
 //!   it afterwards. A whole gang requeued together (every member ended in
-//!   the same pass) is placed whole again: new groups.
+//!   the same pass) is placed whole again: new groups. A gang with a
+//!   sidecar is placed on one node (`crate::placement`), so its sidecars
+//!   always share a group with main members.
 
 use std::collections::BTreeMap;
 

@@ -226,6 +226,7 @@ impl View {
                     kind: placement::kind(&job.spec),
                     gang: job.gang.clone(),
                     avoid: job.avoid.clone(),
+                    sidecar: job.spec.sidecar,
                 }),
                 JobState::Placed | JobState::Running => {
                     let reported = self.current_task(job).is_some_and(|t| {

@@ -483,7 +483,7 @@ fn gangs_as_pods_bad_settings_groups_per_node_and_a_lone_retry() {
         json!([
             {"spec": on("n1", "main", false), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
             {"spec": on("n2", "other", false), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
-            {"spec": on("n1", "side", true), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
+            {"spec": on("n1", "helper", false), "gang": gang(json!({"network": "group", "shared_path": "//data/"})), "max_retries": 1},
         ]),
     );
     for id in &ids {
@@ -493,19 +493,19 @@ fn gangs_as_pods_bad_settings_groups_per_node_and_a_lone_retry() {
         etcd.get(&format!("/gleaner/placements/{node}/{task}"))
             .unwrap_or_else(|| panic!("no placement {node}/{task}"))
     };
-    let (m, o, side) = (
+    let (m, o, helper) = (
         format!("{}.1", ids[0]),
         format!("{}.1", ids[1]),
         format!("{}.1", ids[2]),
     );
     let g1 = &placement("n1", &m)["group"];
-    assert_eq!(g1, &placement("n1", &side)["group"]);
+    assert_eq!(g1, &placement("n1", &helper)["group"]);
     // Members in the unit's order (priority, submission, job id); the
     // first names the group.
     let members: Vec<String> = serde_json::from_value(g1["members"].clone()).unwrap();
     let mut sorted = members.clone();
     sorted.sort();
-    let mut want = vec![m.clone(), side.clone()];
+    let mut want = vec![m.clone(), helper.clone()];
     want.sort();
     assert_eq!(sorted, want, "{g1}");
     assert_eq!(g1["id"], format!("{}.pod", members[0]));
@@ -532,16 +532,60 @@ fn gangs_as_pods_bad_settings_groups_per_node_and_a_lone_retry() {
     let retry = placement("n2", &o2);
     assert!(retry.get("group").is_none(), "{retry}");
 
+    // A gang with a sidecar goes on one node: apart by constraint, it
+    // waits and says why; free of them, both land in one group.
+    let pair = |cmd: &str, sidecar: bool, node: Option<&str>, id: &str| {
+        let mut spec =
+            json!({"cmd": cmd, "sidecar": sidecar, "resources": {"cpus": 0.5, "mem_mb": 64}});
+        if let Some(n) = node {
+            spec["constraints"] = json!([["hostname", "CLUSTER", n]]);
+        }
+        json!({"spec": spec, "gang": {"id": id, "cardinality": 2}})
+    };
+    let apart = submit(
+        &s,
+        "q",
+        json!([
+            pair("m", false, Some("n1"), "apart"),
+            pair("s", true, Some("n2"), "apart")
+        ]),
+    );
+    wait_for(Duration::from_secs(10), "the reason", || {
+        job(&s, &apart[0])["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("goes on one node"))
+    });
+    assert_eq!(job(&s, &apart[1])["state"], "QUEUED");
+    let ids = submit(
+        &s,
+        "q",
+        json!([
+            pair("m", false, None, "side"),
+            pair("s", true, None, "side")
+        ]),
+    );
+    let j0 = wait_state(&s, &ids[0], "PLACED");
+    let j1 = wait_state(&s, &ids[1], "PLACED");
+    assert_eq!(j0["node"], j1["node"], "{j0} {j1}");
+    let node = j0["node"].as_str().unwrap().to_owned();
+    let (m, side) = (format!("{}.1", ids[0]), format!("{}.1", ids[1]));
+    assert_eq!(
+        placement(&node, &m)["group"]["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
     // The main ends; its group stops the sidecar (KILLED): both succeed.
     etcd.put(
         &format!("/gleaner/tasks/{m}"),
-        &task_record(&m, "n1", "FINISHED"),
+        &task_record(&m, &node, "FINISHED"),
     );
-    let mut killed = task_record(&side, "n1", "KILLED");
+    let mut killed = task_record(&side, &node, "KILLED");
     killed["message"] = json!("stopped: the group's main members have ended");
     etcd.put(&format!("/gleaner/tasks/{side}"), &killed);
     wait_state(&s, &ids[0], "SUCCEEDED");
-    let j = wait_state(&s, &ids[2], "SUCCEEDED");
+    let j = wait_state(&s, &ids[1], "SUCCEEDED");
     assert_eq!(j["attempt"], 1, "{j}");
     assert!(
         j["message"]

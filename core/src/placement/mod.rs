@@ -8,7 +8,8 @@
 //!   Within a queue: priority (higher first), then submission time. A
 //!   queue's `limits` cap what it holds (placed + running) at once.
 //! * A unit is one job, or a whole gang (all members or none; a gang waits
-//!   until all `cardinality` members are submitted).
+//!   until all `cardinality` members are submitted). A gang with a sidecar
+//!   goes on one node (a sidecar serves the members of its node's group).
 //! * Fit (`fit.rs`): the role's free room on the node (reserved − reported
 //!   allocated − placed but not yet reported) and every hard constraint,
 //!   evaluated across the fleet. Fitness: bin-packing (default) or spread.
@@ -45,6 +46,9 @@ pub struct Pending {
     pub gang: Option<Gang>,
     /// Nodes this attempt must not go to (where it was withdrawn from).
     pub avoid: Vec<String>,
+    /// A gang's sidecar: it serves the members on its node, so a gang with
+    /// one goes on one node whole.
+    pub sidecar: bool,
 }
 
 /// Work placed on or running on a node.
@@ -330,6 +334,10 @@ fn try_unit(
     memo: &mut HashMap<(String, String, u64, u64, u64), String>,
 ) -> Result<Vec<(String, String)>, String> {
     let gang = unit.jobs.len() > 1 || unit.jobs[0].0.gang.is_some();
+    // A gang with a sidecar: the first member takes a node with room for
+    // the whole unit, the others are held to it.
+    let colocate = gang && unit.jobs.iter().any(|(p, _)| p.sidecar);
+    let mut others: Option<Vec<String>> = None;
     let mut applied = Vec::new();
     let mut assigned = Vec::new();
     for (p, cs) in &unit.jobs {
@@ -348,18 +356,42 @@ fn try_unit(
         if let Some(reason) = memo_key.as_ref().and_then(|k| memo.get(k)) {
             return Err(reason.clone());
         }
+        let pinned: Vec<String>;
+        let avoid = match &others {
+            Some(o) => {
+                pinned = o.iter().chain(&p.avoid).cloned().collect();
+                &pinned
+            }
+            None => &p.avoid,
+        };
+        let whole = colocate && others.is_none();
         let ask = fit::Ask {
             role: &p.role,
             kind: &p.kind,
-            need: p.need,
+            need: if whole { unit.need } else { p.need },
             constraints: cs,
-            avoid: &p.avoid,
+            avoid,
             fitness,
         };
         match fleet.find(&ask) {
             Ok(n) => {
-                applied.push(fleet.apply(n, &ask));
-                assigned.push((p.job.clone(), fleet.nodes[n].node.clone()));
+                let own = fit::Ask {
+                    need: p.need,
+                    ..ask
+                };
+                applied.push(fleet.apply(n, &own));
+                let node = fleet.nodes[n].node.clone();
+                if whole {
+                    others = Some(
+                        fleet
+                            .nodes
+                            .iter()
+                            .filter(|x| x.node != node)
+                            .map(|x| x.node.clone())
+                            .collect(),
+                    );
+                }
+                assigned.push((p.job.clone(), node));
             }
             Err(reason) => {
                 for a in applied.into_iter().rev() {
@@ -368,7 +400,12 @@ fn try_unit(
                 if let Some(k) = memo_key {
                     memo.insert(k, reason.clone());
                 }
-                return Err(if gang {
+                return Err(if colocate {
+                    format!(
+                        "gang member {} (a gang with a sidecar goes on one node): {reason}",
+                        p.job
+                    )
+                } else if gang {
                     format!("gang member {}: {reason}", p.job)
                 } else {
                     reason

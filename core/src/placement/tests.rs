@@ -53,6 +53,7 @@ fn job(id: &str, queue: &str, cpus: f64, mem: f64) -> Pending {
         kind: "batch\u{1e}sleep".into(),
         gang: None,
         avoid: vec![],
+        sidecar: false,
     }
 }
 
@@ -319,6 +320,41 @@ fn gang_all_or_nothing() {
         .collect();
     let out = run(&four, &gang[..1], &running);
     assert_eq!(placed(&out).len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_gang_with_a_sidecar_goes_on_one_node() {
+    let nodes = [node("a", 1.0, 1024.0, &[]), node("b", 1.0, 1024.0, &[])];
+    let spread = Options {
+        fitness: Fitness::Spread,
+        max_placements: usize::MAX,
+    };
+    let mut gang: Vec<Pending> = (0..2)
+        .map(|i| ganged(job(&format!("g{i}"), "q", 0.5, 64.0), "g", 2))
+        .collect();
+    // Without a sidecar, spread puts the members apart.
+    let out = place(&nodes, &BTreeMap::new(), &gang, &[], spread);
+    let apart: std::collections::BTreeSet<String> = placed(&out).into_values().collect();
+    assert_eq!(apart.len(), 2, "{out:?}");
+    gang[1].sidecar = true;
+    let out = place(&nodes, &BTreeMap::new(), &gang, &[], spread);
+    let together: std::collections::BTreeSet<String> = placed(&out).into_values().collect();
+    assert_eq!((out.units.len(), together.len()), (1, 1), "{out:?}");
+    // Room for each on its own node, not for both on one: waits, saying so.
+    for p in &mut gang {
+        p.need.cpus = 0.8;
+    }
+    let out = place(&nodes, &BTreeMap::new(), &gang, &[], spread);
+    assert!(out.units.is_empty(), "{out:?}");
+    assert!(out.waiting["g0"].contains("goes on one node"), "{out:?}");
+    // A member's constraint that the chosen node breaks: waits too.
+    for p in &mut gang {
+        p.need.cpus = 0.5;
+    }
+    gang[1] = with(gang[1].clone(), &[&["hostname", "CLUSTER", "b"]]);
+    gang[0] = with(gang[0].clone(), &[&["hostname", "CLUSTER", "a"]]);
+    let out = place(&nodes, &BTreeMap::new(), &gang, &[], spread);
+    assert!(out.units.is_empty(), "{out:?}");
 }
 
 #[test]
