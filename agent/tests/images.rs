@@ -545,6 +545,65 @@ fn an_older_record_naming_the_cache_by_path_does_not_run() {
     assert!(!agent.data_dir.join("tasks/old/sandbox/ran").exists());
 }
 
+/// Review of the image fixes: a recorded `rootfs.path` was mounted as
+/// recorded at each run; a dir of rootfs_dirs swapped for a link to `/`
+/// after the submission gave the task the host's root. Checked again at
+/// launch.
+#[test]
+fn a_rootfs_path_swapped_for_a_link_after_submission_does_not_run() {
+    if !require_root("a_rootfs_path_swapped_for_a_link_after_submission_does_not_run") {
+        return;
+    }
+    // The harness lists the agent's tmp dir in rootfs_dirs.
+    let agent = TestAgent::start();
+    let dirs = agent.tmp().join("roots");
+    std::fs::create_dir(&dirs).unwrap();
+    let bb = dirs.join("bb");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&agent.rootfs)
+        .arg(&bb)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let marker = format!("/gleaner-swap-{}", std::process::id());
+    // The old agent made the task's mount points (/sandbox) in the host's
+    // root before its bind failed.
+    let had_sandbox = Path::new("/sandbox").exists();
+    let mut t = spec(&format!("touch {marker}"));
+    t["id"] = json!("swapped");
+    t["role"] = json!("analytics");
+    t["rootfs"] = json!({ "path": bb });
+    // Queued: its role has no reservation yet.
+    assert_eq!(agent.submit(t).unwrap().state, TaskState::Queued);
+    std::fs::rename(&bb, dirs.join("bb.real")).unwrap();
+    std::os::unix::fs::symlink("/", &bb).unwrap();
+    agent
+        .client
+        .put::<Value, Value>(
+            "/v1/reservations/analytics",
+            &json!({"cpus": 1, "mem_mb": 256}),
+        )
+        .unwrap();
+    let s = agent.wait_final("swapped", LONG);
+    let ran = Path::new(&marker).exists();
+    let _ = std::fs::remove_file(&marker);
+    let made = !had_sandbox && Path::new("/sandbox").exists();
+    if made {
+        let _ = std::fs::remove_dir("/sandbox");
+    }
+    assert!(!ran, "the task ran in the host's root");
+    assert!(!made, "the launch made /sandbox in the host's root");
+    assert_eq!(s.state, TaskState::Failed, "{s:?}");
+    assert!(
+        s.message
+            .clone()
+            .unwrap_or_default()
+            .contains("checked again at launch"),
+        "{s:?}"
+    );
+}
+
 fn sha256_of(path: &Path) -> String {
     gleaner_rootfs::sha256_file(path).unwrap()
 }

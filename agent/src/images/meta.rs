@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 /// access.
 pub const MAX_FETCHERS: usize = 64;
 
+/// Pairs kept per role: past it that role's own oldest proof is dropped,
+/// so one role proving many URIs (`?1`, `?2`...) cannot push the other
+/// roles' proofs out.
+pub const MAX_FETCHERS_PER_ROLE: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageMeta {
     pub uri: String,
@@ -59,6 +64,13 @@ impl ImageMeta {
             role: role.to_owned(),
             uri: uri.to_owned(),
         });
+        let mine = self.fetched_by.iter().filter(|f| f.role == role).count();
+        if mine > MAX_FETCHERS_PER_ROLE {
+            let oldest = self.fetched_by.iter().position(|f| f.role == role);
+            if let Some(i) = oldest {
+                self.fetched_by.remove(i);
+            }
+        }
         let over = self.fetched_by.len().saturating_sub(MAX_FETCHERS);
         self.fetched_by.drain(..over);
         true
@@ -120,15 +132,33 @@ mod tests {
     #[test]
     fn the_list_is_bounded_and_drops_the_oldest_proof() {
         let mut m = meta();
+        // Many roles of one pair each: the oldest overall goes.
         for i in 0..MAX_FETCHERS + 3 {
-            m.record("r", &format!("http://h/{i}"));
+            m.record(&format!("r{i}"), "http://h/i");
         }
         assert_eq!(m.fetched_by.len(), MAX_FETCHERS);
         for i in 0..3 {
-            assert!(!m.proven("r", &format!("http://h/{i}")), "{i} kept");
+            assert!(!m.proven(&format!("r{i}"), "http://h/i"), "{i} kept");
         }
-        assert!(m.proven("r", &format!("http://h/{}", MAX_FETCHERS + 2)));
-        assert!(m.proven("r", "http://h/3"));
+        assert!(m.proven(&format!("r{}", MAX_FETCHERS + 2), "http://h/i"));
+        assert!(m.proven("r3", "http://h/i"));
+    }
+
+    /// Review: one role proving many URIs of a public image pushed every
+    /// other role's proof out (their next launch had to download again,
+    /// and failed where their URI had expired).
+    #[test]
+    fn one_role_cannot_push_another_roles_proof_out() {
+        let mut m = meta();
+        m.record("victim", "http://h/i");
+        for i in 0..1000 {
+            m.record("noisy", &format!("http://h/i?{i}"));
+        }
+        assert!(m.proven("victim", "http://h/i"));
+        let noisy = m.fetched_by.iter().filter(|f| f.role == "noisy").count();
+        assert_eq!(noisy, MAX_FETCHERS_PER_ROLE);
+        assert!(m.proven("noisy", "http://h/i?999"));
+        assert!(!m.proven("noisy", "http://h/i?0"));
     }
 
     proptest::proptest! {
@@ -146,6 +176,9 @@ mod tests {
                 m.record(&r, &u);
                 proptest::prop_assert!(m.proven(&r, &u));
                 proptest::prop_assert!(m.fetched_by.len() <= MAX_FETCHERS);
+                proptest::prop_assert!(
+                    m.fetched_by.iter().filter(|f| f.role == r).count() <= MAX_FETCHERS_PER_ROLE
+                );
             }
             let (r, u) = pair(probe);
             if m.proven(&r, &u) {

@@ -273,9 +273,12 @@ impl Agent {
         spec: &crate::spec::TaskSpec,
     ) -> Result<(std::path::PathBuf, String, u32, u32), String> {
         let rootfs = match spec.rootfs.as_ref() {
-            Some(RootfsSpec {
-                path: Some(path), ..
-            }) => path.clone(),
+            // Checked again as it resolves now: a dir of rootfs_dirs its
+            // owner swapped for a link (to /, into the data dir) after the
+            // submission is refused, and this run mounts what was checked.
+            Some(RootfsSpec { path: Some(_), .. }) => self
+                .check_rootfs(spec)
+                .map_err(|e| format!("{e} (checked again at launch)"))?,
             Some(RootfsSpec {
                 sha256: Some(sha256),
                 ..
