@@ -92,6 +92,7 @@ fn main() {
                 }),
                 avoid: vec![],
                 sidecar: false,
+                gang_sidecar: false,
             }
         })
         .collect();

@@ -232,8 +232,9 @@ pub struct Placement {
 
 /// The task group a placement belongs to: every member's placement on the
 /// node carries the same value, written in one transaction.
+/// Unknown fields are ignored: a newer scheduler may add one, and an agent
+/// refusing the placement over it would refuse the whole group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PlacedGroup {
     /// The agent's group name: `<first member's task id>.pod`
     /// ([`crate::gang::group_id`]), unique per node over time and never a

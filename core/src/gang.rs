@@ -48,8 +48,20 @@ pub fn normalized(mut gang: Gang) -> Result<Gang, GroupError> {
     Ok(gang)
 }
 
+/// Whether a gang asks to be a pod on each node: pod settings given
+/// (`shared_path`, a `group` network) or a sidecar among its members.
+/// A plain gang (all-or-nothing placement only, as stored before pods
+/// existed) stays plain: no group, no `/shared` over its images, mixed
+/// roles and restart policies kept working.
+pub fn is_pod(gang: &Gang, any_sidecar: bool) -> bool {
+    any_sidecar
+        || gang.shared_path.is_some()
+        || gang.network.is_some_and(|n| n != GroupNetwork::Host)
+}
+
 /// Checks one job's spec against its gang (`None`: not in a gang). Field
-/// names are relative to the job (`spec.…`, `gang.…`).
+/// names are relative to the job (`spec.…`, `gang.…`). The pod rules
+/// apply only to a gang that asks to be a pod ([`is_pod`]).
 pub fn check_member(gang: Option<&Gang>, spec: &TaskSpec) -> Result<(), GroupError> {
     let Some(gang) = gang else {
         if spec.sidecar {
@@ -62,6 +74,9 @@ pub fn check_member(gang: Option<&Gang>, spec: &TaskSpec) -> Result<(), GroupErr
     };
     if let Some(path) = &gang.shared_path {
         group::check_shared_path(path).map_err(|e| bad("gang.shared_path", e.reason))?;
+    }
+    if !is_pod(gang, spec.sidecar) {
+        return Ok(());
     }
     if spec.restart.policy != RestartPolicy::Never {
         return Err(bad(
@@ -87,7 +102,17 @@ pub fn check_gang(members: &[(&Gang, &TaskSpec)]) -> Result<(), (usize, GroupErr
     let Some(&(first, first_spec)) = members.first() else {
         return Ok(());
     };
+    let pod = is_pod(first, members.iter().any(|(_, s)| s.sidecar));
     for (i, (g, spec)) in members.iter().enumerate().skip(1) {
+        if pod && spec.restart.policy != RestartPolicy::Never {
+            return Err((
+                i,
+                bad(
+                    "spec.restart",
+                    "members of a gang with a sidecar are not restarted one by one (the fleet retries them: max_retries)",
+                ),
+            ));
+        }
         if *g != first {
             return Err((
                 i,
@@ -100,7 +125,7 @@ pub fn check_gang(members: &[(&Gang, &TaskSpec)]) -> Result<(), (usize, GroupErr
                 ),
             ));
         }
-        if spec.role != first_spec.role {
+        if pod && spec.role != first_spec.role {
             return Err((
                 i,
                 bad(
@@ -134,6 +159,7 @@ pub struct Placed<'a> {
     pub task: &'a str,
     pub node: &'a str,
     pub gang: Option<&'a Gang>,
+    pub sidecar: bool,
 }
 
 /// The group of each placed gang member (by task id): when the unit holds
@@ -142,15 +168,23 @@ pub struct Placed<'a> {
 /// gang placed in part (members moved or retried), get none.
 pub fn groups_by_node(unit: &[Placed<'_>]) -> BTreeMap<String, PlacedGroup> {
     let mut size: BTreeMap<&str, usize> = BTreeMap::new();
-    for g in unit.iter().filter_map(|p| p.gang) {
-        *size.entry(g.id.as_str()).or_default() += 1;
+    let mut sidecar: BTreeMap<&str, bool> = BTreeMap::new();
+    for p in unit {
+        if let Some(g) = p.gang {
+            *size.entry(g.id.as_str()).or_default() += 1;
+            *sidecar.entry(g.id.as_str()).or_default() |= p.sidecar;
+        }
     }
+    let pod = |g: &Gang| is_pod(g, sidecar.get(g.id.as_str()).copied().unwrap_or(false));
     // Only a whole gang: members placed again while others still hold
     // their places (a drain, a retry) are plain tasks, since a group is
     // admitted whole and nothing joins it later.
     let whole = |g: &Gang| size.get(g.id.as_str()).copied().unwrap_or(0) >= g.cardinality as usize;
     let mut per_node: BTreeMap<&str, Vec<&Placed>> = BTreeMap::new();
-    for p in unit.iter().filter(|p| p.gang.is_some_and(whole)) {
+    for p in unit
+        .iter()
+        .filter(|p| p.gang.is_some_and(|g| whole(g) && pod(g)))
+    {
         per_node.entry(p.node).or_default().push(p);
     }
     let mut out = BTreeMap::new();
@@ -231,7 +265,7 @@ mod tests {
         );
         assert!(normalized(gang(None, Some("/usr"))).is_err());
         let e = check_member(
-            Some(&gang(None, None)),
+            Some(&gang(None, Some("/data"))),
             &spec(serde_json::json!({"restart": {"policy": "on-failure"}})),
         )
         .unwrap_err();
@@ -247,7 +281,7 @@ mod tests {
         let (i, e) = check_gang(&[(&g, &main), (&h, &side)]).unwrap_err();
         assert_eq!((i, e.field.as_str()), (1, "gang"));
         let other = spec(serde_json::json!({"role": "web"}));
-        let (i, e) = check_gang(&[(&g, &main), (&g, &other)]).unwrap_err();
+        let (i, e) = check_gang(&[(&h, &main), (&h, &other)]).unwrap_err();
         assert_eq!((i, e.field.as_str()), (1, "spec.role"));
         let (_, e) = check_gang(&[(&g, &side), (&g, &side)]).unwrap_err();
         assert_eq!(e.field, "spec.sidecar");
@@ -255,11 +289,36 @@ mod tests {
         check_gang(&[(&g, &side)]).unwrap();
     }
 
+    /// Review: every gang became a pod, those stored before pods existed
+    /// too (mixed roles waited for ever, restart policies were refused,
+    /// `/shared` hid the images' own). A plain gang keeps its freedom.
+    #[test]
+    fn a_plain_gang_is_not_held_to_the_pod_rules() {
+        let g = gang(None, None);
+        let main = spec(serde_json::json!({"restart": {"policy": "on-failure"}}));
+        let web = spec(serde_json::json!({"role": "web"}));
+        check_member(Some(&g), &main).unwrap();
+        check_gang(&[(&g, &main), (&g, &web)]).unwrap();
+        let pod = gang(None, Some("/data"));
+        assert!(check_member(Some(&pod), &main).is_err());
+        assert!(check_gang(&[(&pod, &web), (&pod, &spec(serde_json::json!({})))]).is_err());
+        let side = spec(serde_json::json!({"sidecar": true}));
+        assert!(
+            check_gang(&[(&g, &side), (&g, &main)]).is_err(),
+            "a sidecar makes it a pod"
+        );
+    }
+
     #[test]
     fn members_on_one_node_are_one_group() {
         let g = gang(Some(GroupNetwork::Group), Some("/data"));
         let host = gang(Some(GroupNetwork::Host), None);
-        let p = |task, node, gang| Placed { task, node, gang };
+        let p = |task, node, gang| Placed {
+            task,
+            node,
+            gang,
+            sidecar: false,
+        };
         let unit = [
             p("b.1", "n2", Some(&g)),
             p("a.1", "n1", Some(&g)),
@@ -277,10 +336,21 @@ mod tests {
         assert_eq!((on1.id.as_str(), on1.members.len()), ("a.1.pod", 1));
         // A plain job: no group. `host` is written as absent.
         assert!(groups_by_node(&[p("x.1", "n1", None)]).is_empty());
-        let h = groups_by_node(&[p("y.1", "n1", Some(&host)), p("z.1", "n1", Some(&host))]);
+        // A plain gang (no pod settings, no sidecar) stays plain tasks.
+        assert!(
+            groups_by_node(&[p("y.1", "n1", Some(&host)), p("z.1", "n1", Some(&host))]).is_empty()
+        );
+        // With a sidecar it is a pod; `host` is written as absent.
+        let side = |task, node| Placed {
+            task,
+            node,
+            gang: Some(&host),
+            sidecar: true,
+        };
+        let h = groups_by_node(&[p("y.1", "n1", Some(&host)), side("z.1", "n1")]);
         assert_eq!(h["y.1"].network, None);
         assert_eq!(h["z.1"].members, ["y.1", "z.1"]);
         // Part of a gang placed again (the others still run): plain tasks.
-        assert!(groups_by_node(&[p("y.2", "n1", Some(&host))]).is_empty());
+        assert!(groups_by_node(&[p("y.2", "n1", Some(&g))]).is_empty());
     }
 }

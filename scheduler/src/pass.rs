@@ -14,11 +14,14 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use gleaner_core::fleet::{task_id, Fitness, Job, JobState, Keys, Placement};
 use gleaner_core::gang;
 use gleaner_core::placement::{self, Options};
+use gleaner_core::status::TaskState;
 
 use crate::config::SchedulerConfig;
 use crate::marathon::model::instance_of;
 use crate::metrics::Metrics;
-use crate::reconcile::{reconcile, replace_drained_instance, stale_placement, World};
+use crate::reconcile::{
+    orphan_sidecar, reconcile, replace_drained_instance, stale_placement, World,
+};
 use crate::view::View;
 
 /// etcd refuses transactions of more than 128 operations by default.
@@ -129,7 +132,41 @@ impl<'a> Pass<'a> {
         let now = Utc::now();
         let mut changes = Vec::new();
         let changed_nodes = view.take_changed_nodes();
+        // Gangs with a main member still to run (queued, placed, running).
+        let gang_main_pending: std::collections::BTreeSet<&str> = view
+            .jobs
+            .values()
+            .filter(|(j, _)| {
+                // A main whose attempt ended with no retry to come is not
+                // pending, though its job's own change is in this pass.
+                let ended_for_good = view.current_task(j).is_some_and(|t| match t.status.state {
+                    TaskState::Finished => true,
+                    TaskState::Failed | TaskState::Lost | TaskState::Killed => {
+                        j.retries >= j.max_retries
+                    }
+                    _ => false,
+                });
+                !j.spec.sidecar
+                    && !(j.state != JobState::Queued && ended_for_good)
+                    && matches!(
+                        j.state,
+                        JobState::Queued | JobState::Placed | JobState::Running
+                    )
+            })
+            .filter_map(|(j, _)| j.gang.as_ref().map(|g| g.id.as_str()))
+            .collect();
+        let main_pending = |job: &Job| {
+            job.gang
+                .as_ref()
+                .is_some_and(|g| gang_main_pending.contains(g.id.as_str()))
+        };
         for (job, rev) in view.jobs.values() {
+            if job.state == JobState::Queued {
+                if let Some(c) = orphan_sidecar(job, main_pending(job), now) {
+                    changes.push((c, *rev));
+                }
+                continue;
+            }
             if !matches!(job.state, JobState::Placed | JobState::Running) {
                 continue;
             }
@@ -142,6 +179,7 @@ impl<'a> Pass<'a> {
                     .is_some_and(|n| view.nodes.contains_key(n)),
                 now,
                 placement_timeout: self.timeout,
+                gang_main_pending: main_pending(job),
             };
             if let Some(c) = reconcile(&world) {
                 changes.push((c, *rev));
@@ -250,7 +288,8 @@ impl<'a> Pass<'a> {
             let mut ops = Vec::new();
             let mut jobs = Vec::new();
             // The unit's gang members on one node are one task group there.
-            let placed: Vec<(String, &str, Option<&gleaner_core::fleet::Gang>)> = unit
+            type Member<'g> = (String, &'g str, Option<&'g gleaner_core::fleet::Gang>, bool);
+            let placed: Vec<Member<'_>> = unit
                 .iter()
                 .filter_map(|(id, node)| {
                     let (job, _) = view.jobs.get(id)?;
@@ -258,16 +297,18 @@ impl<'a> Pass<'a> {
                         task_id(id, job.attempt + 1),
                         node.as_str(),
                         job.gang.as_ref(),
+                        job.spec.sidecar,
                     ))
                 })
                 .collect();
             let mut groups = gang::groups_by_node(
                 &placed
                     .iter()
-                    .map(|(task, node, gang)| gang::Placed {
+                    .map(|(task, node, gang, sidecar)| gang::Placed {
                         task,
                         node,
                         gang: *gang,
+                        sidecar: *sidecar,
                     })
                     .collect::<Vec<_>>(),
             );
@@ -286,13 +327,26 @@ impl<'a> Pass<'a> {
                 let task = task_id(&job.id, next.attempt);
                 let mut spec = job.spec.clone();
                 spec.id = Some(task.clone());
+                let group = groups.remove(&task);
+                // A member of a `group`-network gang placed without its
+                // group (a retry while the others run) gets no network at
+                // all rather than the host's (its loopback: the agent's
+                // API, etcd).
+                let wants_group_net = job
+                    .gang
+                    .as_ref()
+                    .and_then(|g| g.network)
+                    .is_some_and(|n| n == gleaner_core::group::GroupNetwork::Group);
+                if group.is_none() && wants_group_net {
+                    spec.network = gleaner_core::spec::Network::None;
+                }
                 let placement = Placement {
                     spec,
                     job: Some(job.id.clone()),
                     app: None,
                     attempt: next.attempt,
                     placed_at: now,
-                    group: groups.remove(&task),
+                    group,
                 };
                 let (cmp, put) = self.job_put(&next, *rev);
                 compares.push(cmp);

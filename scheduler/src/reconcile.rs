@@ -38,6 +38,9 @@ pub struct World<'a> {
     pub node_live: bool,
     pub now: DateTime<Utc>,
     pub placement_timeout: Duration,
+    /// A main (non-sidecar) member of the job's gang is still queued,
+    /// placed or running: a sidecar its group stopped goes back with it.
+    pub gang_main_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +114,19 @@ pub fn reconcile(w: &World<'_>) -> Option<Change> {
         // A sidecar is stopped when its group's main members end: its job
         // is done, not failed (retrying it would place it alone, which the
         // agent refuses: a sidecar serves a group).
+        // Unless a main member is still to run (it failed and is retried,
+        // or was moved): then the sidecar goes back to the queue and is
+        // placed again with it, a new group (no retry counted).
+        Some(TaskState::Killed) if job.spec.sidecar && w.gang_main_pending => {
+            requeue(
+                &mut next,
+                format!(
+                    "attempt {} stopped with its group on {node}; placed again with its gang's main member",
+                    job.attempt
+                ),
+            );
+            away(next)
+        }
         Some(TaskState::Killed) if job.spec.sidecar => {
             next.state = JobState::Succeeded;
             next.message = Some(
@@ -177,6 +193,28 @@ pub fn reconcile(w: &World<'_>) -> Option<Change> {
         }
         _ => None,
     }
+}
+
+/// A gang's sidecar waiting in the queue after it ran (attempt >= 1) when
+/// no main member of its gang is left to run: its job is done (it served
+/// its gang), not left queued for ever.
+pub fn orphan_sidecar(job: &Job, gang_main_pending: bool, now: DateTime<Utc>) -> Option<Change> {
+    if job.state != JobState::Queued
+        || !job.spec.sidecar
+        || job.gang.is_none()
+        || job.attempt == 0
+        || gang_main_pending
+    {
+        return None;
+    }
+    let mut next = job.clone();
+    next.state = JobState::Succeeded;
+    next.finished_at = Some(now);
+    next.message = Some("sidecar: its gang's main members have ended (none left to run)".into());
+    Some(Change {
+        job: next,
+        delete_placement: None,
+    })
 }
 
 fn requeue(job: &mut Job, message: String) {
@@ -318,6 +356,7 @@ mod tests {
             node_live: live,
             now: Utc::now(),
             placement_timeout: Duration::from_secs(30),
+            gang_main_pending: false,
         }
     }
 
@@ -341,6 +380,36 @@ mod tests {
         let failed = record(TaskState::Failed, "n1");
         let c = reconcile(&world(&j, Some(&failed), true)).unwrap();
         assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 1));
+    }
+
+    /// Review: a main that failed (and is retried) had its sidecar end
+    /// SUCCEEDED, so the main's retry waited for ever for its gang (or ran
+    /// alone); a sidecar left queued after its mains ended waited for ever.
+    #[test]
+    fn a_sidecar_goes_back_with_a_retried_main_and_ends_when_no_main_is_left() {
+        let mut j = job(JobState::Running);
+        j.spec.sidecar = true;
+        j.gang = Some(gleaner_core::fleet::Gang {
+            id: "g".into(),
+            cardinality: 2,
+            shared_path: None,
+            network: None,
+        });
+        let r = record(TaskState::Killed, "n1");
+        let mut w = world(&j, Some(&r), true);
+        w.gang_main_pending = true;
+        let c = reconcile(&w).unwrap();
+        assert_eq!((c.job.state, c.job.retries), (JobState::Queued, 0));
+        assert_eq!(c.delete_placement, Some(("n1".into(), "j.1".into())));
+        // Queued with its mains gone: done.
+        let queued = c.job;
+        assert!(orphan_sidecar(&queued, true, Utc::now()).is_none());
+        let done = orphan_sidecar(&queued, false, Utc::now()).unwrap();
+        assert_eq!(done.job.state, JobState::Succeeded);
+        // Never placed yet (its gang still being submitted): it waits.
+        let mut fresh = queued.clone();
+        fresh.attempt = 0;
+        assert!(orphan_sidecar(&fresh, false, Utc::now()).is_none());
     }
 
     #[test]

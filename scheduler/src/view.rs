@@ -213,6 +213,12 @@ impl View {
         let nodes: Vec<NodeInfo> = self.nodes.values().cloned().collect();
         let mut pending = Vec::new();
         let mut active = Vec::new();
+        let gangs_with_sidecar: std::collections::BTreeSet<&str> = self
+            .jobs
+            .values()
+            .filter(|(j, _)| j.spec.sidecar)
+            .filter_map(|(j, _)| j.gang.as_ref().map(|g| g.id.as_str()))
+            .collect();
         for (job, _) in self.jobs.values() {
             match job.state {
                 JobState::Queued => pending.push(Pending {
@@ -227,6 +233,10 @@ impl View {
                     gang: job.gang.clone(),
                     avoid: job.avoid.clone(),
                     sidecar: job.spec.sidecar,
+                    gang_sidecar: job
+                        .gang
+                        .as_ref()
+                        .is_some_and(|g| gangs_with_sidecar.contains(g.id.as_str())),
                 }),
                 JobState::Placed | JobState::Running => {
                     let reported = self.current_task(job).is_some_and(|t| {

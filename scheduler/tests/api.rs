@@ -531,6 +531,9 @@ fn gangs_as_pods_bad_settings_groups_per_node_and_a_lone_retry() {
     });
     let retry = placement("n2", &o2);
     assert!(retry.get("group").is_none(), "{retry}");
+    // Review: alone it ran on the host network; its gang asked for a
+    // group network, so it gets none at all.
+    assert_eq!(retry["spec"]["network"], "none", "{retry}");
 
     // A gang with a sidecar goes on one node: apart by constraint, it
     // waits and says why; free of them, both land in one group.
@@ -593,5 +596,52 @@ fn gangs_as_pods_bad_settings_groups_per_node_and_a_lone_retry() {
             .unwrap_or_default()
             .contains("main members"),
         "{j}"
+    );
+
+    // Review: a main that fails (a retry left) had its sidecar end
+    // SUCCEEDED, and the main's retry then waited for ever for its gang.
+    // Now the sidecar goes back with it: both placed again, one group.
+    let again = submit(
+        &s,
+        "q",
+        json!([
+            {"spec": {"cmd": "m", "resources": {"cpus": 0.5, "mem_mb": 64}},
+             "gang": {"id": "again", "cardinality": 2}, "max_retries": 1},
+            {"spec": {"cmd": "s", "sidecar": true, "resources": {"cpus": 0.5, "mem_mb": 64}},
+             "gang": {"id": "again", "cardinality": 2}, "max_retries": 1}
+        ]),
+    );
+    let j0 = wait_state(&s, &again[0], "PLACED");
+    let node = j0["node"].as_str().unwrap().to_owned();
+    wait_state(&s, &again[1], "PLACED");
+    let (m1, s1) = (format!("{}.1", again[0]), format!("{}.1", again[1]));
+    etcd.put(
+        &format!("/gleaner/tasks/{m1}"),
+        &task_record(&m1, &node, "FAILED"),
+    );
+    let mut killed = task_record(&s1, &node, "KILLED");
+    killed["message"] = json!("stopped: the group's main members have ended");
+    etcd.put(&format!("/gleaner/tasks/{s1}"), &killed);
+    let (m2, s2) = (format!("{}.2", again[0]), format!("{}.2", again[1]));
+    wait_for(Duration::from_secs(15), "both placed again", || {
+        let placed = |t: &str| {
+            ["n1", "n2"]
+                .iter()
+                .any(|n| etcd.get(&format!("/gleaner/placements/{n}/{t}")).is_some())
+        };
+        placed(&m2) && placed(&s2)
+    });
+    let j0 = job(&s, &again[0]);
+    let n2 = j0["node"].as_str().unwrap().to_owned();
+    let members = placement(&n2, &m2)["group"]["members"].clone();
+    let mut got: Vec<String> = serde_json::from_value(members).unwrap();
+    got.sort();
+    let mut want = vec![m2.clone(), s2.clone()];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(
+        job(&s, &again[1])["retries"],
+        0,
+        "a sidecar sent back is no retry"
     );
 }

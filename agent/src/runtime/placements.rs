@@ -117,6 +117,16 @@ pub(crate) fn spawn(agent: Arc<Agent>) -> mpsc::UnboundedSender<Event> {
                 },
             };
             let Some(ev) = ev else { break };
+            // A steady stream of events keeps the select above on its
+            // first branch: the bound is looked at after each one too.
+            if gather
+                .deadline(GROUP_WAIT)
+                .is_some_and(|at| at <= Instant::now())
+            {
+                for (members, why) in gather.expire(Instant::now(), GROUP_WAIT) {
+                    agent.reject_all(members, &why);
+                }
+            }
             match ev {
                 Event::Snapshot(all) => {
                     let present: BTreeSet<String> = all.iter().map(|(id, _)| id.clone()).collect();

@@ -49,6 +49,11 @@ pub struct Pending {
     /// A gang's sidecar: it serves the members on its node, so a gang with
     /// one goes on one node whole.
     pub sidecar: bool,
+    /// Its gang has a sidecar (this job or another, pending or running):
+    /// such a gang is placed whole only, a member never alone while the
+    /// others still hold their places (it would serve, or be served by,
+    /// no group).
+    pub gang_sidecar: bool,
 }
 
 /// Work placed on or running on a node.
@@ -196,8 +201,9 @@ pub fn place(
                 // Members submitted apart may disagree (one request is
                 // checked whole): the gang cannot be one group per node.
                 let first = all[i].jobs[0].0;
+                let pod = crate::gang::is_pod(g, first.sidecar || p.sidecar);
                 if all[i].conflict.is_none()
-                    && (first.gang.as_ref() != Some(g) || first.role != p.role)
+                    && (first.gang.as_ref() != Some(g) || (pod && first.role != p.role))
                 {
                     all[i].conflict = Some(format!(
                         "gang {}: members {} and {} differ in role or gang settings (cardinality, shared_path, network); cancel and submit again",
@@ -232,6 +238,24 @@ pub fn place(
             let have = u.jobs.len() + gang_active.get(g.id.as_str()).copied().unwrap_or(0);
             if have < g.cardinality as usize {
                 u.incomplete = Some((have, g.cardinality));
+            } else if u.conflict.is_none()
+                && u.jobs.len() < g.cardinality as usize
+                && u.jobs.iter().any(|(p, _)| p.gang_sidecar)
+            {
+                // A main retried while its sidecar still runs (its group
+                // stops it when the main ends), or a sidecar while its
+                // main runs: the gang goes whole again, a new group.
+                u.conflict = Some(format!(
+                    "gang {}: a gang with a sidecar is placed whole; waiting for its other members to end",
+                    g.id
+                ));
+            } else if u.conflict.is_none() && u.jobs.iter().all(|(p, _)| p.sidecar) {
+                // A sidecar placed alone would be refused by its agent (it
+                // serves a group): it waits to go with a main member.
+                u.conflict = Some(format!(
+                    "gang {}: a sidecar is placed only with a main member of its gang",
+                    g.id
+                ));
             }
         }
     }
@@ -365,11 +389,33 @@ fn try_unit(
             None => &p.avoid,
         };
         let whole = colocate && others.is_none();
+        // The node the whole gang goes on must suit every member: the
+        // others' attribute constraints (a GPU, a zone) join the first's.
+        let joined: Vec<Constraint>;
+        let constraints = if whole {
+            joined = cs
+                .iter()
+                .cloned()
+                .chain(unit.jobs.iter().skip(1).flat_map(|(_, c)| {
+                    c.iter()
+                        .filter(|c| {
+                            matches!(
+                                c.op,
+                                Op::Is(_) | Op::Like(_) | Op::Unlike(_) | Op::Cluster(Some(_))
+                            )
+                        })
+                        .cloned()
+                }))
+                .collect();
+            &joined
+        } else {
+            cs
+        };
         let ask = fit::Ask {
             role: &p.role,
             kind: &p.kind,
             need: if whole { unit.need } else { p.need },
-            constraints: cs,
+            constraints,
             avoid,
             fitness,
         };

@@ -54,6 +54,7 @@ fn job(id: &str, queue: &str, cpus: f64, mem: f64) -> Pending {
         gang: None,
         avoid: vec![],
         sidecar: false,
+        gang_sidecar: false,
     }
 }
 
@@ -363,17 +364,33 @@ fn a_gang_whose_members_disagree_waits_with_the_reason() {
     let mut gang: Vec<Pending> = (0..2)
         .map(|i| ganged(job(&format!("g{i}"), "q", 1.0, 64.0), "g", 2))
         .collect();
-    assert_eq!(run(&four, &gang, &[]).units.len(), 1);
+    let out = run(&four, &gang, &[]);
+    // (no node reserves for "web": it waits, but not for a disagreement)
+    assert!(
+        out.waiting.values().all(|w| !w.contains("differ")),
+        "{out:?}"
+    );
     // Submitted apart with other pod settings: one group per node is not
     // possible, so nothing goes, and the reason says why.
     gang[1].gang.as_mut().unwrap().shared_path = Some("/data".into());
     let out = run(&four, &gang, &[]);
     assert!(out.units.is_empty(), "{out:?}");
     assert!(out.waiting["g1"].contains("differ"), "{out:?}");
-    gang[1].gang.as_mut().unwrap().shared_path = None;
+    // A pod gang (here: both with /data) must agree on the role; a plain
+    // gang need not (it is no group).
+    gang[0].gang.as_mut().unwrap().shared_path = Some("/data".into());
     gang[1].role = "web".into();
     let out = run(&four, &gang, &[]);
     assert!(out.waiting["g0"].contains("differ in role"), "{out:?}");
+    for p in &mut gang {
+        p.gang.as_mut().unwrap().shared_path = None;
+    }
+    let out = run(&four, &gang, &[]);
+    // (no node reserves for "web": it waits, but not for a disagreement)
+    assert!(
+        out.waiting.values().all(|w| !w.contains("differ")),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -563,4 +580,56 @@ proptest! {
         let want_a = slots as f64 * f2 as f64 / (f1 + f2) as f64;
         prop_assert!((a - want_a).abs() <= 1.0, "a={} b={} want_a={}", a, b, want_a);
     }
+}
+
+/// Review: the first member chose the gang's node by its own constraints
+/// only; an unconstrained sidecar first took a node where the main's
+/// constraint failed, and the gang waited for ever although a node fit
+/// both. And a sidecar pending alone (its main still running) would be
+/// placed alone, which its agent refuses.
+#[test]
+fn a_sidecar_gang_node_suits_every_member_and_a_sidecar_never_goes_alone() {
+    let nodes = [
+        node("a", 4.0, 1024.0, &[("gpu", "no")]),
+        node("b", 1.0, 1024.0, &[("gpu", "yes")]),
+    ];
+    let mut side = ganged(job("g0", "q", 0.2, 64.0), "g", 2);
+    side.sidecar = true;
+    side.gang_sidecar = true;
+    let mut main = with(
+        ganged(job("g1", "q", 0.2, 64.0), "g", 2),
+        &[&["gpu", "IS", "yes"]],
+    );
+    main.gang_sidecar = true;
+    // The sidecar comes first in the unit (submission order).
+    let out = run(&nodes, &[side.clone(), main.clone()], &[]);
+    let at = placed(&out);
+    assert_eq!(at.get("g0").map(String::as_str), Some("b"), "{out:?}");
+    assert_eq!(at.get("g1").map(String::as_str), Some("b"), "{out:?}");
+    // The main still running, the sidecar pending alone: it waits.
+    let running = Active {
+        job: "g1".into(),
+        queue: "q".into(),
+        node: "b".into(),
+        role: "batch".into(),
+        kind: "k".into(),
+        holds: Amount {
+            cpus: 0.2,
+            mem_mb: 64.0,
+            disk_mb: 0.0,
+        },
+        reported: true,
+        gang: Some("g".into()),
+    };
+    let out = run(&nodes, &[side.clone()], &[running.clone()]);
+    assert!(out.units.is_empty(), "{out:?}");
+    assert!(out.waiting["g0"].contains("placed whole"), "{out:?}");
+    // The same for a main retried while its sidecar still runs.
+    let sidecar_running = Active {
+        job: "g0".into(),
+        ..running
+    };
+    let out = run(&nodes, &[main], &[sidecar_running]);
+    assert!(out.units.is_empty(), "{out:?}");
+    assert!(out.waiting["g1"].contains("placed whole"), "{out:?}");
 }

@@ -423,6 +423,15 @@ mod tests {
         };
         let net = json!({"network": "group", "shared_path": "/data"});
         validate(&two(&spec, g(net.clone()), &side, g(net.clone()))).unwrap();
+        // A plain gang (no pod settings, no sidecar) keeps mixed roles and
+        // restart policies, as before pods.
+        validate(&two(
+            &spec,
+            g(json!({})),
+            &json!({"cmd": "x", "role": "web", "restart": {"policy": "always"}, "resources": {"cpus": 1, "mem_mb": 64}}),
+            g(json!({})),
+        ))
+        .unwrap();
         // "host" is the default: the same as leaving it out.
         validate(&two(
             &spec,
@@ -461,18 +470,18 @@ mod tests {
             (
                 two(
                     &spec,
-                    g(json!({})),
+                    g(json!({"shared_path": "/data"})),
                     &json!({"cmd": "x", "role": "web", "resources": {"cpus": 1, "mem_mb": 64}}),
-                    g(json!({})),
+                    g(json!({"shared_path": "/data"})),
                 ),
                 "jobs[1].spec.role",
             ),
             (
                 two(
                     &spec,
-                    g(json!({})),
+                    g(json!({"shared_path": "/data"})),
                     &json!({"cmd": "x", "restart": {"policy": "always"}, "resources": {"cpus": 1, "mem_mb": 64}}),
-                    g(json!({})),
+                    g(json!({"shared_path": "/data"})),
                 ),
                 "jobs[1].spec.restart",
             ),
