@@ -705,6 +705,22 @@ impl Drop for FleetAgent {
         // The agent makes its tasks dir a nosuid,nodev bind mount.
         let tasks = self.data_dir.join("tasks");
         while nix::mount::umount2(&tasks, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        unmount_netns_dir(&self.data_dir);
+    }
+}
+
+/// Network namespaces of task groups are held by bind mounts, in
+/// `<data_dir>/run/netns`, a private bind mount of itself (layers of both,
+/// if an old agent's were hidden below): all unmounted.
+pub fn unmount_netns_dir(data_dir: &Path) {
+    let netns = data_dir.join("run/netns");
+    for _ in 0..8 {
+        for e in fs::read_dir(&netns).into_iter().flatten().flatten() {
+            while nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        }
+        if nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
     }
 }
 

@@ -452,18 +452,7 @@ impl Drop for TestAgent {
         kill_supervisors(&self.data_dir);
         // The agent makes its tasks dir a nosuid,nodev bind mount.
         unmount_tasks_dir(&self.data_dir);
-        // Network namespaces of task groups are held by bind mounts, in a
-        // dir that is a private bind mount of itself (layers of both, if an
-        // old agent's were hidden below).
-        let netns = self.data_dir.join("run/netns");
-        for _ in 0..8 {
-            for e in fs::read_dir(&netns).into_iter().flatten().flatten() {
-                while nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
-            }
-            if nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                break;
-            }
-        }
+        cluster::unmount_netns_dir(&self.data_dir);
     }
 }
 
