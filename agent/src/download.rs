@@ -353,20 +353,9 @@ fn open_image_file(
         return Err(format!("{path}: leads out of image_file_dirs (a symlink)"));
     };
     // The listed dir as it resolves now (a symlink swapped in after the
-    // start), and every dir above it: root's, and writable by no one else
-    // unless sticky (nobody else can then move a root's dir in it).
+    // start) is checked again.
     if let Some(why) = gleaner_core::egress::file_dir_refusal(&dir) {
         return Err(format!("{path}: image_file_dirs entry {why}"));
-    }
-    for above in dir.ancestors().skip(1) {
-        let m =
-            std::fs::symlink_metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
-        if m.uid() != 0 || (m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0) {
-            return Err(format!(
-                "{path}: {} (above a listed dir) must be root's and writable by no one else, or sticky",
-                above.display()
-            ));
-        }
     }
     if let Some(private) = private {
         let private = std::fs::canonicalize(private).unwrap_or_else(|_| private.to_owned());
@@ -374,18 +363,22 @@ fn open_image_file(
             return Err(format!("{path}: is inside the agent's data dir"));
         }
     }
-    let mut at = dir.clone();
-    let below = real.strip_prefix(&dir).unwrap_or(Path::new(""));
-    let mut parents: Vec<PathBuf> = vec![at.clone()];
-    for c in below.parent().into_iter().flat_map(|p| p.components()) {
-        at.push(c);
-        parents.push(at.clone());
-    }
-    for d in &parents {
+    // Every dir from the file's up to `/`: root's; from the listed one down
+    // writable by no one else, above it sticky at most (nobody else can
+    // then swap a dir on the way for a link between this check and the
+    // open, nor plant a file or a hardlink).
+    for d in real.ancestors().skip(1) {
         let m = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        if m.uid() != 0 || m.mode() & 0o022 != 0 {
+        let below = d.starts_with(&dir);
+        let shared = m.mode() & 0o022 != 0 && (below || m.mode() & 0o1000 == 0);
+        if m.uid() != 0 || shared {
+            let rule = if below {
+                "must be root's and writable by no one else"
+            } else {
+                "(above a listed dir) must be root's and writable by no one else, or sticky"
+            };
             return Err(format!(
-                "{path}: {} must be root's and writable by no one else (owner {}, mode {:o})",
+                "{path}: {} {rule} (owner {}, mode {:o})",
                 d.display(),
                 m.uid(),
                 m.mode() & 0o7777

@@ -33,14 +33,15 @@ pub fn check_url(egress: &Egress, url: &reqwest::Url) -> Result<(), Refused> {
     let on_own_port = port.is_some() && port == egress.own_port();
     match literal(host) {
         Some(ip) => {
+            let local = local_addrs()?;
             if on_own_port {
                 egress
-                    .check_own(host, &[ip], port, &local_addrs()?)
+                    .check_own(host, &[ip], port, &local)
                     .map_err(Refused)?;
             }
             egress.check(host, &[ip], port).map_err(Refused)?;
             egress
-                .check_local(host, &[ip], port, &local_addrs()?)
+                .check_local(host, &[ip], port, &local)
                 .map_err(Refused)
         }
 
