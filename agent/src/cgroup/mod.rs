@@ -420,7 +420,14 @@ impl CgroupHandle {
     pub fn destroy(&self, timeout: Duration) -> Result<(), CgroupError> {
         let start = Instant::now();
         loop {
-            let _ = self.signal_all(libc::SIGKILL);
+            // An empty cgroup (the usual case: the task's init has exited
+            // and the kernel took its pid namespace) is removed as it is:
+            // freezing it flips a kernel-wide static key twice, IPIs to
+            // every CPU, for nothing. Nothing can enter an empty task
+            // cgroup but through the agent, which launches no run here.
+            if !self.pids().is_ok_and(|p| p.is_empty()) {
+                let _ = self.signal_all(libc::SIGKILL);
+            }
             match self.remove_dirs() {
                 Ok(()) => return Ok(()),
                 Err(e) if start.elapsed() >= timeout => {

@@ -254,7 +254,25 @@ fn exec_command(
 /// directory) would otherwise reach the task, and a directory descriptor
 /// leads out of the rootfs through /proc/self/fd. The task's /proc is
 /// mounted by now; without it, every number below the descriptor limit.
+/// One `close_range(CLOSE_RANGE_CLOEXEC)` where the kernel has it (5.11+);
+/// the walk of /proc/self/fd costs ~0.2 ms of every launch.
 pub(crate) fn close_inherited_on_exec() {
+    if cloexec_range_from(3) {
+        return;
+    }
+    close_inherited_on_exec_by_walk();
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`; false when the kernel
+/// has no such call or flag (before 5.11, e.g. CentOS 7's 3.10).
+fn cloexec_range_from(first: u32) -> bool {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with integer arguments; it only sets flags.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) == 0 }
+}
+
+/// The fallback of [`close_inherited_on_exec`] for kernels before 5.11.
+pub(crate) fn close_inherited_on_exec_by_walk() {
     let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir
             .flatten()
@@ -310,4 +328,39 @@ pub(crate) fn resolve_program(name: &str, env: &[String]) -> Option<String> {
     path.split(':')
         .map(|dir| format!("{dir}/{name}"))
         .find(|p| nix::unistd::access(Path::new(p), nix::unistd::AccessFlags::X_OK).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inheritable_fd() -> std::fs::File {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) };
+        f
+    }
+
+    fn cloexec(f: &std::fs::File) -> bool {
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    fn both_ways_mark_inherited_descriptors_close_on_exec() {
+        // Only flags change: this process keeps every descriptor.
+        let f = inheritable_fd();
+        assert!(!cloexec(&f));
+        close_inherited_on_exec_by_walk();
+        assert!(cloexec(&f), "the /proc walk (kernels before 5.11)");
+        let g = inheritable_fd();
+        if cloexec_range_from(3) {
+            assert!(cloexec(&g), "close_range");
+        } else {
+            eprintln!("close_range(CLOSE_RANGE_CLOEXEC) unavailable here: walk only");
+        }
+        let h = inheritable_fd();
+        close_inherited_on_exec();
+        assert!(cloexec(&h));
+    }
 }
