@@ -25,10 +25,6 @@ fn key(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// `warm_supervisors` unless set, and its bound.
-pub const WARM_SUPERVISORS_DEFAULT: usize = 2;
-pub const WARM_SUPERVISORS_MAX: usize = 64;
-
 /// Features that can be forced off to exercise the fallbacks of old kernels.
 pub const KNOWN_FEATURES: [&str; 10] = [
     "pids_cgroup",
@@ -93,12 +89,6 @@ pub struct AgentConfig {
     /// Cap of each of a task's stdout and stderr files; past it the oldest
     /// half is dropped (noted in the file).
     pub log_max_mb: u64,
-    /// Supervisors the zygote keeps forked ahead, each with its task's init
-    /// forked in a fresh pid namespace, waiting for a launch (issue 16): a
-    /// launch takes one instead of two forks. Each idle pair costs two
-    /// processes (~0.5 MB private memory each, the rest shared with the
-    /// zygote) and a pid namespace; they exit with the zygote. 0: none.
-    pub warm_supervisors: usize,
     /// oom_score_adj of task processes (-1000..=1000): 1000 makes the host
     /// OOM killer take batch tasks before anything else.
     pub task_oom_score_adj: i32,
@@ -171,7 +161,6 @@ impl Default for AgentConfig {
             rootfs_dirs: vec![PathBuf::from("/var/lib/gleaner/rootfs")],
             sys_roles: Vec::new(),
             log_max_mb: 100,
-            warm_supervisors: WARM_SUPERVISORS_DEFAULT,
             liveness_interval_s: 5.0,
             initial_reservation: None,
             task_oom_score_adj: 1000,
@@ -321,12 +310,6 @@ impl AgentConfig {
         }
         if !(self.finished_retention_h.is_finite() && self.finished_retention_h >= 0.0) {
             return Err(key("finished_retention_h", "must be a number >= 0"));
-        }
-        if self.warm_supervisors > WARM_SUPERVISORS_MAX {
-            return Err(key(
-                "warm_supervisors",
-                format!("must be at most {WARM_SUPERVISORS_MAX}"),
-            ));
         }
         if self.log_max_mb == 0 {
             return Err(key("log_max_mb", "must be > 0"));

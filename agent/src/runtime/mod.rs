@@ -349,7 +349,6 @@ impl Agent {
         // First: nothing under the data dir is touched while another agent
         // holds it.
         let data_lock = crate::datalock::DataDirLock::acquire(&cfg.data_dir)?;
-        let warm_supervisors = cfg.warm_supervisors;
         let cgroups = cgroup::detect(&cfg.cgroup_root, cfg.cgroup_version, &cfg.disable_features)?;
         let data = DataDir::new(&cfg.data_dir);
         let etcd_link = if cfg.etcd.is_empty() {
@@ -396,7 +395,7 @@ impl Agent {
             tasks: Mutex::new(BTreeMap::new()),
             boot_id: crate::procfs_util::boot_id(),
             next_id: AtomicU64::new(0),
-            spawner: spawner::Spawner::new(warm_supervisors),
+            spawner: spawner::Spawner::new(),
             role_cgroups: Mutex::default(),
             going: Arc::default(),
             reservations: Mutex::default(),
@@ -428,10 +427,6 @@ impl Agent {
             tokio::spawn(etcd::run(agent.clone(), link, placed));
         }
         agent.schedule();
-        if agent.cfg.warm_supervisors > 0 {
-            // The pool fills before the first launch needs it.
-            agent.spawner.prestart().await;
-        }
         tracing::info!(
             node = %agent.node_id,
             cgroup = agent.cgroups.version().as_str(),

@@ -37,18 +37,15 @@ struct Zygote {
 
 pub(crate) struct Spawner {
     zygote: tokio::sync::Mutex<Option<Zygote>>,
-    /// Supervisors the zygote keeps forked ahead (`warm_supervisors`).
-    warm: usize,
     waiters: Waiters,
     starting: tokio::sync::Semaphore,
 }
 
 impl Spawner {
-    pub fn new(warm: usize) -> Self {
+    pub fn new() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Spawner {
             zygote: tokio::sync::Mutex::new(None),
-            warm,
             waiters: Arc::default(),
             starting: tokio::sync::Semaphore::new(STARTING_PER_CPU * cpus),
         }
@@ -85,18 +82,6 @@ impl Spawner {
                 Err(format!(
                     "no report from the supervisor within {LAUNCH_TIMEOUT:?}"
                 ))
-            }
-        }
-    }
-
-    /// Starts the zygote now (it otherwise starts with the first launch),
-    /// so that its warm supervisors are ready by then.
-    pub async fn prestart(&self) {
-        let mut guard = self.zygote.lock().await;
-        if guard.is_none() {
-            match self.start_zygote() {
-                Ok(z) => *guard = Some(z),
-                Err(e) => tracing::warn!("{e}; tried again at the first launch"),
             }
         }
     }
@@ -150,7 +135,6 @@ impl Spawner {
         .map_err(|e| format!("zygote socketpair: {e}"))?;
         let child = tokio::process::Command::new(SELF_EXE)
             .arg("zygote")
-            .arg(self.warm.to_string())
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -44,45 +44,10 @@ fn reader_gone(w: &impl std::os::fd::AsRawFd) -> bool {
     n > 0 && fd.revents & libc::POLLERR != 0
 }
 
-/// A warm init (forked ahead by a warm supervisor): waits for its
-/// launch.json on `go`, then runs as [`run`]. Nothing of a task is done
-/// before: no namespace but its pid namespace, no cgroup, no file.
-pub(super) fn run_warm(
-    go: File,
-    err_w: OwnedFd,
-    status_w: OwnedFd,
-    steps_w: OwnedFd,
-    stdout: File,
-    stderr: File,
-) -> i32 {
-    // Dies with its (idle) supervisor, as below.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if reader_gone(&err_w) {
-        return 1;
-    }
-    super::set_process_name(c"gleaner-warm");
-    let mut json = Vec::new();
-    if std::io::Read::read_to_end(&mut { go }, &mut json).is_err() || json.is_empty() {
-        return 1;
-    }
-    let cfg: LaunchConfig = match serde_json::from_slice(&json) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = File::from(err_w).write_all(format!("launch config: {e}").as_bytes());
-            return 1;
-        }
-    };
-    run(&cfg, "init_go", err_w, status_w, steps_w, stdout, stderr)
-}
-
-/// Runs in the init; returns its exit code. `first` names the step that
-/// ends as it starts (its fork, or a warm init's wake-up); `steps_w` takes
-/// the launch's timing marks from the command's process just before its
-/// exec.
+/// Runs in the init; returns its exit code. `steps_w` takes the launch's
+/// timing marks from the command's process just before its exec.
 pub(super) fn run(
     cfg: &LaunchConfig,
-    first: &'static str,
     err_w: OwnedFd,
     status_w: OwnedFd,
     steps_w: OwnedFd,
@@ -90,7 +55,7 @@ pub(super) fn run(
     stderr: File,
 ) -> i32 {
     let mut marks = Marks::default();
-    marks.mark(first);
+    marks.mark("init_fork");
     let mut err_w = File::from(err_w);
     // The init dies with its supervisor: a task is never left unsupervised.
     // SAFETY: prctl with integer arguments.

@@ -223,183 +223,7 @@ pub(crate) fn supervise(task_dir: &Path, report: Reporter, forked_at: u64) -> i3
     let _ = nix::unistd::setsid();
     set_process_name(c"gleaner-sup");
     marks.mark("sup_config");
-    Supervisor::new(cfg, dir).run(report, marks, None)
-}
-
-/// A warm supervisor (`zygote::warm`): forks its init ahead, waits on
-/// `chan` for a task dir, then supervises that task as [`supervise`] does,
-/// reporting on `reply`. Returns the process's exit code.
-pub(crate) fn supervise_warm(chan: OwnedFd, reply: OwnedFd) -> i32 {
-    let _ = nix::unistd::setsid();
-    set_process_name(c"gleaner-warm");
-    let child = match InitChild::fork(None, reply.as_raw_fd()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gleaner-agent warm supervisor: {e}");
-            return 1;
-        }
-    };
-    // Idle until claimed. A signal (the init died while idle: SIGCHLD; an
-    // operator's SIGTERM) ends this one: the zygote's next claim finds its
-    // socket closed and takes another.
-    let sigfd = signal_fd(&supervisor_signals());
-    let mut fds = [
-        libc::pollfd {
-            fd: chan.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: sigfd.as_ref().map_or(-1, |f| f.as_raw_fd()),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: a valid array of pollfds for the call's duration.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        if n <= 0 || fds[1].revents != 0 {
-            child.abandon();
-            return 0;
-        }
-        if fds[0].revents != 0 {
-            break;
-        }
-    }
-    drop(sigfd);
-    let mut buf = vec![0u8; 8192];
-    let n = match nix::sys::socket::recv(
-        chan.as_raw_fd(),
-        &mut buf,
-        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-    ) {
-        Ok(n) => n,
-        Err(_) => 0,
-    };
-    drop(chan);
-    if n == 0 {
-        // The zygote is gone: so is this one, and its init with it.
-        child.abandon();
-        return 0;
-    }
-    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let Some((claimed_at, dir)) = zygote::warm::parse_claim(&msg) else {
-        child.abandon();
-        return 0;
-    };
-    let task_dir = Path::new(dir);
-    let report = Reporter {
-        sock: reply,
-        dir: dir.to_owned(),
-    };
-    let mut marks = steps::Marks::start_at(claimed_at);
-    marks.mark("sup_claim");
-    // Held until the process exits (never dropped: released by the exit),
-    // as the zygote's lock of a cold supervisor is.
-    match zygote::lock_supervisor(task_dir) {
-        Ok(lock) => std::mem::forget(lock),
-        Err(e) => {
-            child.abandon();
-            report.error(&e);
-            return 1;
-        }
-    }
-    let dir = TaskDir::new(task_dir);
-    let cfg: LaunchConfig = match read_json(&dir.launch_json()) {
-        Ok(c) => c,
-        Err(e) => {
-            child.abandon();
-            report.error(&e.to_string());
-            return 1;
-        }
-    };
-    set_process_name(c"gleaner-sup");
-    marks.mark("sup_config");
-    Supervisor::new(cfg, dir).run(report, marks, Some(child))
-}
-
-/// The task's init, forked in a new pid namespace, with the supervisor's
-/// ends of its pipes: the part of a launch that needs no task, which a warm
-/// supervisor does ahead.
-struct InitChild {
-    init: Pid,
-    out_r: File,
-    errs_r: File,
-    err_r: File,
-    status_r: File,
-    steps_r: File,
-    /// A warm init waits for its launch.json on this pipe (closed after).
-    go: Option<File>,
-}
-
-impl InitChild {
-    /// Forks the init: with its config (`cfg`), or warm (None: it reads
-    /// the config from `go`). `report_fd` is closed in the init.
-    fn fork(cfg: Option<&LaunchConfig>, report_fd: i32) -> Result<InitChild, String> {
-        let (out_r, stdout) = pipe()?;
-        let (errs_r, stderr) = pipe()?;
-        let (stdout, stderr) = (File::from(stdout), File::from(stderr));
-        let (err_r, err_w) = pipe()?;
-        let (status_r, status_w) = pipe()?;
-        let (steps_r, steps_w) = pipe()?;
-        let (go_r, go_w) = match cfg {
-            Some(_) => (None, None),
-            None => {
-                let (r, w) = pipe()?;
-                (Some(r), Some(File::from(w)))
-            }
-        };
-
-        let signals = supervisor_signals();
-        signals
-            .thread_block()
-            .map_err(|e| format!("block signals: {e}"))?;
-        // Without a pid namespace the init is an ordinary process: it still
-        // forwards signals and reaps, only orphans are not contained.
-        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
-            eprintln!("warning: no pid namespace for the task: {e}");
-        }
-        // SAFETY: single-threaded process.
-        let init = match unsafe { fork() } {
-            Err(e) => return Err(format!("fork init: {e}")),
-            Ok(ForkResult::Child) => {
-                // The agent's pipe must close when the supervisor reports.
-                // SAFETY: closing an inherited descriptor this process owns.
-                unsafe { libc::close(report_fd) };
-                drop((err_r, status_r, out_r, errs_r, steps_r, go_w));
-                let code = match (cfg, go_r) {
-                    (Some(cfg), _) => {
-                        init::run(cfg, "init_fork", err_w, status_w, steps_w, stdout, stderr)
-                    }
-                    (None, Some(go)) => init::run_warm(go, err_w, status_w, steps_w, stdout, stderr),
-                    (None, None) => 1,
-                };
-                // SAFETY: leave without running the supervisor's destructors.
-                unsafe { libc::_exit(code) }
-            }
-            Ok(ForkResult::Parent { child }) => child,
-        };
-        // Only the task holds the write ends now: EOF when it is gone.
-        drop((err_w, status_w, steps_w, stdout, stderr, go_r));
-        Ok(InitChild {
-            init,
-            out_r,
-            errs_r,
-            err_r,
-            status_r,
-            steps_r,
-            go: go_w,
-        })
-    }
-
-    /// Kills an init that will not be used (its namespace goes with it).
-    fn abandon(self) {
-        let _ = kill(self.init, Signal::SIGKILL);
-        let _ = waitpid(self.init, None);
-    }
+    Supervisor::new(cfg, dir).run(report, marks)
 }
 
 struct Supervisor {
@@ -419,13 +243,12 @@ impl Supervisor {
         Supervisor { cfg, dir }
     }
 
-    /// `warm`: the init forked ahead by a warm supervisor.
-    fn run(self, report: Reporter, mut marks: steps::Marks, warm: Option<InitChild>) -> i32 {
+    fn run(self, report: Reporter, mut marks: steps::Marks) -> i32 {
         let report_fd = report.raw_fd();
         redirect_stdio(&self.dir.supervisor_log());
 
         let mut streams = logcap::Streams::new(Vec::new());
-        match self.launch(report_fd, &mut streams, &mut marks, warm) {
+        match self.launch(report_fd, &mut streams, &mut marks) {
             Ok((init, task_pid, status_r)) => {
                 report.ok(task_pid);
                 let outcome = self.wait(init, status_r, &mut streams);
@@ -442,14 +265,12 @@ impl Supervisor {
         0
     }
 
-    /// Forks the init (or wakes the warm one) and waits until the command
-    /// was executed (or failed).
+    /// Forks the init and waits until the command was executed (or failed).
     fn launch(
         &self,
         report_fd: i32,
         streams: &mut logcap::Streams,
         marks: &mut steps::Marks,
-        warm: Option<InitChild>,
     ) -> Result<(Pid, i32, File), String> {
         // The logs live in the task dir, which the task cannot write; the
         // task gets pipes, never the files.
@@ -457,43 +278,49 @@ impl Supervisor {
             logcap::CappedLog::open(&p, self.cfg.log_max_bytes)
                 .map_err(|e| format!("open {}: {e}", p.display()))
         };
-        let logs = open(self.dir.stdout()).and_then(|o| Ok((o, open(self.dir.stderr())?)));
-        let (out_log, err_log) = match logs {
-            Ok(l) => l,
-            Err(e) => {
-                warm.map(InitChild::abandon);
-                return Err(e);
-            }
-        };
+        let out_log = open(self.dir.stdout())?;
+        let err_log = open(self.dir.stderr())?;
+        let (out_r, stdout) = pipe()?;
+        let (errs_r, stderr) = pipe()?;
+        let (stdout, stderr) = (File::from(stdout), File::from(stderr));
+        let (mut err_r, err_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let (mut steps_r, steps_w) = pipe()?;
         marks.mark("sup_logs");
-        let mut child = match warm {
-            Some(c) => c,
-            None => InitChild::fork(Some(&self.cfg), report_fd)?,
-        };
-        if let Some(mut go) = child.go.take() {
-            // The init reads to EOF; a write error means it is gone, which
-            // the error pipe's EOF with nothing in it reports below.
-            let json = serde_json::to_vec(&self.cfg).map_err(|e| e.to_string());
-            match json {
-                Ok(json) => {
-                    let _ = std::io::Write::write_all(&mut go, &json);
-                }
-                Err(e) => {
-                    drop(go);
-                    child.abandon();
-                    return Err(format!("launch config: {e}"));
-                }
-            }
+
+        let signals = supervisor_signals();
+        signals
+            .thread_block()
+            .map_err(|e| format!("block signals: {e}"))?;
+        // Without a pid namespace the init is an ordinary process: it still
+        // forwards signals and reaps, only orphans are not contained.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+            eprintln!("warning: no pid namespace for the task: {e}");
         }
-        let InitChild {
-            init,
-            out_r,
-            errs_r,
-            mut err_r,
-            status_r,
-            mut steps_r,
-            go: _,
-        } = child;
+        // SAFETY: single-threaded process.
+        let init = match unsafe { fork() } {
+            Err(e) => return Err(format!("fork init: {e}")),
+            Ok(ForkResult::Child) => {
+                // The agent's pipe must close when the supervisor reports.
+                // SAFETY: closing an inherited descriptor this process owns.
+                unsafe { libc::close(report_fd) };
+                drop(err_r);
+                drop(status_r);
+                drop(out_r);
+                drop(errs_r);
+                drop(steps_r);
+                let code = init::run(&self.cfg, err_w, status_w, steps_w, stdout, stderr);
+                // SAFETY: leave without running the supervisor's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(ForkResult::Parent { child }) => child,
+        };
+        drop(err_w);
+        drop(status_w);
+        drop(steps_w);
+        // Only the task holds the write ends now: EOF when it is gone.
+        drop(stdout);
+        drop(stderr);
         *streams = logcap::Streams::new(vec![(out_r, out_log), (errs_r, err_log)]);
         let mut failure = String::new();
         let _ = err_r.read_to_string(&mut failure);

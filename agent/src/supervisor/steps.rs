@@ -76,10 +76,9 @@ impl Marks {
 
 /// The step names a decoded text may carry (`&'static str`, so a name
 /// read from a pipe is one of ours).
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 16] = [
     "",
     "init_fork",
-    "init_go",
     "init_oom_adj",
     "init_netns",
     "init_mntns",

@@ -20,8 +20,6 @@ use nix::unistd::{fork, ForkResult};
 
 pub const REQUEST: &str = "launch";
 
-pub(crate) mod warm;
-
 /// A reply of a supervisor, as the agent reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -43,7 +41,7 @@ pub fn parse_reply(msg: &str) -> Option<Reply> {
     })
 }
 
-/// Entry point of `gleaner-agent zygote [WARM]`; the socket is on stdin.
+/// Entry point of `gleaner-agent zygote`; the socket is on stdin.
 pub fn main() -> i32 {
     // SAFETY: fd 0 is the socket the agent passed; we take it over and put
     // /dev/null in its place.
@@ -52,11 +50,6 @@ pub fn main() -> i32 {
         // SAFETY: dup2 onto stdin.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
-    let warm_target = std::env::args()
-        .nth(2)
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(crate::config::WARM_SUPERVISORS_MAX);
     // The agent's death closes its end: EOF below. Children are reaped by
     // the kernel, so no zombie piles up while the zygote waits.
     // SAFETY: setting a disposition, no handler code.
@@ -67,24 +60,12 @@ pub fn main() -> i32 {
     super::set_process_name(c"gleaner-zygote");
     // Once here; every launch is a fork of this process.
     super::seccomp::precompile();
-    let mut pool = warm::Pool::default();
     let mut buf = vec![0u8; 8192];
     loop {
-        // Refills only while no request waits, and a moment after the
-        // last one: the fork would compete with that launch for a CPU.
-        let idle_ms = if pool.len() < warm_target { REFILL_AFTER_MS } else { -1 };
-        if !readable(&sock, idle_ms) {
-            if let Err(e) = pool.add(&sock) {
-                eprintln!("gleaner-agent zygote: warm supervisor: {e}");
-                // Tried again after the next request rather than in a loop.
-                let _ = readable(&sock, -1);
-            }
-            continue;
-        }
-        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             Ok(0) => return 0,
             Ok(n) => n,
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 eprintln!("gleaner-agent zygote: recv: {e}");
                 return 1;
@@ -94,35 +75,11 @@ pub fn main() -> i32 {
         let Some(dir) = msg.strip_prefix(REQUEST).and_then(|m| m.strip_prefix('\t')) else {
             continue;
         };
-        let dir = Path::new(dir);
-        if !pool.claim(dir) {
-            spawn_supervisor(&sock, &pool, dir);
-        }
+        spawn_supervisor(&sock, Path::new(dir));
     }
 }
 
-/// Quiet time after a request before the pool is refilled.
-const REFILL_AFTER_MS: i32 = 20;
-
-/// Whether `sock` has a message (or EOF) within `ms` (-1: wait for ever).
-fn readable(sock: &OwnedFd, ms: i32) -> bool {
-    let mut fd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: one valid pollfd for the call's duration.
-        match unsafe { libc::poll(&mut fd, 1, ms) } {
-            n if n > 0 => return true,
-            0 => return false,
-            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
-            _ => return true,
-        }
-    }
-}
-
-fn spawn_supervisor(sock: &OwnedFd, pool: &warm::Pool, dir: &Path) {
+fn spawn_supervisor(sock: &OwnedFd, dir: &Path) {
     // Locked before the fork, so there is no moment at which a supervisor
     // exists without holding it; the zygote's copy closes after the fork.
     // The child keeps it (it leaves through _exit, never dropping it); the
@@ -142,9 +99,6 @@ fn spawn_supervisor(sock: &OwnedFd, pool: &warm::Pool, dir: &Path) {
     // SAFETY: the zygote is single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            // The warm supervisors' channels are theirs: a copy here would
-            // keep an idle one alive after the zygote.
-            pool.close_inherited();
             // SAFETY: back to the default, so the supervisor can wait for its init.
             unsafe {
                 let _ = signal(Signal::SIGCHLD, SigHandler::SigDfl);
@@ -177,7 +131,7 @@ fn spawn_supervisor(sock: &OwnedFd, pool: &warm::Pool, dir: &Path) {
 
 /// Takes the task's supervisor lock; fails when a supervisor of the task
 /// is alive already.
-pub(super) fn lock_supervisor(dir: &Path) -> Result<File, String> {
+fn lock_supervisor(dir: &Path) -> Result<File, String> {
     let path = crate::layout::TaskDir::new(dir).supervisor_lock();
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -207,8 +161,8 @@ pub fn supervisor_alive(dir: &crate::layout::TaskDir) -> bool {
 /// The supervisor's one reply to the agent; consumed by sending, which
 /// closes the supervisor's copy of the socket.
 pub(crate) struct Reporter {
-    pub(super) sock: OwnedFd,
-    pub(super) dir: String,
+    sock: OwnedFd,
+    dir: String,
 }
 
 impl Reporter {
