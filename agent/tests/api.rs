@@ -166,6 +166,37 @@ fn state_health_and_metrics() {
     assert_eq!(agent.logs(&st.id, "stdout"), "hi\n");
 }
 
+/// Issue 16: the scheduling pass (and the port and image bookkeeping)
+/// walks the tasks that have not ended, not every finished one kept.
+#[test]
+fn a_scheduling_pass_walks_only_unfinished_tasks() {
+    if !require_root("a_scheduling_pass_walks_only_unfinished_tasks") {
+        return;
+    }
+    let agent = TestAgent::start();
+    let ids: Vec<String> = (0..25)
+        .map(|_| agent.submit(spec("true")).unwrap().id)
+        .collect();
+    for id in &ids {
+        agent.wait_final(id, Duration::from_secs(20));
+    }
+    let long = agent.submit(spec("sleep 30")).unwrap();
+    agent.wait_state(&long.id, TaskState::Running, Duration::from_secs(10));
+    // One more pass, with 25 finished tasks kept, one running, one new.
+    let second = agent.submit(spec("sleep 30")).unwrap();
+    let metrics = agent.client.get_text("/metrics").unwrap();
+    let walked: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gleaner_sched_pass_tasks "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("gleaner_sched_pass_tasks");
+    assert!(walked <= 2.0, "the last pass walked {walked} tasks:\n{metrics}");
+    let state: Value = agent.client.get("/v1/state").unwrap();
+    assert_eq!(state["tasks"]["FINISHED"], 25);
+    agent.kill(&long.id);
+    agent.kill(&second.id);
+}
+
 #[test]
 fn token_is_required_when_configured() {
     if !require_root("token_is_required_when_configured") {

@@ -278,6 +278,12 @@ pub struct Agent {
     data: DataDir,
     cgroups: Box<dyn CgroupManager>,
     tasks: Mutex<BTreeMap<String, TaskRef>>,
+    /// The tasks of `tasks` that may not have ended: every one not final
+    /// is here (added with it to `tasks`; a task never leaves a final
+    /// state), ended ones are dropped by [`Agent::unfinished`]. What
+    /// scheduling passes, port and image bookkeeping walk, so that their
+    /// cost follows the live tasks, not the up to `finished_max` kept.
+    unfinished: Mutex<BTreeMap<String, TaskRef>>,
     boot_id: String,
     next_id: AtomicU64,
     spawner: spawner::Spawner,
@@ -393,6 +399,7 @@ impl Agent {
             data,
             cgroups,
             tasks: Mutex::new(BTreeMap::new()),
+            unfinished: Mutex::default(),
             boot_id: crate::procfs_util::boot_id(),
             next_id: AtomicU64::new(0),
             spawner: spawner::Spawner::new(),
@@ -427,6 +434,14 @@ impl Agent {
             tokio::spawn(etcd::run(agent.clone(), link, placed));
         }
         agent.schedule();
+        if hostfs::ext4_without_journal(&agent.cfg.data_dir) == Some(true) {
+            tracing::warn!(
+                data_dir = %agent.cfg.data_dir.display(),
+                "the data dir is on ext4 without a journal: each file created there steps over \
+                 every inode deleted in the last minutes, so launches slow down as short tasks \
+                 come and go (a journaled file system does not; README \"Data dir\")"
+            );
+        }
         tracing::info!(
             node = %agent.node_id,
             cgroup = agent.cgroups.version().as_str(),
@@ -785,10 +800,12 @@ impl Agent {
                     }
                 }
             }
+            let mut unfinished = self.unfinished.lock().unwrap();
             for t in &tasks {
                 let t2 = t.lock().unwrap();
                 self.register_token(&t2.record);
                 map.insert(t2.record.status.id.clone(), t.clone());
+                unfinished.insert(t2.record.status.id.clone(), t.clone());
             }
         }
         let writes: Vec<RecordWrite> = tasks
@@ -925,9 +942,17 @@ impl Agent {
             || !spec.fetch.is_empty()
     }
 
+    /// The tasks not yet ended (and maybe some that just did): drops the
+    /// ended ones from the index on the way.
+    pub(crate) fn unfinished(&self) -> Vec<TaskRef> {
+        let mut index = self.unfinished.lock().unwrap();
+        index.retain(|_, t| !t.lock().unwrap().record.status.state.is_final());
+        index.values().cloned().collect()
+    }
+
     /// Digests of the images that unfinished tasks name: never evicted.
     fn images_in_use(&self) -> std::collections::HashSet<String> {
-        let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+        let tasks = self.unfinished();
         tasks
             .iter()
             .filter_map(|t| {
@@ -1332,6 +1357,11 @@ fn make_task_dirs(tasks: &[TaskRef]) -> Result<Vec<std::path::PathBuf>, AgentErr
 /// A task and a group of one role would share the cgroup `<role>/<name>`
 /// (a group's release would kill the task): the newer of the two is refused.
 fn name_clash(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
+    // The common case, first and without a string compare: plain tasks
+    // (ids are unique in the map already).
+    if existing.group.is_none() && new.group.is_none() {
+        return None;
+    }
     // In any role, as `create_group` checks before: checked again here,
     // under the map's lock, for two submissions of one group at once.
     if let (Some(a), Some(b)) = (&existing.group, &new.group) {

@@ -78,7 +78,7 @@ impl Agent {
             return Vec::new();
         }
         let started = Instant::now();
-        let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+        let tasks: Vec<TaskRef> = self.unfinished();
         let now = Instant::now();
         let walked = tasks.len() as u64;
         let mut singles: Vec<Queued> = Vec::new();
@@ -448,7 +448,7 @@ impl Agent {
                     None => r.remove(role),
                 };
             }
-            let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+            let tasks: Vec<TaskRef> = self.unfinished();
             let mut running = Vec::new();
             let mut by_id = HashMap::new();
             for task in tasks {

@@ -12,7 +12,7 @@ impl Agent {
         if records.iter().all(|r| r.spec.ports.is_empty()) {
             return Ok(());
         }
-        let tasks: Vec<TaskRef> = self.tasks.lock().unwrap().values().cloned().collect();
+        let tasks: Vec<TaskRef> = self.unfinished();
         let mut in_use: BTreeSet<u16> = BTreeSet::new();
         for t in &tasks {
             let t = t.lock().unwrap();
