@@ -98,16 +98,25 @@ fn main() {
     let network = std::env::var("NETWORK").unwrap_or_else(|_| "host".into());
     let spec = json!({"argv": ["/bin/true"], "network": network, "resources": {"cpus": 0.5, "mem_mb": 64}});
     let mut a = Side::Agent(agent, spec.clone());
-    let (mut b, b_name) = match &extra_b {
-        Some(e) => {
+    // AGENT_BIN_B: B is another agent binary (an older build) with this
+    // build's config: a before/after of a code change in one run.
+    let bin_b = std::env::var("AGENT_BIN_B").ok();
+    let (mut b, b_name) = match (&extra_b, &bin_b) {
+        (None, Some(bin)) => {
+            std::env::set_var("GLEANER_TEST_AGENT_BIN", bin);
+            let b = TestAgent::start_with(&format!("liveness_interval_s = 5\n{extra}"));
+            std::env::remove_var("GLEANER_TEST_AGENT_BIN");
+            (Some(Side::Agent(b, spec.clone())), format!("gleaner {bin}"))
+        }
+        (Some(e), _) => {
             let b = TestAgent::start_with(&format!("liveness_interval_s = 5\n{e}"));
             (
                 Some(Side::Agent(b, spec.clone())),
                 format!("gleaner with {e:?}"),
             )
         }
-        None if std::env::var("RUNC").as_deref() == Ok("0") => (None, String::new()),
-        None => {
+        (None, None) if std::env::var("RUNC").as_deref() == Ok("0") => (None, String::new()),
+        (None, None) => {
             let Side::Agent(agent, _) = &a else {
                 unreachable!()
             };
@@ -118,7 +127,7 @@ fn main() {
         }
     };
 
-    // THREE_WAY=1 with AGENT_EXTRA_B: runc takes its turn too, so the two
+    // THREE_WAY=1 with AGENT_EXTRA_B or AGENT_BIN_B: runc takes its turn too, so the two
     // agent configs are compared beside another runtime's disk work.
     let mut c = match (&b, std::env::var("THREE_WAY").as_deref()) {
         (Some(_), Ok("1")) => {

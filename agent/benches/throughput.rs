@@ -4,6 +4,9 @@
 //! tasks/s that reached FINISHED inside the window, submit->RUNNING (the
 //! reply, sent after the task's own launch) and submit->FINISHED, and CPU
 //! per launch of the agent, of the zygote and of the whole host. Root.
+//! ROUNDS (1) repeats each workload; AGENT_BIN_B (a path to another
+//! agent binary, e.g. an older build) alternates with this build, A, B,
+//! A, B, and prints each arm's means and the A/B ratio with intervals.
 //! Run: `bench/throughput` (= `cargo bench --bench throughput`).
 
 #[path = "../tests/common/mod.rs"]
@@ -37,14 +40,60 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        run(label, argv, secs, submitters);
+        // AGENT_BIN_B: another agent binary (an older build) takes every
+        // other turn, for ROUNDS rounds (A, B, A, B ...).
+        let bin_b = std::env::var("AGENT_BIN_B").ok();
+        let rounds = env_usize("ROUNDS", 1).max(1);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            println!("\n-- round {} of {rounds}", round + 1);
+            a.push(run(&format!("{label} (A: this build)"), argv.clone(), secs, submitters));
+            if let Some(bin) = &bin_b {
+                std::env::set_var("GLEANER_TEST_AGENT_BIN", bin);
+                b.push(run(&format!("{label} (B: {bin})"), argv.clone(), secs, submitters));
+                std::env::remove_var("GLEANER_TEST_AGENT_BIN");
+            }
+        }
+        if rounds > 1 || bin_b.is_some() {
+            summarize(label, "A", &a);
+            if !b.is_empty() {
+                summarize(label, "B", &b);
+                let ratio: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x.per_s / y.per_s).collect();
+                println!(
+                    "{label}: tasks/s A/B round by round {}",
+                    fmt_interval(mean_interval(&ratio), 2)
+                );
+            }
+        }
     }
+}
+
+/// What one run measured.
+struct Run {
+    per_s: f64,
+    agent_ms: f64,
+    host_ms: f64,
+    reply_p50: f64,
+    reply_p99: f64,
+}
+
+fn summarize(label: &str, arm: &str, runs: &[Run]) {
+    let col = |f: fn(&Run) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
+    println!(
+        "{label} {arm}, {} runs (mean, 95 % t interval): tasks/s {}, agent CPU/launch {} ms, host CPU/launch {} ms, reply p50 {} ms, p99 {} ms",
+        runs.len(),
+        fmt_interval(mean_interval(&col(|r| r.per_s)), 0),
+        fmt_interval(mean_interval(&col(|r| r.agent_ms)), 2),
+        fmt_interval(mean_interval(&col(|r| r.host_ms)), 2),
+        fmt_interval(mean_interval(&col(|r| r.reply_p50)), 1),
+        fmt_interval(mean_interval(&col(|r| r.reply_p99)), 1),
+    );
 }
 
 /// One submitter's record of a submission: reply latency (ms) and task id.
 type Sent = (f64, String);
 
-fn run(label: &str, argv: serde_json::Value, secs: u64, submitters: usize) {
+fn run(label: &str, argv: serde_json::Value, secs: u64, submitters: usize) -> Run {
     // The product's log level (the harness logs at debug).
     let agent = TestAgent::start_with_env("liveness_interval_s = 5", &[("GLEANER_LOG", "info")]);
     // A tiny CPU share so that admission never queues: this measures the
@@ -188,6 +237,14 @@ fn run(label: &str, argv: serde_json::Value, secs: u64, submitters: usize) {
         cpu_z * 1e3 / launches,
         host * 1e3 / launches
     );
+    let pct = |p: f64| if reply.is_empty() { f64::NAN } else { percentile(&reply, p) };
+    Run {
+        per_s: finished_in.len() as f64 / window,
+        agent_ms: cpu_a * 1e3 / launches,
+        host_ms: host * 1e3 / launches,
+        reply_p50: pct(0.5),
+        reply_p99: pct(0.99),
+    }
 }
 
 fn now_us() -> i64 {

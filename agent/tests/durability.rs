@@ -478,3 +478,28 @@ fn a_task_stopped_while_waiting_for_a_start_slot_never_starts() {
         agent.kill(&format!("holder-{i}"));
     }
 }
+
+/// Issue 16 (review): a submission whose record cannot be written is
+/// undone whole: its task is gone from the map and from the index the
+/// scheduling passes walk, so no pass counts (or admits, or preempts) it.
+#[test]
+fn an_unwritten_submission_leaves_nothing_for_the_passes() {
+    if !require_root("an_unwritten_submission_leaves_nothing_for_the_passes") {
+        return;
+    }
+    let (agent, hooks) = agent_with_hooks("fail record_write\n");
+    let err = agent.submit(long_task("ghost")).unwrap_err();
+    assert!(!err.to_string().is_empty());
+    assert!(agent.client.get::<TaskStatus>("/v1/tasks/ghost").is_err());
+    set_hooks(&hooks, "");
+    let st = agent.submit(long_task("real")).unwrap();
+    agent.wait_state(&st.id, TaskState::Running, LONG);
+    let metrics = agent.client.get_text("/metrics").unwrap();
+    let walked: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gleaner_sched_pass_tasks "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("gleaner_sched_pass_tasks");
+    assert_eq!(walked, 1.0, "the pass walked the abandoned task too:\n{metrics}");
+    agent.kill("real");
+}

@@ -307,6 +307,16 @@ impl CgroupHandle {
         }
     }
 
+    /// No process in the cgroup and no child cgroup (in the memory
+    /// hierarchy, where every task process is); false when unreadable.
+    pub(crate) fn is_empty_leaf(&self) -> bool {
+        let no_children = match fs::read_dir(&self.memory_dir) {
+            Ok(mut entries) => !entries.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir()))),
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        no_children && self.pids().is_ok_and(|p| p.is_empty())
+    }
+
     /// Processes in the cgroup (host pids).
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let path = self.memory_dir.join("cgroup.procs");
@@ -420,12 +430,15 @@ impl CgroupHandle {
     pub fn destroy(&self, timeout: Duration) -> Result<(), CgroupError> {
         let start = Instant::now();
         loop {
-            // An empty cgroup (the usual case: the task's init has exited
+            // An empty leaf (the usual case: the task's init has exited
             // and the kernel took its pid namespace) is removed as it is:
             // freezing it flips a kernel-wide static key twice, IPIs to
             // every CPU, for nothing. Nothing can enter an empty task
-            // cgroup but through the agent, which launches no run here.
-            if !self.pids().is_ok_and(|p| p.is_empty()) {
+            // cgroup but through the agent, which launches no run here. A
+            // cgroup with children (a group's, a role's, a task's with an
+            // exec helper's) is killed as a whole as before: v2 lists no
+            // process in an inner node.
+            if !self.is_empty_leaf() {
                 let _ = self.signal_all(libc::SIGKILL);
             }
             match self.remove_dirs() {

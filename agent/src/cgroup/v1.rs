@@ -272,6 +272,55 @@ mod tests {
         assert_eq!(own_cpu_cgroup("3:cpuacct:/a\n2:cpuset:/b\n0::/c\n"), None);
     }
 
+    /// `destroy` skips the freeze and kill only for an empty leaf: a child
+    /// cgroup (v2 lists no process in an inner node) or a process makes
+    /// it kill first; an empty leaf goes at once.
+    #[test]
+    fn only_an_empty_leaf_is_removed_without_a_kill() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
+            return;
+        };
+        let root = format!("gleaner-unit-v1leaf-{}", std::process::id());
+        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
+            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+            return;
+        };
+        m.create("p").unwrap();
+        m.create("p/c").unwrap();
+        m.create("leaf").unwrap();
+        let (p, c, leaf) = (m.handle("p"), m.handle("p/c"), m.handle("leaf"));
+        let parent_is_leaf = p.is_empty_leaf();
+        let empty_is_leaf = c.is_empty_leaf();
+        let join: Vec<String> = leaf
+            .dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"for f in "$@"; do echo $$ > "$f"; done; exec sleep 60"#)
+            .arg("sh")
+            .args(&join)
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while leaf.pids().unwrap_or_default().is_empty() && t0.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let busy_is_leaf = leaf.is_empty_leaf();
+        let destroyed = leaf.destroy(std::time::Duration::from_secs(10));
+        let _ = child.wait();
+        m.handle("")
+            .destroy(std::time::Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((parent_is_leaf, empty_is_leaf, busy_is_leaf), (false, true, false));
+        destroyed.expect("the busy leaf is killed and removed");
+    }
+
     /// A SIGKILLed process that has not run its exit yet (held frozen here,
     /// as the idle class holds it on a busy host) leaves the idle root in
     /// the cpu hierarchy; a live one stays.

@@ -819,6 +819,13 @@ impl Agent {
             let last = writes.len().saturating_sub(1);
             for (i, write) in writes.into_iter().enumerate() {
                 hooks::pause_blocking("record_write");
+                if hooks::fails("record_write") {
+                    return Err(FsError::io(
+                        "write",
+                        &write.path,
+                        std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    ));
+                }
                 write.write()?;
                 if i < last {
                     hooks::pause_blocking("group_write");
@@ -916,6 +923,17 @@ impl Agent {
                 (t.record.clone(), t.dir.root().to_owned())
             };
             self.tasks.lock().unwrap().remove(&record.status.id);
+            // Out of the index too, or passes would count (and admit, and
+            // preempt) a task nobody can see; only this very task, not a
+            // later one that took the id.
+            let mut index = self.unfinished.lock().unwrap();
+            if index
+                .get(&record.status.id)
+                .is_some_and(|t| Arc::ptr_eq(t, task))
+            {
+                index.remove(&record.status.id);
+            }
+            drop(index);
             self.destroy_task_cgroup(&record);
             let _ = std::fs::remove_dir_all(root);
         }

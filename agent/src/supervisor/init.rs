@@ -348,7 +348,16 @@ mod tests {
 
     #[test]
     fn both_ways_mark_inherited_descriptors_close_on_exec() {
-        // Only flags change: this process keeps every descriptor.
+        // Only flags change, and they are put back after: other tests of
+        // this process may hand descriptors to children.
+        let before: Vec<(i32, i32)> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            // SAFETY: fcntl on a descriptor number; a closed one gives -1.
+            .map(|fd| (fd, unsafe { libc::fcntl(fd, libc::F_GETFD) }))
+            .filter(|&(_, flags)| flags >= 0)
+            .collect();
         let f = inheritable_fd();
         assert!(!cloexec(&f));
         close_inherited_on_exec_by_walk();
@@ -361,6 +370,11 @@ mod tests {
         }
         let h = inheritable_fd();
         close_inherited_on_exec();
-        assert!(cloexec(&h));
+        let done = cloexec(&h);
+        for (fd, flags) in before {
+            // SAFETY: as above; restores the flags read before.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, flags) };
+        }
+        assert!(done);
     }
 }

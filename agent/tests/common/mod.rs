@@ -188,7 +188,9 @@ impl TestAgent {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(AGENT_BIN)
+        // A bench may run another build in place of this one (its A/B).
+        let bin = std::env::var_os("GLEANER_TEST_AGENT_BIN").unwrap_or_else(|| AGENT_BIN.into());
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&self.config_path)
             .env("GLEANER_LOG", "info,gleaner_agent=debug")
