@@ -2,7 +2,7 @@
 # Installs what building, the demo and the tests need, on Debian, as root.
 # Idempotent; safe to run on every invocation.
 set -euo pipefail
-pkgs=(protobuf-compiler etcd-server etcd-client busybox-static runc curl ca-certificates gcc libc6-dev binutils pkg-config python3 python3-venv util-linux chromium chromium-driver)
+pkgs=(protobuf-compiler etcd-server etcd-client busybox-static runc curl ca-certificates gcc libc6-dev binutils pkg-config python3 python3-venv util-linux mount e2fsprogs chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
