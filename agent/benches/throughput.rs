@@ -47,10 +47,20 @@ fn main() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             println!("\n-- round {} of {rounds}", round + 1);
-            a.push(run(&format!("{label} (A: this build)"), argv.clone(), secs, submitters));
+            a.push(run(
+                &format!("{label} (A: this build)"),
+                argv.clone(),
+                secs,
+                submitters,
+            ));
             if let Some(bin) = &bin_b {
                 std::env::set_var("GLEANER_TEST_AGENT_BIN", bin);
-                b.push(run(&format!("{label} (B: {bin})"), argv.clone(), secs, submitters));
+                b.push(run(
+                    &format!("{label} (B: {bin})"),
+                    argv.clone(),
+                    secs,
+                    submitters,
+                ));
                 std::env::remove_var("GLEANER_TEST_AGENT_BIN");
             }
         }
@@ -237,7 +247,13 @@ fn run(label: &str, argv: serde_json::Value, secs: u64, submitters: usize) -> Ru
         cpu_z * 1e3 / launches,
         host * 1e3 / launches
     );
-    let pct = |p: f64| if reply.is_empty() { f64::NAN } else { percentile(&reply, p) };
+    let pct = |p: f64| {
+        if reply.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&reply, p)
+        }
+    };
     Run {
         per_s: finished_in.len() as f64 / window,
         agent_ms: cpu_a * 1e3 / launches,

@@ -190,7 +190,10 @@ fn a_scheduling_pass_walks_only_unfinished_tasks() {
         .find_map(|l| l.strip_prefix("gleaner_sched_pass_tasks "))
         .and_then(|v| v.trim().parse().ok())
         .expect("gleaner_sched_pass_tasks");
-    assert!(walked <= 2.0, "the last pass walked {walked} tasks:\n{metrics}");
+    assert!(
+        walked <= 2.0,
+        "the last pass walked {walked} tasks:\n{metrics}"
+    );
     let state: Value = agent.client.get("/v1/state").unwrap();
     assert_eq!(state["tasks"]["FINISHED"], 25);
     agent.kill(&long.id);

@@ -83,7 +83,10 @@ fn a_data_dir_on_ext4_without_a_journal_is_warned_about() {
         panic!("mkfs.ext4 and loop mounts are needed (e2fsprogs, mount)");
     };
     let log = started_log(&bare);
-    assert!(log.contains(WARNING), "no warning on a journal-less ext4:\n{log}");
+    assert!(
+        log.contains(WARNING),
+        "no warning on a journal-less ext4:\n{log}"
+    );
     let log = started_log(&journaled);
     assert!(!log.contains(WARNING), "warned on a journaled ext4:\n{log}");
 }

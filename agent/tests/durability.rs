@@ -500,6 +500,9 @@ fn an_unwritten_submission_leaves_nothing_for_the_passes() {
         .find_map(|l| l.strip_prefix("gleaner_sched_pass_tasks "))
         .and_then(|v| v.trim().parse().ok())
         .expect("gleaner_sched_pass_tasks");
-    assert_eq!(walked, 1.0, "the pass walked the abandoned task too:\n{metrics}");
+    assert_eq!(
+        walked, 1.0,
+        "the pass walked the abandoned task too:\n{metrics}"
+    );
     agent.kill("real");
 }

@@ -311,7 +311,9 @@ impl CgroupHandle {
     /// hierarchy, where every task process is); false when unreadable.
     pub(crate) fn is_empty_leaf(&self) -> bool {
         let no_children = match fs::read_dir(&self.memory_dir) {
-            Ok(mut entries) => !entries.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir()))),
+            Ok(mut entries) => {
+                !entries.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            }
             Err(e) => e.kind() == io::ErrorKind::NotFound,
         };
         no_children && self.pids().is_ok_and(|p| p.is_empty())

@@ -317,7 +317,10 @@ mod tests {
         m.handle("")
             .destroy(std::time::Duration::from_secs(10))
             .unwrap();
-        assert_eq!((parent_is_leaf, empty_is_leaf, busy_is_leaf), (false, true, false));
+        assert_eq!(
+            (parent_is_leaf, empty_is_leaf, busy_is_leaf),
+            (false, true, false)
+        );
         destroyed.expect("the busy leaf is killed and removed");
     }
 

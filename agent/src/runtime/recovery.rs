@@ -114,7 +114,10 @@ impl Agent {
             }
             let task = Arc::new(Mutex::new(Task::new(record, dir)));
             self.tasks.lock().unwrap().insert(id.clone(), task.clone());
-            self.unfinished.lock().unwrap().insert(id.clone(), task.clone());
+            self.unfinished
+                .lock()
+                .unwrap()
+                .insert(id.clone(), task.clone());
             found.push(task);
         }
         self.remove_orphan_cgroups();
