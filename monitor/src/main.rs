@@ -136,9 +136,6 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
         AgentClient::new(&cfg.agent, token, reserve_timeout)
     };
     let mut sampler = Sampler::new(&cfg.cgroup_root);
-    if cfg.policy.cpu_delay_ms > 0.0 {
-        sampler = sampler.with_business_delay();
-    }
     if cfg.use_psi && !sampler.psi_available() {
         tracing::warn!("PSI unavailable (no /proc/pressure): the policy goes by usage alone");
     }
@@ -186,14 +183,12 @@ async fn run(cfg: MonitorConfig) -> anyhow::Result<()> {
             },
             psi_cpu: sample.psi_cpu,
             psi_mem: sample.psi_mem,
-            business_delay_ms: sample.business_delay_ms,
         };
         tracing::debug!(
             busy = sample.host_busy_cpus,
             agent = sample.agent_cpus,
             business = obs.business.cpus,
             mem_used = sample.mem_used_mb,
-            business_delay_ms = sample.business_delay_ms,
             agent_mem = sample.agent_mem_mb,
             "sample"
         );
@@ -301,10 +296,6 @@ async fn metrics(State(status): State<Arc<Mutex<Status>>>) -> String {
         ("gleaner_monitor_agent_mem_mb", s.agent_mem_mb),
         ("gleaner_monitor_business_mem_mb", s.business_mem_mb()),
         ("gleaner_monitor_load1", s.load1),
-        (
-            "gleaner_monitor_business_run_delay_ms_per_s",
-            s.business_delay_ms.unwrap_or(0.0),
-        ),
         (
             "gleaner_monitor_psi_cpu_some_avg10",
             s.psi_cpu.unwrap_or(0.0),

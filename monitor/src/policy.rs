@@ -70,12 +70,6 @@ pub struct PolicyConfig {
     /// nothing back (measured: it halved the harvest next to a business
     /// using half the host). Worth turning on for the cpu.shares fallback.
     pub cpu_psi: bool,
-    /// The business's run-queue delay (ms of waiting for a CPU per second,
-    /// summed over its threads) above which `psi_shrink` of the CPU
-    /// harvest is given back. 0: off (the default; reading it walks every
-    /// thread's schedstat each sample). Measured on the test VM it barely
-    /// followed the business's slow-down (bench/RESULTS.md, issue 16).
-    pub cpu_delay_ms: f64,
     /// Changes smaller than this are not made.
     pub deadband: Amount,
 }
@@ -100,7 +94,6 @@ impl Default for PolicyConfig {
             psi_shrink: 0.5,
             psi_min_business_share: 0.25,
             cpu_psi: false,
-            cpu_delay_ms: 0.0,
             deadband: Amount {
                 cpus: 0.05,
                 mem_mb: 64.0,
@@ -137,7 +130,6 @@ impl PolicyConfig {
             ("grow_step.cpus", self.grow_step.cpus),
             ("grow_step.mem_mb", self.grow_step.mem_mb),
             ("psi_threshold", self.psi_threshold),
-            ("cpu_delay_ms", self.cpu_delay_ms),
             ("deadband.cpus", self.deadband.cpus),
             ("deadband.mem_mb", self.deadband.mem_mb),
         ] {
@@ -162,8 +154,6 @@ pub struct Observation {
     pub business: Amount,
     pub psi_cpu: Option<f64>,
     pub psi_mem: Option<f64>,
-    /// The business's run-queue delay, ms per second (None: not read).
-    pub business_delay_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,11 +195,6 @@ impl Policy {
                 && used >= total * self.cfg.psi_min_business_share
         };
         if self.cfg.cpu_psi && pressed(obs.psi_cpu, obs.business.cpus, obs.total.cpus) {
-            h.cpus *= 1.0 - self.cfg.psi_shrink;
-        }
-        if self.cfg.cpu_delay_ms > 0.0
-            && obs.business_delay_ms.is_some_and(|d| d > self.cfg.cpu_delay_ms)
-        {
             h.cpus *= 1.0 - self.cfg.psi_shrink;
         }
         if pressed(obs.psi_mem, obs.business.mem_mb, obs.total.mem_mb) {
@@ -281,7 +266,6 @@ mod tests {
             business: Amount { cpus, mem_mb: mem },
             psi_cpu: None,
             psi_mem: None,
-            business_delay_ms: None,
         }
     }
 
@@ -456,35 +440,6 @@ mod tests {
             HOST,
         );
         assert!((p.harvestable(&pressure).cpus - calm.cpus * 0.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn business_run_queue_delay_gives_back_cpu_only_when_asked() {
-        let waiting = Observation {
-            business_delay_ms: Some(80.0),
-            ..obs(0.0, 2.0, 8192.0)
-        };
-        let calm = Policy::new(cfg(), HOST).harvestable(&obs(0.0, 2.0, 8192.0));
-        // Off by default: the delay is not even read then.
-        assert_eq!(Policy::new(cfg(), HOST).harvestable(&waiting), calm);
-        let p = Policy::new(
-            PolicyConfig {
-                cpu_delay_ms: 50.0,
-                ..cfg()
-            },
-            HOST,
-        );
-        let h = p.harvestable(&waiting);
-        assert!((h.cpus - calm.cpus * 0.5).abs() < 1e-9, "{h:?}");
-        assert_eq!(h.mem_mb, calm.mem_mb);
-        // At or below the threshold, or unknown: nothing given back.
-        for d in [Some(50.0), Some(10.0), None] {
-            let o = Observation {
-                business_delay_ms: d,
-                ..waiting
-            };
-            assert_eq!(p.harvestable(&o), calm, "{d:?}");
-        }
     }
 
     #[test]

@@ -38,8 +38,6 @@ pub struct Sample {
     pub load1: f64,
     pub psi_cpu: Option<f64>,
     pub psi_mem: Option<f64>,
-    /// The business's run-queue delay, ms per second (when asked for).
-    pub business_delay_ms: Option<f64>,
 }
 
 impl Sample {
@@ -65,7 +63,6 @@ pub struct Sampler {
     /// /proc/pressure exists: no PSI on 3.10, nor with `psi=0` or
     /// CONFIG_PSI_DEFAULT_DISABLED; then PSI is off whatever `use_psi` says.
     psi: bool,
-    delay: Option<crate::delay::DelaySampler>,
 }
 
 impl Sampler {
@@ -102,19 +99,7 @@ impl Sampler {
             ticks_per_s: procfs::ticks_per_second() as f64,
             prev: None,
             psi: std::path::Path::new("/proc/pressure").is_dir(),
-            delay: None,
         }
-    }
-
-    /// Also reads the business's run-queue delay each sample (a walk of
-    /// every thread: only when the policy uses it).
-    pub fn with_business_delay(mut self) -> Self {
-        let tree = match &self.cgroup {
-            AgentCgroup::V1 { cpuacct, .. } => cpuacct.clone(),
-            AgentCgroup::V2 { dir } => dir.clone(),
-        };
-        self.delay = Some(crate::delay::DelaySampler::new(tree));
-        self
     }
 
     /// Whether this kernel offers PSI.
@@ -137,7 +122,6 @@ impl Sampler {
         let agent_mem = self.agent_mem_bytes()?;
         let meminfo = procfs::Meminfo::current().map_err(err("/proc/meminfo"))?;
         let prev = self.prev.replace((now, busy, agent_ns));
-        let business_delay_ms = self.delay.as_mut().and_then(|d| d.sample());
         let Some((then, busy0, agent0)) = prev else {
             return Ok(None);
         };
@@ -165,7 +149,6 @@ impl Sampler {
                 .unwrap_or(0.0),
             psi_cpu: psi(procfs::CpuPressure::current().map(|p| p.some.avg10)),
             psi_mem: psi(procfs::MemoryPressure::current().map(|p| p.some.avg10)),
-            business_delay_ms,
         }))
     }
 
