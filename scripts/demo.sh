@@ -14,6 +14,9 @@ bash scripts/make-busybox-rootfs.sh "$work/rootfs"
 # A task's rootfs.path must lie under rootfs_dirs.
 printf 'data_dir = "%s/data"\nrootfs_dirs = ["%s"]\n' "$work" "$work" >"$work/agent.toml"
 export GLEANER_CONFIG=$work/agent.toml
+# The agent keeps its cgroups when it stops (tasks outlive it); the demo
+# removes them after, unless a gleaner cgroup was there before it.
+cgroups_before=$(ls -d /sys/fs/cgroup/gleaner /sys/fs/cgroup/*/gleaner 2>/dev/null || true)
 "$bin/gleaner-agent" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent=$!
 cleanup() {
@@ -21,6 +24,13 @@ cleanup() {
   kill -TERM "$monitor" "$agent" 2>/dev/null; wait "$monitor" "$agent" 2>/dev/null || true
   umount -l "$work/data/tasks" 2>/dev/null || true # the agent's nosuid,nodev bind
   rm -rf "$work"
+  if [ -z "$cgroups_before" ]; then
+    # rmdir only: a cgroup that still holds a process stays.
+    for d in /sys/fs/cgroup/gleaner /sys/fs/cgroup/*/gleaner; do
+      [ -d "$d" ] && { find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
+    done
+  fi
+  return 0
 }
 trap cleanup EXIT
 "$bin/gleaner" wait-healthy --timeout 10 >/dev/null
