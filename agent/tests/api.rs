@@ -184,16 +184,8 @@ fn a_scheduling_pass_walks_only_unfinished_tasks() {
     agent.wait_state(&long.id, TaskState::Running, Duration::from_secs(10));
     // One more pass, with 25 finished tasks kept, one running, one new.
     let second = agent.submit(spec("sleep 30")).unwrap();
-    let metrics = agent.client.get_text("/metrics").unwrap();
-    let walked: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gleaner_sched_pass_tasks "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("gleaner_sched_pass_tasks");
-    assert!(
-        walked <= 2.0,
-        "the last pass walked {walked} tasks:\n{metrics}"
-    );
+    let walked: f64 = agent.metric("gleaner_sched_pass_tasks ");
+    assert!(walked <= 2.0, "the last pass walked {walked} tasks");
     let state: Value = agent.client.get("/v1/state").unwrap();
     assert_eq!(state["tasks"]["FINISHED"], 25);
     agent.kill(&long.id);

@@ -494,15 +494,7 @@ fn an_unwritten_submission_leaves_nothing_for_the_passes() {
     set_hooks(&hooks, "");
     let st = agent.submit(long_task("real")).unwrap();
     agent.wait_state(&st.id, TaskState::Running, LONG);
-    let metrics = agent.client.get_text("/metrics").unwrap();
-    let walked: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gleaner_sched_pass_tasks "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("gleaner_sched_pass_tasks");
-    assert_eq!(
-        walked, 1.0,
-        "the pass walked the abandoned task too:\n{metrics}"
-    );
+    let walked: f64 = agent.metric("gleaner_sched_pass_tasks ");
+    assert_eq!(walked, 1.0, "the pass walked the abandoned task too");
     agent.kill("real");
 }

@@ -136,8 +136,8 @@ fn an_image_over_http_is_fetched_once_and_shared_read_only() {
         ))
         .unwrap();
     assert_eq!(agent.wait_final("f", LONG).state, TaskState::Finished);
-    assert_eq!(metric(&agent, "gleaner_image_fetches_total"), 1);
-    assert_eq!(metric(&agent, "gleaner_image_proofs_total"), 1);
+    assert_eq!(agent.metric::<u64>("gleaner_image_fetches_total"), 1);
+    assert_eq!(agent.metric::<u64>("gleaner_image_proofs_total"), 1);
 
     for id in ["a", "b"] {
         agent.kill(id);
@@ -273,13 +273,6 @@ fn bad_images_fail_with_rootfs_invalid_and_leave_nothing() {
     assert!(!agent.data_dir.join("tasks/s3").exists());
 }
 
-fn metric(agent: &TestAgent, name: &str) -> u64 {
-    let text = agent.client.get_text("/metrics").unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
-}
-
 fn inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().ino()
@@ -380,8 +373,8 @@ fn a_cached_image_is_no_capability_across_roles_or_uris() {
     assert!(agent.logs("mine", "stdout").contains("hello from private"));
     assert_eq!(server.hits("mine.tar.gz"), 1);
     assert_eq!(inode(&home.join("rootfs")), rootfs_ino, "unpacked again");
-    assert_eq!(metric(&agent, "gleaner_image_fetches_total"), 1);
-    assert_eq!(metric(&agent, "gleaner_image_proofs_total"), 1);
+    assert_eq!(agent.metric::<u64>("gleaner_image_fetches_total"), 1);
+    assert_eq!(agent.metric::<u64>("gleaner_image_proofs_total"), 1);
     let again = agent
         .submit(as_role(
             image_spec("again", "true", &mine, &sha),
@@ -416,7 +409,7 @@ fn a_cached_image_is_no_capability_across_roles_or_uris() {
     );
     assert_eq!(agent.wait_final("slow", LONG).state, TaskState::Finished);
     assert_eq!(server.hits("private.tar.gz"), 1);
-    assert_eq!(metric(&agent, "gleaner_image_fetches_total"), 1);
+    assert_eq!(agent.metric::<u64>("gleaner_image_fetches_total"), 1);
     assert!(
         leftover_work(&agent).is_empty(),
         "{:?}",

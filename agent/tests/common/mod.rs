@@ -273,6 +273,15 @@ impl TestAgent {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// A value of the agent's /metrics, by its name; panics with the whole
+    /// text when it is not there.
+    pub fn metric<T: std::str::FromStr>(&self, name: &str) -> T {
+        let text = self.client.get_text("/metrics").unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+    }
+
     pub fn submit(&self, spec: Value) -> Result<TaskStatus, ClientError> {
         self.client.post("/v1/tasks", &spec)
     }
