@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub(crate) use v1::tests::test_manager as v1_test_manager;
 pub use v1::V1Manager;
 pub use v2::V2Manager;
 

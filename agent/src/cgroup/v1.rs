@@ -259,8 +259,41 @@ impl CgroupManager for V1Manager {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A manager under `gleaner-unit-<name>-<pid>` for a test that needs
+    /// root and the v1 cpu and memory hierarchies; None (said on stderr)
+    /// when this host has not.
+    pub(crate) fn test_manager(name: &str) -> Option<V1Manager> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        let mounts = super::super::mountinfo::cgroup_mounts().ok()?;
+        let root = format!("gleaner-unit-{name}-{}", std::process::id());
+        let m = V1Manager::new(&mounts, &root, &[]).ok();
+        if m.is_none() {
+            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+        }
+        m
+    }
+
+    /// A `sleep 60` that first joins every hierarchy of `h` itself.
+    fn spawn_joined(h: &CgroupHandle) -> std::process::Child {
+        let join: Vec<String> = h
+            .dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"for f in "$@"; do echo $$ > "$f"; done; exec sleep 60"#)
+            .arg("sh")
+            .args(&join)
+            .spawn()
+            .unwrap()
+    }
 
     #[test]
     fn own_cpu_cgroup_finds_the_cpu_line() {
@@ -277,16 +310,7 @@ mod tests {
     /// it kill first; an empty leaf goes at once.
     #[test]
     fn only_an_empty_leaf_is_removed_without_a_kill() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
-            return;
-        };
-        let root = format!("gleaner-unit-v1leaf-{}", std::process::id());
-        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
-            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+        let Some(m) = test_manager("v1leaf") else {
             return;
         };
         m.create("p").unwrap();
@@ -295,18 +319,7 @@ mod tests {
         let (p, c, leaf) = (m.handle("p"), m.handle("p/c"), m.handle("leaf"));
         let parent_is_leaf = p.is_empty_leaf();
         let empty_is_leaf = c.is_empty_leaf();
-        let join: Vec<String> = leaf
-            .dirs
-            .iter()
-            .map(|d| d.join("cgroup.procs").display().to_string())
-            .collect();
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(r#"for f in "$@"; do echo $$ > "$f"; done; exec sleep 60"#)
-            .arg("sh")
-            .args(&join)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_joined(&leaf);
         let t0 = std::time::Instant::now();
         while leaf.pids().unwrap_or_default().is_empty() && t0.elapsed().as_secs() < 20 {
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -351,21 +364,7 @@ mod tests {
             .cpu_escape
             .clone()
             .expect("the test runs outside the root");
-        let spawn = || {
-            let join: Vec<String> = h
-                .dirs
-                .iter()
-                .map(|d| d.join("cgroup.procs").display().to_string())
-                .collect();
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(r#"for f in "$@"; do echo $$ > "$f"; done; exec sleep 60"#)
-                .arg("sh")
-                .args(&join)
-                .spawn()
-                .unwrap()
-        };
-        let (mut live, mut doomed) = (spawn(), spawn());
+        let (mut live, mut doomed) = (spawn_joined(&h), spawn_joined(&h));
         let in_cpu = |dir: &Path, pid: u32| {
             std::fs::read_to_string(dir.join("cgroup.procs"))
                 .unwrap_or_default()
@@ -407,16 +406,7 @@ mod tests {
     /// idle root and its CPU limit for the whole grace of a stop.
     #[test]
     fn a_process_whose_main_thread_exited_is_not_dying() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
-            return;
-        };
-        let root = format!("gleaner-unit-v1zombie-{}", std::process::id());
-        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
-            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+        let Some(m) = test_manager("v1zombie") else {
             return;
         };
         m.create("t").unwrap();
@@ -500,16 +490,7 @@ mod tests {
     /// guests hit this while a preempted task's cgroup was still there.
     #[test]
     fn a_parent_quota_below_a_childs_lowers_the_child() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let Ok(mounts) = super::super::mountinfo::cgroup_mounts() else {
-            return;
-        };
-        let root = format!("gleaner-unit-v1clamp-{}", std::process::id());
-        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
-            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+        let Some(m) = test_manager("v1clamp") else {
             return;
         };
         let quota = |cpus: f64| Limits {

@@ -145,16 +145,7 @@ mod tests {
     /// limit, and the failure is reported.
     #[tokio::test]
     async fn a_failed_cpu_write_still_writes_memory_and_says_so() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let Ok(mounts) = crate::cgroup::mountinfo::cgroup_mounts() else {
-            return;
-        };
-        let root = format!("gleaner-unit-apply-{}", std::process::id());
-        let Ok(m) = V1Manager::new(&mounts, &root, &[]) else {
-            eprintln!("skipped: no cgroup v1 cpu/memory hierarchies");
+        let Some(m) = crate::cgroup::v1_test_manager("apply") else {
             return;
         };
         let m = CpuFails(m);
