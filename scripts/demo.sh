@@ -11,30 +11,31 @@ bash scripts/make-busybox-rootfs.sh "$work/rootfs"
 
 # One config for the agent and the CLI: the CLI finds the agent's Unix socket
 # (<data_dir>/run/api.sock) through it; TCP would need the token.
-# A task's rootfs.path must lie under rootfs_dirs.
-printf 'data_dir = "%s/data"\nrootfs_dirs = ["%s"]\n' "$work" "$work" >"$work/agent.toml"
+# A task's rootfs.path must lie under rootfs_dirs. The defaults otherwise,
+# but for the cgroup root: a cgroup root of its own, so that on a host with
+# a real install (root `gleaner`) the demo's agent neither recovers nor
+# removes that install's cgroups, and the demo removes only its own after.
+croot=gleaner-demo-${work##*.}
+printf 'data_dir = "%s/data"\nrootfs_dirs = ["%s"]\ncgroup_root = "%s"\n' "$work" "$work" "$croot" >"$work/agent.toml"
 export GLEANER_CONFIG=$work/agent.toml
-# The agent keeps its cgroups when it stops (tasks outlive it); the demo
-# removes them after, unless a gleaner cgroup was there before it.
-cgroups_before=$(ls -d /sys/fs/cgroup/gleaner /sys/fs/cgroup/*/gleaner 2>/dev/null || true)
+monitor=
 "$bin/gleaner-agent" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent=$!
 cleanup() {
   "$bin/gleaner" kill demo-sleeper >/dev/null 2>&1 || true
-  kill -TERM "$monitor" "$agent" 2>/dev/null; wait "$monitor" "$agent" 2>/dev/null || true
+  kill -TERM $monitor "$agent" 2>/dev/null; wait $monitor "$agent" 2>/dev/null || true
   umount -l "$work/data/tasks" 2>/dev/null || true # the agent's nosuid,nodev bind
   rm -rf "$work"
-  if [ -z "$cgroups_before" ]; then
-    # rmdir only: a cgroup that still holds a process stays.
-    for d in /sys/fs/cgroup/gleaner /sys/fs/cgroup/*/gleaner; do
-      [ -d "$d" ] && { find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
-    done
-  fi
+  # The agent keeps its cgroups when it stops (tasks outlive it). rmdir
+  # only: a cgroup that still holds a process stays.
+  for d in "/sys/fs/cgroup/$croot" /sys/fs/cgroup/*/"$croot"; do
+    [ -d "$d" ] && { find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
+  done
   return 0
 }
 trap cleanup EXIT
 "$bin/gleaner" wait-healthy --timeout 10 >/dev/null
-printf 'agent_socket = "%s"\n' "$work/data/run/api.sock" >"$work/monitor.toml"
+printf 'agent_socket = "%s"\ncgroup_root = "%s"\n' "$work/data/run/api.sock" "$croot" >"$work/monitor.toml"
 "$bin/gleaner-monitor" --config "$work/monitor.toml" --interval 500ms >"$work/monitor.log" 2>&1 &
 monitor=$!
 sleep 1.5
