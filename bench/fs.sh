@@ -39,6 +39,7 @@ bench_fs_teardown() {
     umount "$BENCH_FS_DIR" 2>/dev/null || umount -l "$BENCH_FS_DIR" || true
     rmdir "$BENCH_FS_DIR" 2>/dev/null || true
     rm -f "$BENCH_FS_IMG"
+    rmdir "$BENCH_FS_HOME" 2>/dev/null || true
     BENCH_FS_DIR=
     return 0
 }
@@ -47,12 +48,17 @@ bench_fs_setup() {
     case "${BENCH_FS:-journal}" in
         host) ;;
         journal)
-            BENCH_FS_IMG=$(mktemp /var/tmp/gleaner-benchfs.XXXXXX)
-            BENCH_FS_DIR="$BENCH_FS_IMG.d"
+            # A dir of its own (made by mktemp, root's; 0755 so that task
+            # users can reach their sandboxes below) holds the image and
+            # the mount point: no name in /var/tmp another user could plant.
+            BENCH_FS_HOME=$(mktemp -d /var/tmp/gleaner-benchfs.XXXXXX)
+            chmod 755 "$BENCH_FS_HOME"
+            BENCH_FS_IMG="$BENCH_FS_HOME/fs.img"
+            BENCH_FS_DIR="$BENCH_FS_HOME/mnt"
             trap bench_fs_teardown EXIT
             truncate -s 8G "$BENCH_FS_IMG"
             mkfs.ext4 -q -F "$BENCH_FS_IMG"
-            mkdir -p "$BENCH_FS_DIR"
+            mkdir "$BENCH_FS_DIR"
             mount -o loop "$BENCH_FS_IMG" "$BENCH_FS_DIR"
             chmod 1777 "$BENCH_FS_DIR"
             export TMPDIR="$BENCH_FS_DIR"
