@@ -18,13 +18,20 @@ def pattern(scale, workers):
     return [(d * scale, n) for d, n in p]
 
 def run_delay_ns(f):
+    """ns this thread waited for a CPU; 0 without schedstat (a kernel
+    without CONFIG_SCHED_INFO): the delays read 0 then, the counts stand."""
+    if f is None:
+        return 0
     f.seek(0)
     return int(f.read().split()[1])
 
 def worker(idx, plan, t0, counts, cpu, delays, WORKERS):
     nslots = len(counts) // WORKERS
     x = 0
-    sched = open("/proc/thread-self/schedstat")
+    try:
+        sched = open("/proc/thread-self/schedstat")
+    except OSError:
+        sched = None
     slot, d0 = -1, run_delay_ns(sched)
     while True:
         now = time.monotonic() - t0
@@ -33,7 +40,8 @@ def worker(idx, plan, t0, counts, cpu, delays, WORKERS):
             break
         if s != slot:
             # The delay since the last slot change goes to the slot that
-            # ended (a wait that spans slots is counted where it ended).
+            # just ended (a wait that spans slots counts in the slot where
+            # this worker last looked, i.e. where it began).
             d = run_delay_ns(sched)
             if slot >= 0:
                 delays[slot * WORKERS + idx] += (d - d0) / 1e6
